@@ -1,0 +1,206 @@
+"""The ``pal-study`` command line.
+
+Exit codes: 0 ok, 1 a run that failed, 2 bad input (config, path, name). A user mistake is one
+clear message on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pal_study.config import ConfigError, dump_yaml, load_train_config, method_name, resolve
+from pal_study.prototypes import DEFAULT_STEPS
+
+app = typer.Typer(
+    name="pal-study",
+    help="Hyperparameter and ablation studies of Prototype-Anchored Learning (PAL).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UserError(Exception):
+    """Bad input: printed as one message, exit 2."""
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=err, show_time=False, show_path=False)],
+        force=True,
+    )
+
+
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.epochs=5 (repeatable)."),
+]
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="Trial config YAML; omit for the built-in defaults.")] = None,
+    set_: SetOpt = None,
+    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Result JSON path.")] = None,
+    download: Annotated[bool, typer.Option("--download", help="Let torchvision download the data set (needs a network).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log info messages.")] = False,
+) -> None:
+    """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
+    from pal_study.data import DataError
+    from pal_study.train import build_dataset_for, train as run_train
+
+    _setup_logging(verbose)
+    overrides = list(set_ or [])
+    if download:
+        overrides.append("data.download=true")
+    cfg = resolve(load_train_config(config, overrides))
+    try:
+        data = build_dataset_for(cfg)
+    except DataError as e:
+        raise UserError(f"data: {e}") from None
+
+    method = method_name(cfg)
+    if out_path is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        run_dir = Path("runs") / "train" / f"{stamp}-{method.replace('+', '_')}-seed{cfg.seed}"
+        out_path = run_dir / "result.json"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+
+    err.print(f"[bold]{method}[/] on {cfg.data.name} · noise {cfg.data.noise.kind} {cfg.data.noise.rate:g} · "
+              f"imbalance {cfg.data.imbalance.ratio:g} · {cfg.model.arch} · {cfg.optim.epochs} epochs · seed {cfg.seed}")
+    result = _train_with_progress(run_train, cfg, data, quiet)
+    result.save(out_path)
+    _print_result(result)
+    err.print(f"result: {out_path}")
+    if result.status == "failed":
+        err.print(f"[red]failed:[/] {result.reason}")
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _train_with_progress(run_train, cfg, data, quiet: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    if quiet:
+        return run_train(cfg, data=data)
+    columns = [TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+               TextColumn("{task.fields[info]}")]
+    with Progress(*columns, console=err, transient=False) as progress:
+        task = progress.add_task("train", total=cfg.optim.epochs, info="")
+
+        def on_epoch(m) -> None:
+            val = "n/a" if m.val_acc is None else f"{m.val_acc:.3f}"
+            progress.update(task, advance=1, info=f"loss {m.train_loss:.4f} · val {val} · test {m.test_acc:.3f} · ece {m.ece:.3f}")
+
+        return run_train(cfg, on_epoch, data=data)
+
+
+def _print_result(result) -> None:
+    table = Table(title=f"{result.method}: {result.status}", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    f = result.final
+    for key in ("val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min"):
+        value = f.get(key)
+        table.add_row(key, "n/a" if value is None else f"{value:.4f}")
+    table.add_row("noise_rate_measured", f"{result.noise_rate_measured:.4f}")
+    if result.group_acc:
+        for g in ("many", "medium", "few"):
+            v = result.group_acc.get(g)
+            table.add_row(f"{g} acc", "n/a" if v is None else f"{v:.4f}")
+    geo = result.prototype_geometry
+    table.add_row("prototype cos max / etf", f"{geo['cos_max']:.4f} / {geo['etf_cos']:.4f}")
+    table.add_row("wall time (s)", f"{result.wall_time_s:.1f}")
+    out.print(table)
+
+
+@app.command()
+def prototypes(
+    classes: Annotated[int, typer.Option("--classes", "-k", min=2, help="Number of classes k.")],
+    dim: Annotated[int, typer.Option("--dim", "-d", min=1, help="Feature dimension d.")],
+    method: Annotated[str, typer.Option("--method", help="etf | optimized | auto")] = "auto",
+    use_relu: Annotated[bool, typer.Option("--use-relu", help="Prototypes for non-negative (post-ReLU) features.")] = False,
+    seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps (optimized).")] = DEFAULT_STEPS,
+    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write a k×d tensor: .pt or .npy")] = None,
+) -> None:
+    """Build k prototypes in R^d (simplex ETF or the paper's optimisation) and report their geometry."""
+    from pal_study.prototypes import make_prototypes, prototype_geometry, save_prototypes
+
+    _setup_logging(False)
+    if method not in ("etf", "optimized", "auto"):
+        raise UserError(f"--method: unknown {method!r}; allowed: etf, optimized, auto")
+    if out_file is not None and out_file.suffix not in (".pt", ".npy"):
+        raise UserError(f"--out: {str(out_file)!r} must end in .pt or .npy")
+    try:
+        w = make_prototypes(classes, dim, method, use_relu=use_relu, seed=seed, steps=steps)
+    except ValueError as e:
+        raise UserError(f"--method {method}: {e}") from None
+    geo = prototype_geometry(w)
+    table = Table(title=f"{classes} prototypes in R^{dim} ({method})")
+    table.add_column("geometry")
+    table.add_column("value", justify="right")
+    for key, value in geo.items():
+        table.add_row(key, f"{value:.6f}" if isinstance(value, float) else str(value))
+    out.print(table)
+    if out_file is not None:
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        save_prototypes(w, out_file)
+        err.print(f"wrote {out_file}")
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="A trial config YAML.")],
+    set_: SetOpt = None,
+) -> None:
+    """Check a config and say exactly what is wrong (exit 2), or what it will run (exit 0)."""
+    cfg = resolve(load_train_config(file, list(set_ or [])))
+    out.print(f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "
+              f"(noise {cfg.data.noise.kind} {cfg.data.noise.rate:g}, imbalance {cfg.data.imbalance.ratio:g}), "
+              f"{cfg.model.arch}, head {cfg.head.kind}"
+              + (f" s={cfg.head.scale:g}" if cfg.head.scale else "")
+              + f", {cfg.optim.epochs} epochs, lr {cfg.optim.lr:g}, wd {cfg.optim.weight_decay:g}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry: maps user mistakes to exit 2 with one message."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except (ConfigError, UserError) as e:
+        err.print(f"[red]error:[/] {e}", highlight=False)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except typer.Abort:
+        return 130
+    except Exception as e:
+        # Usage errors (unknown option, bad type) from typer's click; duck-typed because
+        # typer >= 0.29 vendors click under another module name.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
+            e.show(file=sys.stderr)
+            return e.exit_code
+        raise
+    # In non-standalone mode click returns the code of typer.Exit / --help instead of exiting.
+    return rc if isinstance(rc, int) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

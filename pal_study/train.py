@@ -1,0 +1,333 @@
+"""One trial: ``train(cfg, on_epoch=None) -> TrialResult``.
+
+The trainer knows nothing of Ray, Optuna or MLflow. It calls ``on_epoch(EpochMetrics)`` after
+every epoch; an adapter turns that into ``tune.report`` or logged metrics. If ``on_epoch``
+returns True the trial stops early with status ``stopped`` (how an in-process pruner stops it).
+
+    python -c "from pal_study.config import TrainConfig; from pal_study.train import train; \
+print(train(TrainConfig(method='ce+fnpal')).final)"
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from pal_study import __version__
+from pal_study.config import ANCHORED_HEADS, TrainConfig, method_name, resolve
+from pal_study.data import DataBundle, DeviceBatches, build_dataset
+from pal_study.device import configure_threads, select_device
+from pal_study.heads import build_head
+from pal_study.losses import LOSS_PARAMS, build_loss
+from pal_study.metrics import EvalAccumulator, group_accuracy, scaled_thresholds
+from pal_study.models import build_model
+from pal_study.prototypes import prototype_geometry
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 2048
+
+
+@dataclass
+class EpochMetrics:
+    """What every epoch reports. ``val_acc`` is on the observed (possibly noisy) labels: it is
+    what a practitioner can measure, hence the study objective; ``val_acc_clean`` is for analysis."""
+
+    epoch: int
+    train_loss: float
+    val_acc: float | None
+    val_acc_clean: float | None
+    test_acc: float
+    ece: float
+    gamma_min: float
+    margin_mean: float
+    lr: float
+    train_time_s: float
+    eval_time_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrialResult:
+    status: str  # completed | stopped | failed
+    reason: str | None
+    method: str
+    config: dict[str, Any]
+    epochs_completed: int
+    final: dict[str, Any]
+    history: list[dict[str, Any]]
+    per_class_acc: list[float | None] = field(default_factory=list)
+    group_acc: dict[str, Any] | None = None
+    noise_rate_measured: float = 0.0
+    class_counts: list[int] = field(default_factory=list)
+    prototype_geometry: dict[str, float] = field(default_factory=dict)
+    feature_norm: dict[str, Any] = field(default_factory=dict)
+    reliability: list[dict[str, float]] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    env: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write atomically: a reader never sees a half-written result."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(p.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
+        tmp.replace(p)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+class Classifier(nn.Module):
+    """Backbone + head; returns (features, logits)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.backbone(x)
+        return z, self.head(z)
+
+
+def build_classifier(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
+    """Build from a resolved config; model init draws from the global RNG, so seed it locally."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        backbone = build_model(cfg.model.arch, tuple(input_shape), last_relu=bool(cfg.head.last_relu))
+        head = build_head(
+            cfg.head.kind,
+            backbone.feature_dim,
+            num_classes,
+            scale=cfg.head.scale,
+            prototypes=cfg.head.prototypes,
+            use_relu_prototypes=bool(cfg.head.use_relu_prototypes),
+            seed=cfg.seed,
+        )
+    return Classifier(backbone, head)
+
+
+def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> dict[str, Any]:
+    accepted = LOSS_PARAMS[cfg.loss.name]
+    params: dict[str, Any] = {}
+    for key in ("q", "gamma", "alpha", "beta", "max_m"):
+        value = getattr(cfg.loss, key)
+        if value is not None and key in accepted:
+            params[key] = value
+    params["margin"] = cfg.loss.margin
+    params["scale"] = float(head.logit_scale)
+    if "class_counts" in accepted:
+        params["class_counts"] = class_counts
+    return params
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    # Anchored prototypes are buffers, so they are not here and never weight-decayed.
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.SGD(
+        params,
+        lr=cfg.optim.lr,
+        momentum=cfg.optim.momentum,
+        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
+        weight_decay=cfg.optim.weight_decay,
+    )
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base lr at optimiser step ``step`` (0-based): warm-up, then schedule."""
+    o = cfg.optim
+    total = max(1, o.epochs * steps_per_epoch)
+    warm = o.warmup_epochs * steps_per_epoch
+    if warm and step < warm:
+        return (step + 1) / warm
+    if o.schedule == "cosine":
+        progress = (step - warm) / max(1, total - warm)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if o.schedule == "step":
+        epoch = step // steps_per_epoch
+        return o.step_gamma ** sum(1 for m in o.milestones if epoch >= m)
+    return 1.0
+
+
+@torch.no_grad()
+def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+              autocast: Any, channels_last: bool) -> dict[str, Any]:
+    acc = EvalAccumulator(num_classes)
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        xb = x[start:start + EVAL_BATCH]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            z, logits = model(xb)
+        z, logits = z.float(), logits.float()
+        acc.update(z, logits, model.head.cosine_logits(z), y[start:start + EVAL_BATCH])
+    return acc.compute()
+
+
+@torch.no_grad()
+def _accuracy(model: Classifier, x: torch.Tensor, labels: list[torch.Tensor], autocast: Any,
+              channels_last: bool) -> list[float | None]:
+    if x.shape[0] == 0:
+        return [None for _ in labels]
+    correct = [torch.zeros((), dtype=torch.long, device=x.device) for _ in labels]
+    for start in range(0, x.shape[0], EVAL_BATCH):
+        xb = x[start:start + EVAL_BATCH]
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            _, logits = model(xb)
+        pred = logits.argmax(1)
+        for i, y in enumerate(labels):
+            correct[i] += (pred == y[start:start + EVAL_BATCH]).sum()
+    return [c.item() / x.shape[0] for c in correct]
+
+
+def train(
+    cfg: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
+    *,
+    data: DataBundle | None = None,
+) -> TrialResult:
+    """Train one trial described by ``cfg`` (resolved here if it is not already).
+
+    ``data`` lets a caller that runs many trials on the same corrupted data set pass it in
+    (it must have been built from the same ``cfg.data`` and seed).
+    """
+    t_start = time.perf_counter()
+    cfg = resolve(cfg)
+    device = select_device(cfg.device)
+    threads = configure_threads(cfg.threads)
+    on_cuda = device.type == "cuda"
+
+    if data is None:
+        data = build_dataset_for(cfg)
+    data = data.to(device)
+    k = data.num_classes
+    train_counts = torch.bincount(data.train_y.cpu(), minlength=k).tolist()
+
+    model = build_classifier(cfg, tuple(data.input_shape), k).to(device)
+    channels_last = on_cuda and cfg.channels_last and data.train_x.dim() == 4
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    criterion = build_loss(cfg.loss.name, k, **loss_params(cfg, model.head, train_counts)).to(device)
+    optimizer = make_optimizer(model, cfg)
+    use_amp = on_cuda and cfg.amp
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = DeviceBatches(data.train_x, data.train_y, cfg.optim.batch_size, shuffle=True,
+                            generator=gen, augment=data.augment)
+    steps_per_epoch = len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+    )
+    clip = cfg.optim.grad_clip or 0.0
+
+    history: list[dict[str, Any]] = []
+    status, reason = "completed", None
+    last_eval: dict[str, Any] = {}
+    for epoch in range(1, cfg.optim.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        lr_now = optimizer.param_groups[0]["lr"]
+        loss_sum = torch.zeros((), device=device)
+        for xb, yb in batches:
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                _, logits = model(xb)
+            loss = criterion(logits.float(), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+            optimizer.step()
+            scheduler.step()
+            # Summed on the device: one host sync per epoch, not per step.
+            loss_sum += loss.detach() * yb.shape[0]
+        train_loss = (loss_sum / data.train_y.shape[0]).item()
+        t1 = time.perf_counter()
+        if not math.isfinite(train_loss):
+            status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch}"
+            log.warning("trial failed: %s", reason)
+            break
+
+        model.eval()
+        val_acc, val_clean = _accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast,
+                                       channels_last)
+        last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
+        t2 = time.perf_counter()
+        metrics = EpochMetrics(
+            epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_acc_clean=val_clean,
+            test_acc=last_eval["acc"], ece=last_eval["ece"], gamma_min=last_eval["gamma_min"],
+            margin_mean=last_eval["margin_mean"], lr=lr_now, train_time_s=t1 - t0,
+            eval_time_s=t2 - t1,
+        )
+        history.append(metrics.as_dict())
+        if on_epoch is not None and on_epoch(metrics):
+            status, reason = "stopped", f"stopped by caller after epoch {epoch}"
+            break
+
+    return _result(cfg, status, reason, history, last_eval, data, model, device, threads, t_start)
+
+
+def build_dataset_for(cfg: TrainConfig) -> DataBundle:
+    d = cfg.data
+    return build_dataset(
+        d.name, root=d.root, download=d.download, noise_kind=d.noise.kind, noise_rate=d.noise.rate,
+        imbalance_ratio=d.imbalance.ratio, imbalance_profile=d.imbalance.profile,
+        val_fraction=d.val_fraction, seed=cfg.seed, synthetic=d.synthetic.model_dump(),
+    )
+
+
+def _result(cfg: TrainConfig, status: str, reason: str | None, history: list[dict[str, Any]],
+            last_eval: dict[str, Any], data: DataBundle, model: Classifier, device: torch.device,
+            threads: int, t_start: float) -> TrialResult:
+    final = dict(history[-1]) if history else {}
+    groups = None
+    if last_eval and cfg.data.imbalance.ratio > 1:
+        hi, lo = scaled_thresholds(data.class_counts)
+        groups = group_accuracy(last_eval["per_class_acc"], data.class_counts, thresholds=(hi, lo))
+    return TrialResult(
+        status=status,
+        reason=reason,
+        method=method_name(cfg),
+        config=cfg.model_dump(mode="json"),
+        epochs_completed=len(history),
+        final=final,
+        history=history,
+        per_class_acc=last_eval.get("per_class_acc", []),
+        group_acc=groups,
+        noise_rate_measured=float(data.noise_rate_measured),
+        class_counts=list(data.class_counts),
+        prototype_geometry=prototype_geometry(model.head.weight_matrix().float().cpu()),
+        feature_norm=last_eval.get("feature_norm", {}),
+        reliability=last_eval.get("reliability", []),
+        data=data.summary(),
+        env={
+            "pal_study": __version__, "torch": torch.__version__, "python": platform.python_version(),
+            "device": str(device), "threads": threads,
+            "anchored": cfg.head.kind in ANCHORED_HEADS,
+        },
+        wall_time_s=time.perf_counter() - t_start,
+    )

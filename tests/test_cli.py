@@ -1,0 +1,107 @@
+"""The command line: exit codes, messages, files written."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from pal_study.cli import main
+
+
+def run(argv, capsys):
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_help_lists_subcommands(capsys):
+    rc, out, _ = run(["--help"], capsys)
+    assert rc == 0
+    for cmd in ("train", "prototypes", "validate"):
+        assert cmd in out
+
+
+def test_train_writes_result_json(tmp_path, capsys):
+    out_file = tmp_path / "res" / "result.json"
+    rc, out, err = run(["train", "--set", "method=nce+rce+fnpal", "--set", "optim.epochs=2",
+                        "--set", "data.noise.rate=0.4", "--out", str(out_file)], capsys)
+    assert rc == 0, err
+    d = json.loads(out_file.read_text())
+    assert d["status"] == "completed" and d["method"] == "nce+rce+fnpal"
+    assert len(d["history"]) == 2 and abs(d["noise_rate_measured"] - 0.4) < 0.02
+    assert "test_acc" in out
+
+
+def test_train_from_yaml_and_default_run_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "t.yaml").write_text("method: ce+pal\noptim:\n  epochs: 1\nseed: 3\n")
+    rc, _, err = run(["train", "t.yaml", "-q"], capsys)
+    assert rc == 0, err
+    runs = list((tmp_path / "runs" / "train").iterdir())
+    assert len(runs) == 1
+    assert json.loads((runs[0] / "result.json").read_text())["config"]["seed"] == 3
+    assert "kind: pal" in (runs[0] / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--set", "optim.epoch=5"], "optim.epoch"),
+        (["--set", "method=xent"], "method"),
+        (["--set", "data.noise.rate=1.0"], "data.noise.rate"),
+        (["--set", "data.imbalance.ratio=-1"], "data.imbalance.ratio"),
+        (["--set", "data.name=cifar10"], "data.root"),
+        (["--set", "data.name=mnist", "--set", "data.root=/nonexistent/x"], "--download"),
+        (["missing.yaml"], "missing.yaml"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_key(args, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(["train", *args], capsys)
+    assert rc == 2
+    assert fragment in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_validate(tmp_path, capsys):
+    good = tmp_path / "good.yaml"
+    good.write_text("method: sce+fnpal\ndata:\n  noise:\n    rate: 0.6\n")
+    rc, out, _ = run(["validate", str(good)], capsys)
+    assert rc == 0 and "sce+fnpal" in out and "ok" in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: sce+fnpal\nhead:\n  scale: -1\n")
+    rc, _, err = run(["validate", str(bad)], capsys)
+    assert rc == 2 and "head.scale" in err and str(bad) in err
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".npy"])
+def test_prototypes_command(tmp_path, capsys, suffix):
+    f = tmp_path / f"w{suffix}"
+    rc, out, _ = run(["prototypes", "--classes", "10", "--dim", "32", "--out", str(f)], capsys)
+    assert rc == 0 and "max_dev_from_etf" in out
+    w = torch.load(f, weights_only=True) if suffix == ".pt" else torch.from_numpy(np.load(f))
+    assert tuple(w.shape) == (10, 32)
+    cos = (w @ w.T)[~torch.eye(10, dtype=torch.bool)]
+    assert torch.allclose(cos, torch.full_like(cos, -1 / 9), atol=1e-5)
+
+
+def test_prototypes_bad_method_exits_2(capsys):
+    rc, _, err = run(["prototypes", "--classes", "10", "--dim", "4", "--method", "etf"], capsys)
+    assert rc == 2 and "etf" in err
+    rc, _, err = run(["prototypes", "--classes", "10", "--dim", "4", "--method", "simplex"], capsys)
+    assert rc == 2 and "allowed" in err
+
+
+def test_console_script_exit_codes(tmp_path):
+    exe = [sys.executable, "-m", "pal_study.cli"]
+    ok = subprocess.run([*exe, "validate", "--set", "seed=1", str(tmp_path / "nope.yaml")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 2 and "file not found" in ok.stderr and "Traceback" not in ok.stderr
+    usage = subprocess.run([*exe, "train", "--no-such-flag"], capture_output=True, text=True)
+    assert usage.returncode == 2
