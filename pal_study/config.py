@@ -71,7 +71,9 @@ class SyntheticConfig(_Strict):
     train_per_class: int = Field(200, ge=1, le=1_000_000)
     test_per_class: int = Field(100, ge=1, le=1_000_000)
     separation: float = Field(3.0, gt=0.0)
-    input_shape: list[int] | None = None
+    input_shape: list[int] | None = Field(None, description="e.g. [3, 32, 32] for image-shaped data")
+    data_seed: int = Field(0, ge=0, description="draws the data; the trial seed varies noise and splits")
+    augment: Literal["none", "crop_flip"] = "none"
 
     @field_validator("input_shape")
     @classmethod
@@ -79,6 +81,12 @@ class SyntheticConfig(_Strict):
         if v is not None and (not v or any(d < 1 for d in v)):
             raise ValueError("must be a non-empty list of positive ints, e.g. [3, 32, 32]")
         return v
+
+    @model_validator(mode="after")
+    def _augment_needs_images(self) -> SyntheticConfig:
+        if self.augment == "crop_flip" and (self.input_shape is None or len(self.input_shape) != 3):
+            raise KeyedError("augment", "crop_flip needs an image input_shape [C, H, W]")
+        return self
 
 
 class DataConfig(_Strict):
