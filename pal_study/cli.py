@@ -165,12 +165,24 @@ def prototypes(
         err.print(f"wrote {out_file}")
 
 
+STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective", "base"}
+
+
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="A trial config YAML.")],
+    file: Annotated[Path, typer.Argument(help="A trial config or a study YAML.")],
     set_: SetOpt = None,
 ) -> None:
-    """Check a config and say exactly what is wrong (exit 2), or what it will run (exit 0)."""
+    """Check a trial config or a study and say exactly what is wrong (exit 2), or what it will run."""
+    from pal_study.config import read_yaml
+
+    if STUDY_KEYS & set(read_yaml(file)):
+        from pal_study.study import describe, load_study
+
+        study = load_study(file, list(set_ or []))
+        out.print(f"[green]ok[/]: {file}")
+        out.print(describe(study), highlight=False)
+        return
     cfg = resolve(load_train_config(file, list(set_ or [])))
     out.print(f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "
               f"(noise {cfg.data.noise.kind} {cfg.data.noise.rate:g}, imbalance {cfg.data.imbalance.ratio:g}), "

@@ -1,0 +1,119 @@
+"""Search spaces (``search_spaces/*.yaml``): distributions over dotted trial-config keys,
+conditional on the cell's method, turned into Optuna distributions define-by-run.
+
+    params:
+      head.scale: {type: float, low: 4, high: 64, log: true, when: {head: [fnpal, norm]}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from pal_study.config import KeyedError, _Strict
+
+
+class When(_Strict):
+    """A parameter applies to a cell only if every given list contains the cell's value."""
+
+    method: list[str] | None = None
+    loss: list[str] | None = None
+    head: list[str] | None = None
+
+    def matches(self, loss: str, head: str, method: str) -> bool:
+        return all(
+            allowed is None or value in allowed
+            for allowed, value in ((self.method, method), (self.loss, loss), (self.head, head))
+        )
+
+    def describe(self) -> str:
+        parts = [f"{k} in [{', '.join(v)}]" for k, v in self.model_dump().items() if v is not None]
+        return " and ".join(parts) or "always"
+
+
+class Param(_Strict):
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    choices: list[Any] | None = None
+    when: When = When()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Param:
+        if self.type == "categorical":
+            if not self.choices:
+                raise KeyedError("choices", "a categorical parameter needs a non-empty list of choices")
+            if self.low is not None or self.high is not None:
+                raise KeyedError("low", "categorical parameters take choices, not low/high")
+            return self
+        if self.choices is not None:
+            raise KeyedError("choices", f"{self.type} parameters take low/high, not choices")
+        for key in ("low", "high"):
+            value = getattr(self, key)
+            if value is None:
+                raise KeyedError(key, f"a {self.type} parameter needs {key}")
+            if value != value or value in (float("inf"), float("-inf")):
+                raise KeyedError(key, f"must be a finite number, got {value}")
+        if self.low > self.high:
+            raise KeyedError("low", f"low ({self.low:g}) must be <= high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise KeyedError("low", f"a log range needs low > 0, got {self.low:g}")
+        if self.log and self.step is not None:
+            raise KeyedError("step", "step and log cannot be combined (Optuna rejects it)")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise KeyedError("low", "int parameters need integer low and high")
+        return self
+
+    def distribution(self):
+        import optuna.distributions as d
+
+        if self.type == "categorical":
+            return d.CategoricalDistribution(self.choices)
+        if self.type == "int":
+            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
+
+
+class SearchSpace(_Strict):
+    name: str | None = None
+    description: str | None = None
+    params: dict[str, Param] = Field(default_factory=dict)
+
+
+def active_params(spaces: list[tuple[str, SearchSpace]], loss: str, head: str, method: str) -> dict[str, Param]:
+    """The parameters that apply to a cell of this method, later spaces overriding earlier ones."""
+    out: dict[str, Param] = {}
+    for _, space in spaces:
+        for key, param in space.params.items():
+            if param.when.matches(loss, head, method):
+                out[key] = param
+    return out
+
+
+def suggest(trial, params: dict[str, Param]) -> dict[str, Any]:
+    """Define-by-run sampling: only the cell's own parameters exist in its Optuna trials."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        if p.type == "categorical":
+            out[key] = trial.suggest_categorical(key, p.choices)
+        elif p.type == "int":
+            out[key] = trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+        else:
+            out[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+    return out
+
+
+def resolve_space_path(ref: str, study_dir: Path, spaces_dir: Path | None = None) -> Path:
+    """A space reference is a path (relative to the study file) or a name in ``search_spaces/``."""
+    candidates = [study_dir / ref, study_dir / f"{ref}.yaml"]
+    for base in (spaces_dir, study_dir.parent / "search_spaces", Path.cwd() / "search_spaces"):
+        if base is not None:
+            candidates += [base / ref, base / f"{ref}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    return candidates[0]

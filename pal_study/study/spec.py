@@ -1,0 +1,307 @@
+"""Study files (``studies/*.yaml``): a base trial, factors crossed into cells, search spaces,
+budget, finals, resources, objective. Loaded and checked once, here.
+
+    pal-study validate studies/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from pal_study.config import (
+    ConfigError,
+    KeyedError,
+    TrainConfig,
+    _Strict,
+    apply_overrides,
+    method_name,
+    read_yaml,
+    validate_train_config,
+    validation_error_to_config_error,
+)
+from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
+
+OBJECTIVE_METRICS = ("val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min", "margin_mean")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+SAMPLERS = ("tpe", "random")
+
+
+class SamplerSpec(_Strict):
+    name: Literal["tpe", "random"] = "tpe"
+    seed: int = Field(0, ge=0)
+    n_startup_trials: int = Field(4, ge=0, description="random trials before TPE models the space")
+
+
+class PrunerSpec(_Strict):
+    name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0, description="completed trials before pruning starts")
+    n_warmup_steps: int = Field(2, ge=0, description="epochs a trial always runs")
+    interval_steps: int = Field(1, ge=1)
+    percentile: float = Field(50.0, gt=0, lt=100)
+    min_resource: int | Literal["auto"] = "auto"
+    reduction_factor: int = Field(3, ge=2)
+
+
+class BudgetSpec(_Strict):
+    trials_per_cell: int = Field(8, ge=1, le=100_000)
+    epochs: int | None = Field(None, ge=1, description="epochs of each tuning trial; default: the base's")
+    sampler: SamplerSpec = SamplerSpec()
+    pruner: PrunerSpec = PrunerSpec()
+
+
+class FinalsSpec(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    epochs: int | None = Field(None, ge=1, description="default: the tuning epochs")
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v) or any(s < 0 for s in v):
+            raise ValueError(f"seeds must be distinct non-negative ints, got {v}")
+        return v
+
+
+class ResourcesSpec(_Strict):
+    cpu: float = Field(1.0, gt=0, le=1024)
+    gpu: float = Field(0.0, ge=0, le=64)
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: float) -> float:
+        # Ray packs fractional GPUs only below one; above, whole GPUs.
+        if v > 1 and v != int(v):
+            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+        return v
+
+
+class ObjectiveSpec(_Strict):
+    metric: Literal["val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min", "margin_mean"] = "val_acc"
+    mode: Literal["max", "min"] = "max"
+    allow_test: bool = Field(False, description="tuning on test accuracy leaks the test set: opt in")
+
+    @model_validator(mode="after")
+    def _no_test(self) -> ObjectiveSpec:
+        if self.metric == "test_acc" and not self.allow_test:
+            raise KeyedError("metric", "tuning on test_acc leaks the test set into model selection; "
+                             "use val_acc (default), or set objective.allow_test: true knowingly")
+        return self
+
+
+class StudySpec(_Strict):
+    name: str = Field(..., description="study name: runs/<name>/, the MLflow experiment")
+    description: str | None = None
+    base: dict[str, Any] | str = Field(default_factory=dict, description="trial config, inline or a YAML path")
+    factors: dict[str, list[Any]] = Field(default_factory=dict)
+    search: list[str | dict[str, Any]] = Field(default_factory=list)
+    budget: BudgetSpec = BudgetSpec()
+    finals: FinalsSpec = FinalsSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    objective: ObjectiveSpec = ObjectiveSpec()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            raise ValueError("must be 1-100 letters, digits, '_', '.', '-' (it names a directory)")
+        return v
+
+    @field_validator("factors")
+    @classmethod
+    def _factors(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not values:
+                raise KeyedError(key, "empty grid: give at least one value")
+            if len({repr(x) for x in values}) != len(values):
+                raise KeyedError(key, f"repeated values in {values}")
+        return v
+
+
+@dataclass
+class Cell:
+    """One point of the factor grid. ``label`` is stable and machine-readable."""
+
+    index: int
+    factors: dict[str, Any]
+    config: TrainConfig
+    method: str
+    params: dict[str, Param] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return cell_label(self.factors)
+
+
+def cell_label(factors: dict[str, Any]) -> str:
+    if not factors:
+        return "all"
+    return ",".join(f"{k}={_fmt(v)}" for k, v in factors.items())
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Study:
+    spec: StudySpec
+    path: Path
+    base: dict[str, Any]
+    spaces: list[tuple[str, SearchSpace]]
+    cells: list[Cell]
+
+    @property
+    def tuning_trials(self) -> int:
+        return len(self.cells) * self.spec.budget.trials_per_cell
+
+    @property
+    def final_trials(self) -> int:
+        return len(self.cells) * len(self.spec.finals.seeds)
+
+
+def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
+    """Read, validate and expand a study. Every problem is a ConfigError naming file and key."""
+    p = Path(path)
+    src = str(p)
+    data = read_yaml(p)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        spec = StudySpec.model_validate(data)
+    except ValidationError as err:
+        raise validation_error_to_config_error(err, src) from None
+
+    if isinstance(spec.base, str):
+        base_path = (p.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+        base, base_src = read_yaml(base_path), str(base_path)
+    else:
+        base, base_src = spec.base, f"{src}: base"
+    validate_train_config(base, base_src)
+    if spec.budget.epochs is not None:
+        base = apply_overrides(base, [f"optim.epochs={spec.budget.epochs}"])
+
+    spaces = [_load_space(ref, i, p) for i, ref in enumerate(spec.search)]
+    cells = _expand(spec, base, src)
+    _check_params_used(spaces, cells, src)
+    return Study(spec=spec, path=p, base=base, spaces=spaces, cells=cells)
+
+
+def _load_space(ref: str | dict[str, Any], index: int, study_path: Path) -> tuple[str, SearchSpace]:
+    if isinstance(ref, dict):
+        src, data = f"{study_path}: search[{index}]", ref
+    else:
+        space_path = resolve_space_path(ref, study_path.parent)
+        if not space_path.is_file():
+            raise ConfigError(f"search space {ref!r} not found (looked for {space_path} and in search_spaces/)",
+                              source=str(study_path), key=f"search[{index}]")
+        src, data = str(space_path), read_yaml(space_path)
+    try:
+        space = SearchSpace.model_validate(data)
+    except ValidationError as err:
+        raise validation_error_to_config_error(err, src) from None
+    for key in space.params:
+        try:
+            _check_key_exists(key)
+        except ValueError as e:
+            raise ConfigError(str(e), source=src, key=f"params.{key}") from None
+    return src, space
+
+
+def _check_key_exists(key: str) -> None:
+    model: Any = TrainConfig
+    for part in key.split("."):
+        fields = getattr(model, "model_fields", None)
+        if fields is None or part not in fields:
+            allowed = ", ".join(fields) if fields else "(none: a value, not a section)"
+            raise ValueError(f"{key!r} is not a trial config key; allowed at {part!r}: {allowed}")
+        model = fields[part].annotation
+        if not (isinstance(model, type) and hasattr(model, "model_fields")):
+            model = None
+
+
+def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
+    keys = list(spec.factors)
+    for key in keys:
+        try:
+            _check_key_exists(key)
+        except ValueError as e:
+            raise ConfigError(str(e), source=src, key=f"factors.{key}") from None
+    cells = []
+    for index, values in enumerate(itertools.product(*(spec.factors[k] for k in keys))):
+        factors = dict(zip(keys, values))
+        data = base
+        if "method" in factors:
+            # A factor's method replaces the base's loss/head choice, not conflicts with it.
+            data = {k: v for k, v in base.items() if k != "method"}
+            for section, key in (("loss", "name"), ("head", "kind")):
+                if isinstance(data.get(section), dict) and key in data[section]:
+                    data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
+        data = apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in factors.items()])
+        label = cell_label(factors)
+        cfg = validate_train_config(data, f"{src}: cell {label}")
+        cells.append(Cell(index=index, factors=factors, config=cfg, method=method_name(cfg)))
+    return cells
+
+
+def _yaml_value(v: Any) -> str:
+    import yaml
+
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def _check_params_used(spaces: list[tuple[str, SearchSpace]], cells: list[Cell], src: str) -> None:
+    for cell in cells:
+        c = cell.config
+        cell.params = active_params(spaces, c.loss.name, c.head.kind, cell.method)
+        # Each active parameter must make a valid trial at its range's ends.
+        for key, param in cell.params.items():
+            for value in _probe_values(param):
+                try:
+                    validate_train_config(apply_overrides(c.model_dump(), [f"{key}={_yaml_value(value)}"]),
+                                          f"{src}: cell {cell.label}")
+                except ConfigError as e:
+                    raise ConfigError(f"search value {value!r} makes an invalid trial: {e}",
+                                      source=_space_src(spaces, key), key=f"params.{key}") from None
+    methods = sorted({cell.method for cell in cells})
+    for space_src, space in spaces:
+        for key, param in space.params.items():
+            if not any(key in cell.params for cell in cells):
+                raise ConfigError(
+                    f"used by no cell of this study: it applies when {param.when.describe()}, "
+                    f"and the study's methods are {', '.join(methods)}",
+                    source=space_src, key=f"params.{key}",
+                )
+
+
+def _space_src(spaces: list[tuple[str, SearchSpace]], key: str) -> str:
+    return next((s for s, sp in reversed(spaces) if key in sp.params), "search")
+
+
+def _probe_values(p: Param) -> list[Any]:
+    if p.type == "categorical":
+        return list(p.choices or [])
+    lo, hi = p.low, p.high
+    if p.type == "int":
+        return [int(lo), int(hi)]
+    return [lo, hi] if math.isfinite(lo) and math.isfinite(hi) else []
+
+
+def describe(study: Study) -> str:
+    s = study.spec
+    lines = [
+        f"study {s.name!r}: {len(study.cells)} cells × {s.budget.trials_per_cell} tuning trials "
+        f"= {study.tuning_trials} trials, then {len(s.finals.seeds)} final seeds per cell "
+        f"= {study.final_trials} final runs ({study.tuning_trials + study.final_trials} in all)",
+        f"  objective {s.objective.metric} ({s.objective.mode}); sampler {s.budget.sampler.name} "
+        f"seed {s.budget.sampler.seed}; pruner {s.budget.pruner.name}; resources cpu {s.resources.cpu:g} "
+        f"gpu {s.resources.gpu:g} per trial",
+    ]
+    for cell in study.cells:
+        params = ", ".join(cell.params) or "(no search: base config only)"
+        lines.append(f"  [{cell.index}] {cell.label}: {params}")
+    return "\n".join(lines)
