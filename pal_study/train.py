@@ -169,18 +169,24 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
-@torch.no_grad()
-def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-              autocast: Any, channels_last: bool) -> dict[str, Any]:
-    acc = EvalAccumulator(num_classes)
+def _forward_batches(model: Classifier, x: torch.Tensor, autocast: Any, channels_last: bool):
+    """Evaluation forward passes in large batches: yields (slice, features, logits) in float32."""
     for start in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[start:start + EVAL_BATCH]
+        sl = slice(start, start + EVAL_BATCH)
+        xb = x[sl]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
         with autocast():
             z, logits = model(xb)
-        z, logits = z.float(), logits.float()
-        acc.update(z, logits, model.head.cosine_logits(z), y[start:start + EVAL_BATCH])
+        yield sl, z.float(), logits.float()
+
+
+@torch.no_grad()
+def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int,
+              autocast: Any, channels_last: bool) -> dict[str, Any]:
+    acc = EvalAccumulator(num_classes)
+    for sl, z, logits in _forward_batches(model, x, autocast, channels_last):
+        acc.update(z, logits, model.head.cosine_logits(z), y[sl])
     return acc.compute()
 
 
@@ -190,15 +196,10 @@ def _accuracy(model: Classifier, x: torch.Tensor, labels: list[torch.Tensor], au
     if x.shape[0] == 0:
         return [None for _ in labels]
     correct = [torch.zeros((), dtype=torch.long, device=x.device) for _ in labels]
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        xb = x[start:start + EVAL_BATCH]
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        with autocast():
-            _, logits = model(xb)
+    for sl, _, logits in _forward_batches(model, x, autocast, channels_last):
         pred = logits.argmax(1)
         for i, y in enumerate(labels):
-            correct[i] += (pred == y[start:start + EVAL_BATCH]).sum()
+            correct[i] += (pred == y[sl]).sum()
     return [c.item() / x.shape[0] for c in correct]
 
 
