@@ -48,7 +48,7 @@ def test_per_method_defaults():
     assert fn.head.scale == 10.0
     assert fn.head.last_relu is False  # anchored head drops the final ReLU (PAL_SPEC §1)
     assert fn.head.use_relu_prototypes is False
-    assert (fn.loss.alpha, fn.loss.beta) is not None and fn.loss.alpha > 0 and fn.loss.beta > 0
+    assert (fn.loss.alpha, fn.loss.beta) == (1.0, 100.0)  # digits take MNIST's (ALFs) defaults
     assert fn.loss.q is None  # only the loss's own parameters are filled
     gce = resolve(TrainConfig(method="gce"))
     assert gce.loss.q == 0.7 and gce.head.last_relu is True
