@@ -1,8 +1,11 @@
-"""Metrics every trial logs (PAL_SPEC §6): accuracy, per-class and many/medium/few, ECE with
-reliability bins, sample margins and γ_min on cosine logits, feature norms per class.
+"""Metrics every trial logs (PAL_SPEC §6): accuracy, per-class accuracy and many/medium/few,
+ECE with reliability bins, sample margins and γ_min on cosine logits, feature norms per class.
 
-:class:`EvalAccumulator` computes all of them in one pass over batches with O(k + bins) running
-sums on the tensors' device (no host sync per batch); the one-shot functions are its reference.
+Inputs are torch tensors, outputs plain Python values (JSON-serialisable, never NaN: an empty
+class or bin gives ``None``). The one-shot functions are the reference; :class:`EvalAccumulator`
+computes the same numbers in one pass over batches with O(k + bins) running sums kept on the
+tensors' device, using only fixed-size ops (no boolean masks, no ``bincount``, no ``.item()``)
+so that a CUDA evaluation loop never waits on the host until ``compute()``.
 """
 
 from __future__ import annotations
@@ -12,171 +15,235 @@ from typing import Any
 import torch
 
 N_BINS = 15
+GROUP_THRESHOLDS = (100, 20)  # many > 100 ≥ medium ≥ 20 > few training images (PAL_SPEC §4)
+
+
+def _pred(logits_or_pred: torch.Tensor) -> torch.Tensor:
+    return logits_or_pred.argmax(1) if logits_or_pred.dim() == 2 else logits_or_pred
+
+
+def _check_nonempty(labels: torch.Tensor, what: str) -> None:
+    if labels.numel() == 0:
+        raise ValueError(f"{what} of an empty set of samples is undefined")
+
+
+def _check_classes(num_classes: int) -> None:
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2 (a margin needs a rival class), got {num_classes}")
 
 
 def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor) -> float:
-    pred = logits_or_pred.argmax(1) if logits_or_pred.dim() == 2 else logits_or_pred
-    return (pred == labels).float().mean().item() if labels.numel() else float("nan")
+    """Top-1 accuracy from logits (batch × k) or predicted labels (batch)."""
+    _check_nonempty(labels, "accuracy")
+    return (_pred(logits_or_pred) == labels).double().mean().item()
 
 
 def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
-    total = torch.bincount(labels, minlength=num_classes)
-    correct = torch.bincount(labels[pred == labels], minlength=num_classes)
-    return _ratio_list(correct, total)
-
-
-def _ratio_list(num: torch.Tensor, den: torch.Tensor) -> list[float | None]:
-    return [None if d == 0 else n / d for n, d in zip(num.tolist(), den.tolist())]
+    """Accuracy on each class's samples; ``None`` for a class without samples. ``pred`` may be logits."""
+    pred = _pred(pred)
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mine = labels == c
+        n = int(mine.sum())
+        out.append(None if n == 0 else int((pred[mine] == c).sum()) / n)
+    return out
 
 
 def scaled_thresholds(class_counts: list[int], reference_max: int = 500) -> tuple[float, float]:
     """Many/medium/few thresholds (100, 20 training images), scaled down for small data sets.
 
     The thresholds were defined on CIFAR-100-LT / ImageNet-LT, whose largest class has ~500-1280
-    images; on digits (largest class ~130) they would put every class in "medium" or "few", so
-    they shrink by max(counts)/reference_max, and never grow.
+    images. On digits (largest class ~130) they would put every class in "medium" or "few", so
+    they shrink by max(counts) / reference_max, and never grow.
     """
-    factor = min(1.0, max(class_counts) / reference_max) if class_counts else 1.0
-    return 100.0 * factor, 20.0 * factor
+    factor = min(1.0, max(class_counts) / reference_max) if len(class_counts) else 1.0
+    hi, lo = GROUP_THRESHOLDS
+    return hi * factor, lo * factor
 
 
 def group_accuracy(per_class_acc: list[float | None], class_counts: list[int],
-                   thresholds: tuple[float, float] = (100, 20)) -> dict[str, Any]:
-    """Mean per-class accuracy of classes with > hi (many), [lo, hi] (medium), < lo (few) images."""
+                   thresholds: tuple[float, float] = GROUP_THRESHOLDS) -> dict[str, Any]:
+    """Mean per-class accuracy of classes with > hi (many), in [lo, hi] (medium), < lo (few)
+    training images; ``None`` for an empty group. Classes without test samples are left out.
+
+    Also returns ``<group>_classes`` (how many classes each mean covers) and ``thresholds`` [hi, lo].
+    """
+    if len(per_class_acc) != len(class_counts):
+        raise ValueError(f"per_class_acc has {len(per_class_acc)} classes, class_counts {len(class_counts)}")
     hi, lo = thresholds
+    if lo > hi:
+        raise ValueError(f"thresholds must be (hi, lo) with lo <= hi, got {tuple(thresholds)}")
     groups: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
     for acc, n in zip(per_class_acc, class_counts):
-        if acc is None:
-            continue
-        groups["many" if n > hi else "few" if n < lo else "medium"].append(acc)
+        if acc is not None:
+            groups["many" if n > hi else "few" if n < lo else "medium"].append(acc)
     out: dict[str, Any] = {g: (sum(v) / len(v) if v else None) for g, v in groups.items()}
     out.update({f"{g}_classes": len(v) for g, v in groups.items()})
-    out["thresholds"] = [hi, lo]
+    out["thresholds"] = [float(hi), float(lo)]
     return out
 
 
+def _confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(max softmax probability, argmax); softmax in float32 even for half-precision logits."""
+    return torch.softmax(logits.float(), 1).max(1)
+
+
+def _bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
+    # Bin i holds (i/n, (i+1)/n]; a softmax maximum is ≥ 1/k > 0, the clamp only guards rounding.
+    return (torch.ceil(conf.double() * n_bins) - 1).clamp(0, n_bins - 1).long()
+
+
+def _reliability(counts: list[int], conf_sums: list[float], correct_sums: list[float],
+                 n_bins: int) -> tuple[float, list[dict[str, Any]]]:
+    total = sum(counts)
+    ece, bins = 0.0, []
+    for i, (c, conf, corr) in enumerate(zip(counts, conf_sums, correct_sums)):
+        bin_acc = corr / c if c else None
+        bin_conf = conf / c if c else None
+        if c:
+            ece += c / total * abs(bin_acc - bin_conf)  # type: ignore[operator]
+        bins.append({"lower": i / n_bins, "upper": (i + 1) / n_bins, "count": int(c),
+                     "accuracy": bin_acc, "confidence": bin_conf})
+    return ece, bins
+
+
 def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor,
-                               n_bins: int = N_BINS) -> tuple[float, list[dict[str, float]]]:
-    """ECE over equal-width bins of the max softmax probability, and the reliability bins."""
-    acc = EvalAccumulator(logits.shape[1], n_bins=n_bins)
-    acc._update_calibration(logits.float(), labels)
-    return acc._calibration()
-
-
-def sample_margins(cos_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """γ(x, y) = f_y − max_{j≠y} f_j on cosine logits: mean, γ_min, per-class minimum."""
-    m = _margins(cos_logits.float(), labels)
-    per_class = [None if not (labels == c).any() else m[labels == c].min().item() for c in range(num_classes)]
-    return {"mean": m.mean().item(), "gamma_min": m.min().item(), "per_class_min": per_class}
+                               n_bins: int = N_BINS) -> tuple[float, list[dict[str, Any]]]:
+    """ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over ``n_bins`` equal-width bins of the max
+    softmax probability, and the reliability bins (lower, upper, count, accuracy, confidence;
+    accuracy and confidence are ``None`` for an empty bin)."""
+    _check_nonempty(labels, "ECE")
+    conf, pred = _confidence(logits)
+    idx = _bin_index(conf, n_bins)
+    correct = (pred == labels).double()
+    counts, confs, corrects = [], [], []
+    for b in range(n_bins):
+        mine = idx == b
+        counts.append(int(mine.sum()))
+        confs.append(conf.double()[mine].sum().item())
+        corrects.append(correct[mine].sum().item())
+    return _reliability(counts, confs, corrects, n_bins)
 
 
 def _margins(cos_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """γ(x, y) = f_y − max_{j≠y} f_j per sample."""
+    cos_logits = cos_logits.double()
     target = cos_logits.gather(1, labels[:, None]).squeeze(1)
-    others = cos_logits.scatter(1, labels[:, None], float("-inf"))
-    return target - others.max(1).values
+    rivals = cos_logits.scatter(1, labels[:, None], float("-inf"))
+    return target - rivals.max(1).values
+
+
+def sample_margins(cos_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
+    """Sample margins on normalised logits (cosines), PAL_SPEC §1: their mean, γ_min, and each
+    class's minimum (``None`` for a class without samples)."""
+    _check_nonempty(labels, "sample margins")
+    _check_classes(num_classes)
+    m = _margins(cos_logits, labels)
+    per_class = [m[labels == c].min().item() if bool((labels == c).any()) else None for c in range(num_classes)]
+    return {"mean": m.mean().item(), "gamma_min": m.min().item(), "per_class_min": per_class}
 
 
 def feature_norm_stats(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    acc = EvalAccumulator(num_classes)
-    acc._update_norms(features.float(), labels)
-    return acc._norms()
+    """Mean and (population) standard deviation of ‖z‖₂, per class (``None`` where a class has no
+    samples) and overall."""
+    _check_nonempty(labels, "feature norms")
+    norms = features.double().norm(dim=1)
+    mean: list[float | None] = []
+    std: list[float | None] = []
+    for c in range(num_classes):
+        mine = norms[labels == c]
+        mean.append(mine.mean().item() if mine.numel() else None)
+        std.append(mine.std(unbiased=False).item() if mine.numel() else None)
+    return {"per_class_mean": mean, "per_class_std": std,
+            "overall_mean": norms.mean().item(), "overall_std": norms.std(unbiased=False).item()}
 
 
 class EvalAccumulator:
-    """One pass over an evaluation set: ``update`` per batch, ``compute`` once."""
+    """One pass over an evaluation set: ``update`` per batch, ``compute`` once.
+
+    Keeps only running sums on the device of the first batch: per class the count, correct
+    predictions, smallest margin, and sum and sum of squares of feature norms; per ECE bin the
+    count, confidence sum and correct sum; the margin sum. Counts are int64, the rest float64.
+    """
 
     def __init__(self, num_classes: int, n_bins: int = N_BINS):
+        _check_classes(num_classes)
+        if n_bins < 1:
+            raise ValueError(f"n_bins must be >= 1, got {n_bins}")
         self.k = num_classes
         self.n_bins = n_bins
-        self._state: dict[str, torch.Tensor] | None = None
+        self._s: dict[str, torch.Tensor] | None = None
 
-    def _init(self, device: torch.device) -> dict[str, torch.Tensor]:
-        if self._state is None:
-            z = lambda n, dt=torch.float64: torch.zeros(n, dtype=dt, device=device)  # noqa: E731
-            self._state = {
-                "count": z(self.k, torch.long), "correct": z(self.k, torch.long),
-                "bin_count": z(self.n_bins, torch.long), "bin_conf": z(self.n_bins), "bin_correct": z(self.n_bins),
-                "margin_sum": z(1), "margin_min": torch.full((self.k,), float("inf"), dtype=torch.float64, device=device),
-                "norm_count": z(self.k, torch.long), "norm_sum": z(self.k), "norm_sq": z(self.k),
+    def _state(self, device: torch.device) -> dict[str, torch.Tensor]:
+        if self._s is None:
+            k, b = self.k, self.n_bins
+
+            def zeros(n: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+                return torch.zeros(n, dtype=dtype, device=device)
+
+            self._s = {
+                "count": zeros(k, torch.long), "correct": zeros(k, torch.long),
+                "bin_count": zeros(b, torch.long), "bin_conf": zeros(b), "bin_correct": zeros(b),
+                "margin_sum": zeros(1), "margin_min": torch.full((k,), float("inf"), dtype=torch.float64, device=device),
+                "norm_sum": zeros(k), "norm_sq": zeros(k),
             }
-        return self._state
+        return self._s
 
+    @torch.no_grad()
     def update(self, features: torch.Tensor, logits: torch.Tensor, cos_logits: torch.Tensor,
                labels: torch.Tensor) -> None:
-        s = self._init(labels.device)
-        logits = logits.float()
-        pred = logits.argmax(1)
-        s["count"] += torch.bincount(labels, minlength=self.k)
-        s["correct"] += torch.bincount(labels[pred == labels], minlength=self.k)
-        self._update_calibration(logits, labels)
-        m = _margins(cos_logits.float(), labels).double()
+        """Add a batch: backbone features (b × d), the head's logits and cosine logits (b × k),
+        and the labels to score against (b)."""
+        s = self._state(labels.device)
+        labels = labels.long()
+        conf, pred = _confidence(logits)
+        hit = (pred == labels).long()
+        ones = torch.ones_like(labels)
+        s["count"].index_add_(0, labels, ones)
+        s["correct"].index_add_(0, labels, hit)
+
+        idx = _bin_index(conf, self.n_bins)
+        s["bin_count"].index_add_(0, idx, ones)
+        s["bin_conf"].index_add_(0, idx, conf.double())
+        s["bin_correct"].index_add_(0, idx, hit.double())
+
+        m = _margins(cos_logits, labels)
         s["margin_sum"] += m.sum()
         s["margin_min"] = s["margin_min"].scatter_reduce(0, labels, m, reduce="amin")
-        self._update_norms(features.float(), labels)
 
-    def _update_calibration(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        s = self._init(labels.device)
-        conf, pred = torch.softmax(logits, 1).max(1)
-        # Bin i holds confidences in (i/n, (i+1)/n]; confidence is never 0 for a softmax.
-        idx = (torch.ceil(conf.double() * self.n_bins) - 1).clamp(0, self.n_bins - 1).long()
-        s["bin_count"] += torch.bincount(idx, minlength=self.n_bins)
-        s["bin_conf"] += torch.zeros(self.n_bins, dtype=torch.float64, device=idx.device).index_add_(0, idx, conf.double())
-        s["bin_correct"] += torch.bincount(idx, weights=(pred == labels).double(), minlength=self.n_bins)
-
-    def _update_norms(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        s = self._init(labels.device)
-        norms = features.norm(dim=1).double()
-        s["norm_sum"] += torch.zeros(self.k, dtype=torch.float64, device=norms.device).index_add_(0, labels, norms)
-        s["norm_sq"] += torch.zeros(self.k, dtype=torch.float64, device=norms.device).index_add_(0, labels, norms**2)
-        s["norm_count"] += torch.bincount(labels, minlength=self.k)
-
-    def _calibration(self) -> tuple[float, list[dict[str, float]]]:
-        s = self._state
-        assert s is not None
-        n = s["bin_count"].sum().item()
-        counts, conf, correct = s["bin_count"].tolist(), s["bin_conf"].tolist(), s["bin_correct"].tolist()
-        ece, bins = 0.0, []
-        for i in range(self.n_bins):
-            c = counts[i]
-            bin_acc = correct[i] / c if c else 0.0
-            bin_conf = conf[i] / c if c else 0.0
-            ece += c / n * abs(bin_acc - bin_conf) if n else 0.0
-            bins.append({"lower": i / self.n_bins, "upper": (i + 1) / self.n_bins, "count": c,
-                         "accuracy": bin_acc, "confidence": bin_conf})
-        return ece, bins
-
-    def _norms(self) -> dict[str, Any]:
-        s = self._state
-        assert s is not None
-        count = s["norm_count"].double()
-        mean = s["norm_sum"] / count.clamp_min(1)
-        var = (s["norm_sq"] / count.clamp_min(1) - mean**2).clamp_min(0)
-        total = count.sum().clamp_min(1)
-        overall_mean = s["norm_sum"].sum() / total
-        overall_var = (s["norm_sq"].sum() / total - overall_mean**2).clamp_min(0)
-        present = (count > 0).tolist()
-        return {
-            "per_class_mean": [v if p else None for v, p in zip(mean.tolist(), present)],
-            "per_class_std": [v if p else None for v, p in zip(var.sqrt().tolist(), present)],
-            "overall_mean": overall_mean.item(),
-            "overall_std": overall_var.sqrt().item(),
-        }
+        norms = features.double().norm(dim=1)
+        s["norm_sum"].index_add_(0, labels, norms)
+        s["norm_sq"].index_add_(0, labels, norms * norms)
 
     def compute(self) -> dict[str, Any]:
-        s = self._state
-        if s is None:
+        """acc, per_class_acc, ece, reliability, margin_mean, gamma_min, per_class_gamma_min,
+        feature_norm (as :func:`feature_norm_stats`)."""
+        if self._s is None:
             raise ValueError("EvalAccumulator.compute() before any update()")
-        total = s["count"].sum().item()
-        ece, bins = self._calibration()
-        per_class_min = [None if c == 0 else m for m, c in zip(s["margin_min"].tolist(), s["count"].tolist())]
-        present = [m for m in per_class_min if m is not None]
+        s = {name: t.tolist() for name, t in self._s.items()}  # host transfers happen here only
+        count, total = s["count"], sum(s["count"])
+        if total == 0:
+            raise ValueError("EvalAccumulator.compute(): the batches held no samples")
+        ece, bins = _reliability(s["bin_count"], s["bin_conf"], s["bin_correct"], self.n_bins)
+        per_class_min = [m if n else None for m, n in zip(s["margin_min"], count)]
         return {
-            "acc": s["correct"].sum().item() / total,
-            "per_class_acc": _ratio_list(s["correct"], s["count"]),
+            "acc": sum(s["correct"]) / total,
+            "per_class_acc": [c / n if n else None for c, n in zip(s["correct"], count)],
             "ece": ece,
             "reliability": bins,
-            "margin_mean": s["margin_sum"].item() / total,
-            "gamma_min": min(present),
+            "margin_mean": s["margin_sum"][0] / total,
+            "gamma_min": min(m for m in per_class_min if m is not None),
             "per_class_gamma_min": per_class_min,
-            "feature_norm": self._norms(),
+            "feature_norm": _norm_stats(s["norm_sum"], s["norm_sq"], count),
         }
+
+
+def _norm_stats(sums: list[float], squares: list[float], counts: list[int]) -> dict[str, Any]:
+    def mean_std(s: float, sq: float, n: int) -> tuple[float, float]:
+        mean = s / n
+        return mean, max(sq / n - mean * mean, 0.0) ** 0.5
+
+    per_class = [mean_std(s, sq, n) if n else (None, None) for s, sq, n in zip(sums, squares, counts)]
+    overall = mean_std(sum(sums), sum(squares), sum(counts))
+    return {"per_class_mean": [m for m, _ in per_class], "per_class_std": [sd for _, sd in per_class],
+            "overall_mean": overall[0], "overall_std": overall[1]}
