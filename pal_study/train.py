@@ -35,7 +35,9 @@ from pal_study.prototypes import prototype_geometry
 
 log = logging.getLogger(__name__)
 
-EVAL_BATCH = 2048
+# Evaluation batch per device: big batches keep a GPU busy, but on the CPU a 2048 batch cost
+# 1.8-2.3x more per sample than 128-256 (benchmarks/README.md, diagnostics).
+EVAL_BATCH = {"cuda": 2048, "cpu": 256}
 
 
 @dataclass
@@ -171,8 +173,9 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
 
 def _forward_batches(model: Classifier, x: torch.Tensor, autocast: Any, channels_last: bool):
     """Evaluation forward passes in large batches: yields (slice, features, logits) in float32."""
-    for start in range(0, x.shape[0], EVAL_BATCH):
-        sl = slice(start, start + EVAL_BATCH)
+    size = EVAL_BATCH.get(x.device.type, 256)
+    for start in range(0, x.shape[0], size):
+        sl = slice(start, start + size)
         xb = x[sl]
         if channels_last:
             xb = xb.contiguous(memory_format=torch.channels_last)
