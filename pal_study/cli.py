@@ -165,6 +165,37 @@ def prototypes(
         err.print(f"wrote {out_file}")
 
 
+@app.command()
+def run(
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study to run or resume.")],
+    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: a local Ray on 127.0.0.1.")] = None,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=1, help="At most N trials at once (default: what the resources allow).")] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="Discard the stored state of this study and start afresh.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    set_: SetOpt = None,
+) -> None:
+    """Run a study: Optuna samples each cell on Ray Tune, its pruner stops weak trials, the best
+    config per cell is re-run over the final seeds. Run the same command again to resume."""
+    from pal_study.study import describe, load_study
+    from pal_study.study.runner import render_table, run_study
+
+    _setup_logging(False)
+    study = load_study(study_file, list(set_ or []))
+    err.print(describe(study).splitlines()[0], highlight=False, soft_wrap=True)
+    outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
+                        restart=restart, console=err)
+    # Piped output (logs, CI) is not cut to 80 columns.
+    out.print(render_table(study, outcome.cells), width=None if out.is_terminal else 200)
+    out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
+              f"{runs_dir / study.spec.name}/", highlight=False)
+    if outcome.interrupted:
+        err.print("[yellow]interrupted[/]: run the same command again to resume")
+        raise typer.Exit(130)
+    if outcome.all_failed:
+        err.print("[red]every trial failed[/]; reasons are in the Optuna storage (user attr 'reason')")
+        raise typer.Exit(EXIT_FAILED)
+
+
 STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective", "base"}
 
 

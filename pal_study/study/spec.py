@@ -42,7 +42,7 @@ class SamplerSpec(_Strict):
 class PrunerSpec(_Strict):
     name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
     n_startup_trials: int = Field(2, ge=0, description="completed trials before pruning starts")
-    n_warmup_steps: int = Field(2, ge=0, description="epochs a trial always runs")
+    n_warmup_steps: int = Field(2, ge=0, description="Optuna's: no pruning at epochs below this (steps are epochs, from 1)")
     interval_steps: int = Field(1, ge=1)
     percentile: float = Field(50.0, gt=0, lt=100)
     min_resource: int | Literal["auto"] = "auto"

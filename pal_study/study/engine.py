@@ -1,0 +1,321 @@
+"""The study engine on Ray Tune: a searcher that hands out work from the Optuna storage and a
+scheduler that asks a real Optuna pruner at every reported epoch.
+
+Why not ``OptunaSearch`` + ASHA (``../shared/STACK_NOTES.md``): OptunaSearch creates its study
+with a ``NopPruner`` and never asks ``should_prune``; a Tune scheduler that stops a trial makes
+OptunaSearch tell COMPLETE with a truncated value; and Tune does not restore scheduler state.
+Here the Optuna storage is the only state: the searcher asks (or resumes) Optuna trials per cell
+with an equal budget per cell, the scheduler reports each epoch to the trial and stops it when the
+study's pruner says so, and the searcher tells PRUNED / COMPLETE / FAIL. Finals (the best config
+of each cell over the final seeds, no pruning) are recorded per seed as they finish.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+from ray.tune.search import Searcher
+
+from pal_study.config import apply_overrides, resolve, validate_train_config
+from pal_study.study.space import suggest
+from pal_study.study.spec import Cell, PrunerSpec, SamplerSpec, Study, _yaml_value
+from pal_study.study.store import StudyStore, best_trial, jsonable
+
+log = logging.getLogger(__name__)
+
+
+def build_sampler(spec: SamplerSpec, cell_index: int) -> optuna.samplers.BaseSampler:
+    # One seed per cell so cells do not draw the same sequence; fixed, so a rerun draws the same.
+    seed = spec.seed * 1000 + cell_index
+    if spec.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # constant_liar: concurrent trials are not all drawn at the same promising point.
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
+                                          multivariate=True, constant_liar=True)
+
+
+def build_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
+    if spec.name == "none":
+        return optuna.pruners.NopPruner()
+    if spec.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
+                                           n_warmup_steps=spec.n_warmup_steps, interval_steps=spec.interval_steps)
+    if spec.name == "percentile":
+        return optuna.pruners.PercentilePruner(spec.percentile, n_startup_trials=spec.n_startup_trials,
+                                               n_warmup_steps=spec.n_warmup_steps,
+                                               interval_steps=spec.interval_steps)
+    if spec.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource,
+                                                      reduction_factor=spec.reduction_factor)
+    if spec.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1 if spec.min_resource == "auto" else spec.min_resource,
+                                              max_resource=epochs, reduction_factor=spec.reduction_factor)
+    raise ValueError(f"unknown pruner {spec.name!r}")
+
+
+@dataclass
+class Job:
+    """One Tune trial as the searcher handed it out."""
+
+    stage: str  # "tune" | "final"
+    cell: Cell
+    trial: optuna.trial.Trial | None = None
+    seeds: list[int] = field(default_factory=list)
+    resumed: bool = False
+    reported: set[int] = field(default_factory=set)
+    pruned_at: int | None = None
+    closing: dict[str, Any] | None = None
+    last_epoch: int = 0
+
+
+Event = Callable[[str, Job, dict[str, Any]], None]
+
+
+class StudySearcher(Searcher):
+    """Hands out tuning trials (equal budget per cell), resumed trials, then finals."""
+
+    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Event | None = None):
+        super().__init__(metric=study.spec.objective.metric, mode=study.spec.objective.mode)
+        self.study = study
+        self.spec = study.spec
+        self.store = store
+        self.on_event = on_event or (lambda kind, job, info: None)
+        self.jobs: dict[str, Job] = {}
+        epochs = study.spec.budget.epochs or max(c.config.optim.epochs or 1 for c in study.cells)
+        self._tuning: dict[int, optuna.Study] = {}
+        self._resume: list[tuple[Cell, int]] = []
+        self._issued: dict[int, int] = {}
+        self._finals_issued: dict[int, set[int]] = {}
+        self._finals_skipped: dict[int, str] = {}
+        for cell in study.cells:
+            st = store.open_tuning(cell, build_sampler(study.spec.budget.sampler, cell.index),
+                                   build_pruner(study.spec.budget.pruner, cell.config.optim.epochs or epochs))
+            self._tuning[cell.index] = st
+            trials = st.get_trials(deepcopy=False)
+            # Trials left RUNNING by a killed driver are run again under the same Optuna trial.
+            running = [t for t in trials if t.state == TrialState.RUNNING]
+            self._resume += [(cell, t._trial_id) for t in running]
+            self._issued[cell.index] = sum(t.state.is_finished() for t in trials) + len(running)
+            self._finals_issued[cell.index] = set(store.final_results(cell))
+        n_seeds = len(study.spec.finals.seeds)
+        # Few cells for many slots: one seed per trial keeps the slots busy; otherwise all seeds of
+        # a cell in one trial, paying the per-trial costs once.
+        self._seeds_per_trial = n_seeds if len(study.cells) >= slots else 1
+
+    # -- Tune's serialisation: the state lives in the Optuna storage, nothing to save --------
+    def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
+        pass
+
+    def restore_from_dir(self, checkpoint_dir: str) -> None:
+        pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its config (tuner.pkl) for Tuner.restore, which pal-study does not use.
+        return {"_metric": self._metric, "_mode": self._mode}
+
+    # -- handing out work ------------------------------------------------------------------
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        job = self._next_job()
+        if job is None:
+            return Searcher.FINISHED if self.done() else None
+        self.jobs[trial_id] = job
+        if job.trial is not None:
+            job.trial.set_user_attr("tune_trial_id", trial_id)
+        self.on_event("started", job, {})
+        return {"pal": self._payload(job)}
+
+    def _next_job(self) -> Job | None:
+        if self._resume:
+            cell, optuna_id = self._resume.pop(0)
+            trial = optuna.trial.Trial(self._tuning[cell.index], optuna_id)
+            done = set(trial.storage.get_trial(optuna_id).intermediate_values)
+            return Job("tune", cell, trial=trial, resumed=True, reported=done)
+        for cell in self.study.cells:
+            seeds = self._missing_final_seeds(cell)
+            if seeds:
+                seeds = seeds[: self._seeds_per_trial]
+                self._finals_issued[cell.index].update(seeds)
+                return Job("final", cell, seeds=seeds)
+        budget = self.spec.budget.trials_per_cell
+        open_cells = [c for c in self.study.cells if self._issued[c.index] < budget]
+        if not open_cells:
+            return None
+        cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
+        self._issued[cell.index] += 1
+        trial = self._tuning[cell.index].ask()
+        trial.set_user_attr("cell", cell.label)
+        return Job("tune", cell, trial=trial)
+
+    def _missing_final_seeds(self, cell: Cell) -> list[int]:
+        if cell.index in self._finals_skipped or not self._tuning_finished(cell):
+            return []
+        missing = [s for s in self.spec.finals.seeds if s not in self._finals_issued[cell.index]]
+        if missing and self.best(cell) is None:
+            self._finals_skipped[cell.index] = "no tuning trial completed"
+            self.on_event("finals_skipped", Job("final", cell), {"reason": "no tuning trial completed"})
+            return []
+        return missing
+
+    def _tuning_finished(self, cell: Cell) -> bool:
+        if self._issued[cell.index] < self.spec.budget.trials_per_cell:
+            return False
+        if any(c.index == cell.index for c, _ in self._resume):
+            return False
+        return not any(j.stage == "tune" and j.cell.index == cell.index for j in self.jobs.values())
+
+    def done(self) -> bool:
+        if self.jobs or self._resume:
+            return False
+        return all(self._tuning_finished(c) and not self._missing_final_seeds(c) for c in self.study.cells)
+
+    def best(self, cell: Cell) -> optuna.trial.FrozenTrial | None:
+        return best_trial(self._tuning[cell.index].get_trials(deepcopy=False), self.spec.objective.mode)
+
+    def trial_config(self, cell: Cell, params: dict[str, Any], *, seed: int | None = None,
+                     epochs: int | None = None) -> dict[str, Any]:
+        """The resolved, re-runnable trial config for a cell at these parameter values."""
+        overrides = [f"{k}={_yaml_value(v)}" for k, v in params.items()]
+        if seed is not None:
+            overrides.append(f"seed={seed}")
+        if epochs is not None:
+            overrides.append(f"optim.epochs={epochs}")
+        res = self.spec.resources
+        data = apply_overrides(cell.config.model_dump(mode="json"), overrides)
+        if data.get("threads") is None:
+            data["threads"] = max(1, int(res.cpu))
+        if res.gpu == 0 and data.get("device", "auto") == "auto":
+            data["device"] = "cpu"
+        cfg = resolve(validate_train_config(data, f"{self.study.path}: cell {cell.label}"))
+        return cfg.model_dump(mode="json")
+
+    def _payload(self, job: Job) -> dict[str, Any]:
+        if job.stage == "tune":
+            params = suggest(job.trial, job.cell.params)
+            return {"stage": "tune", "cell": job.cell.index, "optuna_trial": job.trial.number,
+                    "config": self.trial_config(job.cell, params)}
+        best = self.best(job.cell)
+        return {"stage": "final", "cell": job.cell.index, "seeds": job.seeds, "best_trial": best.number,
+                "config": self.trial_config(job.cell, best.params, epochs=self.spec.finals.epochs)}
+
+    # -- pruning (called by the scheduler, which sees every result first) -------------------
+    def report(self, trial_id: str, result: dict[str, Any]) -> bool:
+        """Report an epoch to the Optuna trial; True when the study's pruner prunes it."""
+        job = self.jobs.get(trial_id)
+        if job is None or job.stage != "tune" or result.get("closing"):
+            return False
+        epoch = int(result["epoch"])
+        job.last_epoch = epoch
+        value = result.get(self.spec.objective.metric)
+        if value is None or not math.isfinite(value):
+            return False
+        if epoch not in job.reported:  # a resumed trial re-reports the epochs it already stored
+            job.trial.report(float(value), step=epoch)
+            job.reported.add(epoch)
+        self.on_event("epoch", job, {"epoch": epoch, "value": value})
+        if job.trial.should_prune():
+            job.pruned_at = epoch
+            return True
+        return False
+
+    # -- results ---------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        job = self.jobs.get(trial_id)
+        if job is None or not result.get("closing"):
+            return
+        if job.stage == "tune":
+            job.closing = result
+        else:
+            self._record_final(job, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        job = self.jobs.pop(trial_id, None)
+        if job is None:
+            return
+        if job.stage == "final":
+            recorded = set(self.store.final_results(job.cell))
+            for seed in job.seeds:
+                if seed not in recorded:
+                    why = "the trial process died (see the Ray logs under runs/<study>/tune)" if error \
+                        else "the trial ended without a result"
+                    self._record_final(job, {"status": "failed", "reason": why, "seed": seed})
+            return
+        st = self._tuning[job.cell.index]
+        trial = job.trial
+        closing = job.closing or {}
+        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece"):
+            if key in closing:
+                trial.set_user_attr(key, jsonable(closing[key]))
+        reason = None
+        if job.pruned_at is not None:
+            reason = f"pruned by {self.spec.budget.pruner.name} at epoch {job.pruned_at}"
+            trial.set_user_attr("reason", reason)
+            trial.set_user_attr("epochs_run", job.last_epoch)
+            st.tell(trial, state=TrialState.PRUNED)
+            outcome, value = "pruned", None
+        elif error:
+            reason = "the trial process died or raised outside the trainer (see the Ray logs under runs/<study>/tune)"
+            trial.set_user_attr("reason", reason)
+            st.tell(trial, state=TrialState.FAIL)
+            outcome, value = "failed", None
+        else:
+            value = closing.get(self.spec.objective.metric)
+            if closing.get("status") == "completed" and value is not None and math.isfinite(value):
+                st.tell(trial, float(value))
+                outcome = "completed"
+            else:
+                reason = closing.get("reason") or f"no finite {self.spec.objective.metric} was reported"
+                trial.set_user_attr("reason", reason)
+                st.tell(trial, state=TrialState.FAIL)
+                outcome, value = "failed", None
+        self.on_event(outcome, job, {"value": value, "reason": reason})
+
+    def _record_final(self, job: Job, result: dict[str, Any]) -> None:
+        best = self.best(job.cell)
+        finals = self.store.open_finals(job.cell)
+        seed = int(result["seed"])
+        value = result.get(self.spec.objective.metric)
+        ok = result.get("status") == "completed" and value is not None and math.isfinite(value)
+        attrs = {k: jsonable(v) for k, v in result.items()
+                 if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))}
+        attrs.update(seed=seed, best_trial=best.number if best else None,
+                     config=json.dumps(self.trial_config(job.cell, best.params if best else {},
+                                                         seed=seed, epochs=self.spec.finals.epochs)))
+        finals.add_trial(optuna.trial.create_trial(
+            state=TrialState.COMPLETE if ok else TrialState.FAIL,
+            value=float(value) if ok else None,
+            user_attrs=attrs,
+        ))
+        self.on_event("final_done" if ok else "final_failed", job, {"seed": seed, "value": value,
+                                                                    "reason": result.get("reason")})
+
+
+class OptunaPruningScheduler(FIFOScheduler):
+    """Stops a Tune trial when its cell's Optuna pruner prunes it (asked on every epoch)."""
+
+    def __init__(self, searcher: StudySearcher):
+        super().__init__()
+        self.searcher = searcher
+
+    def on_trial_result(self, tune_controller, trial, result: dict[str, Any]) -> str:
+        if self.searcher.report(trial.trial_id, result):
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def save(self, checkpoint_path: str) -> None:
+        pass
+
+    def restore(self, checkpoint_path: str) -> None:
+        pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,277 @@
+"""``pal-study run STUDY.yaml``: the study on Ray Tune (local or ``--address``), resumable.
+
+    pal-study run studies/quickstart.yaml
+    pal-study run studies/quickstart.yaml --address 10.0.0.1:6379 --max-concurrent 16
+
+Everything a resume needs is in ``runs/<study>/optuna.journal``; Ray Tune's own directory
+(``runs/<study>/tune/``) holds its logs only. We deliberately do not use ``Tuner.restore``: its
+experiment snapshot is periodic, so after a SIGKILL it would re-run trials that had finished
+since, and it does not restore schedulers (``../shared/STACK_NOTES.md``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pal_study.config import ConfigError
+from pal_study.study.spec import Cell, Study
+from pal_study.study.store import StudyStore, best_trial, state_counts
+
+# Set before Ray is imported: Tune's CSV/JSON/TensorBoard loggers cost ~40 ms per trial and we
+# track elsewhere; no usage reporting (the network rule); experiment snapshots rarely, since
+# resume reads the Optuna journal, not Tune's snapshot.
+RAY_ENV = {
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TUNE_GLOBAL_CHECKPOINT_S": "600",
+    "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
+}
+
+
+@dataclass
+class CellSummary:
+    index: int
+    label: str
+    method: str
+    factors: dict[str, Any]
+    counts: dict[str, int]
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    finals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    val_mean: float | None = None
+    val_std: float | None = None
+    test_mean: float | None = None
+    test_std: float | None = None
+    epochs_run: int = 0
+    note: str | None = None
+
+
+@dataclass
+class RunOutcome:
+    cells: list[CellSummary]
+    interrupted: bool = False
+    wall_time_s: float = 0.0
+    slots: int = 0
+    resumed_trials: int = 0
+
+    @property
+    def all_failed(self) -> bool:
+        n = sum(sum(c.counts.values()) for c in self.cells)
+        return n > 0 and all(c.counts["completed"] == 0 and c.counts["pruned"] == 0 for c in self.cells)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
+    """Per cell: trial counts by state, the best config, final seeds' mean ± std (from storage)."""
+    out = []
+    mode = study.spec.objective.mode
+    for cell in study.cells:
+        trials = store.tuning_trials(cell)
+        best = best_trial(trials, mode)
+        finals = {s: r for s, r in store.final_results(cell).items() if s in study.spec.finals.seeds}
+        ok = [r for r in finals.values() if r["state"] == "complete"]
+        val = _mean_std([r.get("val_acc") for r in ok])
+        test = _mean_std([r.get("test_acc") for r in ok])
+        epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
+        out.append(CellSummary(
+            index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
+            counts=state_counts(trials), best_trial=best.number if best else None,
+            best_value=best.value if best else None, best_params=dict(best.params) if best else {},
+            finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
+            epochs_run=epochs,
+            note=None if best or not trials else "no tuning trial completed: no finals",
+        ))
+    return out
+
+
+def _pm(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})"
+
+
+def _params(p: dict[str, Any]) -> str:
+    if not p:
+        return "(base config)"
+    short = {k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in p.items()}
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in short.items())
+
+
+def render_table(study: Study, cells: list[CellSummary]) -> Table:
+    s = study.spec
+    t = Table(title=f"study {s.name}: best config per cell, finals over seeds {s.finals.seeds}",
+              show_lines=False)
+    t.add_column("#", justify="right")
+    t.add_column("cell")
+    t.add_column("best params")
+    t.add_column(f"tune {s.objective.metric}", justify="right")
+    t.add_column("final val acc %", justify="right")
+    t.add_column("final test acc %", justify="right")
+    t.add_column("trials done/pruned/failed", justify="right")
+    for c in cells:
+        n = sum(1 for r in c.finals.values() if r["state"] == "complete")
+        t.add_row(
+            str(c.index), c.label, c.note or _params(c.best_params),
+            "-" if c.best_value is None else f"{c.best_value:.4f}",
+            _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n),
+            f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
+            + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
+        )
+    return t
+
+
+def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
+    """``runs/<study>/summary.json`` and ``summary.csv``, written atomically."""
+    rows = [asdict(c) for c in outcome.cells]
+    path = store.dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"study": store.study.spec.name, "cells": rows}, indent=1, default=str))
+    os.replace(tmp, path)
+    csv_path = store.dir / "summary.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "label", "method", "best_trial", "best_value", "best_params", "val_mean", "val_std",
+                    "test_mean", "test_std", "n_finals", "completed", "pruned", "failed", "epochs_run"])
+        for c in outcome.cells:
+            w.writerow([c.index, c.label, c.method, c.best_trial, c.best_value, json.dumps(c.best_params),
+                        c.val_mean, c.val_std, c.test_mean, c.test_std,
+                        sum(1 for r in c.finals.values() if r["state"] == "complete"),
+                        c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run])
+    os.replace(tmp, csv_path)
+    return path
+
+
+def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray on 127.0.0.1 only.
+
+    Returns whether we started it (and so must shut it down)."""
+    for k, v in RAY_ENV.items():
+        os.environ.setdefault(k, v)
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if address:
+        try:
+            ray.init(address=address, **common)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {e}", key="--address") from None
+        return True
+    # Loopback only (STACK_NOTES): Ray otherwise advertises the machine's outward address.
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # "local" starts a new instance even if /tmp/ray/ray_current_cluster names an old one.
+    ray.init(address="local", num_cpus=num_cpus or _allotted_cpus(), **common)
+    return True
+
+
+def _allotted_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def trial_slots(study: Study, max_concurrent: int | None) -> int:
+    import ray
+
+    res = ray.cluster_resources()
+    r = study.spec.resources
+    slots = int(res.get("CPU", 0) / r.cpu + 1e-9)
+    if r.gpu > 0:
+        slots = min(slots, int(res.get("GPU", 0) / r.gpu + 1e-9))
+    if slots < 1:
+        have = f"{res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs"
+        raise ConfigError(f"one trial needs cpu {r.cpu:g} and gpu {r.gpu:g} but the Ray cluster has {have}",
+                          source=str(study.path), key="resources")
+    return min(slots, max_concurrent) if max_concurrent else slots
+
+
+def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
+              max_concurrent: int | None = None, restart: bool = False,
+              console: Console | None = None) -> RunOutcome:
+    """Run (or resume) a study to the end; returns its per-cell summary."""
+    console = console or Console()
+    t0 = time.perf_counter()
+    store = StudyStore(study, runs_dir)
+    store.acquire()
+    started_ray = False
+    try:
+        if restart and store.exists():
+            console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
+            store.discard()
+        store.check_fingerprint()
+
+        # Imported here: Ray Tune is heavy and only the runner needs it.
+        started_ray = start_ray(address)
+        from ray import tune
+
+        from pal_study.study.engine import OptunaPruningScheduler, StudySearcher
+        from pal_study.study.progress import StudyProgress
+        from pal_study.study.trainable import tune_trial
+
+        slots = trial_slots(study, max_concurrent)
+        store.write_fingerprint()
+        before = summarize(study, store)
+        done = {k: sum(c.counts[k] for c in before) for k in ("completed", "pruned", "failed")}
+        finals_done = sum(len(c.finals) for c in before)
+        progress = StudyProgress(study, console, done=done, finals_done=finals_done)
+        searcher = StudySearcher(study, store, slots=slots, on_event=progress)
+        resumed = len(searcher._resume)
+        if resumed or sum(done.values()) or finals_done:
+            console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
+                          f"runs finished, {resumed} interrupted trials to run again", soft_wrap=True)
+        interrupted = False
+        if not searcher.done():
+            r = study.spec.resources
+            trainable = tune.with_resources(tune_trial, {"cpu": r.cpu, "gpu": r.gpu})
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=searcher, scheduler=OptunaPruningScheduler(searcher), num_samples=-1,
+                    max_concurrent_trials=slots, reuse_actors=True,
+                ),
+                run_config=tune.RunConfig(
+                    name=time.strftime("session-%Y%m%d-%H%M%S"),
+                    storage_path=str((store.dir / "tune").resolve()), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=0),
+                    checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                ),
+            )
+            with progress:
+                tuner.fit()
+            interrupted = not searcher.done()
+        outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted,
+                             wall_time_s=time.perf_counter() - t0, slots=slots, resumed_trials=resumed)
+        write_summary(store, outcome)
+        return outcome
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+        store.release(remove_if_empty=True)
+
+
+__all__ = ["CellSummary", "RunOutcome", "render_table", "run_study", "summarize", "start_ray", "Cell"]

@@ -1,0 +1,92 @@
+"""The Ray Tune trainable: a thin adapter from a Tune trial to :func:`pal_study.train.train`.
+
+A tuning trial reports every epoch (the Optuna pruner's scheduler decides on each) and then one
+closing result (``closing: True``) with the trial's outcome. A final trial runs several seeds of
+one config in turn (same actor, data and model code warm: the fixed costs are paid once) and
+reports once per seed. Exceptions never escape: they become a closing ``failed`` result with the
+reason, so Optuna records why.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from collections import OrderedDict
+from typing import Any
+
+from pal_study.config import TrainConfig
+
+# Trials in a reused actor often share a data set (same cell or same seed): keep a few built.
+_DATA_CACHE: OrderedDict[str, Any] = OrderedDict()
+_DATA_CACHE_SIZE = 4
+
+
+def _data_for(cfg: TrainConfig):
+    from pal_study.train import build_dataset_for
+
+    key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
+    if key in _DATA_CACHE:
+        _DATA_CACHE.move_to_end(key)
+        return _DATA_CACHE[key]
+    data = build_dataset_for(cfg)
+    _DATA_CACHE[key] = data
+    while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
+        _DATA_CACHE.popitem(last=False)
+    return data
+
+
+def summarize(result) -> dict[str, Any]:
+    """The closing numbers of one trained config (what Optuna and the tables keep)."""
+    final = result.final or {}
+    out = {
+        "status": result.status,
+        "reason": result.reason,
+        "epochs_run": result.epochs_completed,
+        "wall_time_s": result.wall_time_s,
+        "train_time_s": sum(h["train_time_s"] + h["eval_time_s"] for h in result.history),
+    }
+    for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss"):
+        out[key] = final.get(key)
+    if result.group_acc:
+        for group in ("many", "medium", "few"):
+            g = result.group_acc.get(group)
+            out[f"test_acc_{group}"] = g.get("acc") if isinstance(g, dict) else g
+    return out
+
+
+def run_one(cfg_dict: dict[str, Any], on_epoch=None) -> dict[str, Any]:
+    """Train one config; never raises for a trial's own failure."""
+    from pal_study.train import train
+
+    try:
+        cfg = TrainConfig.model_validate(cfg_dict)
+        result = train(cfg, on_epoch, data=_data_for(cfg))
+        return summarize(result)
+    except Exception as e:  # noqa: BLE001 - a failing trial is data, not a crash of the study
+        tb = traceback.extract_tb(e.__traceback__)
+        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+        return {"status": "failed", "reason": f"{type(e).__name__}: {e}{where}", "epochs_run": 0,
+                "train_time_s": 0.0, "wall_time_s": 0.0}
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable; ``config["pal"]`` is made by the study's searcher."""
+    from ray import tune
+
+    job = config["pal"]
+    if job["stage"] == "tune":
+        def on_epoch(m) -> None:
+            metrics = {k: v for k, v in m.as_dict().items() if v is not None}
+            tune.report({**metrics, "stage": "tune", "closing": False})
+
+        summary = run_one(job["config"], on_epoch)
+        tune.report({**_finite(summary), "stage": "tune", "closing": True})
+        return
+    for seed in job["seeds"]:
+        cfg = {**job["config"], "seed": seed}
+        summary = run_one(cfg)
+        tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True})
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None and not (isinstance(v, float) and v != v)}

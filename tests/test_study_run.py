@@ -1,0 +1,258 @@
+"""Studies end to end: a real local Ray (loopback), Optuna journal storage, real digits training.
+
+Read back through Optuna's own API (``optuna.load_study``), not the runner's summaries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from pal_study.cli import main
+from pal_study.study import load_study
+from pal_study.study.store import StudyStore
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_study(tmp_path: Path, name: str = "ci", **overrides) -> Path:
+    spec = {
+        "name": name,
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 4}},
+        "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.4]},
+        "search": [str(ROOT / "search_spaces/pal_scale.yaml"), str(ROOT / "search_spaces/weight_decay.yaml")],
+        "budget": {
+            "trials_per_cell": 5,
+            "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+            # Aggressive on purpose: a trial below the 90th percentile of the completed ones at
+            # the same epoch is pruned from epoch 1 on.
+            "pruner": {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 1},
+        },
+        "finals": {"seeds": [0, 1]},
+        "resources": {"cpu": 1},
+    }
+    for key, value in overrides.items():
+        spec[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def journal(runs: Path, name: str) -> JournalStorage:
+    return JournalStorage(JournalFileBackend(str(runs / name / "optuna.journal")))
+
+
+def studies_by_name(storage) -> dict[str, optuna.Study]:
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys):
+    path = write_study(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "study ci" in out and "finals over seeds [0, 1]" in out
+
+    studies = studies_by_name(journal(runs, "ci"))
+    tuning = {n: s for n, s in studies.items() if not n.endswith("/finals")}
+    finals = {n: s for n, s in studies.items() if n.endswith("/finals")}
+    assert sorted(tuning) == [f"ci/cell00{i}" for i in range(4)]
+    pruned_total = 0
+    for name, st in tuning.items():
+        states = [t.state for t in st.trials]
+        # Equal budget per cell, every trial finished (none left RUNNING).
+        assert len(states) == 5, name
+        assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, (name, states)
+        pruned = [t for t in st.trials if t.state == TrialState.PRUNED]
+        pruned_total += len(pruned)
+        for t in pruned:
+            # Pruned at a reported epoch, by the study's pruner, with its last value below the
+            # completed trials' at that step.
+            step = max(t.intermediate_values)
+            assert t.user_attrs["reason"] == f"pruned by percentile at epoch {step}"
+            others = [c.intermediate_values[step] for c in st.trials
+                      if c.state == TrialState.COMPLETE and step in c.intermediate_values
+                      and c.datetime_complete < t.datetime_complete]
+            assert others and t.intermediate_values[step] < max(others)
+        for t in st.trials:
+            if t.state == TrialState.COMPLETE:
+                assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+                assert t.value == pytest.approx(t.intermediate_values[4])
+        # Scale is searched only where the head is normalised.
+        fnpal = "ce+fnpal" in st.user_attrs["method"]
+        assert all(("head.scale" in t.params) == fnpal for t in st.trials)
+        fin = finals[name + "/finals"]
+        assert sorted(t.user_attrs["seed"] for t in fin.trials) == [0, 1]
+        best = max((t for t in st.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        for t in fin.trials:
+            assert t.state == TrialState.COMPLETE
+            assert t.user_attrs["best_trial"] == best.number
+            cfg = json.loads(t.user_attrs["config"])
+            assert cfg["seed"] == t.user_attrs["seed"]
+            for key, value in best.params.items():
+                section, leaf = key.split(".")
+                assert cfg[section][leaf] == pytest.approx(value)
+            assert 0.0 <= t.user_attrs["test_acc"] <= 1.0
+    assert pruned_total >= 1
+    summary = json.loads((runs / "ci" / "summary.json").read_text())
+    assert [c["counts"]["completed"] + c["counts"]["pruned"] for c in summary["cells"]] == [5, 5, 5, 5]
+
+    # Running the finished study again trains nothing and prints the same table.
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    again = studies_by_name(journal(runs, "ci"))
+    assert sum(len(s.trials) for s in again.values()) == sum(len(s.trials) for s in studies.values())
+
+
+@pytest.mark.parametrize("pruner, expected", [("median", TrialState.PRUNED), ("none", TrialState.COMPLETE)])
+def test_the_optuna_pruner_decides(tmp_path, pruner, expected):
+    """Two completed trials stored with intermediate values no model can reach (1.01 at every
+    epoch); the one new trial is below their median from epoch 1: median prunes it, none not."""
+    path = write_study(
+        tmp_path, name=f"p-{pruner}",
+        factors={"method": ["ce"]}, search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+        budget={"trials_per_cell": 3, "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}},
+        finals={"seeds": [0]},
+    )
+    runs = tmp_path / "runs"
+    study = load_study(path)
+    store = StudyStore(study, runs)
+    st = store.open_tuning(study.cells[0])
+    for _ in range(2):
+        st.add_trial(optuna.trial.create_trial(
+            value=1.01, intermediate_values={e: 1.01 for e in range(1, 5)},
+            params={"optim.weight_decay": 5e-4},
+            distributions={"optim.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)},
+        ))
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    trials = optuna.load_study(study_name=f"p-{pruner}/cell000", storage=journal(runs, f"p-{pruner}")).trials
+    assert len(trials) == 3
+    new = trials[2]
+    assert new.state == expected
+    if expected == TrialState.PRUNED:
+        assert sorted(new.intermediate_values) == [1]
+    else:
+        assert sorted(new.intermediate_values) == [1, 2, 3, 4]
+
+
+def _finished(runs: Path, name: str) -> dict[tuple[str, int], tuple]:
+    out = {}
+    for sname, st in studies_by_name(journal(runs, name)).items():
+        for t in st.trials:
+            if t.state.is_finished():
+                out[(sname, t.number)] = (t.state, t.value, t.datetime_complete, t.user_attrs.get("tune_trial_id"))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
+    path = write_study(
+        tmp_path, name="resume",
+        base={"data": {"name": "digits"}, "optim": {"epochs": 12}},
+        budget={"trials_per_cell": 6, "pruner": {"name": "none"}},
+        finals={"seeds": [0, 1, 2]},
+    )
+    runs = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if (runs / "resume" / "optuna.journal").exists() and len(_finished(runs, "resume")) >= 6:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the study did not get going")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        # The driver's Ray processes die with it; make sure, so nothing leaks into later tests.
+        time.sleep(1)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    before = _finished(runs, "resume")
+    storage = journal(runs, "resume")
+    cut = studies_by_name(storage)
+    running = sum(t.state == TrialState.RUNNING for s in cut.values() for t in s.trials)
+    assert running >= 1, "the kill should catch trials mid-run"
+    total_before = sum(len(s.trials) for s in cut.values())
+    assert total_before < 4 * 6 + 4 * 3
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "interrupted trials to run again" in done.stderr
+
+    after = _finished(runs, "resume")
+    # Nothing that had finished was run again or changed.
+    for key, record in before.items():
+        assert after[key] == record, key
+    studies = studies_by_name(journal(runs, "resume"))
+    for name, st in studies.items():
+        if name.endswith("/finals"):
+            assert sorted(t.user_attrs["seed"] for t in st.trials) == [0, 1, 2], name
+        else:
+            # Every cell's full budget, no extra Optuna trial: interrupted trials were resumed
+            # under their own trial numbers.
+            assert [t.number for t in st.trials] == list(range(6)), name
+            assert all(t.state == TrialState.COMPLETE for t in st.trials), name
+
+
+def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = write_study(tmp_path, name="change", factors={"method": ["ce"]},
+                       search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+                       budget={"trials_per_cell": 1}, finals={"seeds": [0]},
+                       base={"data": {"name": "digits"}, "optim": {"epochs": 1}})
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--runs-dir", str(runs), "--set", "base.optim.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "name" in err and "--restart" in err
+    assert main(["run", str(path), "--runs-dir", str(runs), "--set", "base.optim.epochs=2", "--restart"]) == 0
+    err = capsys.readouterr().err
+    assert "discarding" in err and "1 finished tuning trials and 1 final runs" in err
+    st = optuna.load_study(study_name="change/cell000", storage=journal(runs, "change"))
+    assert sorted(st.trials[0].intermediate_values) == [1, 2]
+
+
+def test_a_second_driver_on_the_same_study_exits_2(tmp_path, capsys):
+    path = write_study(tmp_path, name="locked")
+    runs = tmp_path / "runs"
+    holder = StudyStore(load_study(path), runs)
+    holder.acquire()
+    try:
+        assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+        assert "another pal-study process is running this study" in capsys.readouterr().err
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize("patch, fragment", [
+    ({"factors": {"data.noise.rte": [0.1]}}, "factors.data.noise.rte"),
+    ({"factors": {"method": []}}, "method: empty grid"),
+    ({"budget": {"pruner": {"name": "asha"}}}, "budget.pruner.name"),
+    ({"search": [{"params": {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}]}, "low"),
+    ({"resources": {"cpu": 64}}, "resources"),
+])
+def test_bad_studies_exit_2_naming_the_key(tmp_path, capsys, patch, fragment):
+    path = write_study(tmp_path, name="bad", **patch)
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
