@@ -212,7 +212,7 @@ def validate(
 
         study = load_study(file, list(set_ or []))
         out.print(f"[green]ok[/]: {file}")
-        out.print(describe(study), highlight=False)
+        out.print(describe(study), highlight=False, soft_wrap=True)
         return
     cfg = resolve(load_train_config(file, list(set_ or [])))
     out.print(f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "

@@ -43,7 +43,9 @@ def test_expansion_and_conditional_params(tmp_path):
     assert [c.label for c in s.cells] == [
         "method=ce,data.noise.rate=0", "method=ce,data.noise.rate=0.4",
         "method=ce+fnpal,data.noise.rate=0", "method=ce+fnpal,data.noise.rate=0.4"]
-    assert s.tuning_trials == 12 and s.final_trials == 8
+    # A cell with nothing to search runs its one config once; the others get the budget.
+    assert [s.budget(c) for c in s.cells] == [1, 1, 3, 3]
+    assert s.tuning_trials == 8 and s.final_trials == 8
     assert list(s.cells[0].params) == [] and list(s.cells[2].params) == ["head.scale"]
     assert s.cells[3].config.data.noise.rate == 0.4 and s.cells[3].config.head.kind == "fnpal"
     assert s.cells[0].config.optim.epochs == 2
@@ -101,7 +103,7 @@ def test_validate_cli_on_studies(tmp_path, capsys):
     p = write(tmp_path, base_study(), {"scale": SCALE})
     assert main(["validate", str(p)]) == 0
     out = capsys.readouterr().out
-    assert "4 cells" in out and "12 trials" in out
+    assert "4 cells" in out and "= 8 trials (2 cells search nothing: 1 trial each)" in out
     p = write(tmp_path, base_study(search=["scale", "q"]), {"scale": SCALE, "q": Q})
     assert main(["validate", str(p)]) == 2
     err = capsys.readouterr().err

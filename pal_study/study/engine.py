@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -76,6 +77,7 @@ class Job:
     pruned_at: int | None = None
     closing: dict[str, Any] | None = None
     last_epoch: int = 0
+    epoch_time_s: float = 0.0
 
 
 Event = Callable[[str, Job, dict[str, Any]], None]
@@ -146,8 +148,7 @@ class StudySearcher(Searcher):
                 seeds = seeds[: self._seeds_per_trial]
                 self._finals_issued[cell.index].update(seeds)
                 return Job("final", cell, seeds=seeds)
-        budget = self.spec.budget.trials_per_cell
-        open_cells = [c for c in self.study.cells if self._issued[c.index] < budget]
+        open_cells = [c for c in self.study.cells if self._issued[c.index] < self.study.budget(c)]
         if not open_cells:
             return None
         cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
@@ -167,7 +168,7 @@ class StudySearcher(Searcher):
         return missing
 
     def _tuning_finished(self, cell: Cell) -> bool:
-        if self._issued[cell.index] < self.spec.budget.trials_per_cell:
+        if self._issued[cell.index] < self.study.budget(cell):
             return False
         if any(c.index == cell.index for c, _ in self._resume):
             return False
@@ -195,6 +196,10 @@ class StudySearcher(Searcher):
             data["threads"] = max(1, int(res.cpu))
         if res.gpu == 0 and data.get("device", "auto") == "auto":
             data["device"] = "cpu"
+        root = (data.get("data") or {}).get("root")
+        if root and not os.path.isabs(root):
+            # Tune runs each trial in its own working directory: pin the user's relative path.
+            data["data"]["root"] = os.path.abspath(root)
         cfg = resolve(validate_train_config(data, f"{self.study.path}: cell {cell.label}"))
         return cfg.model_dump(mode="json")
 
@@ -215,6 +220,7 @@ class StudySearcher(Searcher):
             return False
         epoch = int(result["epoch"])
         job.last_epoch = epoch
+        job.epoch_time_s += float(result.get("train_time_s", 0.0)) + float(result.get("eval_time_s", 0.0))
         value = result.get(self.spec.objective.metric)
         if value is None or not math.isfinite(value):
             return False
@@ -260,6 +266,7 @@ class StudySearcher(Searcher):
             reason = f"pruned by {self.spec.budget.pruner.name} at epoch {job.pruned_at}"
             trial.set_user_attr("reason", reason)
             trial.set_user_attr("epochs_run", job.last_epoch)
+            trial.set_user_attr("train_time_s", job.epoch_time_s)
             st.tell(trial, state=TrialState.PRUNED)
             outcome, value = "pruned", None
         elif error:

@@ -55,6 +55,8 @@ class CellSummary:
     val_std: float | None = None
     test_mean: float | None = None
     test_std: float | None = None
+    groups: dict[str, float | None] = field(default_factory=dict)
+    ece_mean: float | None = None
     epochs_run: int = 0
     note: str | None = None
 
@@ -92,12 +94,14 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
         val = _mean_std([r.get("val_acc") for r in ok])
         test = _mean_std([r.get("test_acc") for r in ok])
         epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
+        groups = {g: _mean_std([r.get(f"test_acc_{g}") for r in ok])[0] for g in ("many", "medium", "few")}
         out.append(CellSummary(
             index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
             counts=state_counts(trials), best_trial=best.number if best else None,
             best_value=best.value if best else None, best_params=dict(best.params) if best else {},
             finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
-            epochs_run=epochs,
+            groups={g: v for g, v in groups.items() if v is not None},
+            ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs,
             note=None if best or not trials else "no tuning trial completed: no finals",
         ))
     return out
@@ -127,6 +131,10 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
     t.add_column("final val acc %", justify="right")
     t.add_column("final test acc %", justify="right")
     t.add_column("trials done/pruned/failed", justify="right")
+    with_groups = any(c.groups for c in cells)
+    if with_groups:
+        t.add_column("test many/medium/few %", justify="right")
+    t.add_column("ECE", justify="right")
     for c in cells:
         n = sum(1 for r in c.finals.values() if r["state"] == "complete")
         t.add_row(
@@ -135,6 +143,9 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
             _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n),
             f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
             + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
+            *([" / ".join("-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
+                          for g in ("many", "medium", "few"))] if with_groups else []),
+            "-" if c.ece_mean is None else f"{c.ece_mean:.3f}",
         )
     return t
 
@@ -159,6 +170,28 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
                         c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run])
     os.replace(tmp, csv_path)
     return path
+
+
+def check_data(study: Study) -> None:
+    """Missing data set files are bad input, said before any trial starts (not 100 failed trials)."""
+    from pal_study.data.sources import expected_files
+
+    seen: set[tuple[str, str]] = set()
+    for cell in study.cells:
+        d = cell.config.data
+        if d.name not in ("mnist", "cifar10", "cifar100") or d.download or not d.root:
+            continue
+        if (d.name, d.root) in seen:
+            continue
+        seen.add((d.name, d.root))
+        missing = [p for p in expected_files(d.name, os.path.abspath(d.root)) if not p.exists()]
+        if missing:
+            key = next((f"factors.{k}" for k in cell.factors if k.startswith("data.")), "base.data.root")
+            raise ConfigError(
+                f"{d.name} files are not under data.root {d.root!r} (missing {missing[0]}"
+                f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}); put the torchvision files "
+                "there, point --set base.data.root=DIR at them, or set data.download: true where a network exists",
+                source=str(study.path), key=key)
 
 
 def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
@@ -222,6 +255,8 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
             store.discard()
         store.check_fingerprint()
+        if not address and not os.environ.get("RAY_ADDRESS"):
+            check_data(study)  # on a cluster the files need only exist where the trials run
 
         # Imported here: Ray Tune is heavy and only the runner needs it.
         started_ray = start_ray(address)

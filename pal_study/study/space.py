@@ -108,11 +108,15 @@ def suggest(trial, params: dict[str, Param]) -> dict[str, Any]:
 
 
 def resolve_space_path(ref: str, study_dir: Path, spaces_dir: Path | None = None) -> Path:
-    """A space reference is a path (relative to the study file) or a name in ``search_spaces/``."""
-    candidates = [study_dir / ref, study_dir / f"{ref}.yaml"]
-    for base in (spaces_dir, study_dir.parent / "search_spaces", Path.cwd() / "search_spaces"):
-        if base is not None:
-            candidates += [base / ref, base / f"{ref}.yaml"]
+    """A bare name (``weight_decay``) is a file in ``search_spaces/`` (beside the study's folder,
+    then in the working directory); anything with a slash or a .yaml suffix is a path, relative to
+    the study file. Bare names never match the study folder, where a study may share the name."""
+    is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
+    bases = [b for b in (spaces_dir, study_dir.parent / "search_spaces", Path.cwd() / "search_spaces") if b]
+    if is_path:
+        candidates = [study_dir / ref, Path.cwd() / ref]
+    else:
+        candidates = [c for b in bases for c in (b / f"{ref}.yaml", b / f"{ref}.yml")]
     for c in candidates:
         if c.is_file():
             return c

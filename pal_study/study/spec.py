@@ -156,9 +156,14 @@ class Study:
     spaces: list[tuple[str, SearchSpace]]
     cells: list[Cell]
 
+    def budget(self, cell: Cell) -> int:
+        """Tuning trials of a cell: the study's budget, or 1 where nothing is searched (more
+        trials of one fixed config would only repeat it)."""
+        return self.spec.budget.trials_per_cell if cell.params else 1
+
     @property
     def tuning_trials(self) -> int:
-        return len(self.cells) * self.spec.budget.trials_per_cell
+        return sum(self.budget(c) for c in self.cells)
 
     @property
     def final_trials(self) -> int:
@@ -291,11 +296,16 @@ def _probe_values(p: Param) -> list[Any]:
     return [lo, hi] if math.isfinite(lo) and math.isfinite(hi) else []
 
 
+def _fixed_note(study: Study) -> str:
+    fixed = sum(1 for c in study.cells if not c.params)
+    return f" ({fixed} cells search nothing: 1 trial each)" if fixed and study.spec.budget.trials_per_cell > 1 else ""
+
+
 def describe(study: Study) -> str:
     s = study.spec
     lines = [
         f"study {s.name!r}: {len(study.cells)} cells × {s.budget.trials_per_cell} tuning trials "
-        f"= {study.tuning_trials} trials, then {len(s.finals.seeds)} final seeds per cell "
+        f"= {study.tuning_trials} trials{_fixed_note(study)}, then {len(s.finals.seeds)} final seeds per cell "
         f"= {study.final_trials} final runs ({study.tuning_trials + study.final_trials} in all)",
         f"  objective {s.objective.metric} ({s.objective.mode}); sampler {s.budget.sampler.name} "
         f"seed {s.budget.sampler.seed}; pruner {s.budget.pruner.name}; resources cpu {s.resources.cpu:g} "

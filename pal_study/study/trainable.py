@@ -47,6 +47,13 @@ def summarize(result) -> dict[str, Any]:
     }
     for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss"):
         out[key] = final.get(key)
+    geo = result.prototype_geometry or {}
+    for key in ("norm_min", "norm_max", "cos_max"):
+        if key in geo:
+            out[f"proto_{key}"] = geo[key]
+    fn = result.feature_norm or {}
+    if "overall_mean" in fn:
+        out["feature_norm_mean"], out["feature_norm_std"] = fn["overall_mean"], fn.get("overall_std")
     if result.group_acc:
         for group in ("many", "medium", "few"):
             g = result.group_acc.get(group)
