@@ -27,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# Piped output (logs, CI, files) is not wrapped at 80 columns: tables stay one row per line.
+out = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -46,6 +47,12 @@ def _setup_logging(verbose: bool) -> None:
     )
 
 
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns/)."),
+]
+NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
+
 SetOpt = Annotated[
     Optional[list[str]],
     typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.epochs=5 (repeatable)."),
@@ -60,6 +67,9 @@ def train(
     download: Annotated[bool, typer.Option("--download", help="Let torchvision download the data set (needs a network).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log info messages.")] = False,
+    tracking_uri: TrackingOpt = None,
+    no_track: NoTrackOpt = False,
+    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment of single trainings.")] = "pal-study-train",
 ) -> None:
     """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
     from pal_study.data import DataError
@@ -70,6 +80,12 @@ def train(
     if download:
         overrides.append("data.download=true")
     cfg = resolve(load_train_config(config, overrides))
+    tracking = None
+    if not no_track:
+        from pal_study.tracking import Tracking
+
+        tracking = Tracking(tracking_uri)
+        tracking.check()
     try:
         data = build_dataset_for(cfg)
     except DataError as e:
@@ -89,6 +105,11 @@ def train(
     result.save(out_path)
     _print_result(result)
     err.print(f"result: {out_path}")
+    if tracking is not None:
+        from pal_study.tracking import log_train_result
+
+        run_id = log_train_result(tracking, experiment, result)
+        err.print(f"tracked: {tracking.uri} experiment {experiment!r} run {run_id}", soft_wrap=True, highlight=False)
     if result.status == "failed":
         err.print(f"[red]failed:[/] {result.reason}")
         raise typer.Exit(EXIT_FAILED)
@@ -173,6 +194,8 @@ def run(
     restart: Annotated[bool, typer.Option("--restart", help="Discard the stored state of this study and start afresh.")] = False,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
     set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+    no_track: NoTrackOpt = False,
 ) -> None:
     """Run a study: Optuna samples each cell on Ray Tune, its pruner stops weak trials, the best
     config per cell is re-run over the final seeds. Run the same command again to resume."""
@@ -183,9 +206,9 @@ def run(
     study = load_study(study_file, list(set_ or []))
     err.print(describe(study).splitlines()[0], highlight=False, soft_wrap=True)
     outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
-                        restart=restart, console=err)
+                        restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track)
     # Piped output (logs, CI) is not cut to 80 columns.
-    out.print(render_table(study, outcome.cells), width=None if out.is_terminal else 200)
+    out.print(render_table(study, outcome.cells))
     out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
               f"{runs_dir / study.spec.name}/", highlight=False)
     if outcome.interrupted:
@@ -194,6 +217,102 @@ def run(
     if outcome.all_failed:
         err.print("[red]every trial failed[/]; reasons are in the Optuna storage (user attr 'reason')")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _study_name(study: str) -> str:
+    """STUDY is a study name or a study YAML (whose name is used)."""
+    p = Path(study)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        from pal_study.config import read_yaml
+
+        name = read_yaml(p).get("name")
+        if not isinstance(name, str):
+            raise UserError(f"{study}: no 'name' key")
+        return name
+    return study
+
+
+@app.command()
+def report(
+    study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md | csv | latex")] = "md",
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table and figures here.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Rebuild a study's comparison table and figures from the tracking store alone."""
+    from pal_study.report import aggregate, fetch_finals, render, report_files, rich_table
+    from pal_study.tracking import Tracking
+
+    if fmt not in ("md", "csv", "latex"):
+        raise UserError(f"--format: unknown {fmt!r}; allowed: md, csv, latex")
+    name = _study_name(study)
+    tracking = Tracking(tracking_uri)
+    tracking.check()
+    rows = aggregate(fetch_finals(tracking.client, name)[2])
+    if not rows:
+        raise UserError(f"study {name!r}: no completed final runs in {tracking.uri}")
+    out.print(rich_table(rows, f"{name}: final seeds, mean ± std"))
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        files = report_files(rows, name)
+        ext = {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
+        (out_dir / f"comparison.{ext}").write_text(render(rows, fmt))
+        for key, content in files.items():
+            if key.endswith(".png"):
+                (out_dir / Path(key).name).write_bytes(content)
+        err.print(f"wrote {out_dir}/comparison.{ext} and {sum(k.endswith('.png') for k in files)} figures")
+
+
+@app.command()
+def export(
+    study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for one YAML per cell and the index.")] = Path("exports"),
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Write each cell's best config (re-runnable with pal-study train) and an index (JSON, CSV)."""
+    from pal_study.export import export_study
+    from pal_study.tracking import Tracking
+
+    name = _study_name(study)
+    tracking = Tracking(tracking_uri)
+    tracking.check()
+    index = export_study(tracking, name, out_dir / name)
+    err.print(f"wrote {len(index)} configs and index.json / index.csv to {out_dir / name}/ (also on the study's parent run)")
+
+
+@app.command()
+def ui(
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
+    host: Annotated[str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the UI.")] = "127.0.0.1",
+    study: Annotated[Optional[str], typer.Option("--study", help="Print the runs URL of this study.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise)."""
+    import subprocess
+
+    from pal_study.tracking import Tracking, default_artifact_root
+
+    tracking = Tracking(tracking_uri)
+    tracking.check()
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/] --host {host} makes the UI (and every run's data) reachable from other "
+                  "machines; MLflow's UI has no authentication by default")
+    url = f"http://{host}:{port}/"
+    if study:
+        exp = tracking.client.get_experiment_by_name(_study_name(study))
+        if exp is None:
+            raise UserError(f"--study: no experiment {study!r} in {tracking.uri}")
+        url += f"#/experiments/{exp.experiment_id}/runs"
+    err.print(f"MLflow UI for {tracking.uri} at {url}\n"
+              "compare: filter child runs by tag (e.g. tags.method = 'ce+fnpal' or tags.stage = 'final'), select "
+              "them, Compare -> Parallel Coordinates over head.scale, loss.margin, optim.weight_decay vs final_val_acc",
+              soft_wrap=True, highlight=False)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.uri, "--host", host,
+           "--port", str(port)]
+    root = default_artifact_root(tracking.uri)
+    if root:
+        cmd += ["--default-artifact-root", root]
+    raise typer.Exit(subprocess.call(cmd))
 
 
 STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective", "base"}

@@ -6,3 +6,11 @@ import os
 # oversubscribing (a 3–36x slowdown measured on this kind of machine).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("PAL_STUDY_CPUS", "1")
+
+# Tests never write MLflow data into the working tree: one SQLite store per test process (one
+# writer per file; xdist workers get their own), created once (its schema migration costs seconds).
+if "MLFLOW_TRACKING_URI" not in os.environ:
+    import tempfile
+
+    _MLFLOW_DIR = tempfile.mkdtemp(prefix=f"pal-mlflow-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_MLFLOW_DIR}/mlflow.db"

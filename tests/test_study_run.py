@@ -256,3 +256,19 @@ def test_bad_studies_exit_2_naming_the_key(tmp_path, capsys, patch, fragment):
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "cells ×" in capsys.readouterr().out
+
+
+def test_missing_data_files_exit_2_before_any_trial(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc = main(["run", str(ROOT / "studies/noisy_labels.yaml"), "--runs-dir", str(runs),
+               "--set", f"base.data.root={tmp_path / 'nothing'}"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "factors.data.name" in err and "mnist files are not under data.root" in err
+    assert not (runs / "noisy_labels").exists()

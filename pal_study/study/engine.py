@@ -92,6 +92,8 @@ class StudySearcher(Searcher):
         self.spec = study.spec
         self.store = store
         self.on_event = on_event or (lambda kind, job, info: None)
+        # Artifacts (geometry, per-class accuracy, reliability PNG) in closing results: for tracking.
+        self.details = True
         self.jobs: dict[str, Job] = {}
         epochs = study.spec.budget.epochs or max(c.config.optim.epochs or 1 for c in study.cells)
         self._tuning: dict[int, optuna.Study] = {}
@@ -133,8 +135,9 @@ class StudySearcher(Searcher):
         self.jobs[trial_id] = job
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)
-        self.on_event("started", job, {})
-        return {"pal": self._payload(job)}
+        payload = self._payload(job)
+        self.on_event("started", job, {"payload": payload})
+        return {"pal": payload}
 
     def _next_job(self) -> Job | None:
         if self._resume:
@@ -207,16 +210,29 @@ class StudySearcher(Searcher):
         if job.stage == "tune":
             params = suggest(job.trial, job.cell.params)
             return {"stage": "tune", "cell": job.cell.index, "optuna_trial": job.trial.number,
-                    "config": self.trial_config(job.cell, params)}
+                    "config": self.trial_config(job.cell, params), "details": self.details}
         best = self.best(job.cell)
         return {"stage": "final", "cell": job.cell.index, "seeds": job.seeds, "best_trial": best.number,
-                "config": self.trial_config(job.cell, best.params, epochs=self.spec.finals.epochs)}
+                "config": self.trial_config(job.cell, best.params, epochs=self.spec.finals.epochs),
+                "details": self.details}
 
     # -- pruning (called by the scheduler, which sees every result first) -------------------
     def report(self, trial_id: str, result: dict[str, Any]) -> bool:
-        """Report an epoch to the Optuna trial; True when the study's pruner prunes it."""
+        """Take one result (as the trial reported it: Tune hands searchers a flattened copy, the
+        scheduler the original). Epochs of tuning trials go to the Optuna trial; returns True when
+        the study's pruner prunes it. Closing results are kept (tuning) or recorded (finals)."""
         job = self.jobs.get(trial_id)
-        if job is None or job.stage != "tune" or result.get("closing"):
+        if job is None:
+            return False
+        if result.get("closing"):
+            result = {k: v for k, v in result.items() if not k.endswith("_json")} | {
+                k[:-5]: json.loads(v) for k, v in result.items() if k.endswith("_json") and isinstance(v, str)}
+            if job.stage == "tune":
+                job.closing = result
+            else:
+                self._record_final(job, result)
+            return False
+        if job.stage != "tune":
             return False
         epoch = int(result["epoch"])
         job.last_epoch = epoch
@@ -227,7 +243,7 @@ class StudySearcher(Searcher):
         if epoch not in job.reported:  # a resumed trial re-reports the epochs it already stored
             job.trial.report(float(value), step=epoch)
             job.reported.add(epoch)
-        self.on_event("epoch", job, {"epoch": epoch, "value": value})
+        self.on_event("epoch", job, {"epoch": epoch, "value": value, "result": result})
         if job.trial.should_prune():
             job.pruned_at = epoch
             return True
@@ -235,13 +251,7 @@ class StudySearcher(Searcher):
 
     # -- results ---------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-        job = self.jobs.get(trial_id)
-        if job is None or not result.get("closing"):
-            return
-        if job.stage == "tune":
-            job.closing = result
-        else:
-            self._record_final(job, result)
+        pass  # everything is taken in report(), from the scheduler, which sees results first
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         job = self.jobs.pop(trial_id, None)
@@ -284,9 +294,12 @@ class StudySearcher(Searcher):
                 trial.set_user_attr("reason", reason)
                 st.tell(trial, state=TrialState.FAIL)
                 outcome, value = "failed", None
-        self.on_event(outcome, job, {"value": value, "reason": reason})
+        self.on_event(outcome, job, {"value": value, "reason": reason, "closing": closing})
 
     def _record_final(self, job: Job, result: dict[str, Any]) -> None:
+        if int(result["seed"]) in job.reported:
+            return  # the same last result can arrive twice (as a result and at completion)
+        job.reported.add(int(result["seed"]))
         best = self.best(job.cell)
         finals = self.store.open_finals(job.cell)
         seed = int(result["seed"])
@@ -294,16 +307,16 @@ class StudySearcher(Searcher):
         ok = result.get("status") == "completed" and value is not None and math.isfinite(value)
         attrs = {k: jsonable(v) for k, v in result.items()
                  if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))}
-        attrs.update(seed=seed, best_trial=best.number if best else None,
-                     config=json.dumps(self.trial_config(job.cell, best.params if best else {},
-                                                         seed=seed, epochs=self.spec.finals.epochs)))
+        cfg = self.trial_config(job.cell, best.params if best else {}, seed=seed, epochs=self.spec.finals.epochs)
+        attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
         finals.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE if ok else TrialState.FAIL,
             value=float(value) if ok else None,
             user_attrs=attrs,
         ))
-        self.on_event("final_done" if ok else "final_failed", job, {"seed": seed, "value": value,
-                                                                    "reason": result.get("reason")})
+        self.on_event("final_done" if ok else "final_failed", job, {
+            "seed": seed, "value": value, "reason": result.get("reason"), "result": result, "config": cfg,
+            "best_value": best.value if best else None})
 
 
 class OptunaPruningScheduler(FIFOScheduler):
@@ -317,6 +330,11 @@ class OptunaPruningScheduler(FIFOScheduler):
         if self.searcher.report(trial.trial_id, result):
             return TrialScheduler.STOP
         return TrialScheduler.CONTINUE
+
+    def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
+        # A trial's last result comes here, not to on_trial_result (and, flattened, to the searcher).
+        if result and result.get("closing"):
+            self.searcher.report(trial.trial_id, result)
 
     def save(self, checkpoint_path: str) -> None:
         pass

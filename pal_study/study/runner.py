@@ -68,6 +68,7 @@ class RunOutcome:
     wall_time_s: float = 0.0
     slots: int = 0
     resumed_trials: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def all_failed(self) -> bool:
@@ -243,23 +244,32 @@ def trial_slots(study: Study, max_concurrent: int | None) -> int:
 
 def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
               max_concurrent: int | None = None, restart: bool = False,
-              console: Console | None = None) -> RunOutcome:
+              console: Console | None = None, tracking_uri: str | None = None, track: bool = True) -> RunOutcome:
     """Run (or resume) a study to the end; returns its per-cell summary."""
     console = console or Console()
     t0 = time.perf_counter()
     store = StudyStore(study, runs_dir)
     store.acquire()
     started_ray = False
+    outcome: RunOutcome | None = None
     try:
         if restart and store.exists():
             console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
             store.discard()
         store.check_fingerprint()
+        tracking = None
+        if track:
+            from pal_study.tracking import Tracking
+
+            tracking = Tracking(tracking_uri)
+            tracking.check()
         if not address and not os.environ.get("RAY_ADDRESS"):
             check_data(study)  # on a cluster the files need only exist where the trials run
 
         # Imported here: Ray Tune is heavy and only the runner needs it.
+        timings = {"setup_s": time.perf_counter() - t0}
         started_ray = start_ray(address)
+        timings["ray_start_s"] = time.perf_counter() - t0 - timings["setup_s"]
         from ray import tune
 
         from pal_study.study.engine import OptunaPruningScheduler, StudySearcher
@@ -272,7 +282,23 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         done = {k: sum(c.counts[k] for c in before) for k in ("completed", "pruned", "failed")}
         finals_done = sum(len(c.finals) for c in before)
         progress = StudyProgress(study, console, done=done, finals_done=finals_done)
-        searcher = StudySearcher(study, store, slots=slots, on_event=progress)
+        tracker = None
+        sinks: list[Any] = [progress]
+        if tracking is not None:
+            from pal_study.study.tracker import StudyTracker
+
+            tracker = StudyTracker(tracking, study, store)
+            tracker.start()
+            sinks.append(tracker)
+            console.print(f"tracking: {tracking.uri} (experiment {study.spec.name!r}; "
+                          f"pal-study ui to browse)", soft_wrap=True, highlight=False)
+
+        def on_event(kind: str, job: Any, info: dict[str, Any]) -> None:
+            for sink in sinks:
+                sink(kind, job, info)
+
+        searcher = StudySearcher(study, store, slots=slots, on_event=on_event)
+        searcher.details = tracker is not None
         resumed = len(searcher._resume)
         if resumed or sum(done.values()) or finals_done:
             console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
@@ -294,18 +320,34 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                     checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 ),
             )
+            t_fit = time.perf_counter()
             with progress:
                 tuner.fit()
+            timings["fit_s"] = time.perf_counter() - t_fit
             interrupted = not searcher.done()
+        if tracker is not None:
+            from pal_study.report import aggregate, fetch_finals, report_files
+
+            files: dict[str, Any] = {}
+            if not interrupted:
+                rows = aggregate(fetch_finals(tracking.client, study.spec.name)[2])
+                files = report_files(rows, study.spec.name)
+            tracker.finish(interrupted, files)
+            timings["tracking_s"] = tracker.logging_s
         outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted,
-                             wall_time_s=time.perf_counter() - t0, slots=slots, resumed_trials=resumed)
+                             wall_time_s=time.perf_counter() - t0, slots=slots, resumed_trials=resumed,
+                             timings=timings)
         write_summary(store, outcome)
         return outcome
     finally:
         if started_ray:
             import ray
 
+            t_stop = time.perf_counter()
             ray.shutdown()
+            if outcome is not None:
+                outcome.timings["ray_shutdown_s"] = time.perf_counter() - t_stop
+                outcome.wall_time_s = time.perf_counter() - t0
         store.release(remove_if_empty=True)
 
 

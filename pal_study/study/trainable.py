@@ -61,14 +61,36 @@ def summarize(result) -> dict[str, Any]:
     return out
 
 
-def run_one(cfg_dict: dict[str, Any], on_epoch=None) -> dict[str, Any]:
+def details(result) -> dict[str, Any]:
+    """What the trial's MLflow artifacts are made of; the reliability diagram is drawn here, in
+    the worker, so a driver with many trials does not render every PNG."""
+    import base64
+
+    from pal_study.plots import reliability_png
+
+    out: dict[str, Any] = {"prototype_geometry": result.prototype_geometry, "per_class_acc": result.per_class_acc,
+                           "class_counts": result.class_counts}
+    if result.reliability:
+        png = reliability_png(result.reliability, (result.final or {}).get("ece"), result.method)
+        out["reliability_png"] = base64.b64encode(png).decode()
+    return out
+
+
+def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
+            with_history: bool = False) -> dict[str, Any]:
     """Train one config; never raises for a trial's own failure."""
     from pal_study.train import train
 
     try:
         cfg = TrainConfig.model_validate(cfg_dict)
         result = train(cfg, on_epoch, data=_data_for(cfg))
-        return summarize(result)
+        out = summarize(result)
+        # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
+        if with_details and result.status == "completed":
+            out["details_json"] = json.dumps(details(result), default=_jsonable)
+        if with_history:
+            out["history_json"] = json.dumps(result.history, default=_jsonable)
+        return out
     except Exception as e:  # noqa: BLE001 - a failing trial is data, not a crash of the study
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
@@ -86,14 +108,24 @@ def tune_trial(config: dict[str, Any]) -> None:
             metrics = {k: v for k, v in m.as_dict().items() if v is not None}
             tune.report({**metrics, "stage": "tune", "closing": False})
 
-        summary = run_one(job["config"], on_epoch)
-        tune.report({**_finite(summary), "stage": "tune", "closing": True})
+        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True))
+        tune.report({**_finite(summary), "stage": "tune", "closing": True, "node": _node()})
         return
     for seed in job["seeds"]:
         cfg = {**job["config"], "seed": seed}
-        summary = run_one(cfg)
-        tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True})
+        summary = run_one(cfg, with_details=job.get("details", True), with_history=True)
+        tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True, "node": _node()})
+
+
+def _node() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None and not (isinstance(v, float) and v != v)}
+
+
+def _jsonable(o: Any) -> Any:
+    return None

@@ -1,0 +1,212 @@
+"""Study engine benchmark: slot efficiency against plain Ray Tune, and what pruning saves.
+
+    .venv/bin/python benchmarks/study_slots.py                      # the quickstart, ~8 min
+    .venv/bin/python benchmarks/study_slots.py --study studies/quickstart.yaml --set budget.trials_per_cell=3
+
+Four runs, each in a fresh process (so Ray and Tune's environment start clean), in one
+invocation:
+  pal-median  ``pal-study run`` of the study as shipped (its pruner);
+  pal-none    the same study and seeds with ``budget.pruner.name=none``;
+  tune-plain  a plain Ray Tune script running exactly pal-median's trials (same configs, each for
+              the epochs it ran) with Tune's defaults (no actor reuse, default loggers);
+  tune-reuse  the same with ``reuse_actors=True`` and Tune's loggers off.
+Slot efficiency = Σ epoch time in trials (the trainer's own per-epoch train + eval time) /
+(wall time of the whole command × concurrent slots). Writes benchmarks/results/study_slots.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _bench  # noqa: E402
+
+
+def _trial_records(runs: Path, name: str) -> list[dict[str, Any]]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(runs / name / "optuna.journal")))
+    out = []
+    for summary in optuna.get_all_study_summaries(storage):
+        st = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for t in st.trials:
+            out.append({"study": summary.study_name, "number": t.number, "state": t.state.name,
+                        "value": t.value, "epochs": t.user_attrs.get("epochs_run"),
+                        "epoch_time_s": t.user_attrs.get("train_time_s"), "params": t.params,
+                        "config": t.user_attrs.get("config"),
+                        "start": t.datetime_start.timestamp() if t.datetime_start else None,
+                        "end": t.datetime_complete.timestamp() if t.datetime_complete else None})
+    return out
+
+
+def side_pal(study_path: str, overrides: list[str], out: Path) -> dict[str, Any]:
+    from rich.console import Console
+
+    from pal_study.study import load_study
+    from pal_study.study.runner import run_study
+
+    t0 = time.perf_counter()
+    study = load_study(study_path, overrides)
+    runs = Path(tempfile.mkdtemp(prefix="bench-runs-"))
+    outcome = run_study(study, runs_dir=runs, console=Console(stderr=True, quiet=True))
+    wall = time.perf_counter() - t0
+    records = _trial_records(runs, study.spec.name)
+    # The tuning trials' configs, for the plain Tune side to re-run exactly.
+    from pal_study.study.engine import StudySearcher
+    from pal_study.study.store import StudyStore
+
+    searcher = StudySearcher(study, StudyStore(study, runs), slots=outcome.slots)
+    cells = {c.index: c for c in study.cells}
+    jobs = []
+    for r in records:
+        if r["study"].endswith("/finals"):
+            cfg = json.loads(r["config"])
+        else:
+            cell = cells[int(r["study"].rsplit("cell", 1)[1])]
+            cfg = searcher.trial_config(cell, r["params"])
+        cfg["optim"]["epochs"] = int(r["epochs"] or cfg["optim"]["epochs"])
+        jobs.append(cfg)
+    (out / "jobs.json").write_text(json.dumps(jobs))
+    return {"wall_s": wall, "slots": outcome.slots, "timings": outcome.timings, "records": records,
+            "epoch_time_s": sum(r["epoch_time_s"] or 0.0 for r in records),
+            "epochs": sum(int(r["epochs"] or 0) for r in records if not r["study"].endswith("/finals")),
+            "best_by_cell": {r["study"]: r["value"] for r in _best(records, study.spec.objective.mode)},
+            "cells": [{"label": c.label, "test_mean": c.test_mean, "best_value": c.best_value}
+                      for c in outcome.cells]}
+
+
+def _best(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["study"].endswith("/finals") or r["state"] != "COMPLETE":
+            continue
+        b = best.get(r["study"])
+        if b is None or (r["value"] > b["value"] if mode == "max" else r["value"] < b["value"]):
+            best[r["study"]] = r
+    return list(best.values())
+
+
+def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if reuse:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+    from ray import tune
+
+    from pal_study.study.trainable import run_one
+
+    jobs = json.loads(jobs_path.read_text())
+
+    def trainable(config: dict[str, Any]) -> None:
+        spent = [0.0]
+
+        def on_epoch(m) -> None:
+            spent[0] += m.train_time_s + m.eval_time_s
+            tune.report({"val_acc": m.val_acc or 0.0, "epoch_time_s": spent[0]})
+
+        run_one(config["cfg"], on_epoch)
+
+    ray.init(address="local", num_cpus=slots, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    storage = tempfile.mkdtemp(prefix="bench-tune-")
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": 1}),
+        param_space={"cfg": tune.grid_search(jobs)},
+        tune_config=tune.TuneConfig(reuse_actors=reuse, max_concurrent_trials=slots),
+        run_config=tune.RunConfig(storage_path=storage, verbose=0),
+    )
+    grid = tuner.fit()
+    ray.shutdown()
+    wall = time.perf_counter() - t0
+    spent = sum(r.metrics.get("epoch_time_s", 0.0) for r in grid)
+    return {"wall_s": wall, "slots": slots, "epoch_time_s": spent, "trials": len(jobs), "errors": grid.num_errors}
+
+
+def _child(args: list[str]) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"benchmark side {args} failed:\n{res.stderr[-3000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--study", default=str(ROOT / "studies/quickstart.yaml"))
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--side", choices=["pal", "tune"], help=argparse.SUPPRESS)
+    ap.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--slots", type=int, default=2, help=argparse.SUPPRESS)
+    ap.add_argument("--work", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.side == "pal":
+        print(json.dumps(side_pal(a.study, a.overrides, Path(a.work))))
+        return
+    if a.side == "tune":
+        print(json.dumps(side_tune(Path(a.work) / "jobs.json", a.reuse, a.slots)))
+        return
+
+    t_all = time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="bench-study-"))
+    base = ["--study", a.study, "--work", str(work)] + [x for o in a.overrides for x in ("--set", o)]
+    median = _child(["--side", "pal", *base])
+    none_work = work / "none"
+    none_work.mkdir()
+    none = _child(["--side", "pal", "--study", a.study, "--work", str(none_work),
+                   *[x for o in a.overrides for x in ("--set", o)], "--set", "budget.pruner.name=none"])
+    plain = _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])])
+    reuse = _child(["--side", "tune", "--reuse", "--work", str(work), "--slots", str(median["slots"])])
+
+    def eff(r: dict[str, Any]) -> float:
+        return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
+
+    rows = [("pal-study (median pruner)", median), ("pal-study (pruner none)", none),
+            ("plain Ray Tune, defaults", plain), ("plain Ray Tune, reuse_actors + loggers off", reuse)]
+    print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
+    for label, r in rows:
+        print(f"  {label:<44} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
+              f"efficiency {100 * eff(r):5.1f} %")
+    t = median["timings"]
+    print(f"  pal-study wall: setup {t.get('setup_s', 0):.1f} s, Ray start {t.get('ray_start_s', 0):.1f} s, "
+          f"fit {t.get('fit_s', 0):.1f} s, Ray shutdown {t.get('ray_shutdown_s', 0):.1f} s")
+    starts = sorted(r["start"] for r in median["records"] if r["start"])
+    ends = sorted(r["end"] for r in median["records"] if r["end"])
+    print(f"  first trial asked {starts[0] - min(starts):.1f} s into fit; last trial ended "
+          f"{ends[-1] - min(starts):.1f} s after the first was asked")
+
+    b_med = median["best_by_cell"]
+    b_none = none["best_by_cell"]
+    diffs = [100 * (b_none[k] - b_med[k]) for k in b_none if k in b_med]
+    mean_med = sum(b_med.values()) / len(b_med)
+    mean_none = sum(b_none.values()) / len(b_none)
+    saved = 1 - median["epochs"] / none["epochs"]
+    print(f"\npruning: tuning epochs {median['epochs']} (median) vs {none['epochs']} (none): "
+          f"{100 * saved:.1f} % fewer; best {('val_acc')} per cell, mean over cells "
+          f"{100 * mean_med:.2f} vs {100 * mean_none:.2f} (Δ {100 * (mean_med - mean_none):+.2f} points); "
+          f"per-cell Δ (none − median) max {max(diffs):+.2f}, min {min(diffs):+.2f} points")
+    result = {
+        "command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]),
+        "wall_s": time.perf_counter() - t_all,
+        "efficiency": {label: eff(r) for label, r in rows},
+        "sides": {label: {k: v for k, v in r.items() if k != "records"} for label, r in rows},
+        "pruning": {"epochs_median": median["epochs"], "epochs_none": none["epochs"], "saved": saved,
+                    "best_mean_median": mean_med, "best_mean_none": mean_none, "per_cell_diff_points": diffs},
+    }
+    out = ROOT / "benchmarks" / "results" / "study_slots.json"
+    out.write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {out} ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

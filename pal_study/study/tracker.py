@@ -1,0 +1,198 @@
+"""A study's MLflow record, fed by the searcher's events (driver side, one writer)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from pal_study.study.spec import Study
+from pal_study.study.store import StudyStore, fingerprint
+from pal_study.tracking import FLUSH_S, Tracking, flatten, trial_artifacts, trial_tags
+
+log = logging.getLogger(__name__)
+
+METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr",
+               "train_time_s", "eval_time_s")
+SUMMARY_KEYS = ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss",
+                "epochs_run", "train_time_s", "wall_time_s", "test_acc_many", "test_acc_medium", "test_acc_few",
+                "proto_norm_min", "proto_norm_max", "proto_cos_max", "feature_norm_mean", "feature_norm_std")
+
+
+class StudyTracker:
+    """Parent run per study (re-found on resume), child run per tuning trial and final seed."""
+
+    def __init__(self, tracking: Tracking, study: Study, store: StudyStore):
+        self.t = tracking
+        self.study = study
+        self.store = store
+        self.exp_id = tracking.experiment_id(study.spec.name)
+        self.parent_id: str | None = None
+        self.children: dict[str, Any] = {}  # run_key -> mlflow Run
+        self._live: dict[int, dict[str, Any]] = {}  # id(job) -> {run_id, buffer, last_flush, skip_to}
+        self.logging_s = 0.0
+
+    # -- parent --------------------------------------------------------------------------------
+    def start(self) -> str:
+        t0 = time.perf_counter()
+        c = self.t.client
+        fp = fingerprint(self.study)
+        runs = c.search_runs([self.exp_id], filter_string=f"tags.`pal.stage` = 'study' and tags.`pal.fingerprint` = '{fp}'",
+                             max_results=1, order_by=["attributes.start_time DESC"])
+        if runs:
+            self.parent_id = runs[0].info.run_id
+            if runs[0].info.status != "RUNNING":
+                c.update_run(self.parent_id, status="RUNNING")
+        else:
+            s = self.study.spec
+            run = c.create_run(self.exp_id, run_name=f"study {s.name}",
+                               tags={"pal.stage": "study", "pal.fingerprint": fp, "stage": "study",
+                                     **trial_tags({}, study=s.name)})
+            self.parent_id = run.info.run_id
+            self.t.log_batch(self.parent_id, params={
+                "cells": len(self.study.cells), "trials_per_cell": s.budget.trials_per_cell,
+                "epochs": s.budget.epochs, "sampler": s.budget.sampler.name, "sampler_seed": s.budget.sampler.seed,
+                "pruner": s.budget.pruner.name, "final_seeds": s.finals.seeds, "objective": s.objective.metric,
+                "mode": s.objective.mode, "resources_cpu": s.resources.cpu, "resources_gpu": s.resources.gpu,
+                "factors": json.dumps(s.factors),
+            })
+            self.t.log_files(self.parent_id, {"study.yaml": self.study.path.read_text(),
+                                              "study_resolved.json": json.dumps(s.model_dump(mode="json"), indent=1)})
+        # Every child already logged under this parent, by key: a resume reuses, never duplicates.
+        token = None
+        while True:
+            page = c.search_runs([self.exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
+                                 max_results=1000, page_token=token)
+            for r in page:
+                key = r.data.tags.get("pal.run_key")
+                if key:
+                    self.children[key] = r
+            token = page.token
+            if not token:
+                break
+        self.logging_s += time.perf_counter() - t0
+        return self.parent_id
+
+    def finish(self, interrupted: bool, files: dict[str, bytes | str] | None = None) -> None:
+        t0 = time.perf_counter()
+        if files:
+            self.t.log_files(self.parent_id, files)
+        self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
+        self.logging_s += time.perf_counter() - t0
+
+    # -- events ----------------------------------------------------------------------------------
+    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            if kind == "started" and job.stage == "tune":
+                self._start_tuning(job, info["payload"])
+            elif kind == "epoch":
+                self._epoch(job, info["result"])
+            elif kind in ("completed", "pruned", "failed") and job.stage == "tune":
+                self._end_tuning(job, kind, info)
+            elif kind in ("final_done", "final_failed"):
+                self._final(job, kind, info)
+        except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
+            log.warning("MLflow logging failed for %s (%s): %s", kind, getattr(job.cell, "label", "?"), e)
+        self.logging_s += time.perf_counter() - t0
+
+    def _key(self, job: Any, suffix: str) -> str:
+        return f"cell{job.cell.index:03d}/{suffix}"
+
+    def _child(self, key: str, name: str, cfg: dict[str, Any], tags: dict[str, Any]) -> tuple[str, bool]:
+        """(run id, whether it existed): existing runs are reused, so nothing is logged twice."""
+        existing = self.children.get(key)
+        if existing is not None:
+            return existing.info.run_id, True
+        c = self.t.client
+        run = c.create_run(self.exp_id, run_name=name, tags={
+            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags})
+        self.t.log_batch(run.info.run_id, params=flatten(cfg))
+        self.children[key] = run
+        return run.info.run_id, False
+
+    def _start_tuning(self, job: Any, payload: dict[str, Any]) -> None:
+        cfg = payload["config"]
+        key = self._key(job, f"tune/{job.trial.number}")
+        tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="tune",
+                          optuna_study=self.store.tuning_name(job.cell), optuna_trial=job.trial.number)
+        run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", cfg, tags)
+        skip_to = 0
+        if existed:
+            hist = self.t.client.get_metric_history(run_id, "val_acc")
+            skip_to = max((m.step for m in hist), default=0)
+            self.t.client.update_run(run_id, status="RUNNING")
+        self._live[id(job)] = {"run_id": run_id, "buffer": [], "flushed": time.monotonic(), "skip_to": skip_to,
+                               "cfg": cfg}
+
+    def _epoch(self, job: Any, result: dict[str, Any]) -> None:
+        live = self._live.get(id(job))
+        if live is None:
+            return
+        step = int(result["epoch"])
+        if step <= live["skip_to"]:
+            return
+        live["buffer"] += [(k, result[k], step) for k in METRIC_KEYS if isinstance(result.get(k), (int, float))]
+        if time.monotonic() - live["flushed"] > FLUSH_S:
+            self._flush(live)
+
+    def _flush(self, live: dict[str, Any]) -> None:
+        if live["buffer"]:
+            self.t.log_batch(live["run_id"], metrics=live["buffer"])
+            live["buffer"] = []
+        live["flushed"] = time.monotonic()
+
+    def _end_tuning(self, job: Any, outcome: str, info: dict[str, Any]) -> None:
+        live = self._live.pop(id(job), None)
+        if live is None:
+            return
+        closing = info.get("closing") or {}
+        summary = [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS if isinstance(closing.get(k), (int, float))]
+        live["buffer"] += summary
+        self._flush(live)
+        tags = {"outcome": outcome}
+        if info.get("reason"):
+            tags["outcome_reason"] = info["reason"]
+        if closing.get("node"):
+            tags["node"] = closing["node"]
+        self.t.log_batch(live["run_id"], tags=tags)
+        self.t.log_files(live["run_id"], trial_artifacts(
+            live["cfg"], closing.get("details"),
+            f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE"))
+        status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[outcome]
+        self.t.client.set_terminated(live["run_id"], status=status)
+
+    def _final(self, job: Any, kind: str, info: dict[str, Any]) -> None:
+        seed = int(info["seed"])
+        key = self._key(job, f"final/seed{seed}")
+        if key in self.children and self.children[key].info.status == "FINISHED":
+            return
+        result = info.get("result") or {}
+        cfg = info["config"]
+        outcome = "completed" if kind == "final_done" else "failed"
+        tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="final", outcome=outcome,
+                          optuna_study=self.store.finals_name(job.cell))
+        if info.get("reason"):
+            tags["outcome_reason"] = info["reason"]
+        if result.get("node"):
+            tags["node"] = result["node"]
+        run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", cfg, tags)
+        metrics = [(k, h[k], int(h["epoch"])) for h in result.get("history", []) for k in METRIC_KEYS
+                   if isinstance(h.get(k), (int, float))]
+        metrics += [(f"final_{k}", result[k], 0) for k in SUMMARY_KEYS if isinstance(result.get(k), (int, float))]
+        if isinstance(info.get("best_value"), (int, float)):
+            metrics.append(("final_tune_best_value", info["best_value"], 0))
+        self.t.log_batch(run_id, metrics=metrics)
+        self.t.log_files(run_id, trial_artifacts(
+            cfg, result.get("details"),
+            f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE"))
+        self.t.client.set_terminated(run_id, status="FINISHED" if outcome == "completed" else "FAILED")
+
+
+def _group(cell: Any) -> str:
+    """The cell's factors other than the method: cells of one group differ only by method, so
+    the report compares each with the CE cell of its group."""
+    from pal_study.study.spec import cell_label
+
+    return cell_label({k: v for k, v in cell.factors.items() if k != "method"})

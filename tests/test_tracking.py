@@ -1,0 +1,164 @@
+"""MLflow tracking of studies and trainings, read back through ``mlflow.MlflowClient`` only."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from pal_study.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+EPOCHS = 3
+
+
+def study_file(tmp_path: Path, name: str) -> Path:
+    spec = {
+        "name": name,
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": EPOCHS}},
+        "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.4]},
+        "search": ["weight_decay"],
+        "budget": {"trials_per_cell": 3, "sampler": {"seed": 0, "n_startup_trials": 2},
+                   "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}},
+        "finals": {"seeds": [0, 1]},
+    }
+    (tmp_path / "search_spaces").mkdir(exist_ok=True)
+    (tmp_path / "search_spaces" / "weight_decay.yaml").write_text((ROOT / "search_spaces/weight_decay.yaml").read_text())
+    path = tmp_path / "studies" / f"{name}.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tracked_study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    path = study_file(tmp, "tracked")
+    rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
+    assert rc == 0
+    return tmp, uri, path
+
+
+def children(client: MlflowClient, exp_id: str, parent: str) -> list:
+    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+
+
+def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
+    tmp, uri, _ = tracked_study
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tracked")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    kids = children(client, exp.experiment_id, parent.info.run_id)
+    # Every run of the study is a child of its parent: 4 cells x 3 trials + 4 cells x 2 seeds.
+    assert len(kids) == len(runs) - 1 == 4 * 3 + 4 * 2
+    tune = [r for r in kids if r.data.tags["stage"] == "tune"]
+    final = [r for r in kids if r.data.tags["stage"] == "final"]
+    assert len(tune) == 12 and len(final) == 8
+    assert {r.info.status for r in kids} <= {"FINISHED", "KILLED"}
+    for r in kids:
+        t = r.data.tags
+        for key in ("method", "loss", "head", "dataset", "noise_kind", "noise_rate", "imbalance_ratio", "seed",
+                    "cell", "stage", "outcome", "config_hash", "pal_study_version"):
+            assert key in t, (key, t)
+        assert t["outcome"] in ("completed", "pruned")
+        assert r.data.params["optim.epochs"] == str(EPOCHS)
+        assert t["method"] in ("ce", "ce+fnpal") and t["dataset"] == "digits"
+    pruned = [r for r in tune if r.data.tags["outcome"] == "pruned"]
+    for r in pruned:
+        assert r.info.status == "KILLED" and r.data.tags["outcome_reason"].startswith("pruned by median")
+    done = [r for r in tune if r.data.tags["outcome"] == "completed"]
+    assert done
+    for r in done[:2] + final[:2]:
+        hist = client.get_metric_history(r.info.run_id, "val_acc")
+        assert sorted(m.step for m in hist) == list(range(1, EPOCHS + 1))
+        names = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"config.yaml", "prototype_geometry.json", "per_class_acc.csv", "reliability.png"} <= names
+        cfg = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp))).read_text())
+        assert cfg["optim"]["epochs"] == EPOCHS and cfg["seed"] == int(r.data.tags["seed"])
+    assert sorted(int(r.data.tags["seed"]) for r in final) == [0, 0, 0, 0, 1, 1, 1, 1]
+    parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "study.yaml" in parent_files and "report" in parent_files
+    report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/comparison.md", "report/comparison.csv", "report/acc_vs_noise_digits.png"} <= report_files
+    md = Path(client.download_artifacts(parent.info.run_id, "report/comparison.md", str(tmp))).read_text()
+    # The FNPAL rows carry their difference to the CE cell of the same noise rate and a p-value.
+    fnpal_rows = [line for line in md.splitlines() if "| ce+fnpal |" in line]
+    assert len(fnpal_rows) == 2 and all(line.split("|")[6].strip() not in ("", "-") for line in fnpal_rows)
+
+
+def test_report_from_a_fresh_process_matches_the_study_end(tracked_study):
+    tmp, uri, _ = tracked_study
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tracked")
+    parent = client.search_runs([exp.experiment_id], "tags.`pal.stage` = 'study'")[0]
+    logged = Path(client.download_artifacts(parent.info.run_id, "report/comparison.csv", str(tmp / "dl"))).read_text()
+    out = tmp / "report"
+    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "csv", "--out", str(out),
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert (out / "comparison.csv").read_text() == logged
+    assert (out / "acc_vs_noise_digits.png").read_bytes()[:4] == b"\x89PNG"
+    assert "ce+fnpal" in res.stdout
+
+
+def test_export_then_train_reproduces_the_metric(tracked_study):
+    tmp, uri, _ = tracked_study
+    out = tmp / "exports"
+    assert main(["export", "tracked", "--out", str(out), "--tracking-uri", uri]) == 0
+    index = json.loads((out / "tracked" / "index.json").read_text())
+    assert len(index) == 4 and {i["method"] for i in index} == {"ce", "ce+fnpal"}
+    item = next(i for i in index if i["method"] == "ce+fnpal")
+    result = tmp / "rerun.json"
+    assert main(["train", str(out / "tracked" / item["config"]), "--no-track", "-q", "-o", str(result)]) == 0
+    final = json.loads(result.read_text())["final"]
+    assert final["test_acc"] == item["test_acc_of_exported_seed"]
+    client = MlflowClient(tracking_uri=uri)
+    names = {a.path for a in client.list_artifacts(item["parent_run_id"], "export")}
+    assert "export/index.json" in names and f"export/{item['config']}" in names
+
+
+def test_train_is_tracked(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["train", "--set", "optim.epochs=2", "-q", "-o", str(tmp_path / "r.json"), "--tracking-uri", uri]) == 0
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("pal-study-train")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.tags["stage"] == "train" and run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "test_acc")] == [1, 2]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_tracking_exits_2_before_training(tmp_path, capsys):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    path = study_file(tmp_path, "unreachable")
+    env_retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err
+        assert "cannot reach the MLflow tracking store" in err and "Traceback" not in err
+        assert not (tmp_path / "runs" / "unreachable").exists()
+        assert main(["train", "--tracking-uri", uri, "-q", "-o", str(tmp_path / "r.json")]) == 2
+        assert not (tmp_path / "r.json").exists()
+    finally:
+        if env_retries is None:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+        else:
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = env_retries
