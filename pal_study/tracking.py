@@ -76,6 +76,7 @@ class Tracking:
         from mlflow import MlflowClient
 
         self.client = MlflowClient(tracking_uri=self.uri)
+        self._artifact_uris: dict[str, str] = {}
 
     def check(self) -> None:
         """Reach the store now: an unreachable tracking server is bad input, before any training."""
@@ -119,17 +120,36 @@ class Tracking:
             ms, ps, ts = ms[1000:], ps[len(take_p):], ts[len(take_t):]
 
     def log_files(self, run_id: str, files: dict[str, bytes | str], artifact_path: str | None = None) -> None:
+        """Write files straight to the run's artifact store (its URI cached: no lookup per call)."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        uri = self._artifact_uris.get(run_id)
+        if uri is None:
+            uri = self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
         with tempfile.TemporaryDirectory(prefix="pal-artifacts-") as tmp:
             for name, content in files.items():
                 p = Path(tmp) / name
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(content if isinstance(content, bytes) else content.encode())
-            self.client.log_artifacts(run_id, tmp, artifact_path)
+            get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(tmp, artifact_path)
+
+    def remember(self, run: Any) -> Any:
+        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
+        return run
+
+
+def code_tags() -> dict[str, str]:
+    """Which code made a run: the package version and, in a git checkout, the commit."""
+    from pal_study import __version__
+
+    commit = _GIT.get("commit", "unset")
+    if commit == "unset":
+        commit = _GIT["commit"] = _git_commit()
+    return {"pal_study_version": __version__, **({"git_commit": commit} if commit else {})}
 
 
 def trial_tags(cfg: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The tags a child run is filtered and grouped by in the UI."""
-    from pal_study import __version__
     from pal_study.config import TrainConfig, method_name
 
     data = cfg.get("data", {})
@@ -138,15 +158,11 @@ def trial_tags(cfg: dict[str, Any], **extra: Any) -> dict[str, Any]:
         "loss": cfg.get("loss", {}).get("name"), "head": cfg.get("head", {}).get("kind"),
         "dataset": data.get("name"), "noise_kind": data.get("noise", {}).get("kind"),
         "noise_rate": data.get("noise", {}).get("rate"), "imbalance_ratio": data.get("imbalance", {}).get("ratio"),
-        "seed": cfg.get("seed"), "config_hash": config_hash(cfg), "pal_study_version": __version__,
+        "seed": cfg.get("seed"), "config_hash": config_hash(cfg), **code_tags(),
     }
-    commit = _GIT.get("commit", "unset")
-    if commit == "unset":
-        commit = _GIT["commit"] = _git_commit()
-    if commit:
-        tags["git_commit"] = commit
     tags.update(extra)
-    return {k: v for k, v in tags.items() if v is not None}
+    # Strings: an MLflow server rejects other tag types (SQLite stores would take them).
+    return {k: str(v) for k, v in tags.items() if v is not None}
 
 
 _GIT: dict[str, Any] = {}

@@ -165,7 +165,8 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
         finals={"seeds": [0, 1, 2]},
     )
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs)]
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
@@ -212,6 +213,23 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
             # under their own trial numbers.
             assert [t.number for t in st.trials] == list(range(6)), name
             assert all(t.state == TrialState.COMPLETE for t in st.trials), name
+
+    # MLflow: one parent, one child per trial and final seed, none duplicated, none left RUNNING.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("resume")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(kids) == len(all_runs) - 1 == 4 * 6 + 4 * 3
+    keys = [r.data.tags["pal.run_key"] for r in kids]
+    assert len(set(keys)) == len(keys)
+    assert all(r.info.status == "FINISHED" for r in kids)
+    for r in kids:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == sorted(set(steps)) == list(range(1, 13)), (r.data.tags["pal.run_key"], steps)
 
 
 def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):

@@ -9,12 +9,12 @@ from typing import Any
 
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
-from pal_study.tracking import FLUSH_S, Tracking, flatten, trial_artifacts, trial_tags
+from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_artifacts, trial_tags
 
 log = logging.getLogger(__name__)
 
-METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr",
-               "train_time_s", "eval_time_s")
+# Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
+METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
 SUMMARY_KEYS = ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss",
                 "epochs_run", "train_time_s", "wall_time_s", "test_acc_many", "test_acc_medium", "test_acc_few",
                 "proto_norm_min", "proto_norm_max", "proto_cos_max", "feature_norm_mean", "feature_norm_std")
@@ -48,7 +48,7 @@ class StudyTracker:
             s = self.study.spec
             run = c.create_run(self.exp_id, run_name=f"study {s.name}",
                                tags={"pal.stage": "study", "pal.fingerprint": fp, "stage": "study",
-                                     **trial_tags({}, study=s.name)})
+                                     "study": s.name, **code_tags()})
             self.parent_id = run.info.run_id
             self.t.log_batch(self.parent_id, params={
                 "cells": len(self.study.cells), "trials_per_cell": s.budget.trials_per_cell,
@@ -100,15 +100,15 @@ class StudyTracker:
     def _key(self, job: Any, suffix: str) -> str:
         return f"cell{job.cell.index:03d}/{suffix}"
 
-    def _child(self, key: str, name: str, cfg: dict[str, Any], tags: dict[str, Any]) -> tuple[str, bool]:
-        """(run id, whether it existed): existing runs are reused, so nothing is logged twice."""
+    def _child(self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None) -> tuple[str, bool]:
+        """(run id, whether it existed): existing runs are reused, so nothing is logged twice.
+        Params go in later with the metrics: one ``log_batch`` per run where possible."""
         existing = self.children.get(key)
         if existing is not None:
             return existing.info.run_id, True
         c = self.t.client
-        run = c.create_run(self.exp_id, run_name=name, tags={
-            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags})
-        self.t.log_batch(run.info.run_id, params=flatten(cfg))
+        run = self.t.remember(c.create_run(self.exp_id, run_name=name, start_time=start_time, tags={
+            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags}))
         self.children[key] = run
         return run.info.run_id, False
 
@@ -117,14 +117,15 @@ class StudyTracker:
         key = self._key(job, f"tune/{job.trial.number}")
         tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="tune",
                           optuna_study=self.store.tuning_name(job.cell), optuna_trial=job.trial.number)
-        run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", cfg, tags)
+        run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", tags)
         skip_to = 0
         if existed:
             hist = self.t.client.get_metric_history(run_id, "val_acc")
             skip_to = max((m.step for m in hist), default=0)
             self.t.client.update_run(run_id, status="RUNNING")
         self._live[id(job)] = {"run_id": run_id, "buffer": [], "flushed": time.monotonic(), "skip_to": skip_to,
-                               "cfg": cfg}
+                               "cfg": cfg,
+                               "params": None if existed and self.children[key].data.params else flatten(cfg)}
 
     def _epoch(self, job: Any, result: dict[str, Any]) -> None:
         live = self._live.get(id(job))
@@ -137,9 +138,10 @@ class StudyTracker:
         if time.monotonic() - live["flushed"] > FLUSH_S:
             self._flush(live)
 
-    def _flush(self, live: dict[str, Any]) -> None:
-        if live["buffer"]:
-            self.t.log_batch(live["run_id"], metrics=live["buffer"])
+    def _flush(self, live: dict[str, Any], tags: dict[str, Any] | None = None) -> None:
+        params, live["params"] = live.get("params"), None
+        if live["buffer"] or params or tags:
+            self.t.log_batch(live["run_id"], metrics=live["buffer"], params=params, tags=tags)
             live["buffer"] = []
         live["flushed"] = time.monotonic()
 
@@ -150,13 +152,12 @@ class StudyTracker:
         closing = info.get("closing") or {}
         summary = [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS if isinstance(closing.get(k), (int, float))]
         live["buffer"] += summary
-        self._flush(live)
         tags = {"outcome": outcome}
         if info.get("reason"):
             tags["outcome_reason"] = info["reason"]
         if closing.get("node"):
             tags["node"] = closing["node"]
-        self.t.log_batch(live["run_id"], tags=tags)
+        self._flush(live, tags)
         self.t.log_files(live["run_id"], trial_artifacts(
             live["cfg"], closing.get("details"),
             f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE"))
@@ -177,13 +178,19 @@ class StudyTracker:
             tags["outcome_reason"] = info["reason"]
         if result.get("node"):
             tags["node"] = result["node"]
-        run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", cfg, tags)
+        # Created when the seed is done (one write burst): dated back to when it started.
+        started = int(1000 * (time.time() - float(result.get("wall_time_s") or 0.0)))
+        run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started)
         metrics = [(k, h[k], int(h["epoch"])) for h in result.get("history", []) for k in METRIC_KEYS
                    if isinstance(h.get(k), (int, float))]
         metrics += [(f"final_{k}", result[k], 0) for k in SUMMARY_KEYS if isinstance(result.get(k), (int, float))]
         if isinstance(info.get("best_value"), (int, float)):
             metrics.append(("final_tune_best_value", info["best_value"], 0))
-        self.t.log_batch(run_id, metrics=metrics)
+        if existed:  # a half-logged run of a killed driver: its metrics would double up
+            self.t.client.delete_run(run_id)
+            self.children.pop(key)
+            run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", {}, started)
+        self.t.log_batch(run_id, metrics=metrics, params=flatten(cfg), tags=tags)
         self.t.log_files(run_id, trial_artifacts(
             cfg, result.get("details"),
             f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE"))
