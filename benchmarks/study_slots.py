@@ -184,7 +184,8 @@ def main() -> None:
     first = min((r for r in median["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
     print(f"  first trial: {first['end'] - first['start']:.1f} s from ask to tell (actor start, imports, data) "
           f"for {first['epoch_time_s'] or 0:.1f} s of epochs; MLflow logging in the driver "
-          f"{t.get('tracking_s', 0):.1f} s = {100 * t.get('tracking_s', 0) / median['epoch_time_s']:.1f} % of Σ epoch time")
+          f"{t.get('tracking_s', 0):.1f} s wall, {t.get('tracking_cpu_s', 0):.1f} s CPU = "
+          f"{100 * t.get('tracking_cpu_s', 0) / median['epoch_time_s']:.1f} % of Σ epoch time")
 
     b_med = median["best_by_cell"]
     b_none = none["best_by_cell"]

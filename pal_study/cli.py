@@ -196,6 +196,7 @@ def run(
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
     no_track: NoTrackOpt = False,
+    trial_retries: Annotated[Optional[int], typer.Option("--trial-retries", min=0, help="Re-run a trial whose process or node died up to N times (default: 3 on a cluster, 0 locally).")] = None,
 ) -> None:
     """Run a study: Optuna samples each cell on Ray Tune, its pruner stops weak trials, the best
     config per cell is re-run over the final seeds. Run the same command again to resume."""
@@ -206,7 +207,8 @@ def run(
     study = load_study(study_file, list(set_ or []))
     err.print(describe(study).splitlines()[0], highlight=False, soft_wrap=True)
     outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
-                        restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track)
+                        restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track,
+                        trial_retries=trial_retries)
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
     out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
@@ -280,6 +282,13 @@ def export(
     err.print(f"wrote {len(index)} configs and index.json / index.csv to {out_dir / name}/ (also on the study's parent run)")
 
 
+def public_bind_warning(host: str) -> str | None:
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return (f"--host {host} makes the UI (and every run's data) reachable from other machines; "
+            "MLflow's UI has no authentication by default")
+
+
 @app.command()
 def ui(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
@@ -294,9 +303,9 @@ def ui(
 
     tracking = Tracking(tracking_uri)
     tracking.check()
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/] --host {host} makes the UI (and every run's data) reachable from other "
-                  "machines; MLflow's UI has no authentication by default")
+    warning = public_bind_warning(host)
+    if warning:
+        err.print(f"[yellow]warning:[/] {warning}")
     url = f"http://{host}:{port}/"
     if study:
         exp = tracking.client.get_experiment_by_name(_study_name(study))
@@ -308,7 +317,7 @@ def ui(
               "them, Compare -> Parallel Coordinates over head.scale, loss.margin, optim.weight_decay vs final_val_acc",
               soft_wrap=True, highlight=False)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.uri, "--host", host,
-           "--port", str(port)]
+           "--port", str(port), "--workers", "1"]
     root = default_artifact_root(tracking.uri)
     if root:
         cmd += ["--default-artifact-root", root]

@@ -177,6 +177,7 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; default: CPUs allotted")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="channels_last conv layout on CUDA (ignored on CPU)")
+    compile: bool = Field(False, description="torch.compile the model on CUDA (ignored on CPU)")
 
     @field_validator("device")
     @classmethod

@@ -234,6 +234,8 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(cfg.loss.name, k, **loss_params(cfg, model.head, train_counts)).to(device)
+    # The compiled module shares parameters with ``model``; the CPU path never compiles.
+    net = torch.compile(model) if on_cuda and cfg.compile else model
     optimizer = make_optimizer(model, cfg)
     use_amp = on_cuda and cfg.amp
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
@@ -259,7 +261,7 @@ def train(
             if channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast():
-                _, logits = model(xb)
+                _, logits = net(xb)
             loss = criterion(logits.float(), yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -162,3 +162,50 @@ def test_unreachable_tracking_exits_2_before_training(tmp_path, capsys):
             os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
         else:
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = env_retries
+
+
+def test_ui_serves_the_store_on_loopback_and_prints_the_runs_url(tracked_study):
+    import signal
+    import time
+    import urllib.request
+
+    tmp, uri, _ = tracked_study
+    port = _closed_port()
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    proc = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked",
+                             "--tracking-uri", uri], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            env=env, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+                    assert r.status == 200
+                    break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.time() < deadline, "the UI did not come up"
+                time.sleep(0.5)
+        listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
+        addrs = {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines() if line.strip()}
+        assert addrs == {"127.0.0.1"}, listening
+        exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name("tracked").experiment_id
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?"
+                                    f"experiment_name=tracked", timeout=10) as r:
+            assert json.loads(r.read())["experiment"]["experiment_id"] == exp_id
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    err = proc.stderr.read()
+    assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs" in err
+
+
+def test_ui_warns_before_binding_publicly():
+    from pal_study.cli import public_bind_warning
+
+    assert public_bind_warning("127.0.0.1") is None and public_bind_warning("localhost") is None
+    assert "reachable from other machines" in public_bind_warning("0.0.0.0")

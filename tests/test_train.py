@@ -130,3 +130,20 @@ def test_threads_follow_allotment(monkeypatch):
     assert r.env["threads"] == 2 and torch.get_num_threads() == 2
     r = train(_cfg("ce", optim={"epochs": 1}, threads=1))
     assert r.env["threads"] == 1 and torch.get_num_threads() == 1
+
+
+def test_gpu_only_switches_leave_the_cpu_path_identical():
+    """amp, channels_last and compile act on CUDA only: on the CPU the run is bit-identical."""
+    base = {"data": {"name": "digits"}, "optim": {"epochs": 2}, "device": "cpu"}
+    off = train(TrainConfig.model_validate({**base, "amp": False, "channels_last": False, "compile": False}))
+    on = train(TrainConfig.model_validate({**base, "amp": True, "channels_last": True, "compile": True}))
+    assert on.history[-1]["train_loss"] == off.history[-1]["train_loss"]
+    assert on.final["test_acc"] == off.final["test_acc"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_path_with_bf16_channels_last_and_compile():
+    cfg = TrainConfig.model_validate({"data": {"name": "digits"}, "optim": {"epochs": 2}, "device": "cuda",
+                                      "amp": True, "compile": True})
+    result = train(cfg)
+    assert result.status == "completed" and result.env["device"].startswith("cuda")

@@ -268,7 +268,7 @@ class StudySearcher(Searcher):
         st = self._tuning[job.cell.index]
         trial = job.trial
         closing = job.closing or {}
-        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece"):
+        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece", "node"):
             if key in closing:
                 trial.set_user_attr(key, jsonable(closing[key]))
         reason = None

@@ -244,7 +244,8 @@ def trial_slots(study: Study, max_concurrent: int | None) -> int:
 
 def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
               max_concurrent: int | None = None, restart: bool = False,
-              console: Console | None = None, tracking_uri: str | None = None, track: bool = True) -> RunOutcome:
+              console: Console | None = None, tracking_uri: str | None = None, track: bool = True,
+              trial_retries: int | None = None) -> RunOutcome:
     """Run (or resume) a study to the end; returns its per-cell summary."""
     console = console or Console()
     t0 = time.perf_counter()
@@ -269,6 +270,10 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         # Imported here: Ray Tune is heavy and only the runner needs it.
         timings = {"setup_s": time.perf_counter() - t0}
         started_ray = start_ray(address)
+        on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+        # A lost node costs only its running trials, which Tune runs again; on one machine a
+        # failing trial fails deterministically, so retrying it would only repeat the failure.
+        retries = trial_retries if trial_retries is not None else (3 if on_cluster else 0)
         timings["ray_start_s"] = time.perf_counter() - t0 - timings["setup_s"]
         from ray import tune
 
@@ -316,7 +321,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                 run_config=tune.RunConfig(
                     name=time.strftime("session-%Y%m%d-%H%M%S"),
                     storage_path=str((store.dir / "tune").resolve()), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0),
+                    failure_config=tune.FailureConfig(max_failures=retries),
                     checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 ),
             )
@@ -334,6 +339,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                 files = report_files(rows, study.spec.name)
             tracker.finish(interrupted, files)
             timings["tracking_s"] = tracker.logging_s
+            timings["tracking_cpu_s"] = tracker.logging_cpu_s
         outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted,
                              wall_time_s=time.perf_counter() - t0, slots=slots, resumed_trials=resumed,
                              timings=timings)

@@ -32,6 +32,7 @@ class StudyTracker:
         self.children: dict[str, Any] = {}  # run_key -> mlflow Run
         self._live: dict[int, dict[str, Any]] = {}  # id(job) -> {run_id, buffer, last_flush, skip_to}
         self.logging_s = 0.0
+        self.logging_cpu_s = 0.0  # CPU of the driver thread: what tracking takes from trials on a busy machine
 
     # -- parent --------------------------------------------------------------------------------
     def start(self) -> str:
@@ -83,7 +84,7 @@ class StudyTracker:
 
     # -- events ----------------------------------------------------------------------------------
     def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         try:
             if kind == "started" and job.stage == "tune":
                 self._start_tuning(job, info["payload"])
@@ -96,6 +97,7 @@ class StudyTracker:
         except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
             log.warning("MLflow logging failed for %s (%s): %s", kind, getattr(job.cell, "label", "?"), e)
         self.logging_s += time.perf_counter() - t0
+        self.logging_cpu_s += time.thread_time() - c0
 
     def _key(self, job: Any, suffix: str) -> str:
         return f"cell{job.cell.index:03d}/{suffix}"
@@ -133,7 +135,8 @@ class StudyTracker:
             return
         step = int(result["epoch"])
         if step <= live["skip_to"]:
-            return
+            return  # already logged (a resumed run, or a trial Tune re-ran after its node died)
+        live["skip_to"] = step
         live["buffer"] += [(k, result[k], step) for k in METRIC_KEYS if isinstance(result.get(k), (int, float))]
         if time.monotonic() - live["flushed"] > FLUSH_S:
             self._flush(live)
