@@ -89,6 +89,8 @@ def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys
             assert others and t.intermediate_values[step] < max(others)
         for t in st.trials:
             if t.state == TrialState.COMPLETE:
+                # The local Ray advertises loopback only (the network rule), never the outward address.
+                assert t.user_attrs["node"] == "127.0.0.1"
                 assert sorted(t.intermediate_values) == [1, 2, 3, 4]
                 assert t.value == pytest.approx(t.intermediate_values[4])
         # Scale is searched only where the head is normalised.

@@ -201,11 +201,19 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     Returns whether we started it (and so must shut it down)."""
     for k, v in RAY_ENV.items():
         os.environ.setdefault(k, v)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        # Loopback only (STACK_NOTES): Ray otherwise advertises the machine's outward address.
+        # Read when Ray is imported: set before the first ``import ray``.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
+    if not address:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     if address:
         try:
@@ -213,8 +221,6 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {e}", key="--address") from None
         return True
-    # Loopback only (STACK_NOTES): Ray otherwise advertises the machine's outward address.
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     # "local" starts a new instance even if /tmp/ray/ray_current_cluster names an old one.
     ray.init(address="local", num_cpus=num_cpus or _allotted_cpus(), **common)
     return True
