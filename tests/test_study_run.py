@@ -292,3 +292,38 @@ def test_missing_data_files_exit_2_before_any_trial(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "factors.data.name" in err and "mnist files are not under data.root" in err
     assert not (runs / "noisy_labels").exists()
+
+
+@pytest.mark.parametrize("cpu, gpu, resources, cap, expected", [
+    (1, 0, {"CPU": 2}, None, 2),
+    (2, 0.25, {"CPU": 16, "GPU": 1}, None, 4),       # four trials share one GPU
+    (2, 0.25, {"CPU": 64, "GPU": 8}, None, 32),      # eight GPUs
+    (2, 0.25, {"CPU": 64, "GPU": 8}, 10, 10),        # --max-concurrent caps it
+    (4, 1, {"CPU": 16, "GPU": 2}, None, 2),
+])
+def test_trial_slots_follow_cpu_and_fractional_gpu(tmp_path, cpu, gpu, resources, cap, expected):
+    from pal_study.study.runner import slots_for
+
+    study = load_study(write_study(tmp_path, name="slots", resources={"cpu": cpu, "gpu": gpu}))
+    assert slots_for(resources, study, cap) == expected
+
+
+def test_not_enough_resources_for_one_trial_is_bad_input(tmp_path):
+    from pal_study.config import ConfigError
+    from pal_study.study.runner import slots_for
+
+    study = load_study(write_study(tmp_path, name="slots", resources={"cpu": 1, "gpu": 0.5}))
+    with pytest.raises(ConfigError, match="resources"):
+        slots_for({"CPU": 8}, study)
+
+
+@pytest.mark.parametrize("gpu, device", [(0, "cpu"), (0.25, "auto")])
+def test_trials_use_the_gpu_ray_gives_them_and_no_gpu_otherwise(tmp_path, gpu, device):
+    """With a GPU share the trial config says ``auto``: select_device then takes the first GPU in
+    the CUDA_VISIBLE_DEVICES Ray set for the trial; without one it is pinned to the CPU."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="dev", resources={"cpu": 2, "gpu": gpu}))
+    searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
+    cfg = searcher.trial_config(study.cells[0], {})
+    assert cfg["device"] == device and cfg["threads"] == 2

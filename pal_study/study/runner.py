@@ -236,7 +236,11 @@ def _allotted_cpus() -> int:
 def trial_slots(study: Study, max_concurrent: int | None) -> int:
     import ray
 
-    res = ray.cluster_resources()
+    return slots_for(ray.cluster_resources(), study, max_concurrent)
+
+
+def slots_for(res: dict[str, float], study: Study, max_concurrent: int | None = None) -> int:
+    """Concurrent trials the cluster's resources allow (``gpu: 0.25`` packs four per GPU)."""
     r = study.spec.resources
     slots = int(res.get("CPU", 0) / r.cpu + 1e-9)
     if r.gpu > 0:
