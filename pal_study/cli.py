@@ -217,7 +217,8 @@ def run(
         err.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130)
     if outcome.all_failed:
-        err.print("[red]every trial failed[/]; reasons are in the Optuna storage (user attr 'reason')")
+        causes = "\n".join(f"  {n} × {reason}" for reason, n in outcome.failure_causes()[:8])
+        err.print(f"[red]every trial failed[/]; causes:\n{causes}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -327,3 +327,17 @@ def test_trials_use_the_gpu_ray_gives_them_and_no_gpu_otherwise(tmp_path, gpu, d
     searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
     cfg = searcher.trial_config(study.cells[0], {})
     assert cfg["device"] == device and cfg["threads"] == 2
+
+
+def test_same_study_same_seeds_gives_the_same_table(tmp_path):
+    """Reproducibility on CPU: with at least as many cells as slots each cell runs one trial at a
+    time, so sampling and pruning see the same history in every run."""
+    path = write_study(tmp_path, name="repro")
+    tables = []
+    for i in range(2):
+        runs = tmp_path / f"runs{i}"
+        assert main(["run", str(path), "--runs-dir", str(runs), "--no-track"]) == 0
+        cells = json.loads((runs / "repro" / "summary.json").read_text())["cells"]
+        tables.append([(c["label"], c["best_params"], c["best_value"], c["counts"], c["val_mean"], c["test_mean"],
+                        c["test_std"]) for c in cells])
+    assert tables[0] == tables[1]

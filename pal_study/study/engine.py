@@ -115,6 +115,10 @@ class StudySearcher(Searcher):
         # Few cells for many slots: one seed per trial keeps the slots busy; otherwise all seeds of
         # a cell in one trial, paying the per-trial costs once.
         self._seeds_per_trial = n_seeds if len(study.cells) >= slots else 1
+        # At most this many tuning trials of one cell at a time. With at least as many cells as
+        # slots that is one: each ask and each pruning decision then sees exactly the cell's
+        # earlier trials, so a study re-run with the same seeds gives the same trials and table.
+        self._per_cell = max(1, math.ceil(slots / max(1, len(study.cells))))
 
     # -- Tune's serialisation: the state lives in the Optuna storage, nothing to save --------
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
@@ -151,7 +155,8 @@ class StudySearcher(Searcher):
                 seeds = seeds[: self._seeds_per_trial]
                 self._finals_issued[cell.index].update(seeds)
                 return Job("final", cell, seeds=seeds)
-        open_cells = [c for c in self.study.cells if self._issued[c.index] < self.study.budget(c)]
+        open_cells = [c for c in self.study.cells if self._issued[c.index] < self.study.budget(c)
+                      and self._running(c) < self._per_cell]
         if not open_cells:
             return None
         cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
@@ -159,6 +164,9 @@ class StudySearcher(Searcher):
         trial = self._tuning[cell.index].ask()
         trial.set_user_attr("cell", cell.label)
         return Job("tune", cell, trial=trial)
+
+    def _running(self, cell: Cell) -> int:
+        return sum(1 for j in self.jobs.values() if j.stage == "tune" and j.cell.index == cell.index)
 
     def _missing_final_seeds(self, cell: Cell) -> list[int]:
         if cell.index in self._finals_skipped or not self._tuning_finished(cell):

@@ -37,6 +37,8 @@ RAY_ENV = {
     "TUNE_GLOBAL_CHECKPOINT_S": "600",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
+    # A failed trial's closing result has no objective value: that is data, not an error.
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
 }
 
 
@@ -59,6 +61,7 @@ class CellSummary:
     ece_mean: float | None = None
     epochs_run: int = 0
     note: str | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> trials
 
 
 @dataclass
@@ -69,6 +72,14 @@ class RunOutcome:
     slots: int = 0
     resumed_trials: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+    def failure_causes(self) -> list[tuple[str, int]]:
+        """Why trials failed, most common first (for the exit-1 summary)."""
+        total: dict[str, int] = {}
+        for c in self.cells:
+            for reason, n in c.failures.items():
+                total[reason] = total.get(reason, 0) + n
+        return sorted(total.items(), key=lambda kv: -kv[1])
 
     @property
     def all_failed(self) -> bool:
@@ -96,13 +107,18 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
         test = _mean_std([r.get("test_acc") for r in ok])
         epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
         groups = {g: _mean_std([r.get(f"test_acc_{g}") for r in ok])[0] for g in ("many", "medium", "few")}
+        failures: dict[str, int] = {}
+        for t in trials:
+            if t.state.name == "FAIL":
+                reason = str(t.user_attrs.get("reason") or "unknown")
+                failures[reason] = failures.get(reason, 0) + 1
         out.append(CellSummary(
             index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
             counts=state_counts(trials), best_trial=best.number if best else None,
             best_value=best.value if best else None, best_params=dict(best.params) if best else {},
             finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
             groups={g: v for g, v in groups.items() if v is not None},
-            ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs,
+            ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs, failures=failures,
             note=None if best or not trials else "no tuning trial completed: no finals",
         ))
     return out

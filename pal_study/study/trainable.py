@@ -10,6 +10,8 @@ reason, so Optuna records why.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import traceback
 from collections import OrderedDict
 from typing import Any
@@ -76,12 +78,36 @@ def details(result) -> dict[str, Any]:
     return out
 
 
+FAULT_ENV = "PAL_STUDY_FAULT"
+
+
+def inject_fault(cfg_dict: dict[str, Any]) -> None:
+    """Fault injection for tests of the harness (never set in normal use):
+    ``PAL_STUDY_FAULT="raise:head.kind=pal;kill:loss.name=gce"`` makes the trials whose config
+    matches raise an exception, or be SIGKILLed like a process the OS killed."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    from pal_study.tracking import flatten
+
+    flat = {k: str(v) for k, v in flatten(cfg_dict).items()}
+    for rule in spec.split(";"):
+        action, _, cond = rule.partition(":")
+        key, _, value = cond.partition("=")
+        if flat.get(key.strip()) == value.strip():
+            if action == "raise":
+                raise RuntimeError(f"injected fault ({FAULT_ENV}: {rule})")
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
             with_history: bool = False) -> dict[str, Any]:
     """Train one config; never raises for a trial's own failure."""
     from pal_study.train import train
 
     try:
+        inject_fault(cfg_dict)
         cfg = TrainConfig.model_validate(cfg_dict)
         result = train(cfg, on_epoch, data=_data_for(cfg))
         out = summarize(result)
