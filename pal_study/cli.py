@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.logging import RichHandler
 from rich.table import Table
 
@@ -356,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = app(args=argv, standalone_mode=False)
     except (ConfigError, UserError) as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        # escape: messages quote lists like [fnpal, norm], which rich would take for markup
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         err.print("interrupted")

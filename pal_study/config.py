@@ -201,9 +201,9 @@ class TrainConfig(_Strict):
             raise KeyedError("method", str(e)) from None
         data = dict(data)
         for section, key, value in (("loss", "name", loss_name), ("head", "kind", head_kind)):
-            sub = dict(data.get(section) or {})
-            if not isinstance(data.get(section, {}), dict):
+            if not isinstance(data.get(section) or {}, dict):
                 continue  # let field validation report the bad section
+            sub = dict(data.get(section) or {})
             given = sub.get(key)
             if given is not None and given != value:
                 raise KeyedError(
