@@ -359,11 +359,19 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         if tracker is not None:
             from pal_study.report import aggregate, fetch_finals, report_files
 
-            files: dict[str, Any] = {}
-            if not interrupted:
-                rows = aggregate(fetch_finals(tracking.client, study.spec.name)[2])
-                files = report_files(rows, study.spec.name)
-            tracker.finish(interrupted, files)
+            def make_files() -> dict[str, Any]:
+                # Read back from the store, as `pal-study report` does, once every log is in.
+                if interrupted:
+                    return {}
+                return report_files(aggregate(fetch_finals(tracking.client, study.spec.name)[2]), study.spec.name)
+
+            undelivered = tracker.finish(interrupted, make_files)
+            if undelivered:
+                note = store.dir / "tracking_incomplete.json"
+                note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
+                console.print(f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "
+                              f"{len(undelivered)} logs not delivered (listed in {note}); the study's results "
+                              "are complete in runs/ (Optuna journal, summary.json)", soft_wrap=True)
             timings["tracking_s"] = tracker.logging_s
             timings["tracking_cpu_s"] = tracker.logging_cpu_s
         outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted,

@@ -13,6 +13,9 @@ from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_arti
 
 log = logging.getLogger(__name__)
 
+RETRY_S = 5.0
+HANDLED = ("started", "epoch", "completed", "pruned", "failed", "final_done", "final_failed")
+
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
 SUMMARY_KEYS = ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss",
@@ -33,6 +36,8 @@ class StudyTracker:
         self._live: dict[int, dict[str, Any]] = {}  # id(job) -> {run_id, buffer, last_flush, skip_to}
         self.logging_s = 0.0
         self.logging_cpu_s = 0.0  # CPU of the driver thread: what tracking takes from trials on a busy machine
+        self._pending: list[tuple[str, Any, dict[str, Any]]] = []
+        self._retry_at = 0.0
 
     # -- parent --------------------------------------------------------------------------------
     def start(self) -> str:
@@ -75,16 +80,51 @@ class StudyTracker:
         self.logging_s += time.perf_counter() - t0
         return self.parent_id
 
-    def finish(self, interrupted: bool, files: dict[str, bytes | str] | None = None) -> None:
+    def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0) -> list[str]:
+        """Deliver what is still queued (waiting up to ``drain_timeout_s`` for the store), then
+        the parent's files and status. Returns what could not be delivered (empty when all was)."""
         t0 = time.perf_counter()
-        if files:
-            self.t.log_files(self.parent_id, files)
-        self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
+        deadline = time.monotonic() + drain_timeout_s
+        while self._pending and time.monotonic() < deadline:
+            if not self._drain():
+                time.sleep(RETRY_S)
+        undelivered = [f"{kind} {getattr(job.cell, 'label', '?')}" for kind, job, _ in self._pending]
+        if not undelivered:
+            try:
+                files = make_files() if make_files is not None else None
+                if files:
+                    self.t.log_files(self.parent_id, files)
+                self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
+            except Exception as e:  # noqa: BLE001
+                undelivered.append(f"study report and status ({e})")
         self.logging_s += time.perf_counter() - t0
+        return undelivered
 
     # -- events ----------------------------------------------------------------------------------
     def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+        """Handle one event; while the store is unreachable, queue events in order and retry
+        every RETRY_S seconds, so the study goes on and nothing is dropped."""
         t0, c0 = time.perf_counter(), time.thread_time()
+        if kind in HANDLED:
+            if self._pending:
+                self._pending.append((kind, job, info))
+                if time.monotonic() >= self._retry_at:
+                    self._drain()
+            elif not self._handle(kind, job, info):
+                self._pending.append((kind, job, info))
+        self.logging_s += time.perf_counter() - t0
+        self.logging_cpu_s += time.thread_time() - c0
+
+    def _drain(self) -> bool:
+        while self._pending:
+            kind, job, info = self._pending[0]
+            if not self._handle(kind, job, info):
+                return False
+            self._pending.pop(0)
+        log.warning("MLflow tracking store reachable again: queued logs delivered")
+        return True
+
+    def _handle(self, kind: str, job: Any, info: dict[str, Any]) -> bool:
         try:
             if kind == "started" and job.stage == "tune":
                 self._start_tuning(job, info["payload"])
@@ -94,10 +134,14 @@ class StudyTracker:
                 self._end_tuning(job, kind, info)
             elif kind in ("final_done", "final_failed"):
                 self._final(job, kind, info)
+            return True
         except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
-            log.warning("MLflow logging failed for %s (%s): %s", kind, getattr(job.cell, "label", "?"), e)
-        self.logging_s += time.perf_counter() - t0
-        self.logging_cpu_s += time.thread_time() - c0
+            if not self._pending:
+                log.warning("MLflow logging failed for %s (%s): %s — queuing logs, retrying every %.0f s",
+                            kind, getattr(job.cell, "label", "?"), str(e).splitlines()[0][:200] if str(e) else e,
+                            RETRY_S)
+            self._retry_at = time.monotonic() + RETRY_S
+            return False
 
     def _key(self, job: Any, suffix: str) -> str:
         return f"cell{job.cell.index:03d}/{suffix}"
@@ -149,12 +193,15 @@ class StudyTracker:
         live["flushed"] = time.monotonic()
 
     def _end_tuning(self, job: Any, outcome: str, info: dict[str, Any]) -> None:
-        live = self._live.pop(id(job), None)
+        # Repeatable: if the store fails half-way, the queued event runs this again from the top.
+        live = self._live.get(id(job))
         if live is None:
             return
         closing = info.get("closing") or {}
-        summary = [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS if isinstance(closing.get(k), (int, float))]
-        live["buffer"] += summary
+        if not live.get("summarised"):
+            live["buffer"] += [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS
+                               if isinstance(closing.get(k), (int, float))]
+            live["summarised"] = True
         tags = {"outcome": outcome}
         if info.get("reason"):
             tags["outcome_reason"] = info["reason"]
@@ -166,6 +213,7 @@ class StudyTracker:
             f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE"))
         status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[outcome]
         self.t.client.set_terminated(live["run_id"], status=status)
+        self._live.pop(id(job), None)
 
     def _final(self, job: Any, kind: str, info: dict[str, Any]) -> None:
         seed = int(info["seed"])
