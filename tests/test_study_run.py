@@ -341,3 +341,53 @@ def test_same_study_same_seeds_gives_the_same_table(tmp_path):
         tables.append([(c["label"], c["best_params"], c["best_value"], c["counts"], c["val_mean"], c["test_mean"],
                         c["test_std"]) for c in cells])
     assert tables[0] == tables[1]
+
+
+def _table(runs: Path, name: str) -> list:
+    cells = json.loads((runs / name / "summary.json").read_text())["cells"]
+    return [(c["label"], c["counts"], c["best_params"], c["best_value"], c["val_mean"], c["test_mean"]) for c in cells]
+
+
+@pytest.mark.slow
+def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL the driver at four points (early tuning to finals), restart each time: the final
+    table equals an uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
+    path = write_study(
+        tmp_path, name="kills", base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
+        budget={"trials_per_cell": 5, "sampler": {"seed": 3, "n_startup_trials": 2},
+                "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2}},
+        finals={"seeds": [0, 1]},
+    )
+    straight = tmp_path / "straight"
+    assert main(["run", str(path), "--runs-dir", str(straight), "--no-track"]) == 0
+
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri]
+    kills = 0
+    for threshold in (2, 9, 16, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if (runs / "kills" / "optuna.journal").exists() and len(_finished(runs, "kills")) >= threshold:
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.1)
+        proc.wait(timeout=60)
+        time.sleep(0.5)
+    assert kills >= 3, "the study finished before the kills could land"
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _table(runs, "kills") == _table(straight, "kills")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("kills")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    kids = [r for r in all_runs if r.data.tags.get("stage") in ("tune", "final")]
+    assert len(kids) == 4 * 5 + 4 * 2
+    assert len({r.data.tags["pal.run_key"] for r in kids}) == len(kids)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in all_runs), [r.info.status for r in all_runs]
+    assert [r.info.status for r in all_runs if r.data.tags.get("pal.stage") == "study"] == ["FINISHED"]

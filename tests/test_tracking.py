@@ -209,3 +209,52 @@ def test_ui_warns_before_binding_publicly():
 
     assert public_bind_warning("127.0.0.1") is None and public_bind_warning("localhost") is None
     assert "reachable from other machines" in public_bind_warning("0.0.0.0")
+
+
+def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
+    """A trial told PRUNED in Optuna whose MLflow run was left RUNNING, and a final seed recorded
+    in Optuna with no MLflow run at all: both end finished, from the Optuna record."""
+    import optuna
+
+    from pal_study.study import load_study
+    from pal_study.study.engine import StudySearcher
+    from pal_study.study.store import StudyStore
+    from pal_study.study.tracker import StudyTracker
+    from pal_study.tracking import Tracking
+
+    study = load_study(study_file(tmp_path, "reconcile"))
+    store = StudyStore(study, tmp_path / "runs")
+    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    tracker = StudyTracker(tracking, study, store)
+    parent = tracker.start()
+    cell = study.cells[0]
+    st = store.open_tuning(cell)
+    trial = st.ask()
+    trial.suggest_float("optim.weight_decay", 1e-5, 1e-2, log=True)
+    trial.report(0.5, 1)
+    st.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    orphan = tracking.client.create_run(tracker.exp_id, tags={"mlflow.parentRunId": parent,
+                                                              "pal.run_key": "cell000/tune/0"})
+    searcher = StudySearcher(study, store, slots=1)
+    cfg = searcher.trial_config(cell, {})
+    store.open_finals(cell).add_trial(optuna.trial.create_trial(
+        value=0.9, user_attrs={"seed": 0, "val_acc": 0.9, "test_acc": 0.88, "config": json.dumps({**cfg, "seed": 0})}))
+
+    tracker2 = StudyTracker(tracking, study, store)
+    tracker2.start()
+    assert tracker2.reconcile(searcher.trial_config) == 2
+    client = tracking.client
+    runs = client.search_runs([tracker.exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    by_key = {r.data.tags["pal.run_key"]: r for r in runs}
+    assert set(by_key) == {"cell000/tune/0", "cell000/final/seed0"}
+    assert client.get_run(orphan.info.run_id).info.lifecycle_stage == "deleted"
+    tune = by_key["cell000/tune/0"]
+    assert tune.info.status == "KILLED" and tune.data.tags["outcome"] == "pruned"
+    assert [m.step for m in client.get_metric_history(tune.info.run_id, "val_acc")] == [1]
+    final = by_key["cell000/final/seed0"]
+    assert final.info.status == "FINISHED" and final.data.metrics["final_test_acc"] == 0.88
+    assert final.data.params["seed"] == "0"
+    # A second start finds nothing left to repair.
+    tracker3 = StudyTracker(tracking, study, store)
+    tracker3.start()
+    assert tracker3.reconcile(searcher.trial_config) == 0

@@ -33,9 +33,10 @@ from pal_study.study.store import StudyStore, best_trial, jsonable
 log = logging.getLogger(__name__)
 
 
-def build_sampler(spec: SamplerSpec, cell_index: int) -> optuna.samplers.BaseSampler:
-    # One seed per cell so cells do not draw the same sequence; fixed, so a rerun draws the same.
-    seed = spec.seed * 1000 + cell_index
+def build_sampler(spec: SamplerSpec, cell_index: int, trial_number: int = 0) -> optuna.samplers.BaseSampler:
+    # A seed per cell and trial number: cells do not draw the same sequence, and trial n of a cell
+    # draws the same whether the study ran straight through or was killed and resumed before it.
+    seed = (spec.seed * 1_000_003 + cell_index * 10_007 + trial_number) % (2**31)
     if spec.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     with warnings.catch_warnings():
@@ -161,7 +162,9 @@ class StudySearcher(Searcher):
             return None
         cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
         self._issued[cell.index] += 1
-        trial = self._tuning[cell.index].ask()
+        st = self._tuning[cell.index]
+        st.sampler = build_sampler(self.spec.budget.sampler, cell.index, len(st.get_trials(deepcopy=False)))
+        trial = st.ask()
         trial.set_user_attr("cell", cell.label)
         return Job("tune", cell, trial=trial)
 

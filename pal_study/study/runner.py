@@ -330,6 +330,11 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
 
         searcher = StudySearcher(study, store, slots=slots, on_event=on_event)
         searcher.details = tracker is not None
+        if tracker is not None:
+            repaired = tracker.reconcile(searcher.trial_config)
+            if repaired:
+                console.print(f"tracking: {repaired} runs a killed driver left half-logged were completed "
+                              "from the Optuna record", soft_wrap=True)
         resumed = len(searcher._resume)
         if resumed or sum(done.values()) or finals_done:
             console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "

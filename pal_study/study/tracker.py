@@ -80,6 +80,57 @@ class StudyTracker:
         self.logging_s += time.perf_counter() - t0
         return self.parent_id
 
+    def reconcile(self, config_for: Any) -> int:
+        """Finish what a killed driver left half-logged: every finished Optuna trial and final seed
+        gets a finished MLflow run (from the Optuna record when its own logs never arrived).
+        ``config_for(cell, params)`` rebuilds a tuning trial's config. Returns runs repaired."""
+        from optuna.trial import TrialState
+
+        repaired = 0
+        status_of = {TrialState.COMPLETE: ("completed", "FINISHED"), TrialState.PRUNED: ("pruned", "KILLED"),
+                     TrialState.FAIL: ("failed", "FAILED")}
+        for cell in self.study.cells:
+            for t in self.store.tuning_trials(cell):
+                if t.state not in status_of:
+                    continue
+                key = f"cell{cell.index:03d}/tune/{t.number}"
+                run = self.children.get(key)
+                if run is not None and run.info.status != "RUNNING":
+                    continue
+                outcome, status = status_of[t.state]
+                cfg = config_for(cell, dict(t.params))
+                metrics = [("val_acc", v, int(step)) for step, v in t.intermediate_values.items()]
+                self._repair(key, f"{cell.label} #{t.number}", cfg, run, outcome, status, t.user_attrs, metrics,
+                             tags=dict(cell=cell.label, cell_group=_group(cell), stage="tune",
+                                       optuna_study=self.store.tuning_name(cell), optuna_trial=t.number))
+                repaired += 1
+            for seed, rec in self.store.final_results(cell).items():
+                key = f"cell{cell.index:03d}/final/seed{seed}"
+                run = self.children.get(key)
+                if run is not None and run.info.status in ("FINISHED", "FAILED"):
+                    continue
+                outcome, status = ("completed", "FINISHED") if rec["state"] == "complete" else ("failed", "FAILED")
+                self._repair(key, f"{cell.label} final seed {seed}", json.loads(rec["config"]), run, outcome, status,
+                             rec, [], tags=dict(cell=cell.label, cell_group=_group(cell), stage="final",
+                                                optuna_study=self.store.finals_name(cell)))
+                repaired += 1
+        return repaired
+
+    def _repair(self, key: str, name: str, cfg: dict[str, Any], run: Any, outcome: str, status: str,
+                attrs: dict[str, Any], metrics: list, tags: dict[str, Any]) -> None:
+        if run is not None:
+            self.t.client.delete_run(run.info.run_id)  # half-logged: replaced whole, never doubled
+            self.children.pop(key, None)
+        run_id, _ = self._child(key, name, {})
+        summary = [(f"final_{k}", attrs[k], 0) for k in SUMMARY_KEYS if isinstance(attrs.get(k), (int, float))]
+        all_tags = trial_tags(cfg, outcome=outcome, **tags)
+        all_tags["pal.reconciled"] = "from the Optuna record (the driver was killed while logging)"
+        if attrs.get("reason"):
+            all_tags["outcome_reason"] = attrs["reason"]
+        self.t.log_batch(run_id, metrics=metrics + summary, params=flatten(cfg), tags=all_tags)
+        self.t.log_files(run_id, trial_artifacts(cfg, None, f"{self.study.spec.name} {name}: pal-study train THIS_FILE"))
+        self.t.client.set_terminated(run_id, status=status)
+
     def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0) -> list[str]:
         """Deliver what is still queued (waiting up to ``drain_timeout_s`` for the store), then
         the parent's files and status. Returns what could not be delivered (empty when all was)."""
