@@ -158,6 +158,20 @@ def _finished(runs: Path, name: str) -> dict[tuple[str, int], tuple]:
     return out
 
 
+def _listeners_of_session(sid: int) -> list[tuple[str, str]]:
+    """(address, process) of every listening TCP socket owned by a process of session ``sid``."""
+    import re
+
+    ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    pids = {int(p) for p, s in (line.split() for line in ps if line.strip()) if int(s) == sid}
+    out = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+        owners = re.findall(r'"([^"]+)",pid=(\d+)', line)
+        if any(int(pid) in pids for _, pid in owners):
+            out.append((line.split()[3].rsplit(":", 1)[0], owners[0][0]))
+    return out
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
     path = write_study(
@@ -180,6 +194,9 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
             time.sleep(0.2)
         else:
             pytest.fail("the study did not get going")
+        # Nothing the study started listens beyond loopback (local Ray, its workers, the driver).
+        listeners = _listeners_of_session(proc.pid)
+        assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), listeners
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
