@@ -58,7 +58,7 @@ def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path
 
 
 def test_a_study_whose_every_trial_fails_exits_1_with_the_causes(tmp_path, capsys):
-    path = write(tmp_path, "allnan", ["ce", "gce"], lr=1.0e5)
+    path = write(tmp_path, "allnan", ["ce", "gce"], lr=1.0e9)
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-track"]) == 1
     err = capsys.readouterr().err
     assert "every trial failed; causes:" in err and "Traceback" not in err
