@@ -108,3 +108,10 @@ def test_validate_cli_on_studies(tmp_path, capsys):
     assert main(["validate", str(p)]) == 2
     err = capsys.readouterr().err
     assert "q.yaml" in err and "params.loss.q" in err and "Traceback" not in err
+
+
+def test_factor_overrides_take_dotted_factor_names(tmp_path):
+    p = write(tmp_path, base_study(), {"scale": SCALE})
+    s = load_study(p, ["factors.data.noise.rate=[0.2]", "factors.method=[ce+fnpal]", "budget.trials_per_cell=2"])
+    assert [c.label for c in s.cells] == ["method=ce+fnpal,data.noise.rate=0.2"]
+    assert s.cells[0].config.data.noise.rate == 0.2 and s.tuning_trials == 2

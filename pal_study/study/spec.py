@@ -22,6 +22,7 @@ from pal_study.config import (
     _Strict,
     apply_overrides,
     method_name,
+    parse_override,
     read_yaml,
     validate_train_config,
     validation_error_to_config_error,
@@ -175,7 +176,14 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     p = Path(path)
     src = str(p)
     data = read_yaml(p)
-    data = apply_overrides(data, list(overrides or []))
+    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith("factors.")])
+    for item in overrides or []:
+        if item.startswith("factors."):
+            # Factor names are dotted trial-config keys themselves: factors.data.noise.rate=[0.4]
+            # sets the factor "data.noise.rate", not a nested "data" section.
+            key, value = parse_override(item)
+            factors = data.get("factors")
+            data["factors"] = {**(factors if isinstance(factors, dict) else {}), key[len("factors."):]: value}
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:
