@@ -199,8 +199,7 @@ def run(
     no_track: NoTrackOpt = False,
     trial_retries: Annotated[Optional[int], typer.Option("--trial-retries", min=0, help="Re-run a trial whose process or node died up to N times (default: 3 on a cluster, 0 locally).")] = None,
 ) -> None:
-    """Run a study: Optuna samples each cell on Ray Tune, its pruner stops weak trials, the best
-    config per cell is re-run over the final seeds. Run the same command again to resume."""
+    """Run a study on Ray Tune with Optuna sampling and pruning, then the finals; rerun to resume."""
     from pal_study.study import describe, load_study
     from pal_study.study.runner import render_table, run_study
 
