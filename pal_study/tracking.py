@@ -75,7 +75,13 @@ class Tracking:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if self.uri.startswith("sqlite:///"):
             Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        import logging
+
         from mlflow import MlflowClient
+
+        # MLflow announces schema migrations of a new SQLite store at INFO: not the user's business.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
         self.client = MlflowClient(tracking_uri=self.uri)
         self._artifact_uris: dict[str, str] = {}
