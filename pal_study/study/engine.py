@@ -73,7 +73,6 @@ class Job:
     cell: Cell
     trial: optuna.trial.Trial | None = None
     seeds: list[int] = field(default_factory=list)
-    resumed: bool = False
     reported: set[int] = field(default_factory=set)
     pruned_at: int | None = None
     closing: dict[str, Any] | None = None
@@ -149,7 +148,7 @@ class StudySearcher(Searcher):
             cell, optuna_id = self._resume.pop(0)
             trial = optuna.trial.Trial(self._tuning[cell.index], optuna_id)
             done = set(trial.storage.get_trial(optuna_id).intermediate_values)
-            return Job("tune", cell, trial=trial, resumed=True, reported=done)
+            return Job("tune", cell, trial=trial, reported=done)
         for cell in self.study.cells:
             seeds = self._missing_final_seeds(cell)
             if seeds:

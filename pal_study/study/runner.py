@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pal_study.config import ConfigError
-from pal_study.study.spec import Cell, Study
+from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, best_trial, state_counts
 
 # Set before Ray is imported: Tune's CSV/JSON/TensorBoard loggers cost ~40 ms per trial and we
@@ -396,4 +396,4 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         store.release(remove_if_empty=True)
 
 
-__all__ = ["CellSummary", "RunOutcome", "render_table", "run_study", "summarize", "start_ray", "Cell"]
+__all__ = ["CellSummary", "RunOutcome", "render_table", "run_study", "slots_for", "start_ray", "summarize"]

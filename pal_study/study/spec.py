@@ -191,6 +191,9 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
 
     if isinstance(spec.base, str):
         base_path = (p.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
+        if not base_path.is_file():
+            raise ConfigError(f"base names a trial config file, {str(base_path)!r}, that does not exist; give a "
+                              "path relative to the study file or the config inline", source=src, key="base")
         base, base_src = read_yaml(base_path), str(base_path)
     else:
         base, base_src = spec.base, f"{src}: base"

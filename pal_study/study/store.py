@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +50,6 @@ def fingerprint(study: Study) -> str:
         "finals_epochs": s.finals.epochs,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@dataclass
-class CellCounts:
-    completed: int = 0
-    pruned: int = 0
-    failed: int = 0
-    running: int = 0
-
-    @property
-    def finished(self) -> int:
-        return self.completed + self.pruned + self.failed
 
 
 class StudyStore:
@@ -188,19 +175,6 @@ class StudyStore:
 
     def tuning_trials(self, cell: Cell) -> list[FrozenTrial]:
         return self.open_tuning(cell).get_trials(deepcopy=False)
-
-    def counts(self, cell: Cell) -> CellCounts:
-        c = CellCounts()
-        for t in self.tuning_trials(cell):
-            if t.state == TrialState.COMPLETE:
-                c.completed += 1
-            elif t.state == TrialState.PRUNED:
-                c.pruned += 1
-            elif t.state == TrialState.FAIL:
-                c.failed += 1
-            elif t.state == TrialState.RUNNING:
-                c.running += 1
-        return c
 
     def final_results(self, cell: Cell) -> dict[int, dict[str, Any]]:
         """Finished final runs by seed (the last record wins if a seed was somehow recorded twice)."""
