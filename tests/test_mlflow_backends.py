@@ -26,6 +26,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pal_study.cli import main
+from test_tracking import study_file  # the same small study the SQLite tests log
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -105,25 +106,6 @@ def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
     proc.wait(timeout=30)
 
 
-def study_file(tmp_path: Path, name: str) -> Path:
-    """A small study (2 cells x 2 trials + 2 cells x 1 final seed, 3 epochs on digits): ~30 s here."""
-    spec = {
-        "name": name,
-        "base": {"data": {"name": "digits"}, "optim": {"epochs": EPOCHS}},
-        "factors": {"method": METHODS, "data.noise.rate": [0.0]},
-        "search": ["weight_decay"],
-        "budget": {"trials_per_cell": TRIALS_PER_CELL, "sampler": {"seed": 0, "n_startup_trials": 2},
-                   "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}},
-        "finals": {"seeds": SEEDS},
-    }
-    (tmp_path / "search_spaces").mkdir(exist_ok=True)
-    (tmp_path / "search_spaces" / "weight_decay.yaml").write_text((ROOT / "search_spaces/weight_decay.yaml").read_text())
-    path = tmp_path / "studies" / f"{name}.yaml"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
 @pytest.fixture(scope="module")
 def pg_mlflow_server(tmp_path_factory):
     """PostgreSQL on a free loopback port, ``mlflow server`` on top of it, and one small study logged to it.
@@ -173,7 +155,8 @@ def pg_mlflow_server(tmp_path_factory):
                 start_new_session=True)
         wait_http_ok(f"{uri}/health", 90, server, server_log)
 
-        path = study_file(tmp, STUDY)
+        path = study_file(tmp, STUDY, methods=METHODS, noise=[0.0], trials=TRIALS_PER_CELL, seeds=SEEDS,
+                          epochs=EPOCHS)
         rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
         assert rc == 0, f"pal-study run exited {rc}; server log:\n{tail(server_log)}"
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(STUDY)

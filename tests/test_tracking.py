@@ -19,15 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 
 
-def study_file(tmp_path: Path, name: str) -> Path:
+def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(0.0, 0.4), trials: int = 3,
+               seeds=(0, 1), epochs: int = EPOCHS) -> Path:
+    """A small digits study with the weight-decay space copied beside it (shared by the tests of
+    tracking backends)."""
     spec = {
         "name": name,
-        "base": {"data": {"name": "digits"}, "optim": {"epochs": EPOCHS}},
-        "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.4]},
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": epochs}},
+        "factors": {"method": list(methods), "data.noise.rate": list(noise)},
         "search": ["weight_decay"],
-        "budget": {"trials_per_cell": 3, "sampler": {"seed": 0, "n_startup_trials": 2},
+        "budget": {"trials_per_cell": trials, "sampler": {"seed": 0, "n_startup_trials": 2},
                    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}},
-        "finals": {"seeds": [0, 1]},
+        "finals": {"seeds": list(seeds)},
     }
     (tmp_path / "search_spaces").mkdir(exist_ok=True)
     (tmp_path / "search_spaces" / "weight_decay.yaml").write_text((ROOT / "search_spaces/weight_decay.yaml").read_text())
