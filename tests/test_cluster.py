@@ -190,7 +190,8 @@ def test_study_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
     storage = JournalStorage(JournalFileBackend(str(runs / "cluster" / "optuna.journal")))
     for i in range(2):
         trials = optuna.load_study(study_name=f"cluster/cell00{i}", storage=storage).trials
-        assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        states = [(t.number, t.state.name, t.user_attrs.get("node"), t.user_attrs.get("reason")) for t in trials]
+        assert len(trials) == 6 and all(s[1] == "COMPLETE" for s in states), (states, err[-3000:])
         finals = optuna.load_study(study_name=f"cluster/cell00{i}/finals", storage=storage).trials
         assert sorted(t.user_attrs["seed"] for t in finals) == [0, 1]
     client = MlflowClient(tracking_uri=uri)

@@ -66,3 +66,47 @@ def test_a_study_whose_every_trial_fails_exits_1_with_the_causes(tmp_path, capsy
 
     counts = [int(n) for n in re.findall(r"(\d+) × non-finite training loss \(nan\) in epoch \d", err)]
     assert sum(counts) == 4, err
+
+
+def test_a_trial_whose_process_dies_is_run_again_under_the_same_optuna_trial(tmp_path, monkeypatch):
+    """--trial-retries: a tuning trial SIGKILLed after epoch 2 and a final SIGKILLed after epoch 1
+    are handed out again by the searcher; each ends COMPLETE once, its epochs stored once, its
+    MLflow run reused (one run per trial, each epoch logged once)."""
+    monkeypatch.setenv("PAL_STUDY_FAULT", "killonce:head.kind=pal@2;killonce:optim.epochs=4@1")
+    monkeypatch.setenv("PAL_STUDY_FAULT_DIR", str(tmp_path))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    spec = {"name": "retry", "base": {"data": {"name": "digits"}, "optim": {"epochs": 3}},
+            "factors": {"method": ["ce", "ce+pal"]}, "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
+            "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}}, "finals": {"seeds": [0], "epochs": 4}}
+    path = tmp_path / "retry.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri,
+                 "--trial-retries", "1"]) == 0
+    assert len(list(tmp_path.glob("pal-fault-*"))) == 2  # both faults fired
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "retry" / "optuna.journal")))
+    for i in range(2):
+        trials = optuna.load_study(study_name=f"retry/cell00{i}", storage=storage).trials
+        assert [t.number for t in trials] == [0, 1]
+        assert all(t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3] for t in trials)
+        finals = optuna.load_study(study_name=f"retry/cell00{i}/finals", storage=storage).trials
+        assert [(t.state, t.user_attrs["seed"]) for t in finals] == [(TrialState.COMPLETE, 0)]
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("retry")
+    runs = client.search_runs([exp.experiment_id], "tags.stage = 'tune'")
+    assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
+    for r in runs:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert sorted(steps) == [1, 2, 3], (r.data.tags["method"], steps)
+    finals = client.search_runs([exp.experiment_id], "tags.stage = 'final'")
+    assert len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)
+
+
+def test_without_retries_a_died_trial_is_failed(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAL_STUDY_FAULT", "killonce:head.kind=pal@1")
+    monkeypatch.setenv("PAL_STUDY_FAULT_DIR", str(tmp_path))
+    path = write(tmp_path, "noretry", ["ce+pal"])
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--no-track"]) == 0
+    storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "noretry" / "optuna.journal")))
+    states = [t.state for t in optuna.load_study(study_name="noretry/cell000", storage=storage).trials]
+    assert sorted(s.name for s in states) == ["COMPLETE", "FAIL"]

@@ -86,8 +86,15 @@ Event = Callable[[str, Job, dict[str, Any]], None]
 class StudySearcher(Searcher):
     """Hands out tuning trials (equal budget per cell), resumed trials, then finals."""
 
-    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Event | None = None):
+    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Event | None = None,
+                 retries: int = 0):
         super().__init__(metric=study.spec.objective.metric, mode=study.spec.objective.mode)
+        # Work whose process or node died is handed out again, up to `retries` times, by the
+        # searcher itself rather than by Tune's FailureConfig: when a node dies, Tune can see the
+        # trial's actor fail twice (one error per pending future), recover it on the first and
+        # give up on the second, whatever max_failures says.
+        self.retries = retries
+        self._attempts: dict[tuple[str, int, int], int] = {}
         self.study = study
         self.spec = study.spec
         self.store = store
@@ -267,6 +274,8 @@ class StudySearcher(Searcher):
         job = self.jobs.pop(trial_id, None)
         if job is None:
             return
+        if error and job.pruned_at is None and self._retry(job):
+            return
         if job.stage == "final":
             recorded = set(self.store.final_results(job.cell))
             for seed in job.seeds:
@@ -305,6 +314,30 @@ class StudySearcher(Searcher):
                 st.tell(trial, state=TrialState.FAIL)
                 outcome, value = "failed", None
         self.on_event(outcome, job, {"value": value, "reason": reason, "closing": closing})
+
+    def _retry(self, job: Job) -> bool:
+        """Hand a died trial's work out again if it has retries left (True), under the same
+        Optuna trial (epochs it already stored are not re-reported) or for the same seeds."""
+        if job.stage == "tune":
+            key = ("tune", job.cell.index, job.trial._trial_id)
+        else:
+            recorded = set(self.store.final_results(job.cell))
+            seeds = [s for s in job.seeds if s not in recorded and s not in job.reported]
+            if not seeds:
+                return False
+            key = ("final", job.cell.index, min(seeds))
+        attempt = self._attempts.get(key, 0) + 1
+        if attempt > self.retries:
+            return False
+        self._attempts[key] = attempt
+        if job.stage == "tune":
+            self._resume.append((job.cell, job.trial._trial_id))
+        else:
+            self._finals_issued[job.cell.index].difference_update(seeds)
+        log.warning("%s: a %s trial's process or node died; running it again (retry %d of %d)",
+                    job.cell.label, "tuning" if job.stage == "tune" else "final", attempt, self.retries)
+        self.on_event("retry", job, {"attempt": attempt, "seeds": seeds if job.stage == "final" else []})
+        return True
 
     def _record_final(self, job: Job, result: dict[str, Any]) -> None:
         if int(result["seed"]) in job.reported:

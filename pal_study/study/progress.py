@@ -57,6 +57,11 @@ class StudyProgress:
         elif kind in ("final_done", "final_failed"):
             self.finals_running -= 1
             self.progress.advance(self.final_task)
+        elif kind == "retry":
+            if job.stage == "tune":
+                self.counts["running"] -= 1
+            else:
+                self.finals_running -= len(info.get("seeds") or [])
         elif kind == "finals_skipped":
             self.progress.advance(self.final_task, len(self.study.spec.finals.seeds))
         self._refresh()

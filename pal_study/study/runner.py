@@ -328,7 +328,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             for sink in sinks:
                 sink(kind, job, info)
 
-        searcher = StudySearcher(study, store, slots=slots, on_event=on_event)
+        searcher = StudySearcher(study, store, slots=slots, on_event=on_event, retries=retries)
         searcher.details = tracker is not None
         if tracker is not None:
             repaired = tracker.reconcile(searcher.trial_config)
@@ -352,7 +352,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                 run_config=tune.RunConfig(
                     name=time.strftime("session-%Y%m%d-%H%M%S"),
                     storage_path=str((store.dir / "tune").resolve()), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=retries),
+                    failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                     checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 ),
             )

@@ -14,7 +14,7 @@ from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_arti
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0
-HANDLED = ("started", "epoch", "completed", "pruned", "failed", "final_done", "final_failed")
+HANDLED = ("started", "epoch", "completed", "pruned", "failed", "final_done", "final_failed", "retry")
 
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
@@ -185,6 +185,8 @@ class StudyTracker:
                 self._end_tuning(job, kind, info)
             elif kind in ("final_done", "final_failed"):
                 self._final(job, kind, info)
+            elif kind == "retry" and job.stage == "tune":
+                self._retried(job)
             return True
         except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
             if not self._pending:
@@ -242,6 +244,12 @@ class StudyTracker:
             self.t.log_batch(live["run_id"], metrics=live["buffer"], params=params, tags=tags)
             live["buffer"] = []
         live["flushed"] = time.monotonic()
+
+    def _retried(self, job: Any) -> None:
+        # The run stays RUNNING: the retry logs into it (by its run key) from the next epoch on.
+        live = self._live.pop(id(job), None)
+        if live is not None:
+            self._flush(live)
 
     def _end_tuning(self, job: Any, outcome: str, info: dict[str, Any]) -> None:
         # Repeatable: if the store fails half-way, the queued event runs this again from the top.

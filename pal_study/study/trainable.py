@@ -9,12 +9,14 @@ reason, so Optuna records why.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import traceback
 from collections import OrderedDict
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from pal_study.config import TrainConfig
 
@@ -81,24 +83,45 @@ def details(result) -> dict[str, Any]:
 FAULT_ENV = "PAL_STUDY_FAULT"
 
 
-def inject_fault(cfg_dict: dict[str, Any]) -> None:
+def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     """Fault injection for tests of the harness (never set in normal use):
     ``PAL_STUDY_FAULT="raise:head.kind=pal;kill:loss.name=gce"`` makes the trials whose config
-    matches raise an exception, or be SIGKILLed like a process the OS killed."""
+    matches raise an exception, or be SIGKILLed like a process the OS killed;
+    ``killonce:method=ce@2`` SIGKILLs the first matching trial once it has reported epoch 2, one
+    time only (a marker in ``$PAL_STUDY_FAULT_DIR``), like a node lost mid-trial. Returns the
+    per-epoch hook."""
     spec = os.environ.get(FAULT_ENV)
+    hooks: list[Callable[[int], None]] = []
     if not spec:
-        return
+        return lambda epoch: None
     from pal_study.tracking import flatten
 
     flat = {k: str(v) for k, v in flatten(cfg_dict).items()}
     for rule in spec.split(";"):
         action, _, cond = rule.partition(":")
+        cond, _, at = cond.partition("@")
         key, _, value = cond.partition("=")
-        if flat.get(key.strip()) == value.strip():
-            if action == "raise":
-                raise RuntimeError(f"injected fault ({FAULT_ENV}: {rule})")
-            if action == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
+        if flat.get(key.strip()) != value.strip():
+            continue
+        if action == "raise":
+            raise RuntimeError(f"injected fault ({FAULT_ENV}: {rule})")
+        if action == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if action == "killonce":
+            marker = Path(os.environ.get("PAL_STUDY_FAULT_DIR", ".")) / \
+                f"pal-fault-{hashlib.sha1(rule.encode()).hexdigest()[:12]}"
+
+            def hook(epoch: int, marker: Path = marker, at: int = int(at or 0)) -> None:
+                if epoch >= at:
+                    try:
+                        marker.touch(exist_ok=False)
+                    except FileExistsError:
+                        return
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            hook(0)
+            hooks.append(hook)
+    return lambda epoch: [h(epoch) for h in hooks] and None
 
 
 def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
@@ -107,9 +130,15 @@ def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = Fal
     from pal_study.train import train
 
     try:
-        inject_fault(cfg_dict)
+        fault = inject_fault(cfg_dict)
         cfg = TrainConfig.model_validate(cfg_dict)
-        result = train(cfg, on_epoch, data=_data_for(cfg))
+
+        def report(m) -> bool | None:
+            stop = on_epoch(m) if on_epoch is not None else None
+            fault(m.epoch)
+            return stop
+
+        result = train(cfg, report, data=_data_for(cfg))
         out = summarize(result)
         # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
         if with_details and result.status == "completed":
