@@ -408,3 +408,25 @@ def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path)
     assert len({r.data.tags["pal.run_key"] for r in kids}) == len(kids)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in all_runs), [r.info.status for r in all_runs]
     assert [r.info.status for r in all_runs if r.data.tags.get("pal.stage") == "study"] == ["FINISHED"]
+
+
+def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_have(tmp_path):
+    """The driver killed between Optuna's ask() and the first suggest(): on resume the trial draws
+    its params from the sampler seeded for its own number, as in an uninterrupted run."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="asked", factors={"method": ["ce+fnpal"]}))
+    configs = []
+    for run, killed in (("straight", False), ("killed", True)):
+        store = StudyStore(study, tmp_path / run)
+        searcher = StudySearcher(study, store, slots=1)
+        for n, value in enumerate([0.5, 0.7, 0.6]):
+            searcher.suggest(f"t{n}")
+            searcher.jobs[f"t{n}"].closing = {"status": "completed", "val_acc": value}
+            searcher.on_trial_complete(f"t{n}")
+        if killed:
+            searcher._tuning[0].ask()  # then the driver dies: no params stored
+            searcher = StudySearcher(study, StudyStore(study, tmp_path / run), slots=1)
+        configs.append(searcher.suggest("t3")["pal"])
+    assert configs[0]["optuna_trial"] == configs[1]["optuna_trial"] == 3
+    assert configs[0]["config"] == configs[1]["config"]

@@ -153,7 +153,11 @@ class StudySearcher(Searcher):
     def _next_job(self) -> Job | None:
         if self._resume:
             cell, optuna_id = self._resume.pop(0)
-            trial = optuna.trial.Trial(self._tuning[cell.index], optuna_id)
+            st = self._tuning[cell.index]
+            trial = optuna.trial.Trial(st, optuna_id)
+            # A driver killed between ask() and the first suggest() leaves a trial without
+            # params: it must draw them as it would have, from the sampler seeded for its number.
+            st.sampler = build_sampler(self.spec.budget.sampler, cell.index, trial.number)
             done = set(trial.storage.get_trial(optuna_id).intermediate_values)
             return Job("tune", cell, trial=trial, reported=done)
         for cell in self.study.cells:
