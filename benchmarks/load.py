@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -34,6 +35,38 @@ OVERRIDES = ["base.optim.epochs=1", "budget.trials_per_cell=100", "factors.metho
 
 def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _current_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class RssTimeline(threading.Thread):
+    """The driver's resident memory every second while the study runs: growth per trial, or a
+    plateau, shows in its shape (the peak alone does not)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(1.0):
+            self.samples.append((time.perf_counter() - t0, _current_rss_mb()))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join()
+
+    def at_fractions(self, fractions=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:
+        if not self.samples:
+            return {}
+        end = self.samples[-1][0]
+        return {f"{int(100 * f)}%": next(r for t, r in self.samples if t >= f * end - 1e-9) for f in fractions}
 
 
 def _port() -> int:
@@ -60,9 +93,12 @@ def main() -> None:
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     study = load_study(ROOT / "studies/quickstart.yaml", OVERRIDES)
     rss_before = _rss_mb()
+    timeline = RssTimeline()
+    timeline.start()
     t0 = time.perf_counter()
     outcome = run_study(study, runs_dir=tmp / "runs", console=Console(stderr=True, quiet=True), tracking_uri=uri)
     wall = time.perf_counter() - t0
+    timeline.stop()
     rss_peak = _rss_mb()
     counts = {k: sum(c.counts[k] for c in outcome.cells) for k in ("completed", "pruned", "failed", "running")}
     finals = sum(len(c.finals) for c in outcome.cells)
@@ -97,11 +133,14 @@ def main() -> None:
     result = {
         "command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]), "overrides": OVERRIDES,
         "trials": study.tuning_trials, "wall_s": wall, "counts": counts, "finals": finals, "mlflow_runs": n_runs,
-        "driver_rss_mb": {"before_study": rss_before, "peak": rss_peak}, "timings": outcome.timings,
+        "driver_rss_mb": {"before_study": rss_before, "peak": rss_peak, "at_fraction_of_wall": timeline.at_fractions()},
+        "driver_rss_timeline": timeline.samples, "timings": outcome.timings,
         "ui_page_s": page, "ui_runs_search_s": search,
     }
     print(f"{study.tuning_trials} tuning trials + {finals} finals in {wall:.0f} s on {outcome.slots} slots: {counts}")
-    print(f"driver peak RSS {rss_peak:.0f} MB ({rss_before:.0f} MB before the study, after imports)")
+    print(f"driver peak RSS {rss_peak:.0f} MB ({rss_before:.0f} MB before the study, after imports); "
+          "RSS at fractions of the study's wall time: "
+          + ", ".join(f"{k} {v:.0f} MB" for k, v in timeline.at_fractions().items()))
     print(f"UI: runs page HTML median {1000 * _bench.median(page):.0f} ms (max {1000 * max(page):.0f}); "
           f"run search (100 of {n_runs} runs) median {1000 * _bench.median(search):.0f} ms (max {1000 * max(search):.0f})")
     out = ROOT / "benchmarks" / "results" / "load.json"
