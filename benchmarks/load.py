@@ -51,15 +51,15 @@ class RssTimeline(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
         t0 = time.perf_counter()
-        while not self._stop.wait(1.0):
+        while not self._done.wait(1.0):
             self.samples.append((time.perf_counter() - t0, _current_rss_mb()))
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
     def at_fractions(self, fractions=(0.1, 0.25, 0.5, 0.75, 1.0)) -> dict[str, float]:

@@ -3,6 +3,7 @@ failed with its reason in Optuna and MLflow while the study goes on; all failing
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import optuna
@@ -55,6 +56,15 @@ def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path
             assert fragment in r.data.tags["outcome_reason"]
     out = capsys.readouterr().out
     assert "no tuning trial completed" in out
+
+    # The study's parent run says how many trials failed and why, for the UI's runs table.
+    [parent] = client.search_runs([exp.experiment_id], "tags.stage = 'study'")
+    assert parent.data.metrics["trials_failed"] == 4 and parent.data.metrics["trials_completed"] == 2
+    causes = parent.data.tags["failure_causes"]
+    assert "2 × RuntimeError: injected fault" in causes and "2 × the trial process died" in causes
+    summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path))).read_text())
+    assert summary["counts"] == {"completed": 2, "pruned": 0, "failed": 4}
+    assert [c["failures"] for c in summary["cells"]][0] == {}
 
 
 def test_a_study_whose_every_trial_fails_exits_1_with_the_causes(tmp_path, capsys):

@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
@@ -249,7 +250,10 @@ class StudySearcher(Searcher):
             result = {k: v for k, v in result.items() if not k.endswith("_json")} | {
                 k[:-5]: json.loads(v) for k, v in result.items() if k.endswith("_json") and isinstance(v, str)}
             if job.stage == "tune":
-                job.closing = result
+                # The first copy is whole; a later one (the same result again at completion) has
+                # lost its bulky fields to DropBulkyResults.
+                if job.closing is None:
+                    job.closing = result
             else:
                 self._record_final(job, result)
             return False
@@ -391,3 +395,14 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
+
+
+class DropBulkyResults(Callback):
+    """Tune keeps every finished trial's last result for the whole run; ours carries the trial's
+    artifacts (the reliability PNG, geometry, history) as ``*_json`` strings, which the searcher
+    has taken by the time callbacks run. Dropping them here (Tune lets callbacks edit the result
+    in place before it becomes ``trial.last_result``) keeps the driver's memory per trial small."""
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        for key in [k for k in result if k.endswith("_json")]:
+            del result[key]

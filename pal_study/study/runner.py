@@ -303,7 +303,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         timings["ray_start_s"] = time.perf_counter() - t0 - timings["setup_s"]
         from ray import tune
 
-        from pal_study.study.engine import OptunaPruningScheduler, StudySearcher
+        from pal_study.study.engine import DropBulkyResults, OptunaPruningScheduler, StudySearcher
         from pal_study.study.progress import StudyProgress
         from pal_study.study.trainable import tune_trial
 
@@ -354,6 +354,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                     storage_path=str((store.dir / "tune").resolve()), verbose=0,
                     failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                     checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                    callbacks=[DropBulkyResults()],
                 ),
             )
             t_fit = time.perf_counter()
@@ -370,7 +371,12 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                     return {}
                 return report_files(aggregate(fetch_finals(tracking.client, study.spec.name)[2]), study.spec.name)
 
-            undelivered = tracker.finish(interrupted, make_files)
+            cells = summarize(study, store)
+            counts = {k: sum(c.counts[k] for c in cells) for k in ("completed", "pruned", "failed")}
+            causes = RunOutcome(cells=cells).failure_causes()
+            undelivered = tracker.finish(interrupted, make_files, summary={
+                "study": study.spec.name, "interrupted": interrupted, "counts": counts,
+                "failure_causes": causes, "cells": [asdict(c) for c in cells]})
             if undelivered:
                 note = store.dir / "tracking_incomplete.json"
                 note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))

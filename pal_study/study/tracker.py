@@ -131,9 +131,11 @@ class StudyTracker:
         self.t.log_files(run_id, trial_artifacts(cfg, None, f"{self.study.spec.name} {name}: pal-study train THIS_FILE"))
         self.t.client.set_terminated(run_id, status=status)
 
-    def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0) -> list[str]:
+    def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0,
+               summary: dict[str, Any] | None = None) -> list[str]:
         """Deliver what is still queued (waiting up to ``drain_timeout_s`` for the store), then
-        the parent's files and status. Returns what could not be delivered (empty when all was)."""
+        the parent's files, its summary (trial counts and failure causes, as metrics, tags and
+        ``summary.json``) and its status. Returns what could not be delivered (empty when all was)."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + drain_timeout_s
         while self._pending and time.monotonic() < deadline:
@@ -142,7 +144,14 @@ class StudyTracker:
         undelivered = [f"{kind} {getattr(job.cell, 'label', '?')}" for kind, job, _ in self._pending]
         if not undelivered:
             try:
-                files = make_files() if make_files is not None else None
+                files = dict(make_files() or {}) if make_files is not None else {}
+                if summary is not None:
+                    files["summary.json"] = json.dumps(summary, indent=1, default=str)
+                    counts = summary["counts"]
+                    causes = summary["failure_causes"]
+                    tags = {"failure_causes": "; ".join(f"{n} × {r}" for r, n in causes[:5])} if causes else {}
+                    self.t.log_batch(self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()],
+                                     tags=tags)
                 if files:
                     self.t.log_files(self.parent_id, files)
                 self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
