@@ -430,3 +430,25 @@ def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_h
         configs.append(searcher.suggest("t3")["pal"])
     assert configs[0]["optuna_trial"] == configs[1]["optuna_trial"] == 3
     assert configs[0]["config"] == configs[1]["config"]
+
+
+def test_a_study_runs_as_successive_tuners_with_the_same_outcome(tmp_path):
+    """Driver memory stays bounded because a long study runs as several Tuners (each keeps its
+    trials until it returns); the boundaries change nothing in the results."""
+    from rich.console import Console
+
+    from pal_study.study.runner import run_study
+
+    path = write_study(tmp_path, name="tuners", factors={"method": ["ce", "ce+fnpal"]},
+                       base={"data": {"name": "digits"}, "optim": {"epochs": 2}},
+                       budget={"trials_per_cell": 3, "sampler": {"seed": 1, "n_startup_trials": 2},
+                               "pruner": {"name": "none"}})
+    study = load_study(path)
+    quiet = Console(quiet=True)
+    one = run_study(study, runs_dir=tmp_path / "one", console=quiet, track=False)
+    many = run_study(study, runs_dir=tmp_path / "many", console=quiet, track=False, trials_per_tuner=2)
+    assert one.timings["tuners"] == 1
+    assert many.timings["tuners"] == 4  # 2 x 3 tuning trials + 2 final trials (both seeds in each)
+    assert len(list((tmp_path / "many" / "tuners" / "tune").glob("session-*"))) == 4
+    assert _table(tmp_path / "many", "tuners") == _table(tmp_path / "one", "tuners")
+    assert all(c.counts == {"completed": 3, "pruned": 0, "failed": 0, "running": 0} for c in many.cells)

@@ -96,6 +96,8 @@ class StudySearcher(Searcher):
         # give up on the second, whatever max_failures says.
         self.retries = retries
         self._attempts: dict[tuple[str, int, int], int] = {}
+        self._session_quota: int | None = None
+        self._session_issued = 0
         self.study = study
         self.spec = study.spec
         self.store = store
@@ -140,10 +142,22 @@ class StudySearcher(Searcher):
         return {"_metric": self._metric, "_mode": self._mode}
 
     # -- handing out work ------------------------------------------------------------------
+    def start_session(self, quota: int | None) -> None:
+        """Hand out at most ``quota`` trials to the next Tuner, then say FINISHED (see the runner:
+        a Tuner keeps every trial it ran in memory until it returns)."""
+        self._session_quota, self._session_issued = quota, 0
+
+    @property
+    def session_full(self) -> bool:
+        return self._session_quota is not None and self._session_issued >= self._session_quota
+
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.session_full:
+            return Searcher.FINISHED
         job = self._next_job()
         if job is None:
             return Searcher.FINISHED if self.done() else None
+        self._session_issued += 1
         self.jobs[trial_id] = job
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)

@@ -12,6 +12,7 @@ since, and it does not restore schedulers (``../shared/STACK_NOTES.md``).
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -268,10 +269,13 @@ def slots_for(res: dict[str, float], study: Study, max_concurrent: int | None = 
     return min(slots, max_concurrent) if max_concurrent else slots
 
 
+TRIALS_PER_TUNER = 250
+
+
 def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
               max_concurrent: int | None = None, restart: bool = False,
               console: Console | None = None, tracking_uri: str | None = None, track: bool = True,
-              trial_retries: int | None = None) -> RunOutcome:
+              trial_retries: int | None = None, trials_per_tuner: int | None = TRIALS_PER_TUNER) -> RunOutcome:
     """Run (or resume) a study to the end; returns its per-cell summary."""
     console = console or Console()
     t0 = time.perf_counter()
@@ -339,29 +343,38 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         if resumed or sum(done.values()) or finals_done:
             console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
                           f"runs finished, {resumed} interrupted trials to run again", soft_wrap=True)
-        interrupted = False
         if not searcher.done():
             r = study.spec.resources
             trainable = tune.with_resources(tune_trial, {"cpu": r.cpu, "gpu": r.gpu})
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=searcher, scheduler=OptunaPruningScheduler(searcher), num_samples=-1,
-                    max_concurrent_trials=slots, reuse_actors=True,
-                ),
-                run_config=tune.RunConfig(
-                    name=time.strftime("session-%Y%m%d-%H%M%S"),
-                    storage_path=str((store.dir / "tune").resolve()), verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
-                    checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                    callbacks=[DropBulkyResults()],
-                ),
-            )
+            stamp = time.strftime("session-%Y%m%d-%H%M%S")
             t_fit = time.perf_counter()
             with progress:
-                tuner.fit()
+                # A Tuner keeps every trial it ran (config, last result, per-metric statistics:
+                # ~0.1 MB each) until fit() returns; the state lives in Optuna, so the study runs
+                # as successive Tuners of at most `trials_per_tuner` trials and the driver's
+                # memory stays bounded however long the study is.
+                for session in itertools.count():
+                    searcher.start_session(trials_per_tuner)
+                    tune.Tuner(
+                        trainable,
+                        tune_config=tune.TuneConfig(
+                            search_alg=searcher, scheduler=OptunaPruningScheduler(searcher), num_samples=-1,
+                            max_concurrent_trials=slots, reuse_actors=True,
+                        ),
+                        run_config=tune.RunConfig(
+                            name=stamp if session == 0 else f"{stamp}-{session}",
+                            storage_path=str((store.dir / "tune").resolve()), verbose=0,
+                            failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
+                            checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
+                            callbacks=[DropBulkyResults()],
+                        ),
+                    ).fit()
+                    # Ctrl-C ends fit() with trials still running: that is an interruption.
+                    if searcher.done() or not searcher.session_full or searcher.jobs:
+                        break
             timings["fit_s"] = time.perf_counter() - t_fit
-            interrupted = not searcher.done()
+            timings["tuners"] = session + 1
+        interrupted = not searcher.done()
         if tracker is not None:
             from pal_study.report import aggregate, fetch_finals, report_files
 
