@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import _bench  # noqa: E402
 
+from pal_study.study.runner import TRIALS_PER_TUNER  # noqa: E402
+
 OVERRIDES = ["base.optim.epochs=1", "budget.trials_per_cell=100", "factors.method=[ce, gce, sce, ce+pal, ce+fnpal]",
              "factors.data.noise.rate=[0.4]", "finals.seeds=[0]", "budget.pruner.name=none"]
 
@@ -84,6 +86,13 @@ def _timed_get(url: str, data: bytes | None = None) -> float:
 
 
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials-per-tuner", type=int, default=TRIALS_PER_TUNER,
+                    help="trials per Tuner (the runner's bound on what Tune keeps in memory)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.json"))
+    args = ap.parse_args()
     from rich.console import Console
 
     from pal_study.study import load_study
@@ -96,7 +105,8 @@ def main() -> None:
     timeline = RssTimeline()
     timeline.start()
     t0 = time.perf_counter()
-    outcome = run_study(study, runs_dir=tmp / "runs", console=Console(stderr=True, quiet=True), tracking_uri=uri)
+    outcome = run_study(study, runs_dir=tmp / "runs", console=Console(stderr=True, quiet=True), tracking_uri=uri,
+                        trials_per_tuner=args.trials_per_tuner)
     wall = time.perf_counter() - t0
     timeline.stop()
     rss_peak = _rss_mb()
@@ -132,7 +142,7 @@ def main() -> None:
     n_runs = counts["completed"] + counts["pruned"] + counts["failed"] + finals
     result = {
         "command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]), "overrides": OVERRIDES,
-        "trials": study.tuning_trials, "wall_s": wall, "counts": counts, "finals": finals, "mlflow_runs": n_runs,
+        "trials": study.tuning_trials, "trials_per_tuner": args.trials_per_tuner, "wall_s": wall, "counts": counts, "finals": finals, "mlflow_runs": n_runs,
         "driver_rss_mb": {"before_study": rss_before, "peak": rss_peak, "at_fraction_of_wall": timeline.at_fractions()},
         "driver_rss_timeline": timeline.samples, "timings": outcome.timings,
         "ui_page_s": page, "ui_runs_search_s": search,
@@ -143,7 +153,7 @@ def main() -> None:
           + ", ".join(f"{k} {v:.0f} MB" for k, v in timeline.at_fractions().items()))
     print(f"UI: runs page HTML median {1000 * _bench.median(page):.0f} ms (max {1000 * max(page):.0f}); "
           f"run search (100 of {n_runs} runs) median {1000 * _bench.median(search):.0f} ms (max {1000 * max(search):.0f})")
-    out = ROOT / "benchmarks" / "results" / "load.json"
+    out = Path(args.out)
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")
 

@@ -12,6 +12,7 @@ since, and it does not restore schedulers (``../shared/STACK_NOTES.md``).
 from __future__ import annotations
 
 import csv
+import gc
 import itertools
 import json
 import math
@@ -369,6 +370,9 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                             callbacks=[DropBulkyResults()],
                         ),
                     ).fit()
+                    # The Tuner's trials sit in reference cycles; with torch, Ray and MLflow
+                    # loaded the heap is large and Python's own full collections come rarely.
+                    gc.collect()
                     # Ctrl-C ends fit() with trials still running: that is an interruption.
                     if searcher.done() or not searcher.session_full or searcher.jobs:
                         break
