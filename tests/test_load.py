@@ -124,6 +124,7 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
     assert max(page) < 2.0 and max(search) < 2.0, (page, search)
 
     finished = counts["completed"] + sum(1 for c in outcome.cells for r in c.finals.values() if r["state"] == "complete")
+    assert finished == 505
     figures = {"trials": 505, "wall_s": round(wall, 1), "counts": counts, "trials_lost": 505 - finished,
                "tuners": outcome.timings["tuners"], "driver_rss_mb": {"after_150": rss150, "after_450": rss450,
                                                                        "peak": peak},
