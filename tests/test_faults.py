@@ -57,6 +57,11 @@ def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path
     out = capsys.readouterr().out
     assert "no tuning trial completed" in out
 
+    # Ray Tune marks them ERROR too, each with its reason in the trial's error.txt.
+    errors = [p.read_text() for p in (tmp_path / "runs" / "faults" / "tune").rglob("error.txt")]
+    assert len(errors) == 4
+    assert sum("TrialFailed: RuntimeError: injected fault" in e for e in errors) == 2
+    assert sum("worker process has died" in e for e in errors) == 2
     # The study's parent run says how many trials failed and why, for the UI's runs table.
     [parent] = client.search_runs([exp.experiment_id], "tags.stage = 'study'")
     assert parent.data.metrics["trials_failed"] == 4 and parent.data.metrics["trials_completed"] == 2

@@ -296,7 +296,9 @@ class StudySearcher(Searcher):
         job = self.jobs.pop(trial_id, None)
         if job is None:
             return
-        if error and job.pruned_at is None and self._retry(job):
+        # A trial that reported its own failure raised afterwards (TrialFailed): not a death.
+        died = error and not (job.closing and job.closing.get("status") == "failed")
+        if died and job.pruned_at is None and self._retry(job):
             return
         if job.stage == "final":
             recorded = set(self.store.final_results(job.cell))
@@ -320,8 +322,9 @@ class StudySearcher(Searcher):
             trial.set_user_attr("train_time_s", job.epoch_time_s)
             st.tell(trial, state=TrialState.PRUNED)
             outcome, value = "pruned", None
-        elif error:
+        elif died:
             reason = "the trial process died or raised outside the trainer (see the Ray logs under runs/<study>/tune)"
+            log.warning("%s: tuning trial %d failed: %s", job.cell.label, trial.number, reason)
             trial.set_user_attr("reason", reason)
             st.tell(trial, state=TrialState.FAIL)
             outcome, value = "failed", None

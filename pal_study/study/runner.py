@@ -15,6 +15,7 @@ import csv
 import gc
 import itertools
 import json
+import logging
 import math
 import os
 import statistics
@@ -41,7 +42,23 @@ RAY_ENV = {
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "1000",
     # A failed trial's closing result has no objective value: that is data, not an error.
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+    # Not a traceback per failed trial on the console: the reasons are in Optuna, MLflow, each
+    # Tune trial's error.txt and the study's summary; deaths get a one-line warning.
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
+
+
+class _NoIncompleteTrialsLine(logging.Filter):
+    # Tune ends a run that had failed trials with "Trials did not complete: [ids]"; the study's
+    # own table and summary say which failed and why.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Trials did not complete")
+
+
+def _quiet_tune_summary() -> None:
+    tune_log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoIncompleteTrialsLine) for f in tune_log.filters):
+        tune_log.addFilter(_NoIncompleteTrialsLine())
 
 
 @dataclass
@@ -307,6 +324,8 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         retries = trial_retries if trial_retries is not None else (3 if on_cluster else 0)
         timings["ray_start_s"] = time.perf_counter() - t0 - timings["setup_s"]
         from ray import tune
+
+        _quiet_tune_summary()
 
         from pal_study.study.engine import DropBulkyResults, OptunaPruningScheduler, StudySearcher
         from pal_study.study.progress import StudyProgress

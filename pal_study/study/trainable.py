@@ -165,11 +165,24 @@ def tune_trial(config: dict[str, Any]) -> None:
 
         summary = run_one(job["config"], on_epoch, with_details=job.get("details", True))
         tune.report({**_finite(summary), "stage": "tune", "closing": True, "node": _node()})
+        if summary.get("status") == "failed":
+            raise TrialFailed(summary.get("reason", "failed"))
         return
+    failed = []
     for seed in job["seeds"]:
         cfg = {**job["config"], "seed": seed}
         summary = run_one(cfg, with_details=job.get("details", True), with_history=True)
         tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True, "node": _node()})
+        if summary.get("status") == "failed":
+            failed.append(f"seed {seed}: {summary.get('reason', 'failed')}")
+    if failed:
+        raise TrialFailed("; ".join(failed))
+
+
+class TrialFailed(RuntimeError):
+    """A trial's own failure (a NaN loss, an exception in training), raised once its closing
+    result is reported: Ray Tune then marks the trial ERROR with the reason (its error.txt), and
+    the searcher, holding that result, records the reason and does not retry it."""
 
 
 def _node() -> str:
