@@ -216,10 +216,14 @@ def run(
     if outcome.interrupted:
         err.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130)
+    from rich.markup import escape
+
+    causes = "\n".join(f"  {n} × {escape(reason)}" for reason, n in outcome.failure_causes()[:8])
     if outcome.all_failed:
-        causes = "\n".join(f"  {n} × {reason}" for reason, n in outcome.failure_causes()[:8])
         err.print(f"[red]every trial failed[/]; causes:\n{causes}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_FAILED)
+    if causes:
+        err.print(f"[yellow]some trials failed[/]; causes:\n{causes}", highlight=False, soft_wrap=True)
 
 
 def _study_name(study: str) -> str:
