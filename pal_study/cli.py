@@ -7,6 +7,7 @@ clear message on stderr, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -216,8 +217,6 @@ def run(
     if outcome.interrupted:
         err.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130)
-    from rich.markup import escape
-
     causes = "\n".join(f"  {n} × {escape(reason)}" for reason, n in outcome.failure_causes()[:8])
     if outcome.all_failed:
         err.print(f"[red]every trial failed[/]; causes:\n{causes}", highlight=False, soft_wrap=True)
@@ -326,7 +325,9 @@ def ui(
     root = default_artifact_root(tracking.uri)
     if root:
         cmd += ["--default-artifact-root", root]
-    raise typer.Exit(subprocess.call(cmd))
+    # MLflow's job runner (GenAI jobs pal-study never submits) starts several worker processes.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    raise typer.Exit(subprocess.call(cmd, env=env))
 
 
 STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective", "base"}

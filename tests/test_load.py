@@ -3,7 +3,7 @@ finishes, none fails, the driver's memory stays bounded (Tune keeps a Tuner's tr
 returns; the runner starts a fresh Tuner every `trials_per_tuner` trials), and the MLflow UI still
 answers for the experiment in under 2 s. Figures go to tests/artifacts/load.json.
 Timing targets of the harness itself live in benchmarks/load.py; the 2 s here is the issue's
-user-facing bound, measured against a real `mlflow server` on 127.0.0.1."""
+user-facing bound, measured against `pal-study ui` (a real `mlflow server`) on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -99,10 +99,9 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"], env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # The UI as users start it.
+    server = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120

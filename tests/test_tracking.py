@@ -174,10 +174,9 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_url(tracked_study):
 
     tmp, uri, _ = tracked_study
     port = _closed_port()
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked",
                              "--tracking-uri", uri], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            env=env, start_new_session=True)
+                            start_new_session=True)
     try:
         deadline = time.time() + 120
         while True:
