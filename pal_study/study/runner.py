@@ -398,6 +398,8 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             timings["fit_s"] = time.perf_counter() - t_fit
             timings["tuners"] = session + 1
         interrupted = not searcher.done()
+        outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted, slots=slots,
+                             resumed_trials=resumed, timings=timings)
         if tracker is not None:
             from pal_study.report import aggregate, fetch_finals, report_files
 
@@ -407,12 +409,10 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                     return {}
                 return report_files(aggregate(fetch_finals(tracking.client, study.spec.name)[2]), study.spec.name)
 
-            cells = summarize(study, store)
-            counts = {k: sum(c.counts[k] for c in cells) for k in ("completed", "pruned", "failed")}
-            causes = RunOutcome(cells=cells).failure_causes()
+            counts = {k: sum(c.counts[k] for c in outcome.cells) for k in ("completed", "pruned", "failed")}
             undelivered = tracker.finish(interrupted, make_files, summary={
                 "study": study.spec.name, "interrupted": interrupted, "counts": counts,
-                "failure_causes": causes, "cells": [asdict(c) for c in cells]})
+                "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells]})
             if undelivered:
                 note = store.dir / "tracking_incomplete.json"
                 note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
@@ -421,9 +421,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                               "are complete in runs/ (Optuna journal, summary.json)", soft_wrap=True)
             timings["tracking_s"] = tracker.logging_s
             timings["tracking_cpu_s"] = tracker.logging_cpu_s
-        outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted,
-                             wall_time_s=time.perf_counter() - t0, slots=slots, resumed_trials=resumed,
-                             timings=timings)
+        outcome.wall_time_s = time.perf_counter() - t0
         write_summary(store, outcome)
         return outcome
     finally:
