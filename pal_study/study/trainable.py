@@ -87,7 +87,7 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     """Fault injection for tests of the harness (never set in normal use):
     ``PAL_STUDY_FAULT="raise:head.kind=pal;kill:loss.name=gce"`` makes the trials whose config
     matches raise an exception, or be SIGKILLed like a process the OS killed;
-    ``killonce:method=ce@2`` SIGKILLs the first matching trial once it has reported epoch 2, one
+    ``killonce:head.kind=pal@2`` SIGKILLs the first matching trial once it has reported epoch 2, one
     time only (a marker in ``$PAL_STUDY_FAULT_DIR``), like a node lost mid-trial. Returns the
     per-epoch hook."""
     spec = os.environ.get(FAULT_ENV)
@@ -121,7 +121,11 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
 
             hook(0)
             hooks.append(hook)
-    return lambda epoch: [h(epoch) for h in hooks] and None
+    def on_epoch(epoch: int) -> None:
+        for h in hooks:
+            h(epoch)
+
+    return on_epoch
 
 
 def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
