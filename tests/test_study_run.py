@@ -334,7 +334,7 @@ def test_not_enough_resources_for_one_trial_is_bad_input(tmp_path):
         slots_for({"CPU": 8}, study)
 
 
-@pytest.mark.parametrize("gpu, device", [(0, "cpu"), (0.25, "auto")])
+@pytest.mark.parametrize("gpu, device", [(0, "cpu"), (0.25, "cuda")])
 def test_trials_use_the_gpu_ray_gives_them_and_no_gpu_otherwise(tmp_path, gpu, device):
     """With a GPU share the trial config says ``auto``: select_device then takes the first GPU in
     the CUDA_VISIBLE_DEVICES Ray set for the trial; without one it is pinned to the CPU."""
@@ -367,8 +367,10 @@ def _table(runs: Path, name: str) -> list:
 
 @pytest.mark.slow
 def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path):
-    """SIGKILL the driver at four points (early tuning to finals), restart each time: the final
-    table equals an uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
+    """SIGKILL the driver inside Optuna's journal lock (a fault hook makes that instant certain),
+    then at four points (early tuning to finals), restarting each time from a relative
+    --runs-dir: no rerun waits on the dead driver's journal lock, and the final table equals an
+    uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
     path = write_study(
         tmp_path, name="kills", base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
         budget={"trials_per_cell": 5, "sampler": {"seed": 3, "n_startup_trials": 2},
@@ -380,22 +382,32 @@ def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path)
 
     runs = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri]
-    kills = 0
+    # Relative, as users type it: the journal lock's symlink target must not dangle.
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", "runs", "--tracking-uri", uri]
+    env = {**os.environ, "PAL_STUDY_DRIVER_FAULT": "journal_lock@60"}
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert os.path.islink(runs / "kills" / "optuna.journal.lock"), "the kill should leave the journal lock"
+    kills = 1
     for threshold in (2, 9, 16, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:
-            if (runs / "kills" / "optuna.journal").exists() and len(_finished(runs, "kills")) >= threshold:
+            if len(_finished(runs, "kills")) >= threshold:
                 os.killpg(proc.pid, signal.SIGKILL)
                 kills += 1
                 break
             time.sleep(0.1)
-        proc.wait(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
+        if threshold == 2:
+            assert "removed a stale Optuna journal lock" in stderr, stderr[-2000:]
+            assert "taking longer than" not in stderr
         time.sleep(0.5)
-    assert kills >= 3, "the study finished before the kills could land"
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert kills >= 4, "the study finished before the kills could land"
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "taking longer than" not in done.stderr
     assert _table(runs, "kills") == _table(straight, "kills")
 
     from mlflow import MlflowClient
@@ -408,6 +420,31 @@ def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path)
     assert len({r.data.tags["pal.run_key"] for r in kids}) == len(kids)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in all_runs), [r.info.status for r in all_runs]
     assert [r.info.status for r in all_runs if r.data.tags.get("pal.stage") == "study"] == ["FINISHED"]
+
+
+def test_a_stale_journal_lock_is_removed_by_the_driver_that_holds_the_study(tmp_path, monkeypatch):
+    """A dangling relative symlink, as a driver killed mid-append leaves it, is cleared at once by
+    the next driver (which holds the study's own lock), and the journal path is absolute."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write_study(tmp_path, name="stale", factors={"method": ["ce+fnpal"]}))
+    store = StudyStore(study, "runs")
+    assert store.dir.is_absolute()
+    store.dir.mkdir(parents=True)
+    os.symlink("runs/stale/optuna.journal", store.dir / "optuna.journal.lock")
+    with pytest.raises(AssertionError):
+        store.clear_stale_journal_lock()  # only under the study's own lock
+    store.acquire()
+    try:
+        assert store.clear_stale_journal_lock() is True
+        assert not os.path.lexists(store.dir / "optuna.journal.lock")
+        t0 = time.monotonic()
+        store.open_tuning(study.cells[0]).ask()  # appends to the journal: takes the lock
+        assert time.monotonic() - t0 < 5
+        assert store.clear_stale_journal_lock() is False
+    finally:
+        store.release()
+    owner = json.loads((store.dir / ".lock").read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] and owner["started_at"] > 0
 
 
 def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_have(tmp_path):

@@ -271,23 +271,45 @@ def _allotted_cpus() -> int:
 def trial_slots(study: Study, max_concurrent: int | None) -> int:
     import ray
 
-    return slots_for(ray.cluster_resources(), study, max_concurrent)
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return slots_for_nodes(nodes, study, max_concurrent)
 
 
 def slots_for(res: dict[str, float], study: Study, max_concurrent: int | None = None) -> int:
-    """Concurrent trials the cluster's resources allow (``gpu: 0.25`` packs four per GPU)."""
+    """Concurrent trials one node's resources allow (``gpu: 0.25`` packs four per GPU)."""
+    return slots_for_nodes([res], study, max_concurrent)
+
+
+def slots_for_nodes(nodes: list[dict[str, float]], study: Study, max_concurrent: int | None = None) -> int:
+    """Concurrent trials a cluster allows: a trial runs on one node, so each node counts alone
+    (four 4-CPU nodes hold no 8-CPU trial, whatever their total)."""
     r = study.spec.resources
-    slots = int(res.get("CPU", 0) / r.cpu + 1e-9)
-    if r.gpu > 0:
-        slots = min(slots, int(res.get("GPU", 0) / r.gpu + 1e-9))
+    slots = 0
+    for res in nodes:
+        n = int(res.get("CPU", 0) / r.cpu + 1e-9)
+        if r.gpu > 0:
+            n = min(n, int(res.get("GPU", 0) / r.gpu + 1e-9))
+        slots += n
     if slots < 1:
-        have = f"{res.get('CPU', 0):g} CPUs and {res.get('GPU', 0):g} GPUs"
-        raise ConfigError(f"one trial needs cpu {r.cpu:g} and gpu {r.gpu:g} but the Ray cluster has {have}",
-                          source=str(study.path), key="resources")
+        big = max(nodes, key=lambda res: (res.get("GPU", 0), res.get("CPU", 0)), default={})
+        total_cpu, total_gpu = (sum(res.get(k, 0) for res in nodes) for k in ("CPU", "GPU"))
+        raise ConfigError(
+            f"one trial needs cpu {r.cpu:g} and gpu {r.gpu:g} on one node, but the largest node of the Ray "
+            f"cluster has {big.get('CPU', 0):g} CPUs and {big.get('GPU', 0):g} GPUs ({len(nodes)} node"
+            f"{'s' if len(nodes) != 1 else ''}, {total_cpu:g} CPUs and {total_gpu:g} GPUs in all)",
+            source=str(study.path), key="resources")
     return min(slots, max_concurrent) if max_concurrent else slots
 
 
 TRIALS_PER_TUNER = 250
+
+
+def trial_name(trial: Any) -> str:
+    """Ray Tune's name and directory for a trial, readable by a person following a failure:
+    ``cell003-tune-0007_<tune id>`` (Optuna trial 7 of cell 3) or ``cell003-final-s0-1_<tune id>``."""
+    from pal_study.study.engine import job_name
+
+    return f"{job_name(trial.config.get('pal') or {})}_{trial.trial_id}"
 
 
 def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
@@ -302,6 +324,10 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
     started_ray = False
     outcome: RunOutcome | None = None
     try:
+        if store.clear_stale_journal_lock():
+            console.print(f"removed a stale Optuna journal lock ({store.dir / 'optuna.journal.lock'}) left by a "
+                          "killed driver: this process holds the study's lock, so no other writer exists",
+                          soft_wrap=True, highlight=False)
         if restart and store.exists():
             console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
             store.discard()
@@ -333,6 +359,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
 
         slots = trial_slots(study, max_concurrent)
         store.write_fingerprint()
+        store.update_owner(slots=slots)
         before = summarize(study, store)
         done = {k: sum(c.counts[k] for c in before) for k in ("completed", "pruned", "failed")}
         finals_done = sum(len(c.finals) for c in before)
@@ -380,6 +407,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                         tune_config=tune.TuneConfig(
                             search_alg=searcher, scheduler=OptunaPruningScheduler(searcher), num_samples=-1,
                             max_concurrent_trials=slots, reuse_actors=True,
+                            trial_name_creator=trial_name, trial_dirname_creator=trial_name,
                         ),
                         run_config=tune.RunConfig(
                             name=stamp if session == 0 else f"{stamp}-{session}",
@@ -436,4 +464,5 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         store.release(remove_if_empty=True)
 
 
-__all__ = ["CellSummary", "RunOutcome", "render_table", "run_study", "slots_for", "start_ray", "summarize"]
+__all__ = ["CellSummary", "RunOutcome", "render_table", "run_study", "slots_for", "slots_for_nodes", "start_ray",
+           "summarize"]

@@ -13,19 +13,28 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from pal_study.config import ConfigError
 from pal_study.study.spec import Cell, Study
 
 JOURNAL = "optuna.journal"
+# Optuna's journal lock: a symlink next to the journal while an append is in progress.
+JOURNAL_LOCK = JOURNAL + ".lock"
 STUDY_COPY = "study.json"
+LOCK = ".lock"
+# Test hook: ``journal_lock@N`` SIGKILLs the driver on its N-th journal append, inside Optuna's
+# locked section (the one instant a kill leaves the journal lock behind).
+DRIVER_FAULT_ENV = "PAL_STUDY_DRIVER_FAULT"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -52,12 +61,45 @@ def fingerprint(study: Study) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _JournalLock(JournalFileSymlinkLock):
+    """Optuna's symlink lock, plus the driver-fault hook of the kill tests (inert otherwise)."""
+
+    def __init__(self, filepath: str):
+        super().__init__(filepath)
+        rule = os.environ.get(DRIVER_FAULT_ENV, "")
+        self._kill_at = int(rule.partition("@")[2]) if rule.startswith("journal_lock@") else 0
+        self._acquired = 0
+
+    def acquire(self) -> bool:
+        ok = super().acquire()
+        self._acquired += 1
+        if self._kill_at and self._acquired == self._kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return ok
+
+
+def lock_owner(study_dir: Path) -> dict[str, Any] | None:
+    """Who holds (or last held) a study directory's lock: pid, host, started_at; None if never."""
+    try:
+        text = (study_dir / LOCK).read_text()
+    except OSError:
+        return None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        owner = {"pid": int(text)} if text.strip().isdigit() else {}
+    return owner if isinstance(owner, dict) else {}
+
+
 class StudyStore:
     """Opens (or creates) ``runs_dir/<study name>`` for one driver at a time."""
 
     def __init__(self, study: Study, runs_dir: str | Path = "runs"):
         self.study = study
-        self.dir = Path(runs_dir) / study.spec.name
+        # Absolute: Optuna's journal lock is a symlink whose target is the journal path as given,
+        # and its stale-lock check stats the link; a relative target resolves from the link's own
+        # directory, dangles, and the check loops forever instead of expiring the lock.
+        self.dir = Path(os.path.abspath(Path(runs_dir) / study.spec.name))
         self._lock_fd: int | None = None
         self._storage: JournalStorage | None = None
 
@@ -83,7 +125,7 @@ class StudyStore:
     def acquire(self) -> None:
         """Take the directory's lock; a second driver on the same study is bad input (exit 2)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,13 +134,27 @@ class StudyStore:
                 "another pal-study process is running this study; wait for it or stop it first",
                 source=str(self.dir)) from None
         os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "started_at": time.time()}).encode())
         self._lock_fd = fd
+
+    def clear_stale_journal_lock(self) -> bool:
+        """Remove Optuna's journal lock left by a driver killed mid-append (True if there was one).
+
+        Only the driver appends to the journal, and holding this directory's lock proves no other
+        driver runs, so a journal lock found now is stale. Optuna would expire it after 30 s;
+        removing it here (once, said in one line) saves the wait. Requires :meth:`acquire`."""
+        assert self._lock_fd is not None, "acquire() first"
+        lock = self.dir / JOURNAL_LOCK
+        if not os.path.lexists(lock):
+            return False
+        lock.unlink()
+        return True
 
     def release(self, *, remove_if_empty: bool = False) -> None:
         """Drop the lock; a directory that holds nothing but it is removed (a failed start)."""
-        if remove_if_empty and self.dir.is_dir() and {p.name for p in self.dir.iterdir()} <= {".lock"}:
-            (self.dir / ".lock").unlink(missing_ok=True)
+        if remove_if_empty and self.dir.is_dir() and {p.name for p in self.dir.iterdir()} <= {LOCK}:
+            (self.dir / LOCK).unlink(missing_ok=True)
             self.dir.rmdir()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -109,7 +165,7 @@ class StudyStore:
         """``--restart``: remove everything stored for this study (the lock must be held)."""
         self._storage = None
         for child in self.dir.iterdir():
-            if child.name == ".lock":
+            if child.name == LOCK:
                 continue
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -130,25 +186,35 @@ class StudyStore:
                     "the study a new name", source=str(self.study.path), key="name")
 
     def write_fingerprint(self) -> None:
+        """``study.json``: the fingerprint, the spec and each cell's budget, rewritten at every
+        start (the budget and final seeds may grow); ``pal-study status`` reads it."""
         path = self.dir / STUDY_COPY
-        if path.exists():
-            return
-        fp = fingerprint(self.study)
+        s = self.study.spec
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({
-            "fingerprint": fp, "name": self.study.spec.name, "source": str(self.study.path),
-            "spec": self.study.spec.model_dump(mode="json"),
-            "cells": [{"index": c.index, "label": c.label, "factors": c.factors, "method": c.method}
+            "fingerprint": fingerprint(self.study), "name": s.name, "source": str(self.study.path),
+            "spec": s.model_dump(mode="json"),
+            "cells": [{"index": c.index, "label": c.label, "factors": c.factors, "method": c.method,
+                       "budget": self.study.budget(c), "epochs": c.config.optim.epochs,
+                       "finals_planned": len(s.finals.seeds)}
                       for c in self.study.cells],
         }, indent=1, default=str))
         os.replace(tmp, path)
+
+    def update_owner(self, **info: Any) -> None:
+        """Add facts about the running driver (e.g. its trial slots) to the lock file's record."""
+        assert self._lock_fd is not None, "acquire() first"
+        owner = {**(lock_owner(self.dir) or {}), **info}
+        os.ftruncate(self._lock_fd, 0)
+        os.pwrite(self._lock_fd, json.dumps(owner).encode(), 0)
 
     # -- Optuna ----------------------------------------------------------------------------
     @property
     def storage(self) -> JournalStorage:
         if self._storage is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._storage = JournalStorage(JournalFileBackend(str(self.dir / JOURNAL)))
+            path = str(self.dir / JOURNAL)
+            self._storage = JournalStorage(JournalFileBackend(path, lock_obj=_JournalLock(path)))
         return self._storage
 
     def tuning_name(self, cell: Cell) -> str:
