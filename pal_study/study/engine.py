@@ -84,6 +84,14 @@ class Job:
 Event = Callable[[str, Job, dict[str, Any]], None]
 
 
+def job_name(payload: dict[str, Any]) -> str:
+    """A job's readable name, as in its Ray Tune trial directory: cell003-tune-0007, cell003-final-s0-1."""
+    cell = f"cell{int(payload.get('cell', 0)):03d}"
+    if payload.get("stage") == "tune":
+        return f"{cell}-tune-{int(payload.get('optuna_trial', 0)):04d}"
+    return f"{cell}-final-s{'-'.join(str(s) for s in payload.get('seeds', []))}"
+
+
 class StudySearcher(Searcher):
     """Hands out tuning trials (equal budget per cell), resumed trials, then finals."""
 
@@ -233,14 +241,21 @@ class StudySearcher(Searcher):
         data = apply_overrides(cell.config.model_dump(mode="json"), overrides)
         if data.get("threads") is None:
             data["threads"] = max(1, int(res.cpu))
-        if res.gpu == 0 and data.get("device", "auto") == "auto":
-            data["device"] = "cpu"
+        if data.get("device", "auto") == "auto":
+            # A GPU share means CUDA or a failed trial saying why, never a silent CPU fallback.
+            data["device"] = "cuda" if res.gpu > 0 else "cpu"
         root = (data.get("data") or {}).get("root")
         if root and not os.path.isabs(root):
             # Tune runs each trial in its own working directory: pin the user's relative path.
             data["data"]["root"] = os.path.abspath(root)
         cfg = resolve(validate_train_config(data, f"{self.study.path}: cell {cell.label}"))
         return cfg.model_dump(mode="json")
+
+    def _logs_glob(self, job: Job) -> str:
+        """Where a person finds this job's Ray Tune trial directories (one per attempt)."""
+        key = {"stage": job.stage, "cell": job.cell.index, "seeds": job.seeds,
+               "optuna_trial": job.trial.number if job.trial is not None else 0}
+        return str(self.store.dir / "tune" / "*" / f"{job_name(key)}_*")
 
     def _payload(self, job: Job) -> dict[str, Any]:
         if job.stage == "tune":
@@ -304,7 +319,8 @@ class StudySearcher(Searcher):
             recorded = set(self.store.final_results(job.cell))
             for seed in job.seeds:
                 if seed not in recorded:
-                    why = "the trial process died (see the Ray logs under runs/<study>/tune)" if error \
+                    why = ("the trial process died (see its Ray logs under "
+                           f"{self.store.dir / 'tune'}/*/cellNNN-final-sN_*)") if error \
                         else "the trial ended without a result"
                     self._record_final(job, {"status": "failed", "reason": why, "seed": seed})
             return
@@ -323,7 +339,9 @@ class StudySearcher(Searcher):
             st.tell(trial, state=TrialState.PRUNED)
             outcome, value = "pruned", None
         elif died:
-            reason = "the trial process died or raised outside the trainer (see the Ray logs under runs/<study>/tune)"
+            reason = ("the trial process died or raised outside the trainer (see its Ray logs under "
+                      f"{self.store.dir / 'tune'}/*/cellNNN-tune-NNNN_*)")
+            trial.set_user_attr("tune_logs", self._logs_glob(job))
             log.warning("%s: tuning trial %d failed: %s", job.cell.label, trial.number, reason)
             trial.set_user_attr("reason", reason)
             st.tell(trial, state=TrialState.FAIL)

@@ -76,9 +76,10 @@ class ResourcesSpec(_Strict):
     @field_validator("gpu")
     @classmethod
     def _gpu(cls, v: float) -> float:
-        # Ray packs fractional GPUs only below one; above, whole GPUs.
-        if v > 1 and v != int(v):
-            raise ValueError(f"gpu above 1 must be a whole number, got {v}")
+        # A trial trains on one device; reserving more would leave the others idle.
+        if v > 1:
+            raise ValueError(f"a trial trains on one device: gpu must be at most 1 (a fraction such as 0.25 "
+                             f"packs several trials on one GPU), got {v:g}")
         return v
 
 
@@ -203,6 +204,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
 
     spaces = [_load_space(ref, i, p) for i, ref in enumerate(spec.search)]
     cells = _expand(spec, base, src)
+    if spec.resources.gpu > 0:
+        for cell in cells:
+            if cell.config.device == "cpu":
+                raise ConfigError(f"resources.gpu {spec.resources.gpu:g} reserves a GPU share but cell "
+                                  f"{cell.label} sets device: cpu; set resources.gpu: 0 or device: auto/cuda",
+                                  source=src, key="resources.gpu")
     _check_params_used(spaces, cells, src)
     return Study(spec=spec, path=p, base=base, spaces=spaces, cells=cells)
 
