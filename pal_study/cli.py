@@ -72,6 +72,8 @@ def train(
     tracking_uri: TrackingOpt = None,
     no_track: NoTrackOpt = False,
     experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment of single trainings.")] = "pal-study-train",
+    checkpoint_dir: Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Save the trial's state in DIR/checkpoint.pt as it trains and continue from it when run again (a preempted batch job re-runs the same command).")] = None,
+    checkpoint_every: Annotated[str, typer.Option("--checkpoint-every", help="With --checkpoint-dir: save every N epochs, or auto (cost < 2 % of epoch time).")] = "auto",
 ) -> None:
     """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
     from pal_study.data import DataError
@@ -101,9 +103,25 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump_yaml(cfg))
 
+    policy = None
+    if checkpoint_dir is not None:
+        from pal_study.checkpoint import CheckpointPolicy, checkpoint_config_hash, load_checkpoint
+
+        every = checkpoint_every
+        if every != "auto":
+            if not every.isdigit() or int(every) < 1:
+                raise UserError(f"--checkpoint-every: {every!r}; allowed: auto or a whole number of epochs >= 1")
+            every = int(every)
+        policy = CheckpointPolicy(path=checkpoint_dir / "checkpoint.pt", every_epochs=every, keep_final=True)
+        found = load_checkpoint(policy.path, checkpoint_config_hash(cfg))
+        if found is not None:
+            err.print(f"resumed from epoch {found['epoch']} ({policy.path})", highlight=False)
     err.print(f"[bold]{method}[/] on {cfg.data.name} · noise {cfg.data.noise.kind} {cfg.data.noise.rate:g} · "
               f"imbalance {cfg.data.imbalance.ratio:g} · {cfg.model.arch} · {cfg.optim.epochs} epochs · seed {cfg.seed}")
-    result = _train_with_progress(run_train, cfg, data, quiet)
+    from pal_study.study.trainable import inject_fault
+
+    fault = inject_fault(cfg.model_dump(mode="json"))  # tests' kill hook; inert unless PAL_STUDY_FAULT is set
+    result = _train_with_progress(run_train, cfg, data, quiet, policy, fault)
     result.save(out_path)
     _print_result(result)
     err.print(f"result: {out_path}")
@@ -117,11 +135,15 @@ def train(
         raise typer.Exit(EXIT_FAILED)
 
 
-def _train_with_progress(run_train, cfg, data, quiet: bool):
+def _train_with_progress(run_train, cfg, data, quiet: bool, policy=None, fault=None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     if quiet:
-        return run_train(cfg, data=data)
+        def silent(m) -> None:
+            if fault is not None:
+                fault(m.epoch)
+
+        return run_train(cfg, silent, data=data, checkpoint=policy)
     columns = [TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
     with Progress(*columns, console=err, transient=False) as progress:
@@ -129,9 +151,12 @@ def _train_with_progress(run_train, cfg, data, quiet: bool):
 
         def on_epoch(m) -> None:
             val = "n/a" if m.val_acc is None else f"{m.val_acc:.3f}"
-            progress.update(task, advance=1, info=f"loss {m.train_loss:.4f} · val {val} · test {m.test_acc:.3f} · ece {m.ece:.3f}")
+            progress.update(task, completed=m.epoch,
+                            info=f"loss {m.train_loss:.4f} · val {val} · test {m.test_acc:.3f} · ece {m.ece:.3f}")
+            if fault is not None:
+                fault(m.epoch)
 
-        return run_train(cfg, on_epoch, data=data)
+        return run_train(cfg, on_epoch, data=data, checkpoint=policy)
 
 
 def _print_result(result) -> None:
@@ -199,8 +224,14 @@ def run(
     tracking_uri: TrackingOpt = None,
     no_track: NoTrackOpt = False,
     trial_retries: Annotated[Optional[int], typer.Option("--trial-retries", min=0, help="Re-run a trial whose process or node died up to N times (default: 3 on a cluster, 0 locally).")] = None,
+    storage: Annotated[Optional[Path], typer.Option("--storage", help="Directory for trial checkpoints, DIR/<study>/checkpoints (default: beside the study's state in the runs dir); on a cluster, a path every node can reach.")] = None,
+    progress: Annotated[str, typer.Option("--progress", help="auto | rich | plain | none: live bars, timestamped lines (logs), or nothing; auto = rich on a terminal, else plain.")] = "auto",
 ) -> None:
     """Run a study on Ray Tune with Optuna sampling and pruning, then the finals; rerun to resume."""
+    from pal_study.study.progress import MODES as PROGRESS_MODES
+
+    if progress not in PROGRESS_MODES:
+        raise UserError(f"--progress: unknown {progress!r}; allowed: {', '.join(PROGRESS_MODES)}")
     from pal_study.study import describe, load_study
     from pal_study.study.runner import render_table, run_study
 
@@ -209,7 +240,7 @@ def run(
     err.print(describe(study).splitlines()[0], highlight=False, soft_wrap=True)
     outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
                         restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track,
-                        trial_retries=trial_retries)
+                        trial_retries=trial_retries, progress=progress, storage=storage)
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
     out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
@@ -236,6 +267,30 @@ def _study_name(study: str) -> str:
             raise UserError(f"{study}: no 'name' key")
         return name
     return study
+
+
+@app.command()
+def status(
+    study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the whole status) and nothing else.")] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+) -> None:
+    """Where a study stands, from its run directory alone: per cell trials done/pruned/failed/running/left,
+    best value and params, finals; running or not, elapsed, ETA, failures. Never locks or writes."""
+    import json
+
+    from pal_study.study.status import render_status, study_status
+
+    st = study_status(runs_dir / _study_name(study))
+    if as_json:
+        sys.stdout.write(json.dumps(st, default=str) + "\n")
+        sys.stdout.flush()
+        return
+    for part in render_status(st):
+        if isinstance(part, str):
+            out.print(part, markup=False, highlight=False, soft_wrap=True)
+        else:
+            out.print(part)
 
 
 @app.command()
@@ -273,6 +328,7 @@ def report(
 def export(
     study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for one YAML per cell and the index.")] = Path("exports"),
+    weights: Annotated[bool, typer.Option("--weights", help="Also write each cell's trained model (the exported final seed's last checkpoint) beside its YAML.")] = False,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write each cell's best config (re-runnable with pal-study train) and an index (JSON, CSV)."""
@@ -282,8 +338,9 @@ def export(
     name = _study_name(study)
     tracking = Tracking(tracking_uri)
     tracking.check()
-    index = export_study(tracking, name, out_dir / name)
-    err.print(f"wrote {len(index)} configs and index.json / index.csv to {out_dir / name}/ (also on the study's parent run)")
+    index = export_study(tracking, name, out_dir / name, weights=weights)
+    err.print(f"wrote {len(index)} configs{' and models' if weights else ''} and index.json / index.csv to "
+              f"{out_dir / name}/ (also on the study's parent run)")
 
 
 def public_bind_warning(host: str) -> str | None:

@@ -1,8 +1,11 @@
-"""``pal-study export STUDY``: each cell's best config, re-runnable as is, plus an index.
+"""``pal-study export STUDY [--weights]``: each cell's best config, re-runnable as is, plus an
+index; with ``--weights`` also the trained model of that config beside it.
 
 The config of a cell is its lowest final seed's ``config.yaml`` (the best tuning trial's
 parameters at full budget, with that seed): ``pal-study train FILE`` on a CPU reproduces the
-index's ``test_acc_of_exported_seed`` exactly.
+index's ``test_acc_of_exported_seed`` exactly. Its weights come from that final's last checkpoint
+(kept when the study's checkpoints are on): ``pal_study.checkpoint.build_model_from_checkpoint``
+loads the exported ``.pt`` back into a model.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pal_study.config import ConfigError
 from pal_study.report import aggregate, fetch_finals
 from pal_study.tracking import Tracking
 
@@ -23,13 +27,24 @@ def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", label).strip("_")[:120]
 
 
-def export_study(tracking: Tracking, study: str, out_dir: Path) -> list[dict[str, Any]]:
+def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool = False) -> list[dict[str, Any]]:
     exp_id, parent, runs = fetch_finals(tracking.client, study)
     rows = aggregate(runs)
-    out_dir.mkdir(parents=True, exist_ok=True)
     by_cell: dict[str, list] = {}
     for r in runs:
         by_cell.setdefault(r.cell, []).append(r)
+    if weights:
+        # Checked before anything is written: all of the export or none of it.
+        missing = [f"{row.cell} (seed {min(by_cell[row.cell], key=lambda r: r.seed).seed}: "
+                   f"{min(by_cell[row.cell], key=lambda r: r.seed).checkpoint or 'no checkpoint recorded'})"
+                   for row in rows
+                   if not _readable(min(by_cell[row.cell], key=lambda r: r.seed).checkpoint)]
+        if missing:
+            raise ConfigError(
+                f"--weights: no trained model for {len(missing)} of {len(rows)} cells: {'; '.join(missing[:3])}"
+                f"{' ...' if len(missing) > 3 else ''}; the finals ran with checkpoints off (checkpoint.every_epochs: 0) "
+                "or their files are not reachable from here (--storage on another machine)", key="--weights")
+    out_dir.mkdir(parents=True, exist_ok=True)
     index = []
     files: dict[str, str] = {}
     for i, row in enumerate(rows):
@@ -40,8 +55,14 @@ def export_study(tracking: Tracking, study: str, out_dir: Path) -> list[dict[str
         name = f"{i:03d}_{_slug(row.cell)}.yaml"
         (out_dir / name).write_text(text)
         files[name] = text
+        weights_name = None
+        if weights:
+            from pal_study.checkpoint import export_weights
+
+            weights_name = name.removesuffix(".yaml") + ".pt"
+            export_weights(first.checkpoint, out_dir / weights_name)
         index.append({
-            "cell": row.cell, "method": row.method, "config": name, "seed": first.seed,
+            "cell": row.cell, "method": row.method, "config": name, "weights": weights_name, "seed": first.seed,
             "tune_best_value": first.metrics.get("tune_best_value"),
             "val_acc_mean": row.stats.get("val_acc", (None, None))[0], "val_acc_std": row.stats.get("val_acc", (None, None))[1],
             "test_acc_mean": row.stats.get("test_acc", (None, None))[0], "test_acc_std": row.stats.get("test_acc", (None, None))[1],
@@ -59,3 +80,7 @@ def export_study(tracking: Tracking, study: str, out_dir: Path) -> list[dict[str
     tracking.log_files(parent, {**files, "index.json": (out_dir / "index.json").read_text(),
                                 "index.csv": buf.getvalue()}, artifact_path="export")
     return index
+
+
+def _readable(path: str | None) -> bool:
+    return bool(path) and Path(path).is_file()

@@ -32,6 +32,7 @@ class FinalRun:
     weight_decay: float | None
     metrics: dict[str, float]
     config_path: str = "config.yaml"
+    checkpoint: str | None = None  # the final's trained model, where checkpoints were on
 
 
 @dataclass
@@ -85,6 +86,7 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
             dataset=t.get("dataset", "?"), noise_rate=_f(t.get("noise_rate")), imbalance_ratio=_f(t.get("imbalance_ratio"), 1.0),
             seed=int(_f(t.get("seed"))), weight_decay=_f(p["optim.weight_decay"]) if "optim.weight_decay" in p else None,
             metrics={k.removeprefix("final_"): v for k, v in r.data.metrics.items() if k.startswith("final_")},
+            checkpoint=t.get("pal.checkpoint"),
         ))
     out.sort(key=lambda r: (r.cell, r.seed))
     return exp.experiment_id, parent, out

@@ -3,6 +3,9 @@
 The trainer knows nothing of Ray, Optuna or MLflow. It calls ``on_epoch(EpochMetrics)`` after
 every epoch; an adapter turns that into ``tune.report`` or logged metrics. If ``on_epoch``
 returns True the trial stops early with status ``stopped`` (how an in-process pruner stops it).
+With ``checkpoint=CheckpointPolicy(path)`` it saves the trial's state every few epochs and, when
+that file exists for the same config, resumes from it (exactly, on the CPU): see
+:mod:`pal_study.checkpoint`.
 
     python -c "from pal_study.config import TrainConfig; from pal_study.train import train; \
 print(train(TrainConfig(method='ce+fnpal')).final)"
@@ -24,6 +27,8 @@ import torch
 from torch import nn
 
 from pal_study import __version__
+from pal_study import checkpoint as ckpt
+from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import ANCHORED_HEADS, TrainConfig, method_name, resolve
 from pal_study.data import DataBundle, DeviceBatches, build_dataset
 from pal_study.device import configure_threads, select_device
@@ -79,7 +84,9 @@ class TrialResult:
     reliability: list[dict[str, float]] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
-    wall_time_s: float = 0.0
+    wall_time_s: float = 0.0  # on resume: includes the earlier run(s) up to the checkpoint
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch when this run resumed one
+    checkpoint_path: str | None = None  # the trial's checkpoint file when one exists at the end
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -211,11 +218,20 @@ def train(
     on_epoch: Callable[[EpochMetrics], bool | None] | None = None,
     *,
     data: DataBundle | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+    replay: bool = False,
 ) -> TrialResult:
     """Train one trial described by ``cfg`` (resolved here if it is not already).
 
     ``data`` lets a caller that runs many trials on the same corrupted data set pass it in
     (it must have been built from the same ``cfg.data`` and seed).
+
+    ``checkpoint``: if its file holds a checkpoint of this config, training resumes after the
+    checkpoint's epoch (``on_epoch`` is not called again for the restored epochs; a finished
+    checkpoint is only re-evaluated); then the trial saves after ``on_epoch`` returned, as the
+    policy says. See :mod:`pal_study.checkpoint`. ``replay=True`` calls ``on_epoch`` for the
+    restored epochs too, before training on: a caller that dedupes by epoch (the study engine)
+    then gets every epoch even if a report was lost with a killed driver.
     """
     t_start = time.perf_counter()
     cfg = resolve(cfg)
@@ -252,7 +268,64 @@ def train(
     history: list[dict[str, Any]] = []
     status, reason = "completed", None
     last_eval: dict[str, Any] = {}
-    for epoch in range(1, cfg.optim.epochs + 1):
+    start_epoch, resumed_from, wall_before = 1, None, 0.0
+    schedule: ckpt.SaveSchedule | None = None
+    if checkpoint is not None:
+        config_hash = ckpt.checkpoint_config_hash(cfg)
+        ckpt.remove_stale_tmp(checkpoint.path)
+        state = ckpt.load_checkpoint(checkpoint.path, config_hash)
+        mismatch = ckpt.incompatibility(state, model, optimizer) if state is not None else None
+        if mismatch:
+            log.warning("ignoring checkpoint %s: %s", checkpoint.path, mismatch)
+            state = None
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            ckpt.restore_rng(state["rng"], gen, on_cuda)
+            resumed_from = int(state["epoch"])
+            history = list(state["history"])
+            wall_before = float(state.get("wall_time_s", 0.0))
+            start_epoch = resumed_from + 1
+            log.info("resumed from epoch %d (checkpoint %s)", resumed_from, checkpoint.path)
+            # What an uninterrupted trial holds after that epoch (and all a finished one needs).
+            model.eval()
+            last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
+        schedule = ckpt.SaveSchedule(
+            checkpoint.every_epochs, last_saved=resumed_from or 0,
+            save_times=list(state.get("save_times", [])) if state is not None else None,
+            epoch_times=_epoch_times(history))
+
+    def save(epoch: int) -> None:
+        t = time.perf_counter()
+        state = {
+            "config_hash": config_hash, "config": cfg.model_dump(mode="json"),
+            "input_shape": list(data.input_shape), "num_classes": k, "epoch": epoch,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": ckpt.capture_rng(gen, on_cuda),
+            "history": history, "save_times": list(schedule.save_times),
+            "wall_time_s": wall_before + (t - t_start),
+            "pal_study": str(__version__), "torch": str(torch.__version__),
+        }
+        try:
+            ckpt.save_checkpoint(checkpoint.path, state)
+        except OSError as e:
+            # The trial's result matters more than its checkpoint: warn and keep training.
+            log.warning("could not write checkpoint %s after epoch %d (training continues): %s",
+                        checkpoint.path, epoch, e)
+            return
+        dt = time.perf_counter() - t
+        schedule.saved(epoch, dt, _epoch_times(history))
+        log.debug("checkpoint after epoch %d: %.1f ms", epoch, 1000 * dt)
+
+    if replay and resumed_from is not None and on_epoch is not None:
+        for h in history:
+            if on_epoch(EpochMetrics(**h)):
+                status, reason = "stopped", f"stopped by caller after epoch {h['epoch']}"
+                start_epoch = cfg.optim.epochs + 1  # nothing more to train
+                break
+
+    for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         model.train()
         lr_now = optimizer.param_groups[0]["lr"]
@@ -293,8 +366,21 @@ def train(
         if on_epoch is not None and on_epoch(metrics):
             status, reason = "stopped", f"stopped by caller after epoch {epoch}"
             break
+        if checkpoint is not None:
+            final_epoch = epoch == cfg.optim.epochs
+            if checkpoint.keep_final if final_epoch else schedule.due(epoch):
+                save(epoch)
 
-    return _result(cfg, status, reason, history, last_eval, data, model, device, threads, t_start)
+    result = _result(cfg, status, reason, history, last_eval, data, model, device, threads, t_start)
+    if checkpoint is not None:
+        result.wall_time_s += wall_before
+        result.resumed_from_epoch = resumed_from
+        result.checkpoint_path = str(checkpoint.path) if checkpoint.path.is_file() else None
+    return result
+
+
+def _epoch_times(history: list[dict[str, Any]]) -> list[float]:
+    return [h["train_time_s"] + h["eval_time_s"] for h in history]
 
 
 def build_dataset_for(cfg: TrainConfig) -> DataBundle:

@@ -258,14 +258,19 @@ class StudySearcher(Searcher):
         return str(self.store.dir / "tune" / "*" / f"{job_name(key)}_*")
 
     def _payload(self, job: Job) -> dict[str, Any]:
+        every = self.spec.checkpoint.every_epochs
         if job.stage == "tune":
             params = suggest(job.trial, job.cell.params)
+            ckpt = {"path": str(self.store.tuning_checkpoint(job.cell, job.trial.number)), "every_epochs": every}
             return {"stage": "tune", "cell": job.cell.index, "optuna_trial": job.trial.number,
-                    "config": self.trial_config(job.cell, params), "details": self.details}
+                    "config": self.trial_config(job.cell, params), "details": self.details,
+                    "checkpoint": ckpt if every != 0 else None}
         best = self.best(job.cell)
+        ckpt = {"paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
+                "every_epochs": every}
         return {"stage": "final", "cell": job.cell.index, "seeds": job.seeds, "best_trial": best.number,
                 "config": self.trial_config(job.cell, best.params, epochs=self.spec.finals.epochs),
-                "details": self.details}
+                "details": self.details, "checkpoint": ckpt if every != 0 else None}
 
     # -- pruning (called by the scheduler, which sees every result first) -------------------
     def report(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -327,9 +332,12 @@ class StudySearcher(Searcher):
         st = self._tuning[job.cell.index]
         trial = job.trial
         closing = job.closing or {}
-        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece", "node"):
+        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece", "node",
+                    "resumed_from_epoch"):
             if key in closing:
                 trial.set_user_attr(key, jsonable(closing[key]))
+        # Its work is over whatever the outcome: only running trials and finals keep checkpoints.
+        self.store.tuning_checkpoint(job.cell, trial.number).unlink(missing_ok=True)
         reason = None
         if job.pruned_at is not None:
             reason = f"pruned by {self.spec.budget.pruner.name} at epoch {job.pruned_at}"

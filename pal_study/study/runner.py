@@ -191,7 +191,9 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
     rows = [asdict(c) for c in outcome.cells]
     path = store.dir / "summary.json"
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"study": store.study.spec.name, "cells": rows}, indent=1, default=str))
+    # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
+    tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows},
+                              indent=1, default=str))
     os.replace(tmp, path)
     csv_path = store.dir / "summary.csv"
     tmp = csv_path.with_suffix(".csv.tmp")
@@ -206,6 +208,23 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
                         c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run])
     os.replace(tmp, csv_path)
     return path
+
+
+class _SummaryOnFinals:
+    """Event sink: ``summary.json``/``.csv`` rewritten each time a cell's finals end, so a long
+    study's finished cells can be read before the study ends."""
+
+    def __init__(self, study: Study, store: StudyStore):
+        self.study, self.store = study, store
+        self.t0 = time.perf_counter()
+
+    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+        if kind not in ("final_done", "final_failed", "finals_skipped"):
+            return
+        recorded = set(self.store.final_results(job.cell))
+        if kind == "finals_skipped" or set(self.study.spec.finals.seeds) <= recorded:
+            write_summary(self.store, RunOutcome(cells=summarize(self.study, self.store), interrupted=True,
+                                                 wall_time_s=time.perf_counter() - self.t0))
 
 
 def check_data(study: Study) -> None:
@@ -315,14 +334,19 @@ def trial_name(trial: Any) -> str:
 def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
               max_concurrent: int | None = None, restart: bool = False,
               console: Console | None = None, tracking_uri: str | None = None, track: bool = True,
-              trial_retries: int | None = None, trials_per_tuner: int | None = TRIALS_PER_TUNER) -> RunOutcome:
-    """Run (or resume) a study to the end; returns its per-cell summary."""
+              trial_retries: int | None = None, trials_per_tuner: int | None = TRIALS_PER_TUNER,
+              progress: str = "auto", storage: str | Path | None = None) -> RunOutcome:
+    """Run (or resume) a study to the end; returns its per-cell summary.
+
+    ``progress``: auto (rich on a terminal, plain lines otherwise), rich, plain or none.
+    ``storage``: a directory every node can reach for trial checkpoints (DIR/<study>/checkpoints)."""
     console = console or Console()
     t0 = time.perf_counter()
-    store = StudyStore(study, runs_dir)
+    store = StudyStore(study, runs_dir, storage=storage)
     store.acquire()
     started_ray = False
     outcome: RunOutcome | None = None
+    status_writer = None
     try:
         if store.clear_stale_journal_lock():
             console.print(f"removed a stale Optuna journal lock ({store.dir / 'optuna.journal.lock'}) left by a "
@@ -355,17 +379,21 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
 
         from pal_study.study.engine import DropBulkyResults, OptunaPruningScheduler, StudySearcher
         from pal_study.study.progress import StudyProgress
+        from pal_study.study.status import StatusWriter
         from pal_study.study.trainable import tune_trial
 
         slots = trial_slots(study, max_concurrent)
         store.write_fingerprint()
         store.update_owner(slots=slots)
+        store.sweep_checkpoints()
         before = summarize(study, store)
         done = {k: sum(c.counts[k] for c in before) for k in ("completed", "pruned", "failed")}
         finals_done = sum(len(c.finals) for c in before)
-        progress = StudyProgress(study, console, done=done, finals_done=finals_done)
+        display = StudyProgress(study, console, before=before, mode=progress)
+        status_writer = StatusWriter(store)
+        status_writer.flush()
         tracker = None
-        sinks: list[Any] = [progress]
+        sinks: list[Any] = [display, _SummaryOnFinals(study, store), status_writer]
         if tracking is not None:
             from pal_study.study.tracker import StudyTracker
 
@@ -395,7 +423,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             trainable = tune.with_resources(tune_trial, {"cpu": r.cpu, "gpu": r.gpu})
             stamp = time.strftime("session-%Y%m%d-%H%M%S")
             t_fit = time.perf_counter()
-            with progress:
+            with display:
                 # A Tuner keeps every trial it ran (config, last result, per-metric statistics:
                 # ~0.1 MB each) until fit() returns; the state lives in Optuna, so the study runs
                 # as successive Tuners of at most `trials_per_tuner` trials and the driver's
@@ -450,9 +478,12 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             timings["tracking_s"] = tracker.logging_s
             timings["tracking_cpu_s"] = tracker.logging_cpu_s
         outcome.wall_time_s = time.perf_counter() - t0
+        store.sweep_checkpoints()
         write_summary(store, outcome)
         return outcome
     finally:
+        if status_writer is not None:
+            status_writer.close()  # says the study is no longer running
         if started_ray:
             import ray
 

@@ -83,6 +83,21 @@ class ResourcesSpec(_Strict):
         return v
 
 
+class CheckpointSpec(_Strict):
+    every_epochs: int | Literal["auto"] = Field(
+        "auto", description="save a running trial every N epochs; 0: never; auto: as often as costs < 2 % of "
+                            "epoch time (measured in the trial)")
+    dir: str | None = Field(None, description="where checkpoints go (default runs/<study>/checkpoints); on a "
+                                              "cluster, a path every node can reach")
+
+    @field_validator("every_epochs")
+    @classmethod
+    def _every(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be auto, 0 (off) or a positive number of epochs, got {v}")
+        return v
+
+
 class ObjectiveSpec(_Strict):
     metric: Literal["val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min", "margin_mean"] = "val_acc"
     mode: Literal["max", "min"] = "max"
@@ -106,6 +121,7 @@ class StudySpec(_Strict):
     finals: FinalsSpec = FinalsSpec()
     resources: ResourcesSpec = ResourcesSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
 
     @field_validator("name")
     @classmethod

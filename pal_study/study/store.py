@@ -94,12 +94,20 @@ def lock_owner(study_dir: Path) -> dict[str, Any] | None:
 class StudyStore:
     """Opens (or creates) ``runs_dir/<study name>`` for one driver at a time."""
 
-    def __init__(self, study: Study, runs_dir: str | Path = "runs"):
+    def __init__(self, study: Study, runs_dir: str | Path = "runs", storage: str | Path | None = None):
         self.study = study
         # Absolute: Optuna's journal lock is a symlink whose target is the journal path as given,
         # and its stale-lock check stats the link; a relative target resolves from the link's own
         # directory, dangles, and the check loops forever instead of expiring the lock.
         self.dir = Path(os.path.abspath(Path(runs_dir) / study.spec.name))
+        # Trial checkpoints: `--storage DIR` (DIR/<study>/checkpoints), else the study's
+        # `checkpoint.dir`, else beside the journal. Absolute: trials run in other directories.
+        if storage is not None:
+            self.checkpoints = Path(os.path.abspath(Path(storage) / study.spec.name / "checkpoints"))
+        elif study.spec.checkpoint.dir:
+            self.checkpoints = Path(os.path.abspath(study.spec.checkpoint.dir))
+        else:
+            self.checkpoints = self.dir / "checkpoints"
         self._lock_fd: int | None = None
         self._storage: JournalStorage | None = None
 
@@ -164,6 +172,8 @@ class StudyStore:
     def discard(self) -> None:
         """``--restart``: remove everything stored for this study (the lock must be held)."""
         self._storage = None
+        if self.checkpoints.is_dir() and not self.checkpoints.is_relative_to(self.dir):
+            shutil.rmtree(self.checkpoints)
         for child in self.dir.iterdir():
             if child.name == LOCK:
                 continue
@@ -207,6 +217,34 @@ class StudyStore:
         owner = {**(lock_owner(self.dir) or {}), **info}
         os.ftruncate(self._lock_fd, 0)
         os.pwrite(self._lock_fd, json.dumps(owner).encode(), 0)
+
+    # -- trial checkpoints ---------------------------------------------------------------------
+    def checkpoint_dir(self, cell: Cell) -> Path:
+        return self.checkpoints / f"cell{cell.index:03d}"
+
+    def tuning_checkpoint(self, cell: Cell, number: int) -> Path:
+        return self.checkpoint_dir(cell) / f"tune-{number:04d}.pt"
+
+    def final_checkpoint(self, cell: Cell, seed: int) -> Path:
+        return self.checkpoint_dir(cell) / f"final-seed{seed}.pt"
+
+    def sweep_checkpoints(self) -> int:
+        """Delete what no running trial needs: tuning checkpoints of finished Optuna trials (a
+        pruned trial's worker may write one after the driver removed it) and torn temp files.
+        Finals keep theirs (the trained model of the best config). Returns files removed."""
+        removed = 0
+        for cell in self.study.cells:
+            d = self.checkpoint_dir(cell)
+            if not d.is_dir():
+                continue
+            finished = {t.number for t in self.tuning_trials(cell) if t.state.is_finished()}
+            for f in d.iterdir():
+                stale = ".tmp" in f.name or (
+                    f.name.startswith("tune-") and f.stem[5:].isdigit() and int(f.stem[5:]) in finished)
+                if stale:
+                    f.unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     # -- Optuna ----------------------------------------------------------------------------
     @property

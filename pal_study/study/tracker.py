@@ -127,6 +127,10 @@ class StudyTracker:
         all_tags["pal.reconciled"] = "from the Optuna record (the driver was killed while logging)"
         if attrs.get("reason"):
             all_tags["outcome_reason"] = attrs["reason"]
+        if attrs.get("resumed_from_epoch") is not None:
+            all_tags["resumed_from_epoch"] = str(attrs["resumed_from_epoch"])
+        if attrs.get("checkpoint_path"):
+            all_tags["pal.checkpoint"] = attrs["checkpoint_path"]
         self.t.log_batch(run_id, metrics=metrics + summary, params=flatten(cfg), tags=all_tags)
         self.t.log_files(run_id, trial_artifacts(cfg, None, f"{self.study.spec.name} {name}: pal-study train THIS_FILE"))
         self.t.client.set_terminated(run_id, status=status)
@@ -275,6 +279,8 @@ class StudyTracker:
             tags["outcome_reason"] = info["reason"]
         if closing.get("node"):
             tags["node"] = closing["node"]
+        if closing.get("resumed_from_epoch") is not None:
+            tags["resumed_from_epoch"] = str(closing["resumed_from_epoch"])
         self._flush(live, tags)
         self.t.log_files(live["run_id"], trial_artifacts(
             live["cfg"], closing.get("details"),
@@ -297,6 +303,10 @@ class StudyTracker:
             tags["outcome_reason"] = info["reason"]
         if result.get("node"):
             tags["node"] = result["node"]
+        if result.get("resumed_from_epoch") is not None:
+            tags["resumed_from_epoch"] = str(result["resumed_from_epoch"])
+        if result.get("checkpoint_path"):
+            tags["pal.checkpoint"] = result["checkpoint_path"]  # the trained model: pal-study export --weights
         # Created when the seed is done (one write burst): dated back to when it started.
         started = int(1000 * (time.time() - float(result.get("wall_time_s") or 0.0)))
         run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started)

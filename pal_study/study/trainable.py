@@ -49,6 +49,10 @@ def summarize(result) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "train_time_s": sum(h["train_time_s"] + h["eval_time_s"] for h in result.history),
     }
+    if getattr(result, "resumed_from_epoch", None) is not None:
+        out["resumed_from_epoch"] = result.resumed_from_epoch
+    if getattr(result, "checkpoint_path", None):
+        out["checkpoint_path"] = result.checkpoint_path
     for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss"):
         out[key] = final.get(key)
     geo = result.prototype_geometry or {}
@@ -129,8 +133,10 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
 
 
 def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
-            with_history: bool = False) -> dict[str, Any]:
-    """Train one config; never raises for a trial's own failure."""
+            with_history: bool = False, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train one config; never raises for a trial's own failure. ``checkpoint`` ({path,
+    every_epochs, keep_final}) makes it save as it goes and continue from its last save."""
+    from pal_study.checkpoint import CheckpointPolicy
     from pal_study.train import train
 
     try:
@@ -142,7 +148,11 @@ def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = Fal
             fault(m.epoch)
             return stop
 
-        result = train(cfg, report, data=_data_for(cfg))
+        policy = None
+        if checkpoint:
+            policy = CheckpointPolicy(path=Path(checkpoint["path"]), every_epochs=checkpoint["every_epochs"],
+                                      keep_final=bool(checkpoint.get("keep_final")))
+        result = train(cfg, report, data=_data_for(cfg), checkpoint=policy, replay=True)
         out = summarize(result)
         # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
         if with_details and result.status == "completed":
@@ -167,7 +177,8 @@ def tune_trial(config: dict[str, Any]) -> None:
             metrics = {k: v for k, v in m.as_dict().items() if v is not None}
             tune.report({**metrics, "stage": "tune", "closing": False})
 
-        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True))
+        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True),
+                          checkpoint=job.get("checkpoint"))
         tune.report({**_finite(summary), "stage": "tune", "closing": True, "node": _node()})
         if summary.get("status") == "failed":
             raise TrialFailed(summary.get("reason", "failed"))
@@ -175,7 +186,11 @@ def tune_trial(config: dict[str, Any]) -> None:
     failed = []
     for seed in job["seeds"]:
         cfg = {**job["config"], "seed": seed}
-        summary = run_one(cfg, with_details=job.get("details", True), with_history=True)
+        ckpt = job.get("checkpoint")
+        if ckpt:
+            # A final keeps its last checkpoint: the trained model of the cell's best config.
+            ckpt = {"path": ckpt["paths"][str(seed)], "every_epochs": ckpt["every_epochs"], "keep_final": True}
+        summary = run_one(cfg, with_details=job.get("details", True), with_history=True, checkpoint=ckpt)
         tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True, "node": _node()})
         if summary.get("status") == "failed":
             failed.append(f"seed {seed}: {summary.get('reason', 'failed')}")

@@ -1,0 +1,490 @@
+"""Where a study stands, from its own files only: ``pal-study status`` and ``runs/<study>/status.json``.
+
+:func:`study_status` reads the Optuna journal (read-only) and the run directory (``study.json``,
+``.lock``); it never writes and never takes the study's lock, so it is safe while a driver runs
+(Optuna's journal reader stops at a half-written last line). :class:`StatusWriter` is the running
+driver's event sink that keeps ``status.json`` current for dashboards and other machines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import socket
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from pal_study.config import ConfigError
+from pal_study.study.store import JOURNAL, LOCK, STUDY_COPY, best_trial, jsonable, lock_owner, state_counts
+
+log = logging.getLogger(__name__)
+
+STATUS = "status.json"
+# A driver on another host (shared filesystem) is invisible to /proc/locks: it counts as running
+# while its status.json is fresher than this (its writer refreshes it at least every 30 s).
+REMOTE_FRESH_S = 120.0
+
+
+class _ReadOnlyJournal(JournalFileBackend):
+    """Optuna's journal file backend that refuses to append (status never writes)."""
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:  # pragma: no cover - a guard
+        raise RuntimeError("pal-study status opens the Optuna journal read-only")
+
+
+def open_journal_readonly(path: Path) -> JournalStorage:
+    """A JournalStorage over an existing journal file, never written (the backend's constructor
+    creates a missing file: callers check that it exists first)."""
+    assert path.exists(), path
+    return JournalStorage(_ReadOnlyJournal(str(path)))
+
+
+# -- is a driver running it? ---------------------------------------------------------------
+def _flock_holders(path: Path) -> list[int] | None:
+    """PIDs holding an exclusive flock on ``path`` per ``/proc/locks`` (None where unreadable).
+
+    Lines look like ``1: FLOCK  ADVISORY  WRITE 12345 fe:01:1234567 0 EOF``; the device is hex
+    ``major:minor``; ``->`` marks a waiter, not a holder. Reading it takes no lock."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    owner_pid = (lock_owner(path.parent) or {}).get("pid")
+    holders = []
+    for line in text.splitlines():
+        fields = line.split()
+        if "->" in fields or "FLOCK" not in fields:
+            continue
+        i = fields.index("FLOCK")
+        try:
+            kind, pid, where = fields[i + 2], int(fields[i + 3]), fields[i + 4]
+            major, minor, ino = where.split(":")
+            same_dev = (int(major, 16), int(minor, 16)) == (os.major(st.st_dev), os.minor(st.st_dev))
+            ino_n = int(ino)
+        except (IndexError, ValueError):
+            continue
+        if kind != "WRITE" or ino_n != st.st_ino:
+            continue
+        # Some stacked filesystems (overlayfs) report another device number than stat() does:
+        # the inode plus the lock file's own pid is then enough.
+        if same_dev or (owner_pid is not None and pid == owner_pid):
+            holders.append(pid)
+    return holders
+
+
+def driver_running(study_dir: Path, now: float | None = None) -> tuple[bool, dict[str, Any] | None]:
+    """(running, the lock file's record) without taking the lock: from /proc/locks (a FLOCK WRITE
+    entry on the lock file's device:inode); for a driver on another host, which /proc/locks cannot
+    see (a shared filesystem), or without /proc/locks: from the freshness of its status.json."""
+    lock = study_dir / LOCK
+    owner = lock_owner(study_dir)
+    if owner is None:
+        return False, None
+    now = time.time() if now is None else now
+    holders = _flock_holders(lock)
+    if holders:
+        return True, owner
+    host = owner.get("host")
+    if holders is not None and (not host or host == socket.gethostname()):
+        return False, owner
+    try:
+        fresh = now - os.stat(study_dir / STATUS).st_mtime < REMOTE_FRESH_S
+        # A driver's last write (StatusWriter.close) says it ended.
+        fresh = fresh and not json.loads((study_dir / STATUS).read_text()).get("ended")
+    except (OSError, ValueError, AttributeError):
+        fresh = False
+    return fresh, owner
+
+
+# -- the status --------------------------------------------------------------------------
+def _duration(t: FrozenTrial) -> float | None:
+    if t.datetime_start is None or t.datetime_complete is None:
+        return None
+    return max(0.0, t.datetime_complete.timestamp() - t.datetime_start.timestamp())
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _failures(trials: list[FrozenTrial]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            reason = str(t.user_attrs.get("reason") or "unknown")
+            out[reason] = out.get(reason, 0) + 1
+    return out
+
+
+def _failure_list(counts: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"reason": r, "count": n} for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _unknown_study(study_dir: Path) -> ConfigError:
+    runs = study_dir.parent
+    if not runs.is_dir():
+        held = "it does not exist"
+    else:
+        names = sorted(p.name for p in runs.iterdir()
+                       if p.is_dir() and ((p / JOURNAL).exists() or (p / STUDY_COPY).exists()))
+        held = f"it holds: {', '.join(names)}" if names else "it holds no studies"
+    return ConfigError(f"no study {study_dir.name!r} in runs directory {runs} ({held})")
+
+
+def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now: float | None = None) -> dict:
+    """A study's state from its own files (the Optuna journal, ``study.json``, ``.lock``), as one
+    JSON-able object. Never writes anything, never takes the study's lock.
+
+    ``storage``: the running driver passes its own JournalStorage (replayed incrementally: cheap);
+    otherwise the journal is opened read-only. Keys: ``study``, ``dir``, ``metric``, ``mode``,
+    ``running``, ``driver`` (pid, host, started_at, slots; null when not running), ``last_driver``,
+    ``elapsed_s``, ``eta_s``, ``updated_at``, ``done``, ``totals``, ``cells``, ``failures``.
+
+    Tuning trials left RUNNING in the journal by a driver that no longer runs are ``interrupted``
+    (they run again on resume) and count as remaining. ``elapsed_s`` runs from the first tuning
+    trial's start to now (running) or to the last recorded completion. ``eta_s`` is an ESTIMATE:
+    remaining tuning trials x the mean wall time of finished tuning trials, plus remaining final
+    seeds x the mean wall time of recorded finals (or, before any, the tuning mean scaled by final
+    epochs / tuning epochs), divided by the driver's trial slots (1 if unknown); 0 when done, null
+    while nothing has finished. Raises ConfigError (naming the runs directory) for an unknown study.
+    """
+    study_dir = Path(os.path.abspath(study_dir))
+    journal = study_dir / JOURNAL
+    copy_path = study_dir / STUDY_COPY
+    if not journal.exists() and not copy_path.exists():
+        raise _unknown_study(study_dir)
+    now = time.time() if now is None else now
+    try:
+        copy = json.loads(copy_path.read_text()) if copy_path.exists() else {}
+    except (OSError, ValueError):
+        copy = {}
+    spec = copy.get("spec") or {}
+    name = copy.get("name") or study_dir.name
+    objective = spec.get("objective") or {}
+    mode = objective.get("mode") or "max"
+    metric = objective.get("metric") or "val_acc"
+    seeds = list((spec.get("finals") or {}).get("seeds") or [])
+    default_budget = (spec.get("budget") or {}).get("trials_per_cell")
+    tune_epochs_default = ((spec.get("budget") or {}).get("epochs")
+                           or ((spec.get("base") or {}).get("optim") or {}).get("epochs"))
+    finals_epochs = (spec.get("finals") or {}).get("epochs")
+
+    # Optuna studies by name (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals").
+    tuning: dict[int, list[FrozenTrial]] = {}
+    finals: dict[int, list[FrozenTrial]] = {}
+    attrs: dict[int, dict[str, Any]] = {}
+    if storage is None and journal.exists():
+        storage = open_journal_readonly(journal)
+    if storage is not None:
+        prefix = f"{name}/cell"
+        for fs in storage.get_all_studies():
+            sname = fs.study_name
+            if not sname.startswith(prefix):
+                continue
+            rest = sname[len(prefix):]
+            is_finals = rest.endswith("/finals")
+            num = rest[: -len("/finals")] if is_finals else rest
+            if not num.isdigit():
+                continue
+            trials = storage.get_all_trials(fs._study_id, deepcopy=False)
+            if is_finals:
+                finals[int(num)] = trials
+            else:
+                tuning[int(num)] = trials
+                attrs[int(num)] = fs.user_attrs
+                if not objective.get("mode"):
+                    mode = "max" if fs.direction.name == "MAXIMIZE" else "min"
+
+    cell_meta = copy.get("cells") or [
+        {"index": i, "label": attrs[i].get("cell", f"cell{i:03d}"), "method": attrs[i].get("method")}
+        for i in sorted(tuning)]
+    running, owner = driver_running(study_dir, now)
+
+    cells = []
+    all_failures: dict[str, int] = {}
+    tune_durations: list[float] = []
+    final_walls: list[float] = []
+    tune_epochs: list[int] = []
+    remaining_finals = 0
+    starts: list[float] = []
+    ends: list[float] = []
+    for meta in cell_meta:
+        idx = int(meta["index"])
+        trials = tuning.get(idx, [])
+        counts = state_counts(trials)
+        stale = 0 if running else counts["running"]
+        if stale:
+            counts["running"] = 0
+        finished = counts["completed"] + counts["pruned"] + counts["failed"]
+        best = best_trial(trials, mode)
+        planned = int(meta.get("finals_planned", len(seeds)))
+        by_seed: dict[int, FrozenTrial] = {}
+        for t in finals.get(idx, []):
+            seed = t.user_attrs.get("seed")
+            if t.state.is_finished() and seed is not None and (not seeds or int(seed) in seeds):
+                by_seed[int(seed)] = t  # the last record wins, as in StudyStore.final_results
+        if "budget" in meta:
+            budget = meta["budget"]
+        elif by_seed and default_budget is not None:
+            # An older study.json (no per-cell budget): finals only start once tuning is over, and
+            # a cell that searches nothing ran 1 trial, not trials_per_cell.
+            budget = min(int(default_budget), finished + counts["running"])
+        else:
+            budget = default_budget
+        remaining = max(0, int(budget) - finished - counts["running"]) if budget is not None else None
+        f_done = [t for t in by_seed.values() if t.state == TrialState.COMPLETE]
+        f_failed = [t for t in by_seed.values() if t.state == TrialState.FAIL]
+        tuning_over = remaining == 0 and counts["running"] == 0 and not stale
+        skipped = tuning_over and best is None and not by_seed
+        f_left = 0 if skipped else max(0, planned - len(by_seed))
+        phase = "tuning" if not tuning_over else ("finals" if f_left else "done")
+        remaining_finals += f_left
+        fails = _failures(trials)
+        for reason, n in _failures(list(by_seed.values())).items():
+            fails[reason] = fails.get(reason, 0) + n
+        for reason, n in fails.items():
+            all_failures[reason] = all_failures.get(reason, 0) + n
+        for t in trials:
+            if t.state.is_finished():
+                d = _duration(t)
+                if d is not None:
+                    tune_durations.append(d)
+                if t.datetime_complete is not None:
+                    ends.append(t.datetime_complete.timestamp())
+            if t.datetime_start is not None:
+                starts.append(t.datetime_start.timestamp())
+        for t in by_seed.values():
+            w = _finite(t.user_attrs.get("wall_time_s"))
+            if w is not None:
+                final_walls.append(w)
+            if t.datetime_complete is not None:
+                ends.append(t.datetime_complete.timestamp())
+        epochs = meta.get("epochs") or tune_epochs_default
+        if epochs:
+            tune_epochs.append(int(epochs))
+        values = [_finite(t.value) for t in f_done]
+        values = [v for v in values if v is not None]
+        cells.append({
+            "index": idx, "label": meta.get("label", f"cell{idx:03d}"), "method": meta.get("method"),
+            "factors": meta.get("factors", {}),
+            **{k: counts[k] for k in ("completed", "pruned", "failed", "running")},
+            "interrupted": stale, "remaining": remaining, "budget": budget,
+            "best_value": _finite(best.value) if best else None,
+            "best_params": jsonable(dict(best.params)) if best else {},
+            "best_trial": best.number if best else None,
+            "finals_done": len(f_done), "finals_failed": len(f_failed), "finals_planned": planned,
+            "finals_skipped": skipped,
+            "final_mean": statistics.fmean(values) if values else None,
+            "phase": phase, "failures": _failure_list(fails),
+        })
+
+    done = bool(cells) and all(c["phase"] == "done" for c in cells)
+    totals = {k: sum(c[k] for c in cells) for k in ("completed", "pruned", "failed", "running", "interrupted",
+                                                     "finals_done", "finals_failed", "finals_planned")}
+    totals["remaining"] = sum(c["remaining"] or 0 for c in cells)
+    totals["budget"] = sum(c["budget"] or 0 for c in cells)
+    totals["finals_remaining"] = remaining_finals
+
+    elapsed = None
+    if starts:
+        end = now if running else (max(ends) if ends else min(starts))
+        elapsed = max(0.0, end - min(starts))
+    slots = int(owner.get("slots") or 1) if owner else 1
+    eta: float | None
+    if done:
+        eta = 0.0
+    elif not tune_durations and not final_walls:
+        eta = None
+    else:
+        tune_mean = statistics.fmean(tune_durations) if tune_durations else None
+        if final_walls:
+            seed_mean = statistics.fmean(final_walls)
+        elif tune_mean is not None:
+            te = statistics.fmean(tune_epochs) if tune_epochs else None
+            seed_mean = tune_mean * (finals_epochs / te if finals_epochs and te else 1.0)
+        else:
+            seed_mean = None
+        if (totals["remaining"] and tune_mean is None) or (remaining_finals and seed_mean is None):
+            eta = None
+        else:
+            work = totals["remaining"] * (tune_mean or 0.0) + remaining_finals * (seed_mean or 0.0)
+            eta = work / max(1, slots)
+
+    driver = None
+    if running and owner is not None:
+        driver = {"pid": owner.get("pid"), "host": owner.get("host"), "started_at": owner.get("started_at"),
+                  "slots": owner.get("slots")}
+    return {
+        "study": name, "dir": str(study_dir), "metric": metric, "mode": mode,
+        "running": running, "driver": driver, "last_driver": None if running else owner,
+        "elapsed_s": elapsed, "eta_s": eta, "updated_at": now, "done": done,
+        "totals": totals, "cells": cells, "failures": _failure_list(all_failures),
+    }
+
+
+# -- the running driver's status.json ------------------------------------------------------
+class StatusWriter:
+    """The driver's event sink that keeps ``runs/<study>/status.json`` current (atomically).
+
+    On ordinary events it rewrites at most every ``interval_s`` (10 s); when a cell's tuning or
+    finals end, at once. A daemon thread also refreshes it every ``heartbeat_s`` (30 s) between
+    :meth:`flush` (called at start) and :meth:`close` (at the end), so a reader on another host
+    can tell a live driver (status.json fresher than 120 s) from a dead one; close's last write
+    says ``running: false, ended: true``. The heartbeat also stops by itself once the store's
+    lock is released. Errors are logged once and never reach the study."""
+
+    def __init__(self, store: Any, *, interval_s: float = 10.0, heartbeat_s: float | None = 30.0):
+        self.store = store
+        self.path = Path(store.dir) / STATUS
+        self.interval_s = interval_s
+        self.heartbeat_s = heartbeat_s
+        self._last = -math.inf
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._warned = False
+        self._held = False
+        study = store.study
+        self._budget = {c.index: study.budget(c) for c in study.cells}
+        self._planned = len(study.spec.finals.seeds)
+        self._finished: dict[int, int] = {}
+        self._finals: dict[int, int] = {}
+        self.writes = 0
+
+    # the sink
+    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+        cell = getattr(getattr(job, "cell", None), "index", None)
+        urgent = False
+        if kind in ("completed", "pruned", "failed") and cell is not None:
+            self._finished[cell] = self._finished.get(cell, 0) + 1
+            urgent = self._finished[cell] >= self._budget.get(cell, math.inf)
+        elif kind in ("final_done", "final_failed") and cell is not None:
+            self._finals[cell] = self._finals.get(cell, 0) + 1
+            urgent = self._finals[cell] >= self._planned
+        elif kind == "finals_skipped":
+            urgent = True
+        if urgent or time.monotonic() - self._last >= self.interval_s:
+            self._write()
+
+    def flush(self) -> None:
+        """Write now (the runner calls it at start; it also starts the heartbeat)."""
+        self._write()
+        self._held = getattr(self.store, "_lock_fd", None) is not None
+        if self.heartbeat_s and self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._beat, name="pal-status", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop the heartbeat and write the last status (the runner calls it at the end)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+        self._write(final=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            if self._held and getattr(self.store, "_lock_fd", None) is None:
+                return  # the driver let go of the study without close()
+            self._write()
+
+    def _write(self, final: bool = False) -> None:
+        with self._lock:
+            try:
+                status = study_status(self.store.dir, storage=self.store.storage)
+                if final:  # the driver is ending: it no longer runs the study
+                    status.update(running=False, ended=True, last_driver=status["driver"] or status["last_driver"],
+                                  driver=None)
+                for c in status["cells"]:  # re-anchor the event counts on the journal's
+                    self._finished[c["index"]] = c["completed"] + c["pruned"] + c["failed"]
+                    self._finals[c["index"]] = c["finals_done"] + c["finals_failed"]
+                tmp = self.path.with_name(f"{STATUS}.{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(status, indent=1, default=str))
+                os.replace(tmp, self.path)
+                self.writes += 1
+            except Exception as e:  # noqa: BLE001 - a status file must never stop a study
+                if not self._warned:
+                    log.warning("could not write %s: %s", self.path, e)
+                    self._warned = True
+            finally:
+                self._last = time.monotonic()
+
+
+# -- rendering (pal-study status) ------------------------------------------------------------
+def fmt_duration(s: float | None) -> str:
+    if s is None:
+        return "unknown"
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h}h{m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d{h:02d}h"
+
+
+def fmt_params(p: dict[str, Any]) -> str:
+    if not p:
+        return "(base config)"
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items())
+
+
+def render_status(status: dict) -> list[Any]:
+    """A rich table per cell and the study's lines (for ``pal-study status``)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"study {escape(status['study'])} ({status['dir']})")
+    for col, just in (("#", "right"), ("cell", "left"), ("phase", "left"), ("completed", "right"),
+                      ("pruned", "right"), ("failed", "right"), ("running", "right"), ("left", "right"),
+                      (f"best {status['metric']}", "right"), ("best params", "left"), ("finals", "right")):
+        t.add_column(col, justify=just)
+    for c in status["cells"]:
+        finals = f"{c['finals_done']}/{c['finals_planned']}"
+        if c["finals_failed"]:
+            finals += f" ({c['finals_failed']} failed)"
+        if c["finals_skipped"]:
+            finals = "skipped"
+        running = str(c["running"]) + (f" (+{c['interrupted']} interrupted)" if c["interrupted"] else "")
+        t.add_row(str(c["index"]), escape(c["label"]), c["phase"], str(c["completed"]), str(c["pruned"]),
+                  str(c["failed"]), running, "?" if c["remaining"] is None else str(c["remaining"]),
+                  "-" if c["best_value"] is None else f"{c['best_value']:.4f}",
+                  escape(fmt_params(c["best_params"])) if c["best_trial"] is not None else "-", finals)
+    lines: list[Any] = [t]
+    tot = status["totals"]
+    if status["running"]:
+        d = status["driver"] or {}
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["started_at"])) if d.get("started_at") else "?"
+        slots = f", {d['slots']} trial slots" if d.get("slots") else ""
+        state = f"running: pid {d.get('pid')}@{d.get('host')} since {since}{slots}"
+    elif status["done"]:
+        state = "done"
+    else:
+        state = "not running" + (" (interrupted: run it again to resume)" if status["last_driver"] else "")
+    lines.append(f"{state}; tuning {tot['completed'] + tot['pruned'] + tot['failed']}/{tot['budget']} finished "
+                 f"({tot['completed']} completed, {tot['pruned']} pruned, {tot['failed']} failed, "
+                 f"{tot['running']} running, {tot['remaining']} left); finals {tot['finals_done']}/"
+                 f"{tot['finals_planned']} done" + (f", {tot['finals_failed']} failed" if tot["finals_failed"] else ""))
+    eta = "-" if status["done"] else ("unknown" if status["eta_s"] is None else f"~{fmt_duration(status['eta_s'])}")
+    lines.append(f"elapsed {fmt_duration(status['elapsed_s'])}; eta {eta}"
+                 + ("" if status["done"] or status["running"] or status["eta_s"] is None else " once resumed"))
+    if status["failures"]:
+        lines.append("failures:\n" + "\n".join(f"  {f['count']} × {f['reason']}" for f in status["failures"][:8]))
+    return lines
+
+
+__all__ = ["StatusWriter", "driver_running", "open_journal_readonly", "render_status", "study_status"]
