@@ -408,6 +408,8 @@ class StudySearcher(Searcher):
             value=float(value) if ok else None,
             user_attrs=attrs,
         ))
+        if not ok:  # a failed final's partial state is no trained model worth keeping
+            self.store.final_checkpoint(job.cell, seed).unlink(missing_ok=True)
         self.on_event("final_done" if ok else "final_failed", job, {
             "seed": seed, "value": value, "reason": result.get("reason"), "result": result, "config": cfg,
             "best_value": best.value if best else None})
