@@ -84,7 +84,6 @@ class Tracking:
         logging.getLogger("alembic").setLevel(logging.WARNING)
 
         self.client = MlflowClient(tracking_uri=self.uri)
-        self._artifact_uris: dict[str, str] = {}
 
     def check(self) -> None:
         """Reach the store now: an unreachable tracking server is bad input, before any training."""
@@ -128,23 +127,13 @@ class Tracking:
             ms, ps, ts = ms[1000:], ps[len(take_p):], ts[len(take_t):]
 
     def log_files(self, run_id: str, files: dict[str, bytes | str], artifact_path: str | None = None) -> None:
-        """Write files straight to the run's artifact store (its URI cached: no lookup per call)."""
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        uri = self._artifact_uris.get(run_id)
-        if uri is None:
-            uri = self._artifact_uris[run_id] = self.client.get_run(run_id).info.artifact_uri
+        """Write files to the run's artifact store in one upload."""
         with tempfile.TemporaryDirectory(prefix="pal-artifacts-") as tmp:
             for name, content in files.items():
                 p = Path(tmp) / name
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(content if isinstance(content, bytes) else content.encode())
-            get_artifact_repository(uri, tracking_uri=self.uri).log_artifacts(tmp, artifact_path)
-
-    def remember(self, run: Any) -> Any:
-        self._artifact_uris[run.info.run_id] = run.info.artifact_uri
-        return run
-
+            self.client.log_artifacts(run_id, tmp, artifact_path)
 
 def code_tags() -> dict[str, str]:
     """Which code made a run: the package version and, in a git checkout, the commit."""

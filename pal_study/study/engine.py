@@ -22,10 +22,10 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
-from ray.tune import Callback
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
+from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, PrunerSpec, SamplerSpec, Study, _yaml_value
@@ -126,7 +126,7 @@ class StudySearcher(Searcher):
             trials = st.get_trials(deepcopy=False)
             # Trials left RUNNING by a killed driver are run again under the same Optuna trial.
             running = [t for t in trials if t.state == TrialState.RUNNING]
-            self._resume += [(cell, t._trial_id) for t in running]
+            self._resume += [(cell, t.number) for t in running]
             self._issued[cell.index] = sum(t.state.is_finished() for t in trials) + len(running)
             self._finals_issued[cell.index] = set(store.final_results(cell))
         n_seeds = len(study.spec.finals.seeds)
@@ -147,7 +147,7 @@ class StudySearcher(Searcher):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its config (tuner.pkl) for Tuner.restore, which pal-study does not use.
-        return {"_metric": self._metric, "_mode": self._mode}
+        return searcher_pickle_state(self)
 
     # -- handing out work ------------------------------------------------------------------
     def start_session(self, quota: int | None) -> None:
@@ -175,13 +175,14 @@ class StudySearcher(Searcher):
 
     def _next_job(self) -> Job | None:
         if self._resume:
-            cell, optuna_id = self._resume.pop(0)
+            cell, number = self._resume.pop(0)
             st = self._tuning[cell.index]
-            trial = optuna.trial.Trial(st, optuna_id)
+            trial = resume_trial(st, self.store.storage, number)
             # A driver killed between ask() and the first suggest() leaves a trial without
             # params: it must draw them as it would have, from the sampler seeded for its number.
             st.sampler = build_sampler(self.spec.budget.sampler, cell.index, trial.number)
-            done = set(trial.storage.get_trial(optuna_id).intermediate_values)
+            frozen = next(t for t in st.get_trials(deepcopy=False) if t.number == number)
+            done = set(frozen.intermediate_values)
             return Job("tune", cell, trial=trial, reported=done)
         for cell in self.study.cells:
             seeds = self._missing_final_seeds(cell)
@@ -370,7 +371,7 @@ class StudySearcher(Searcher):
         """Hand a died trial's work out again if it has retries left (True), under the same
         Optuna trial (epochs it already stored are not re-reported) or for the same seeds."""
         if job.stage == "tune":
-            key = ("tune", job.cell.index, job.trial._trial_id)
+            key = ("tune", job.cell.index, job.trial.number)
         else:
             recorded = set(self.store.final_results(job.cell))
             seeds = [s for s in job.seeds if s not in recorded and s not in job.reported]
@@ -382,7 +383,7 @@ class StudySearcher(Searcher):
             return False
         self._attempts[key] = attempt
         if job.stage == "tune":
-            self._resume.append((job.cell, job.trial._trial_id))
+            self._resume.append((job.cell, job.trial.number))
         else:
             self._finals_issued[job.cell.index].difference_update(seeds)
         log.warning("%s: a %s trial's process or node died; running it again (retry %d of %d)",
@@ -440,14 +441,3 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def __getstate__(self) -> dict[str, Any]:
         return {}
-
-
-class DropBulkyResults(Callback):
-    """Tune keeps every finished trial's last result for the whole run; ours carries the trial's
-    artifacts (the reliability PNG, geometry, history) as ``*_json`` strings, which the searcher
-    has taken by the time callbacks run. Dropping them here (Tune lets callbacks edit the result
-    in place before it becomes ``trial.last_result``) keeps the driver's memory per trial small."""
-
-    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        for key in [k for k in result if k.endswith("_json")]:
-            del result[key]

@@ -27,6 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pal_study._compat import keep_local_ray_on_loopback
 from pal_study.config import ConfigError
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, best_trial, state_counts
@@ -257,15 +258,13 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         os.environ.setdefault(k, v)
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not address:
-        # Loopback only (STACK_NOTES): Ray otherwise advertises the machine's outward address.
-        # Read when Ray is imported: set before the first ``import ray``.
+        # Loopback only: Ray otherwise advertises the machine's outward address. Read when Ray
+        # is imported: set before the first ``import ray``.
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
 
     if not address:
-        from ray._private import ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False  # in case Ray was imported before the variable was set
+        keep_local_ray_on_loopback()  # in case Ray was imported before the variable was set
     if ray.is_initialized():
         return False
     common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
@@ -377,7 +376,8 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
 
         _quiet_tune_summary()
 
-        from pal_study.study.engine import DropBulkyResults, OptunaPruningScheduler, StudySearcher
+        from pal_study._compat import drop_bulky_results_callback
+        from pal_study.study.engine import OptunaPruningScheduler, StudySearcher
         from pal_study.study.progress import StudyProgress
         from pal_study.study.status import StatusWriter
         from pal_study.study.trainable import tune_trial
@@ -442,7 +442,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                             storage_path=str((store.dir / "tune").resolve()), verbose=0,
                             failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                             checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                            callbacks=[DropBulkyResults()],
+                            callbacks=[drop_bulky_results_callback()],
                         ),
                     ).fit()
                     # The Tuner's trials sit in reference cycles; with torch, Ray and MLflow

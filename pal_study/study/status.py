@@ -196,7 +196,7 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
             num = rest[: -len("/finals")] if is_finals else rest
             if not num.isdigit():
                 continue
-            trials = storage.get_all_trials(fs._study_id, deepcopy=False)
+            trials = storage.get_all_trials(storage.get_study_id_from_name(sname), deepcopy=False)
             if is_finals:
                 finals[int(num)] = trials
             else:

@@ -24,12 +24,11 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
+from pal_study._compat import journal_lock_path
 from pal_study.config import ConfigError
 from pal_study.study.spec import Cell, Study
 
 JOURNAL = "optuna.journal"
-# Optuna's journal lock: a symlink next to the journal while an append is in progress.
-JOURNAL_LOCK = JOURNAL + ".lock"
 STUDY_COPY = "study.json"
 LOCK = ".lock"
 # Test hook: ``journal_lock@N`` SIGKILLs the driver on its N-th journal append, inside Optuna's
@@ -122,7 +121,7 @@ class StudyStore:
         storage = self.storage
         done = finals = 0
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-            trials = storage.get_all_trials(summary._study_id, deepcopy=False)
+            trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
             n = sum(t.state.is_finished() for t in trials)
             if summary.study_name.endswith("/finals"):
                 finals += n
@@ -153,10 +152,10 @@ class StudyStore:
         driver runs, so a journal lock found now is stale. Optuna would expire it after 30 s;
         removing it here (once, said in one line) saves the wait. Requires :meth:`acquire`."""
         assert self._lock_fd is not None, "acquire() first"
-        lock = self.dir / JOURNAL_LOCK
+        lock = journal_lock_path(self.dir / JOURNAL)
         if not os.path.lexists(lock):
             return False
-        lock.unlink()
+        os.unlink(lock)
         return True
 
     def release(self, *, remove_if_empty: bool = False) -> None:

@@ -219,8 +219,8 @@ class StudyTracker:
         if existing is not None:
             return existing.info.run_id, True
         c = self.t.client
-        run = self.t.remember(c.create_run(self.exp_id, run_name=name, start_time=start_time, tags={
-            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags}))
+        run = c.create_run(self.exp_id, run_name=name, start_time=start_time, tags={
+            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags})
         self.children[key] = run
         return run.info.run_id, False
 
