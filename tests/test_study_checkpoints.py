@@ -165,3 +165,26 @@ def test_a_driver_killed_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_pat
     for key in ("val_acc", "val_acc_clean", "test_acc", "ece"):  # what Optuna keeps of a tuning trial
         assert t.user_attrs[key] == straight[key], key
     assert not ckpt.exists()
+
+
+def test_restart_removes_only_the_studys_own_checkpoints_under_a_shared_root(tmp_path):
+    from pal_study.study import load_study
+    from pal_study.study.store import StudyStore
+    from test_study_run import write_study
+
+    shared = tmp_path / "shared"
+    other = shared / "other-study" / "checkpoints" / "cell000"
+    other.mkdir(parents=True)
+    (other / "final-seed0.pt").write_bytes(b"another study's model")
+    study = load_study(write_study(tmp_path, name="mine", factors={"method": ["ce+fnpal"]}))
+    store = StudyStore(study, tmp_path / "runs", storage=shared)
+    assert store.checkpoints == shared / "mine" / "checkpoints"
+    store.checkpoint_dir(study.cells[0]).mkdir(parents=True)
+    store.tuning_checkpoint(study.cells[0], 0).write_bytes(b"x")
+    store.acquire()
+    try:
+        store.discard()
+    finally:
+        store.release()
+    assert not store.checkpoints.exists()
+    assert (other / "final-seed0.pt").read_bytes() == b"another study's model"

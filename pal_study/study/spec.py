@@ -87,8 +87,8 @@ class CheckpointSpec(_Strict):
     every_epochs: int | Literal["auto"] = Field(
         "auto", description="save a running trial every N epochs; 0: never; auto: as often as costs < 2 % of "
                             "epoch time (measured in the trial)")
-    dir: str | None = Field(None, description="where checkpoints go (default runs/<study>/checkpoints); on a "
-                                              "cluster, a path every node can reach")
+    dir: str | None = Field(None, description="root for checkpoints: DIR/<study>/checkpoints (default "
+                                              "runs/<study>/checkpoints); on a cluster, a path every node can reach")
 
     @field_validator("every_epochs")
     @classmethod

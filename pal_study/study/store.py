@@ -99,12 +99,13 @@ class StudyStore:
         # and its stale-lock check stats the link; a relative target resolves from the link's own
         # directory, dangles, and the check loops forever instead of expiring the lock.
         self.dir = Path(os.path.abspath(Path(runs_dir) / study.spec.name))
-        # Trial checkpoints: `--storage DIR` (DIR/<study>/checkpoints), else the study's
-        # `checkpoint.dir`, else beside the journal. Absolute: trials run in other directories.
-        if storage is not None:
-            self.checkpoints = Path(os.path.abspath(Path(storage) / study.spec.name / "checkpoints"))
-        elif study.spec.checkpoint.dir:
-            self.checkpoints = Path(os.path.abspath(study.spec.checkpoint.dir))
+        # Trial checkpoints: DIR/<study>/checkpoints for `--storage DIR` or the study's
+        # `checkpoint.dir` (a shared root several studies may use: each keeps to its own
+        # subdirectory, which is all --restart removes), else beside the journal. Absolute:
+        # trials run in other working directories.
+        root = storage if storage is not None else study.spec.checkpoint.dir
+        if root:
+            self.checkpoints = Path(os.path.abspath(Path(root) / study.spec.name / "checkpoints"))
         else:
             self.checkpoints = self.dir / "checkpoints"
         self._lock_fd: int | None = None

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import signal
+import tempfile
 import traceback
 from collections import OrderedDict
 from pathlib import Path
@@ -112,7 +113,9 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
         if action == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         if action == "killonce":
-            marker = Path(os.environ.get("PAL_STUDY_FAULT_DIR", ".")) / \
+            # Not the cwd: Tune runs each attempt in its own trial directory, where a retry would
+            # find no marker and be killed again.
+            marker = Path(os.environ.get("PAL_STUDY_FAULT_DIR") or tempfile.gettempdir()) / \
                 f"pal-fault-{hashlib.sha1(rule.encode()).hexdigest()[:12]}"
 
             def hook(epoch: int, marker: Path = marker, at: int = int(at or 0)) -> None:
