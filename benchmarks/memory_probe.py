@@ -51,10 +51,10 @@ def main() -> None:
     probe: dict = {}
     original = progress_mod.StudyProgress.__call__
 
-    def spy(self, kind, job, info):
-        original(self, kind, job, info)
+    def spy(self, event):
+        original(self, event)
         n = self.counts["completed"]
-        if kind != "completed":
+        if getattr(event, "outcome", None) != "completed":
             return
         if n == args.start:
             gc.collect()

@@ -64,10 +64,10 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
     samples: dict[int, tuple[float, int]] = {}
     original = progress_mod.StudyProgress.__call__
 
-    def spy(self, kind, job, info):
-        original(self, kind, job, info)
+    def spy(self, event):
+        original(self, event)
         n = self.counts["completed"]
-        if kind == "completed" and n in (150, 450) and n not in samples:
+        if getattr(event, "outcome", None) == "completed" and n in (150, 450) and n not in samples:
             samples[n] = (_rss_mb(), _live_tune_trials())
 
     monkeypatch.setattr(progress_mod.StudyProgress, "__call__", spy)

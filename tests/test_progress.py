@@ -15,6 +15,7 @@ from rich.console import Console
 
 from pal_study.cli import main
 from pal_study.study import load_study
+from pal_study.study.events import EpochReported, FinalEnded, FinalsSkipped, TrialEnded, TrialRetried, TrialStarted
 from pal_study.study.progress import StudyProgress
 from pal_study.study.runner import CellSummary
 
@@ -67,11 +68,11 @@ def run_cell(p: StudyProgress, clock: Clock, cell, values, epochs: int = 4, epoc
     """One cell's tuning trials one after the other, an epoch event every ``epoch_s``."""
     for n, value in enumerate(values):
         job = tune_job(cell, n, {"optim.weight_decay": 1e-3 * (n + 1)})
-        p("started", job, {})
+        p(TrialStarted(job, {}))
         for e in range(1, epochs + 1):
             clock.tick(epoch_s)
-            p("epoch", job, {"epoch": e, "value": value})
-        p("completed" if value is not None else "pruned", job, {"value": value})
+            p(EpochReported(job, e, value, {}))
+        p(TrialEnded(job, "completed" if value is not None else "pruned", value))
 
 
 def test_plain_lines_are_throttled_timestamped_and_mark_cell_ends(tmp_path, monkeypatch):
@@ -93,22 +94,22 @@ def test_plain_lines_are_throttled_timestamped_and_mark_cell_ends(tmp_path, monk
         assert "best val_acc 0.9000 (trial 1): weight_decay=0.002" in tuned[0]
         # Its finals: one line at the end, with the mean over completed seeds.
         fj = final_job(c0, [0, 1])
-        p("started", fj, {})
-        p("final_done", fj, {"seed": 0, "value": 0.91})
+        p(TrialStarted(fj, {}))
+        p(FinalEnded(fj, 0, True, 0.91, None, {}, {}, None))
         assert not any("finals done" in ln for ln in lines(buf))
-        p("final_done", fj, {"seed": 1, "value": 0.93})
+        p(FinalEnded(fj, 1, True, 0.93, None, {}, {}, None))
         finals = [ln for ln in lines(buf) if "finals done" in ln]
         assert len(finals) == 1 and "final val_acc mean 0.9200 over 2 seeds" in finals[0]
         # A burst of 100 epoch events inside one 30 s window adds no line.
         n = len(lines(buf))
         job = tune_job(c1, 0)
-        p("started", job, {})
+        p(TrialStarted(job, {}))
         for e in range(100):
             clock.tick(0.1)
-            p("epoch", job, {"epoch": e, "value": 0.5})
+            p(EpochReported(job, e, 0.5, {}))
         assert len(lines(buf)) == n
         clock.tick(30)
-        p("epoch", job, {"epoch": 101, "value": 0.5})
+        p(EpochReported(job, 101, 0.5, {}))
         last = lines(buf)[-1]
         assert len(lines(buf)) == n + 1
         for field in ("completed 2", "pruned 1", "failed 0", "running 1", "remaining 2", "finals 2/4",
@@ -129,9 +130,9 @@ def test_plain_compacts_many_finished_cells_and_notes_skipped_finals(tmp_path, m
         for i, cell in enumerate(study.cells[:5]):
             run_cell(p, clock, cell, [0.5 + 0.01 * i], epochs=1, epoch_s=1)
         clock.tick(31)
-        p("epoch", tune_job(study.cells[5], 0), {"epoch": 1, "value": 0.1})
+        p(EpochReported(tune_job(study.cells[5], 0), 1, 0.1, {}))
         assert "5 cells tuned, best #4 0.5400" in lines(buf)[-1]
-        p("finals_skipped", final_job(study.cells[5], []), {"reason": "no tuning trial completed"})
+        p(FinalsSkipped(final_job(study.cells[5], []), "no tuning trial completed"))
         assert f"cell 5 ({study.cells[5].label}): finals skipped" in lines(buf)[-1]
 
 
@@ -153,8 +154,8 @@ def test_resumed_cells_start_from_before_and_get_no_end_line(tmp_path, monkeypat
     assert p.counts == {"running": 0, "completed": 3, "pruned": 1, "failed": 0}
     with p:
         fj = final_job(c0, [1])
-        p("started", fj, {})
-        p("final_done", fj, {"seed": 1, "value": 0.8})
+        p(TrialStarted(fj, {}))
+        p(FinalEnded(fj, 1, True, 0.8, None, {}, {}, None))
         ends = [ln for ln in lines(buf) if "done:" in ln]
         # Cell 0's tuning ended in an earlier session: only its finals' end is said, with the
         # mean over both seeds (one from before).
@@ -171,7 +172,7 @@ def test_none_prints_nothing(tmp_path, monkeypatch):
     p = StudyProgress(study, console, before=[], mode="none")
     with p:
         run_cell(p, clock, study.cells[0], [0.8, 0.9, 0.7], epoch_s=60)
-        p("finals_skipped", final_job(study.cells[1], []), {"reason": "x"})
+        p(FinalsSkipped(final_job(study.cells[1], []), "x"))
     assert buf.getvalue() == ""
 
 
@@ -191,11 +192,11 @@ def test_rich_bars_follow_the_engine_events(tmp_path, monkeypatch):
     c0, c1 = study.cells
     with p:
         job = tune_job(c0, 0)
-        p("started", job, {})
-        p("retry", job, {"attempt": 1, "seeds": []})  # retry: no longer running
+        p(TrialStarted(job, {}))
+        p(TrialRetried(job, 1))  # retry: no longer running
         assert p.counts["running"] == 0
         run_cell(p, clock, c0, [0.8, 0.9, 0.85])
-        p("finals_skipped", final_job(c1, []), {"reason": "no tuning trial completed"})
+        p(FinalsSkipped(final_job(c1, []), "no tuning trial completed"))
         tune, finals = p.progress.tasks
         assert (tune.completed, tune.total) == (3, 6)
         assert (finals.completed, finals.total) == (2, 4)

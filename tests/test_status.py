@@ -30,6 +30,7 @@ from optuna.trial import TrialState, create_trial
 from pal_study.cli import main
 from pal_study.config import ConfigError
 from pal_study.study import load_study
+from pal_study.study.events import EpochReported, FinalEnded, TrialEnded
 from pal_study.study.status import StatusWriter, study_status
 from pal_study.study.store import StudyLockedError, StudyStore
 
@@ -312,16 +313,16 @@ def test_status_writer_throttles_and_writes_at_cell_ends(tmp_path, monkeypatch):
     job = SimpleNamespace(stage="tune", cell=c1)
     for _ in range(50):  # epochs inside 10 s: no write
         clock[0] += 0.1
-        w("epoch", job, {})
+        w(EpochReported(job, 1, 0.5, {}))
     assert w.writes == 1
     clock[0] += 10
-    w("epoch", job, {})
+    w(EpochReported(job, 1, 0.5, {}))
     assert w.writes == 2
-    w("completed", SimpleNamespace(stage="tune", cell=c0), {})  # cell 0: 4 + 1 = its budget of 5
+    w(TrialEnded(SimpleNamespace(stage="tune", cell=c0), "completed", 0.9))  # cell 0: 4 + 1 = its budget of 5
     assert w.writes == 3
-    w("final_done", SimpleNamespace(stage="final", cell=c0), {})  # its second and last seed
+    w(FinalEnded(SimpleNamespace(stage="final", cell=c0), 1, True, 0.9, None, {}, {}, None))  # its second and last seed
     assert w.writes == 4
-    w("final_done", SimpleNamespace(stage="final", cell=c1), {})  # one of two: ordinary
+    w(FinalEnded(SimpleNamespace(stage="final", cell=c1), 0, True, 0.9, None, {}, {}, None))  # one of two: ordinary
     assert w.writes == 4
     w.close()
     assert w.writes == 5 and not list(store.dir.glob("*.tmp"))

@@ -18,7 +18,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -27,6 +27,8 @@ from ray.tune.search import Searcher
 
 from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
+from pal_study.study.events import (EpochReported, FinalEnded, FinalsSkipped, Sink, TrialEnded, TrialRetried,
+                                    TrialStarted)
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, PrunerSpec, SamplerSpec, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
@@ -81,7 +83,6 @@ class Job:
     epoch_time_s: float = 0.0
 
 
-Event = Callable[[str, Job, dict[str, Any]], None]
 
 
 def job_name(payload: dict[str, Any]) -> str:
@@ -95,7 +96,7 @@ def job_name(payload: dict[str, Any]) -> str:
 class StudySearcher(Searcher):
     """Hands out tuning trials (equal budget per cell), resumed trials, then finals."""
 
-    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Event | None = None,
+    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Sink | None = None,
                  retries: int = 0):
         super().__init__(metric=study.spec.objective.metric, mode=study.spec.objective.mode)
         # Work whose process or node died is handed out again, up to `retries` times, by the
@@ -109,7 +110,7 @@ class StudySearcher(Searcher):
         self.study = study
         self.spec = study.spec
         self.store = store
-        self.on_event = on_event or (lambda kind, job, info: None)
+        self.on_event: Sink = on_event or (lambda event: None)
         # Artifacts (geometry, per-class accuracy, reliability PNG) in closing results: for tracking.
         self.details = True
         self.jobs: dict[str, Job] = {}
@@ -170,7 +171,7 @@ class StudySearcher(Searcher):
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)
         payload = self._payload(job)
-        self.on_event("started", job, {"payload": payload})
+        self.on_event(TrialStarted(job, payload))
         return {"pal": payload}
 
     def _next_job(self) -> Job | None:
@@ -211,7 +212,7 @@ class StudySearcher(Searcher):
         missing = [s for s in self.spec.finals.seeds if s not in self._finals_issued[cell.index]]
         if missing and self.best(cell) is None:
             self._finals_skipped[cell.index] = "no tuning trial completed"
-            self.on_event("finals_skipped", Job("final", cell), {"reason": "no tuning trial completed"})
+            self.on_event(FinalsSkipped(Job("final", cell), "no tuning trial completed"))
             return []
         return missing
 
@@ -303,7 +304,7 @@ class StudySearcher(Searcher):
         if epoch not in job.reported:  # a resumed trial re-reports the epochs it already stored
             job.trial.report(float(value), step=epoch)
             job.reported.add(epoch)
-        self.on_event("epoch", job, {"epoch": epoch, "value": value, "result": result})
+        self.on_event(EpochReported(job, epoch, float(value), result))
         if job.trial.should_prune():
             job.pruned_at = epoch
             return True
@@ -365,7 +366,7 @@ class StudySearcher(Searcher):
                 trial.set_user_attr("reason", reason)
                 st.tell(trial, state=TrialState.FAIL)
                 outcome, value = "failed", None
-        self.on_event(outcome, job, {"value": value, "reason": reason, "closing": closing})
+        self.on_event(TrialEnded(job, outcome, value, reason, closing))
 
     def _retry(self, job: Job) -> bool:
         """Hand a died trial's work out again if it has retries left (True), under the same
@@ -388,7 +389,7 @@ class StudySearcher(Searcher):
             self._finals_issued[job.cell.index].difference_update(seeds)
         log.warning("%s: a %s trial's process or node died; running it again (retry %d of %d)",
                     job.cell.label, "tuning" if job.stage == "tune" else "final", attempt, self.retries)
-        self.on_event("retry", job, {"attempt": attempt, "seeds": seeds if job.stage == "final" else []})
+        self.on_event(TrialRetried(job, attempt, seeds if job.stage == "final" else []))
         return True
 
     def _record_final(self, job: Job, result: dict[str, Any]) -> None:
@@ -411,9 +412,8 @@ class StudySearcher(Searcher):
         ))
         if not ok:  # a failed final's partial state is no trained model worth keeping
             self.store.final_checkpoint(job.cell, seed).unlink(missing_ok=True)
-        self.on_event("final_done" if ok else "final_failed", job, {
-            "seed": seed, "value": value, "reason": result.get("reason"), "result": result, "config": cfg,
-            "best_value": best.value if best else None})
+        self.on_event(FinalEnded(job, seed, ok, value if ok else None, result.get("reason"), result, cfg,
+                                 best.value if best else None))
 
 
 class OptunaPruningScheduler(FIFOScheduler):

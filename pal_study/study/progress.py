@@ -15,6 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded, TrialRetried, TrialStarted
 from pal_study.study.spec import Study
 
 MODES = ("auto", "rich", "plain", "none")
@@ -130,48 +131,49 @@ class StudyProgress:
             self._line(self._status_line(final=True))
 
     # -- events ----------------------------------------------------------------------------
-    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
+        job = event.job
         i = job.cell.index
-        if kind == "started":
+        if isinstance(event, TrialStarted):
             if job.stage == "tune":
                 self.counts["running"] += 1
                 self._running[i] = self._running.get(i, 0) + 1
             else:
                 self.finals_running += len(job.seeds)
-        elif kind in ("completed", "pruned", "failed"):
+        elif isinstance(event, TrialEnded):
             self.counts["running"] -= 1
             self._running[i] = self._running.get(i, 0) - 1
-            self.counts[kind] += 1
+            self.counts[event.outcome] += 1
             self._finished[i] = self._finished.get(i, 0) + 1
             self._tuning_total += 1
             if self.progress is not None:
                 self.progress.advance(self.tune_task)
-            value = info.get("value")
-            if kind == "completed" and value is not None and self._better(value, self._best.get(i)):
+            value = event.value
+            if event.outcome == "completed" and value is not None and self._better(value, self._best.get(i)):
                 trial = getattr(job, "trial", None)
                 params = dict(getattr(trial, "params", None) or {}) if trial is not None else {}
                 self._best[i] = (value, params, getattr(trial, "number", None))
             if i not in self._tune_ended and self._tuning_over(i):
                 self._tune_ended.add(i)
                 self._cell_tuned(i)
-        elif kind in ("final_done", "final_failed"):
+        elif isinstance(event, FinalEnded):
             self.finals_running -= 1
             self._finals[i] = self._finals.get(i, 0) + 1
             self._finals_total += 1
-            if kind == "final_done" and isinstance(info.get("value"), (int, float)):
-                self._final_values.setdefault(i, []).append(info["value"])
+            if event.ok and isinstance(event.value, (int, float)):
+                self._final_values.setdefault(i, []).append(event.value)
             if self.progress is not None:
                 self.progress.advance(self.final_task)
             if i not in self._finals_ended and self._finals[i] >= len(self.seeds):
                 self._finals_ended.add(i)
                 self._cell_finals(i)
-        elif kind == "retry":
+        elif isinstance(event, TrialRetried):
             if job.stage == "tune":
                 self.counts["running"] -= 1
                 self._running[i] = self._running.get(i, 0) - 1
             else:
-                self.finals_running -= len(info.get("seeds") or [])
-        elif kind == "finals_skipped":
+                self.finals_running -= len(event.seeds)
+        elif isinstance(event, FinalsSkipped):
             n = len(self.seeds) - self._finals.get(i, 0)
             self._finals[i] = len(self.seeds)
             self._finals_total += n
@@ -180,7 +182,7 @@ class StudyProgress:
             if i not in self._finals_ended:
                 self._finals_ended.add(i)
                 if self.mode == "plain":
-                    self._line(f"cell {i} ({self._cells[i].label}): finals skipped: {info.get('reason', '')}")
+                    self._line(f"cell {i} ({self._cells[i].label}): finals skipped: {event.reason}")
         if self.progress is not None:
             self._refresh()
         elif self.mode == "plain":

@@ -219,11 +219,13 @@ class _SummaryOnFinals:
         self.study, self.store = study, store
         self.t0 = time.perf_counter()
 
-    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
-        if kind not in ("final_done", "final_failed", "finals_skipped"):
+    def __call__(self, event: Any) -> None:
+        from pal_study.study.events import FinalEnded, FinalsSkipped
+
+        if not isinstance(event, (FinalEnded, FinalsSkipped)):
             return
-        recorded = set(self.store.final_results(job.cell))
-        if kind == "finals_skipped" or set(self.study.spec.finals.seeds) <= recorded:
+        recorded = set(self.store.final_results(event.job.cell))
+        if isinstance(event, FinalsSkipped) or set(self.study.spec.finals.seeds) <= recorded:
             write_summary(self.store, RunOutcome(cells=summarize(self.study, self.store), interrupted=True,
                                                  wall_time_s=time.perf_counter() - self.t0))
 
@@ -403,9 +405,9 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             console.print(f"tracking: {tracking.uri} (experiment {study.spec.name!r}; "
                           f"pal-study ui to browse)", soft_wrap=True, highlight=False)
 
-        def on_event(kind: str, job: Any, info: dict[str, Any]) -> None:
+        def on_event(event: Any) -> None:
             for sink in sinks:
-                sink(kind, job, info)
+                sink(event)
 
         searcher = StudySearcher(study, store, slots=slots, on_event=on_event, retries=retries)
         searcher.details = tracker is not None

@@ -24,6 +24,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from pal_study.config import ConfigError
+from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
 from pal_study.study.store import JOURNAL, LOCK, STUDY_COPY, best_trial, jsonable, lock_owner, state_counts
 
 log = logging.getLogger(__name__)
@@ -362,16 +363,16 @@ class StatusWriter:
         self.writes = 0
 
     # the sink
-    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
-        cell = getattr(getattr(job, "cell", None), "index", None)
+    def __call__(self, event: Event) -> None:
+        cell = event.job.cell.index
         urgent = False
-        if kind in ("completed", "pruned", "failed") and cell is not None:
+        if isinstance(event, TrialEnded):
             self._finished[cell] = self._finished.get(cell, 0) + 1
             urgent = self._finished[cell] >= self._budget.get(cell, math.inf)
-        elif kind in ("final_done", "final_failed") and cell is not None:
+        elif isinstance(event, FinalEnded):
             self._finals[cell] = self._finals.get(cell, 0) + 1
             urgent = self._finals[cell] >= self._planned
-        elif kind == "finals_skipped":
+        elif isinstance(event, FinalsSkipped):
             urgent = True
         if urgent or time.monotonic() - self._last >= self.interval_s:
             self._write()
@@ -379,7 +380,7 @@ class StatusWriter:
     def flush(self) -> None:
         """Write now (the runner calls it at start; it also starts the heartbeat)."""
         self._write()
-        self._held = getattr(self.store, "_lock_fd", None) is not None
+        self._held = self.store.held
         if self.heartbeat_s and self._thread is None and not self._stop.is_set():
             self._thread = threading.Thread(target=self._beat, name="pal-status", daemon=True)
             self._thread.start()
@@ -394,7 +395,7 @@ class StatusWriter:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):
-            if self._held and getattr(self.store, "_lock_fd", None) is None:
+            if self._held and not self.store.held:
                 return  # the driver let go of the study without close()
             self._write()
 

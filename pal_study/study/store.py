@@ -146,6 +146,11 @@ class StudyStore:
                                  "started_at": time.time()}).encode())
         self._lock_fd = fd
 
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the study directory's lock."""
+        return self._lock_fd is not None
+
     def clear_stale_journal_lock(self) -> bool:
         """Remove Optuna's journal lock left by a driver killed mid-append (True if there was one).
 

@@ -7,6 +7,7 @@ import logging
 import time
 from typing import Any
 
+from pal_study.study.events import EpochReported, Event, FinalEnded, TrialEnded, TrialRetried, TrialStarted
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
 from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_artifacts, trial_tags
@@ -14,7 +15,7 @@ from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_arti
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0
-HANDLED = ("started", "epoch", "completed", "pruned", "failed", "final_done", "final_failed", "retry")
+HANDLED = (TrialStarted, EpochReported, TrialEnded, FinalEnded, TrialRetried)
 
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
@@ -36,7 +37,7 @@ class StudyTracker:
         self._live: dict[int, dict[str, Any]] = {}  # id(job) -> {run_id, buffer, last_flush, skip_to}
         self.logging_s = 0.0
         self.logging_cpu_s = 0.0  # CPU of the driver thread: what tracking takes from trials on a busy machine
-        self._pending: list[tuple[str, Any, dict[str, Any]]] = []
+        self._pending: list[Event] = []
         self._retry_at = 0.0
 
     # -- parent --------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ class StudyTracker:
         while self._pending and time.monotonic() < deadline:
             if not self._drain():
                 time.sleep(RETRY_S)
-        undelivered = [f"{kind} {getattr(job.cell, 'label', '?')}" for kind, job, _ in self._pending]
+        undelivered = [f"{e.kind} {getattr(e.job.cell, 'label', '?')}" for e in self._pending]
         if not undelivered:
             try:
                 files = dict(make_files() or {}) if make_files is not None else {}
@@ -165,47 +166,47 @@ class StudyTracker:
         return undelivered
 
     # -- events ----------------------------------------------------------------------------------
-    def __call__(self, kind: str, job: Any, info: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         """Handle one event; while the store is unreachable, queue events in order and retry
         every RETRY_S seconds, so the study goes on and nothing is dropped."""
         t0, c0 = time.perf_counter(), time.thread_time()
-        if kind in HANDLED:
+        if isinstance(event, HANDLED):
             if self._pending:
-                self._pending.append((kind, job, info))
+                self._pending.append(event)
                 if time.monotonic() >= self._retry_at:
                     self._drain()
-            elif not self._handle(kind, job, info):
-                self._pending.append((kind, job, info))
+            elif not self._handle(event):
+                self._pending.append(event)
         self.logging_s += time.perf_counter() - t0
         self.logging_cpu_s += time.thread_time() - c0
 
     def _drain(self) -> bool:
         while self._pending:
-            kind, job, info = self._pending[0]
-            if not self._handle(kind, job, info):
+            if not self._handle(self._pending[0]):
                 return False
             self._pending.pop(0)
         log.warning("MLflow tracking store reachable again: queued logs delivered")
         return True
 
-    def _handle(self, kind: str, job: Any, info: dict[str, Any]) -> bool:
+    def _handle(self, event: Event) -> bool:
+        job = event.job
         try:
-            if kind == "started" and job.stage == "tune":
-                self._start_tuning(job, info["payload"])
-            elif kind == "epoch":
-                self._epoch(job, info["result"])
-            elif kind in ("completed", "pruned", "failed") and job.stage == "tune":
-                self._end_tuning(job, kind, info)
-            elif kind in ("final_done", "final_failed"):
-                self._final(job, kind, info)
-            elif kind == "retry" and job.stage == "tune":
+            if isinstance(event, TrialStarted) and job.stage == "tune":
+                self._start_tuning(job, event.payload)
+            elif isinstance(event, EpochReported):
+                self._epoch(job, event.result)
+            elif isinstance(event, TrialEnded):
+                self._end_tuning(event)
+            elif isinstance(event, FinalEnded):
+                self._final(event)
+            elif isinstance(event, TrialRetried) and job.stage == "tune":
                 self._retried(job)
             return True
         except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
             if not self._pending:
                 log.warning("MLflow logging failed for %s (%s): %s — queuing logs, retrying every %.0f s",
-                            kind, getattr(job.cell, "label", "?"), str(e).splitlines()[0][:200] if str(e) else e,
-                            RETRY_S)
+                            event.kind, getattr(job.cell, "label", "?"),
+                            str(e).splitlines()[0][:200] if str(e) else e, RETRY_S)
             self._retry_at = time.monotonic() + RETRY_S
             return False
 
@@ -264,19 +265,20 @@ class StudyTracker:
         if live is not None:
             self._flush(live)
 
-    def _end_tuning(self, job: Any, outcome: str, info: dict[str, Any]) -> None:
+    def _end_tuning(self, event: TrialEnded) -> None:
         # Repeatable: if the store fails half-way, the queued event runs this again from the top.
+        job, outcome = event.job, event.outcome
         live = self._live.get(id(job))
         if live is None:
             return
-        closing = info.get("closing") or {}
+        closing = event.closing or {}
         if not live.get("summarised"):
             live["buffer"] += [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS
                                if isinstance(closing.get(k), (int, float))]
             live["summarised"] = True
         tags = {"outcome": outcome}
-        if info.get("reason"):
-            tags["outcome_reason"] = info["reason"]
+        if event.reason:
+            tags["outcome_reason"] = event.reason
         if closing.get("node"):
             tags["node"] = closing["node"]
         if closing.get("resumed_from_epoch") is not None:
@@ -289,18 +291,19 @@ class StudyTracker:
         self.t.client.set_terminated(live["run_id"], status=status)
         self._live.pop(id(job), None)
 
-    def _final(self, job: Any, kind: str, info: dict[str, Any]) -> None:
-        seed = int(info["seed"])
+    def _final(self, event: FinalEnded) -> None:
+        job = event.job
+        seed = int(event.seed)
         key = self._key(job, f"final/seed{seed}")
         if key in self.children and self.children[key].info.status == "FINISHED":
             return
-        result = info.get("result") or {}
-        cfg = info["config"]
-        outcome = "completed" if kind == "final_done" else "failed"
+        result = event.result or {}
+        cfg = event.config
+        outcome = "completed" if event.ok else "failed"
         tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="final", outcome=outcome,
                           optuna_study=self.store.finals_name(job.cell))
-        if info.get("reason"):
-            tags["outcome_reason"] = info["reason"]
+        if event.reason:
+            tags["outcome_reason"] = event.reason
         if result.get("node"):
             tags["node"] = result["node"]
         if result.get("resumed_from_epoch") is not None:
@@ -313,8 +316,8 @@ class StudyTracker:
         metrics = [(k, h[k], int(h["epoch"])) for h in result.get("history", []) for k in METRIC_KEYS
                    if isinstance(h.get(k), (int, float))]
         metrics += [(f"final_{k}", result[k], 0) for k in SUMMARY_KEYS if isinstance(result.get(k), (int, float))]
-        if isinstance(info.get("best_value"), (int, float)):
-            metrics.append(("final_tune_best_value", info["best_value"], 0))
+        if isinstance(event.best_value, (int, float)):
+            metrics.append(("final_tune_best_value", event.best_value, 0))
         if existed:  # a half-logged run of a killed driver: its metrics would double up
             self.t.client.delete_run(run_id)
             self.children.pop(key)
