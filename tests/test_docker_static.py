@@ -840,7 +840,7 @@ DOCKERFILE_MUTATIONS = {
     "server/client MLflow differ": (_replace("mlflow==3.17.2 psycopg2-binary==2.9.13\nRUN useradd",
                                              "mlflow==3.16.0 psycopg2-binary==2.9.13\nRUN useradd"),
                                     check_dockerfile_pins, "MLflow server"),
-    "torch outside pyproject": (_replace("torch==2.14.1 torchvision", "torch==2.99.0 torchvision"), check_dockerfile_pins, "torch"),
+    "torch outside pyproject": (_replace("torch==2.14.1 torchvision", "torch==3.0.0 torchvision"), check_dockerfile_pins, "torch"),
     "cuda variant on CPU wheels": (_replace("ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu128",
                                             "ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cpu"),
                                    check_torch_indexes, "VARIANT=cuda"),

@@ -157,6 +157,11 @@ class StudySearcher(Searcher):
         self._session_quota, self._session_issued = quota, 0
 
     @property
+    def interrupted_to_resume(self) -> int:
+        """Trials left RUNNING by an earlier driver, still to be run again."""
+        return len(self._resume)
+
+    @property
     def session_full(self) -> bool:
         return self._session_quota is not None and self._session_issued >= self._session_quota
 

@@ -1,0 +1,187 @@
+"""A study's summary from its Optuna journal: per cell the trial counts by state, the best
+config, the final seeds' mean ± std; the table printed at the end and ``summary.json``/``.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from pal_study.study.spec import Study
+from pal_study.study.store import StudyStore, best_trial, state_counts
+
+
+@dataclass
+class CellSummary:
+    index: int
+    label: str
+    method: str
+    factors: dict[str, Any]
+    counts: dict[str, int]
+    best_trial: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    finals: dict[int, dict[str, Any]] = field(default_factory=dict)
+    val_mean: float | None = None
+    val_std: float | None = None
+    test_mean: float | None = None
+    test_std: float | None = None
+    groups: dict[str, float | None] = field(default_factory=dict)
+    ece_mean: float | None = None
+    epochs_run: int = 0
+    note: str | None = None
+    failures: dict[str, int] = field(default_factory=dict)  # reason -> trials
+
+
+@dataclass
+class RunOutcome:
+    cells: list[CellSummary]
+    interrupted: bool = False
+    wall_time_s: float = 0.0
+    slots: int = 0
+    resumed_trials: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def failure_causes(self) -> list[tuple[str, int]]:
+        """Why trials failed, most common first (for the exit-1 summary)."""
+        total: dict[str, int] = {}
+        for c in self.cells:
+            for reason, n in c.failures.items():
+                total[reason] = total.get(reason, 0) + n
+        return sorted(total.items(), key=lambda kv: -kv[1])
+
+    @property
+    def all_failed(self) -> bool:
+        n = sum(sum(c.counts.values()) for c in self.cells)
+        return n > 0 and all(c.counts["completed"] == 0 and c.counts["pruned"] == 0 for c in self.cells)
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
+    """Per cell: trial counts by state, the best config, final seeds' mean ± std (from storage)."""
+    out = []
+    mode = study.spec.objective.mode
+    for cell in study.cells:
+        trials = store.tuning_trials(cell)
+        best = best_trial(trials, mode)
+        finals = {s: r for s, r in store.final_results(cell).items() if s in study.spec.finals.seeds}
+        ok = [r for r in finals.values() if r["state"] == "complete"]
+        val = _mean_std([r.get("val_acc") for r in ok])
+        test = _mean_std([r.get("test_acc") for r in ok])
+        epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
+        groups = {g: _mean_std([r.get(f"test_acc_{g}") for r in ok])[0] for g in ("many", "medium", "few")}
+        failures: dict[str, int] = {}
+        for t in trials:
+            if t.state.name == "FAIL":
+                reason = str(t.user_attrs.get("reason") or "unknown")
+                failures[reason] = failures.get(reason, 0) + 1
+        out.append(CellSummary(
+            index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
+            counts=state_counts(trials), best_trial=best.number if best else None,
+            best_value=best.value if best else None, best_params=dict(best.params) if best else {},
+            finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
+            groups={g: v for g, v in groups.items() if v is not None},
+            ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs, failures=failures,
+            note=None if best or not trials else "no tuning trial completed: no finals",
+        ))
+    return out
+
+
+def _pm(mean: float | None, std: float | None, n: int) -> str:
+    if mean is None:
+        return "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})"
+
+
+def _params(p: dict[str, Any]) -> str:
+    if not p:
+        return "(base config)"
+    short = {k: (f"{v:.3g}" if isinstance(v, float) else str(v)) for k, v in p.items()}
+    return ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in short.items())
+
+
+def render_table(study: Study, cells: list[CellSummary]) -> Table:
+    s = study.spec
+    t = Table(title=f"study {s.name}: best config per cell, finals over seeds {s.finals.seeds}",
+              show_lines=False)
+    t.add_column("#", justify="right")
+    t.add_column("cell")
+    t.add_column("best params")
+    t.add_column(f"tune {s.objective.metric}", justify="right")
+    t.add_column("final val acc %", justify="right")
+    t.add_column("final test acc %", justify="right")
+    t.add_column("trials done/pruned/failed", justify="right")
+    with_groups = any(c.groups for c in cells)
+    if with_groups:
+        t.add_column("test many/medium/few %", justify="right")
+    t.add_column("ECE", justify="right")
+    for c in cells:
+        n = sum(1 for r in c.finals.values() if r["state"] == "complete")
+        t.add_row(
+            str(c.index), c.label, c.note or _params(c.best_params),
+            "-" if c.best_value is None else f"{c.best_value:.4f}",
+            _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n),
+            f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
+            + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
+            *([" / ".join("-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
+                          for g in ("many", "medium", "few"))] if with_groups else []),
+            "-" if c.ece_mean is None else f"{c.ece_mean:.3f}",
+        )
+    return t
+
+
+def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
+    """``runs/<study>/summary.json`` and ``summary.csv``, written atomically."""
+    rows = [asdict(c) for c in outcome.cells]
+    path = store.dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
+    tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows},
+                              indent=1, default=str))
+    os.replace(tmp, path)
+    csv_path = store.dir / "summary.csv"
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["cell", "label", "method", "best_trial", "best_value", "best_params", "val_mean", "val_std",
+                    "test_mean", "test_std", "n_finals", "completed", "pruned", "failed", "epochs_run"])
+        for c in outcome.cells:
+            w.writerow([c.index, c.label, c.method, c.best_trial, c.best_value, json.dumps(c.best_params),
+                        c.val_mean, c.val_std, c.test_mean, c.test_std,
+                        sum(1 for r in c.finals.values() if r["state"] == "complete"),
+                        c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run])
+    os.replace(tmp, csv_path)
+    return path
+
+
+class SummaryOnFinals:
+    """Event sink: ``summary.json``/``.csv`` rewritten each time a cell's finals end, so a long
+    study's finished cells can be read before the study ends."""
+
+    def __init__(self, study: Study, store: StudyStore):
+        self.study, self.store = study, store
+        self.t0 = time.perf_counter()
+
+    def __call__(self, event: Any) -> None:
+        from pal_study.study.events import FinalEnded, FinalsSkipped
+
+        if not isinstance(event, (FinalEnded, FinalsSkipped)):
+            return
+        recorded = set(self.store.final_results(event.job.cell))
+        if isinstance(event, FinalsSkipped) or set(self.study.spec.finals.seeds) <= recorded:
+            write_summary(self.store, RunOutcome(cells=summarize(self.study, self.store), interrupted=True,
+                                                 wall_time_s=time.perf_counter() - self.t0))
