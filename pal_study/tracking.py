@@ -1,6 +1,6 @@
 """MLflow adapter: one experiment per study, the study a parent run, every trial a child run.
 
-Written from the driver only (SQLite allows one writer; ``../shared/STACK_NOTES.md``), in
+Written from the driver only (SQLite allows one writer), in
 batches: a child run is created when its trial starts, its epochs are buffered and flushed
 every ``FLUSH_S`` seconds and at its end in one ``log_batch``. Runs are keyed by
 ``pal.run_key`` (``cell003/tune/7``, ``cell003/final/seed1``) so a resumed study finds and

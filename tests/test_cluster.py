@@ -1,6 +1,6 @@
 """A real two-node Ray cluster on this machine: the head on the host side of a veth pair, a
 worker node inside a network namespace the test creates (Ray refuses multi-node on loopback;
-``../shared/STACK_NOTES.md``), token auth as Ray 2.60 does it. A study runs through
+docs/study-engine.md), token auth as Ray 2.60 does it. A study runs through
 ``--address``; its trials run on both nodes (their MLflow ``node`` tags say so); the worker node
 is killed mid-study and the study still completes every cell's budget."""
 

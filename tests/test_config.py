@@ -46,7 +46,7 @@ def test_method_shorthand(method, loss, head):
 def test_per_method_defaults():
     fn = resolve(TrainConfig(method="nce+rce+fnpal"))
     assert fn.head.scale == 10.0
-    assert fn.head.last_relu is False  # anchored head drops the final ReLU (PAL_SPEC §1)
+    assert fn.head.last_relu is False  # anchored head drops the final ReLU (docs/method.md)
     assert fn.head.use_relu_prototypes is False
     assert (fn.loss.alpha, fn.loss.beta) == (1.0, 100.0)  # digits take MNIST's (ALFs) defaults
     assert fn.loss.q is None  # only the loss's own parameters are filled

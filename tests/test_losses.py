@@ -25,7 +25,7 @@ N = 48
 
 
 # ------------------------------------------------------------------------------------------
-# Independent reference formulas (numpy, float64), written from PAL_SPEC §3.
+# Independent reference formulas (numpy, float64), written from the papers (docs/method.md).
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -234,11 +234,11 @@ def test_float32_and_half_inputs():
 
 
 # ------------------------------------------------------------------------------------------
-# Symmetry (PAL_SPEC §3): Σ_i L(f(x), i) constant
+# Symmetry: Σ_i L(f(x), i) constant
 
 
 def _etf(k: int, d: int, seed: int) -> np.ndarray:
-    """k×d simplex ETF, closed form (PAL_SPEC §1): W = sqrt(k/(k−1)) U (I − 11ᵀ/k), U from QR."""
+    """k×d simplex ETF, closed form: W = sqrt(k/(k−1)) U (I − 11ᵀ/k), U from QR."""
     rng = np.random.default_rng(seed)
     u, _ = np.linalg.qr(rng.normal(size=(d, k)))
     w = math.sqrt(k / (k - 1)) * u @ (np.eye(k) - np.ones((k, k)) / k)

@@ -1,7 +1,7 @@
 """The study engine on Ray Tune: a searcher that hands out work from the Optuna storage and a
 scheduler that asks a real Optuna pruner at every reported epoch.
 
-Why not ``OptunaSearch`` + ASHA (``../shared/STACK_NOTES.md``): OptunaSearch creates its study
+Why not ``OptunaSearch`` + ASHA (docs/study-engine.md): OptunaSearch creates its study
 with a ``NopPruner`` and never asks ``should_prune``; a Tune scheduler that stops a trial makes
 OptunaSearch tell COMPLETE with a truncated value; and Tune does not restore scheduler state.
 Here the Optuna storage is the only state: the searcher asks (or resumes) Optuna trials per cell
