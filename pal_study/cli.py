@@ -26,7 +26,7 @@ app = typer.Typer(
     name="pal-study",
     help="Hyperparameter and ablation studies of Prototype-Anchored Learning (PAL).",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion [bash|zsh|fish|powershell]
     pretty_exceptions_enable=False,
 )
 # Piped output (logs, CI, files) is not wrapped at 80 columns: tables stay one row per line.
@@ -34,6 +34,32 @@ out = Console(width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's own (a source checkout)."""
+    from importlib.metadata import PackageNotFoundError, version as dist_version
+
+    try:
+        return dist_version("pal-study")
+    except PackageNotFoundError:
+        from pal_study import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        out.print(f"pal-study {version()}", highlight=False, markup=False)
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _app_options(
+    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False,
+) -> None:
+    pass
 
 
 class UserError(Exception):
@@ -213,9 +239,16 @@ def prototypes(
         err.print(f"wrote {out_file}")
 
 
+def _complete_study(incomplete: str) -> list[str]:
+    """Shell completion of STUDY: the shipped study names (else the shell completes file names)."""
+    from pal_study.resources import list_shipped
+
+    return [n for n in list_shipped("studies") if n.startswith(incomplete)]
+
+
 @app.command()
 def run(
-    study_file: Annotated[Path, typer.Argument(metavar="STUDY.yaml", help="The study to run or resume.")],
+    study_file: Annotated[Path, typer.Argument(metavar="STUDY", autocompletion=_complete_study, help="The study to run or resume: a YAML file, or the name of a shipped study (quickstart, noisy_labels, ...).")],
     address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: a local Ray on 127.0.0.1.")] = None,
     max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=1, help="At most N trials at once (default: what the resources allow).")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Discard the stored state of this study and start afresh.")] = False,
@@ -232,12 +265,13 @@ def run(
 
     if progress not in PROGRESS_MODES:
         raise UserError(f"--progress: unknown {progress!r}; allowed: {', '.join(PROGRESS_MODES)}")
+    from pal_study.resources import resolve_study
     from pal_study.study import describe, load_study
     from pal_study.study.runner import render_table, run_study
 
     _setup_logging(False)
-    study = load_study(study_file, list(set_ or []))
-    err.print(describe(study).splitlines()[0], highlight=False, soft_wrap=True)
+    study = load_study(resolve_study(study_file), list(set_ or []))
+    err.print(f"pal-study {version()} · {describe(study).splitlines()[0]}", highlight=False, soft_wrap=True)
     outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
                         restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track,
                         trial_retries=trial_retries, progress=progress, storage=storage)
@@ -387,16 +421,39 @@ def ui(
     raise typer.Exit(subprocess.call(cmd, env=env))
 
 
+@app.command("list")
+def list_(
+    what: Annotated[str, typer.Argument(help="datasets | models | losses | methods | pruners | samplers | studies | spaces")] = "methods",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
+) -> None:
+    """What pal-study knows: data sets, models, losses, methods, pruners, samplers, shipped studies and spaces."""
+    import json
+
+    from pal_study.listing import listing, render_listing
+
+    try:
+        rows = listing(what)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1, ensure_ascii=False, default=str))
+    else:
+        out.print(render_listing(what, rows))
+
+
 STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective", "base"}
 
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="A trial config or a study YAML.")],
+    file: Annotated[Path, typer.Argument(autocompletion=_complete_study, help="A trial config or a study YAML, or the name of a shipped study (quickstart, ...).")],
     set_: SetOpt = None,
 ) -> None:
     """Check a trial config or a study and say exactly what is wrong (exit 2), or what it will run."""
     from pal_study.config import read_yaml
+    from pal_study.resources import resolve_study
+
+    file = resolve_study(file)
 
     if STUDY_KEYS & set(read_yaml(file)):
         from pal_study.study import describe, load_study

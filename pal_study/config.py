@@ -8,21 +8,20 @@ the file (or ``--set``), the dotted key, the bad value and what is allowed.
 from __future__ import annotations
 
 import math
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
-DATASET_NAMES = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
-HEAD_KINDS = ("linear", "pal", "fnpal", "norm")
-ANCHORED_HEADS = ("pal", "fnpal")
-NORMALIZED_HEADS = ("fnpal", "norm")
-# A method without a head suffix takes the head its loss is defined with: NSL is only
-# symmetric with bounded, anchored logits (PAL_SPEC §3); LDAM-DRW uses a normalised classifier.
-DEFAULT_HEAD_FOR_LOSS = {"nsl": "fnpal", "ldam": "norm"}
-DEFAULT_SCALE = {"fnpal": 10.0, "norm": 10.0}
-LDAM_NORM_SCALE = 30.0  # LDAM-DRW's s for its normalised classifier
+# The allowed values of the config come from the registries: data sets (data/sets/), heads
+# (heads.py), losses and their hyperparameters (losses.py), models (models.py).
+from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
+from pal_study.data.sources import SYNTHETIC_DEFAULTS
+from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
+from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
 
 
 class ConfigError(ValueError):
@@ -65,15 +64,19 @@ class ImbalanceConfig(_Strict):
     _fin = field_validator("ratio")(_finite)
 
 
+_SYN = SYNTHETIC_DEFAULTS  # the one definition of the synthetic defaults (data/sources.py)
+
+
 class SyntheticConfig(_Strict):
-    num_classes: int = Field(10, ge=2, le=10_000)
-    dim: int = Field(32, ge=1, le=100_000)
-    train_per_class: int = Field(200, ge=1, le=1_000_000)
-    test_per_class: int = Field(100, ge=1, le=1_000_000)
-    separation: float = Field(3.0, gt=0.0)
-    input_shape: list[int] | None = Field(None, description="e.g. [3, 32, 32] for image-shaped data")
-    data_seed: int = Field(0, ge=0, description="draws the data; the trial seed varies noise and splits")
-    augment: Literal["none", "crop_flip"] = "none"
+    num_classes: int = Field(_SYN["num_classes"], ge=2, le=10_000)
+    dim: int = Field(_SYN["dim"], ge=1, le=100_000)
+    train_per_class: int = Field(_SYN["train_per_class"], ge=1, le=1_000_000)
+    test_per_class: int = Field(_SYN["test_per_class"], ge=1, le=1_000_000)
+    separation: float = Field(_SYN["separation"], gt=0.0)
+    input_shape: list[int] | None = Field(_SYN["input_shape"], description="e.g. [3, 32, 32] for image-shaped data")
+    data_seed: int = Field(_SYN["data_seed"], ge=0,
+                           description="draws the data; the trial seed varies noise and splits")
+    augment: Literal["none", "crop_flip"] = _SYN["augment"]
 
     @field_validator("input_shape")
     @classmethod
@@ -90,7 +93,7 @@ class SyntheticConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    name: Literal["digits", "mnist", "cifar10", "cifar100", "synthetic"] = "digits"
+    name: Literal[dataset_names()] = "digits"  # type: ignore[valid-type]
     root: str | None = Field(None, description="directory holding the torchvision data set files")
     download: bool = False
     val_fraction: float = Field(0.1, ge=0.0, le=0.5)
@@ -105,15 +108,15 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        from pal_study.models import MODELS
+        from pal_study.models import MODEL_REGISTRY
 
-        if v != "auto" and v not in MODELS:
-            raise ValueError(f"unknown arch {v!r}; allowed: auto, {', '.join(MODELS)}")
+        if v != "auto" and v not in MODEL_REGISTRY:
+            raise ValueError(f"unknown arch {v!r}; allowed: auto, {', '.join(MODEL_REGISTRY.names())}")
         return v
 
 
 class HeadConfig(_Strict):
-    kind: Literal["linear", "pal", "fnpal", "norm"] = "linear"
+    kind: Literal[HEADS] = "linear"  # type: ignore[valid-type]
     scale: float | None = Field(None, gt=0.0, description="logit scale s of normalised heads")
     prototypes: Literal["auto", "etf", "optimized"] = "auto"
     last_relu: bool | None = Field(
@@ -126,25 +129,36 @@ class HeadConfig(_Strict):
     _fin = field_validator("scale")(_finite)
 
 
-class LossConfig(_Strict):
+class _LossConfigBase(_Strict):
     name: str = "ce"
     margin: float = Field(0.0, ge=0.0, lt=2.0, description="additive cosine margin (normalised heads)")
-    q: float | None = Field(None, gt=0.0, le=1.0)
-    gamma: float | None = Field(None, ge=0.0)
-    alpha: float | None = Field(None, ge=0.0)
-    beta: float | None = Field(None, ge=0.0)
-    max_m: float | None = Field(None, gt=0.0)
 
-    _fin = field_validator("margin", "gamma", "alpha", "beta", "max_m")(_finite)
+    _fin = field_validator("margin")(_finite)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        from pal_study.losses import LOSSES
-
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSSES)}")
+        if v not in LOSS_REGISTRY:
+            raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSS_REGISTRY.names())}")
         return v
+
+
+def _param_field(p: LossParam) -> tuple[Any, Any]:
+    bounds: dict[str, float] = {}
+    if p.low is not None:
+        bounds["gt" if p.low_open else "ge"] = p.low
+    if p.high is not None:
+        bounds["le"] = p.high
+    return float | None, Field(None, description=f"{p.doc}; unset: the data set's default", **bounds)
+
+
+# loss.<hyperparameter> for every loss hyperparameter the registry marks ``config`` (q, gamma, alpha,
+# beta, max_m): unset (None) takes the data set's documented value in :func:`resolve`.
+LossConfig = create_model(
+    "LossConfig", __base__=_LossConfigBase, __module__=__name__,
+    __validators__={"_fin_params": field_validator(*config_params())(_finite)},
+    **{name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()},
+)
 
 
 class OptimConfig(_Strict):
@@ -217,20 +231,16 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
-        from pal_study.losses import NORMALIZED_ONLY
-
-        if self.loss.name in NORMALIZED_ONLY and self.head.kind not in NORMALIZED_HEADS:
+        spec = get_loss(self.loss.name)
+        if spec.normalized_only and self.head.kind not in NORMALIZED_HEADS:
             raise KeyedError(
                 "head.kind",
                 f"loss {self.loss.name!r} needs bounded logits: head.kind must be one of "
                 f"{', '.join(NORMALIZED_HEADS)}, not {self.head.kind!r} (try method={self.loss.name}+fnpal)"
             )
-        from pal_study.losses import LOSS_PARAMS
-
-        unused = [k for k in ("q", "gamma", "alpha", "beta", "max_m")
-                  if getattr(self.loss, k) is not None and k not in LOSS_PARAMS[self.loss.name]]
+        unused = [k for k in config_params() if getattr(self.loss, k) is not None and k not in spec.params]
         if unused:
-            users = {k: [n for n, ps in LOSS_PARAMS.items() if k in ps] for k in unused}
+            users = {k: [s.name for s in LOSS_REGISTRY.entries() if k in s.params] for k in unused}
             detail = "; ".join(f"loss.{k} is used by {', '.join(v) or 'no loss'}" for k, v in users.items())
             raise KeyedError(f"loss.{unused[0]}", f"loss {self.loss.name!r} takes none of {', '.join(unused)} ({detail})")
         if self.loss.margin > 0 and self.head.kind not in NORMALIZED_HEADS:
@@ -239,7 +249,7 @@ class TrainConfig(_Strict):
                 f"loss.margin is a cosine margin: it needs head.kind in {', '.join(NORMALIZED_HEADS)}, "
                 f"not {self.head.kind!r}"
             )
-        if self.data.name in ("mnist", "cifar10", "cifar100") and not self.data.root and not self.data.download:
+        if get_dataset(self.data.name).needs_files and not self.data.root and not self.data.download:
             raise KeyedError(
                 "data.root",
                 f"data.root is required for {self.data.name!r} (a directory with the torchvision files); "
@@ -249,21 +259,24 @@ class TrainConfig(_Strict):
 
 
 def parse_method(method: str) -> tuple[str, str]:
-    """Split ``<loss>[+<head>]`` into (loss name, head kind); unknown names list the known ones."""
-    from pal_study.losses import LOSSES
+    """Split ``<loss>[+<head>]`` into (loss name, head kind); unknown names list the known ones.
 
+    Without a head suffix a loss takes the head it is defined with (its ``LossSpec.default_head``):
+    NSL is only symmetric with bounded, anchored logits (docs/method.md §3); LDAM-DRW uses a normalised
+    classifier; every other loss the linear head.
+    """
     head = None
     loss = method.strip().lower()
-    for kind in HEAD_KINDS:
+    for kind in HEADS:
         if loss.endswith("+" + kind):
             head, loss = kind, loss[: -len(kind) - 1]
             break
-    if loss not in LOSSES:
+    if loss not in LOSS_REGISTRY:
         raise ValueError(
-            f"unknown method {method!r}: loss part {loss!r} is not one of {', '.join(LOSSES)}; "
-            f"optional head suffix: +{', +'.join(HEAD_KINDS)}"
+            f"unknown method {method!r}: loss part {loss!r} is not one of {', '.join(LOSS_REGISTRY.names())}; "
+            f"optional head suffix: +{', +'.join(HEADS)}"
         )
-    return loss, head or DEFAULT_HEAD_FOR_LOSS.get(loss, "linear")
+    return loss, head or LOSS_REGISTRY.get(loss).default_head
 
 
 def method_name(cfg: TrainConfig) -> str:
@@ -274,31 +287,15 @@ def method_name(cfg: TrainConfig) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Recipes (PAL_SPEC §5). Digits and synthetic are ours: small, fast, CPU-friendly.
+# Recipes (docs/method.md §5): each data set's ``DatasetSpec.recipe`` (and ``long_tail_recipe``).
 
-RECIPES: dict[str, dict[str, Any]] = {
-    "digits": dict(lr=0.05, weight_decay=5e-4, epochs=30, batch_size=64, schedule="cosine",
-                   warmup_epochs=1, grad_clip=5.0),
-    "synthetic": dict(lr=0.05, weight_decay=5e-4, epochs=20, batch_size=128, schedule="cosine",
-                      warmup_epochs=1, grad_clip=5.0),
-    "mnist": dict(lr=0.01, weight_decay=1e-3, epochs=50, batch_size=128, schedule="cosine",
-                  warmup_epochs=0, grad_clip=5.0),
-    "cifar10": dict(lr=0.01, weight_decay=1e-4, epochs=120, batch_size=128, schedule="cosine",
-                    warmup_epochs=0, grad_clip=5.0),
-    # The paper trains ResNet-34 on CIFAR-100; ResNet-32 is what pal-study ships (see README).
-    "cifar100": dict(lr=0.1, weight_decay=1e-5, epochs=200, batch_size=128, schedule="cosine",
-                     warmup_epochs=0, grad_clip=5.0),
-    # LDAM-DRW's CIFAR-LT recipe: warm-up 5, lr x0.01 at 160 and again at 180.
-    "cifar-lt": dict(lr=0.1, weight_decay=2e-4, epochs=200, batch_size=128, schedule="step",
-                     warmup_epochs=5, milestones=[160, 180], step_gamma=0.01, grad_clip=0.0),
-}
+# A read-only view, data set -> its recipe's optim values (for scripts; resolve reads the specs).
+RECIPES: dict[str, dict[str, Any]] = {spec.name: spec.recipe.as_optim() for spec in DATASET_REGISTRY.entries()}
 
 
 def recipe_for(cfg: TrainConfig) -> dict[str, Any]:
-    name = cfg.data.name
-    if name in ("cifar10", "cifar100") and cfg.data.imbalance.ratio > 1:
-        return RECIPES["cifar-lt"]
-    return RECIPES[name]
+    """The optim values of the config's data set: its long-tail recipe when data.imbalance.ratio > 1."""
+    return get_dataset(cfg.data.name).recipe_for(cfg.data.imbalance.ratio).as_optim()
 
 
 def resolve(cfg: TrainConfig) -> TrainConfig:
@@ -321,7 +318,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
     head = d["head"]
     if head["kind"] in NORMALIZED_HEADS and head["scale"] is None:
-        head["scale"] = LDAM_NORM_SCALE if d["loss"]["name"] == "ldam" else DEFAULT_SCALE[head["kind"]]
+        head["scale"] = get_loss(d["loss"]["name"]).head_scale or DEFAULT_SCALE
     anchored = head["kind"] in ANCHORED_HEADS
     if head["last_relu"] is None:
         head["last_relu"] = not anchored
@@ -343,11 +340,9 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
 
 
 def _input_shape(cfg: TrainConfig) -> tuple[int, ...]:
-    shapes = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
-    if cfg.data.name == "synthetic":
-        s = cfg.data.synthetic
-        return tuple(s.input_shape) if s.input_shape else (s.dim,)
-    return shapes[cfg.data.name]
+    spec = get_dataset(cfg.data.name)
+    options = getattr(cfg.data, spec.options_key).model_dump() if spec.options_key else {}
+    return spec.shape_for(options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,7 +364,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    reset_on_name: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """``data`` with the ``key=value`` overrides applied in order (a new dict).
+
+    ``reset_on_name``: {section: its default name} of sections that choose among variants with
+    options of their own (a study's ``budget.pruner``): an override of ``<section>.name`` to
+    another name starts the section afresh, as ``{name: <new>}``, since the options there were
+    the old variant's. Later overrides then set the new variant's options.
+    """
+    reset_on_name = reset_on_name or {}
     out = _deepcopy(data)
     for item in overrides:
         key, value = parse_override(item)
@@ -382,6 +386,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if not isinstance(child, dict):
                 raise ConfigError(f"{part!r} is a value, not a section", source="--set", key=key)
             node = child
+        section = ".".join(parts[:-1])
+        if parts[-1] == "name" and section in reset_on_name and node.get("name", reset_on_name[section]) != value:
+            node.clear()
         node[parts[-1]] = value
     return out
 
@@ -425,16 +432,24 @@ def validation_error_to_config_error(
     err: ValidationError, source: str, overridden: set[str] | None = None
 ) -> ConfigError:
     """Turn pydantic's errors into lines of: file or --set, dotted key, message, bad value."""
+    root = _model_named(err.title)
     problems = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
-        cause = (e.get("ctx") or {}).get("error")
+        parts, parent, variant = _walk(root, e["loc"])
+        key = ".".join(parts)
+        ctx = e.get("ctx") or {}
+        cause = ctx.get("error")
         if isinstance(cause, KeyedError):
             key = f"{key}.{cause.key}" if key else cause.key
         key = key or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = f"unknown key; allowed here: {', '.join(_allowed_keys(e['loc']))}"
+            allowed = ", ".join(parent.model_fields) if parent is not None else ""
+            what = f" for {variant[0]} {variant[1]!r}" if variant else ""
+            msg = f"unknown key{what}; allowed here: {allowed}"
+        elif e["type"] == "union_tag_invalid":  # the name of a discriminated union (pruner, sampler)
+            key = f"{key}.{str(ctx.get('discriminator', '')).strip(chr(39))}"
+            msg = f"unknown {parts[-1] if parts else 'name'} {ctx.get('tag')!r}; allowed: {ctx.get('expected_tags')}"
         value = e.get("input")
         if e["type"] not in ("extra_forbidden", "missing") and not isinstance(value, dict):
             msg += f" (got {value!r})"
@@ -447,14 +462,61 @@ def validation_error_to_config_error(
     return ConfigError(f"{len(problems)} problems\n{lines}", source=problems[0][0], key=problems[0][1])
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
-    model: type[BaseModel] = TrainConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
-            return []
-        model = field.annotation
-    return list(model.model_fields)
+def _model_named(title: str) -> type[BaseModel]:
+    """The config model pydantic's error title names (TrainConfig, StudySpec, ...); TrainConfig if none."""
+    stack: list[type[BaseModel]] = [_Strict]
+    while stack:
+        cls = stack.pop()
+        if cls.__name__ == title:
+            return cls
+        stack.extend(cls.__subclasses__())
+    return TrainConfig
+
+
+def _tagged_variants(field: Any) -> dict[str, type[BaseModel]]:
+    """{tag: model} of a field typed as a discriminated union of models, else {}."""
+    disc = getattr(field, "discriminator", None)
+    if not isinstance(disc, str):
+        return {}
+    out = {}
+    for cls in typing.get_args(field.annotation):
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and disc in cls.model_fields:
+            for tag in typing.get_args(cls.model_fields[disc].annotation):
+                out[tag] = cls
+    return out
+
+
+def _walk(root: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel] | None, tuple[str, str] | None]:
+    """An error location as config keys: its parts without the tags pydantic inserts for
+    discriminated unions, the model holding the last part (None where that is not a model), and
+    (field, tag) when that model is a union variant (``("pruner", "median")``)."""
+    parts: list[str] = []
+    model: type[BaseModel] | None = root
+    variant: tuple[str, str] | None = None
+    i = 0
+    while i < len(loc):
+        part = str(loc[i])
+        parts.append(part)
+        if i == len(loc) - 1:
+            break
+        field = model.model_fields.get(part) if model is not None else None
+        model, variant = None, None
+        if field is not None:
+            ann = field.annotation
+            variants = _tagged_variants(field)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+            elif variants and i + 1 < len(loc) and loc[i + 1] in variants:
+                model, variant = variants[loc[i + 1]], (part, str(loc[i + 1]))
+                i += 1  # the tag is no key of the config file
+            elif typing.get_origin(ann) in (dict, list) and i + 1 < len(loc):
+                inner = typing.get_args(ann)[-1] if typing.get_args(ann) else None
+                if isinstance(inner, type) and issubclass(inner, BaseModel):  # params.<key>, search[0]
+                    parts.append(str(loc[i + 1]))
+                    model = inner
+                    i += 1
+        i += 1
+    return parts, model, variant
 
 
 def load_train_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:

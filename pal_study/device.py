@@ -56,6 +56,14 @@ def select_device(requested: str = "auto", *, cuda_available: bool | None = None
     return torch.device(f"cuda:{index}")
 
 
+def affinity_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (``os.cpu_count()`` where there is none)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def allotted_cpus(environ: dict[str, str] | None = None) -> int:
     """CPUs this process may use: Ray's/OpenMP's explicit count, else the affinity mask."""
     env = os.environ if environ is None else environ
@@ -63,10 +71,7 @@ def allotted_cpus(environ: dict[str, str] | None = None) -> int:
         value = env.get(var, "")
         if value.isdigit() and int(value) > 0:
             return int(value)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return affinity_cpus()
 
 
 def configure_threads(threads: int | None) -> int:

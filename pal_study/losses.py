@@ -3,7 +3,7 @@
 ``build_loss(name, num_classes, **params)`` returns an ``nn.Module`` called as
 ``loss(logits, targets)`` -> mean scalar over the batch (``targets``: int64 class indices).
 
-Notation (PAL_SPEC §3): z = logits (N×k), p = softmax(z), y = target class.
+Notation (docs/method.md §3): z = logits (N×k), p = softmax(z), y = target class.
 
 =========  ====================================================================================
 ce         −log p_y
@@ -33,8 +33,16 @@ units and subtracted from the target logit as ``scale · margin`` before any los
 Every loss takes ``scale`` (the head's logit scale, default 1.0) and ``margin`` (additive cosine
 margin, default 0.0); LDAM adds its per-class m_y to ``margin``.
 
+The table: every loss is one :class:`LossSpec` in :data:`LOSS_REGISTRY` (bottom of this file):
+its hyperparameters (names in :data:`PARAM_REGISTRY`, which holds each one's range and generic
+default), its terms, its per-data-set defaults with their source, whether it is symmetric and
+whether it needs a normalised head. ``LOSSES``, ``LOSS_PARAMS``, ``NORMALIZED_ONLY``,
+``DATASET_DEFAULTS`` and the trial config's ``loss.*`` keys are all read from it. Adding a loss is
+adding one entry (and a new hyperparameter one :class:`LossParam`).
+
 Hyperparameter defaults: ``build_loss``'s keyword defaults are generic. The per-data-set
-values of the baselines' papers live in :data:`DATASET_DEFAULTS` and come from
+values of the baselines' papers are each entry's ``defaults`` (keyed by a reference data set,
+which every data set names in its ``DatasetSpec.loss_defaults``) and come from
 :func:`loss_defaults`; the trainer merges them with user overrides and passes the result.
 """
 
@@ -43,6 +51,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cached_property, partial
 from numbers import Integral, Real
 from typing import Any
@@ -51,121 +60,123 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pal_study.registry import Registry
+
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_DEFAULTS",
     "LOSSES",
     "LOSS_PARAMS",
+    "LOSS_REGISTRY",
     "NORMALIZED_ONLY",
+    "PARAM_REGISTRY",
     "Loss",
+    "LossParam",
+    "LossSpec",
     "LDAMLoss",
     "build_loss",
+    "config_params",
+    "get_loss",
     "ldam_margins",
     "list_losses",
     "loss_defaults",
 ]
 
-# Per-data-set defaults (PAL_SPEC §3). Sources: APL = Ma et al. 2020 configs, ALFs = Zhou et
-# al. 2021 lnl/config.py. "digits" uses MNIST's values (same kind of data, a smaller net);
-# "synthetic" and any unknown data set use CIFAR-10's, which are also the generic (α, β) = (1, 1).
-# MNIST combinations: ALFs' (1, 100), chosen deliberately over APL's (1, 10): the PAL paper is
-# by the ALFs authors and its MNIST recipe (PAL_SPEC §5: lr 0.01, wd 1e-3, 50 epochs) is ALFs',
-# not APL's (wd 1e-2, nesterov). CIFAR-100 combinations: APL's (10, 0.1); ALFs use (10, 1).
-# SCE follows APL throughout (ALFs call SCE with a = b = 1 on every data set).
-DATASET_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
-    "mnist": {
-        "fl": {"gamma": 0.5},
-        "gce": {"q": 0.7},
-        "sce": {"alpha": 0.01, "beta": 1.0},
-        "nfl": {"gamma": 0.5},
-        "nce+mae": {"alpha": 1.0, "beta": 100.0},
-        "nce+rce": {"alpha": 1.0, "beta": 100.0},
-        "nfl+rce": {"alpha": 1.0, "beta": 100.0, "gamma": 0.5},
-        "ldam": {"max_m": 0.5},
-    },
-    "cifar10": {
-        "fl": {"gamma": 0.5},
-        "gce": {"q": 0.7},
-        "sce": {"alpha": 0.1, "beta": 1.0},
-        "nfl": {"gamma": 0.5},
-        "nce+mae": {"alpha": 1.0, "beta": 1.0},
-        "nce+rce": {"alpha": 1.0, "beta": 1.0},
-        "nfl+rce": {"alpha": 1.0, "beta": 1.0, "gamma": 0.5},
-        "ldam": {"max_m": 0.5},
-    },
-    "cifar100": {
-        "fl": {"gamma": 0.5},
-        "gce": {"q": 0.7},
-        "sce": {"alpha": 6.0, "beta": 0.1},
-        "nfl": {"gamma": 0.5},
-        "nce+mae": {"alpha": 10.0, "beta": 0.1},
-        "nce+rce": {"alpha": 10.0, "beta": 0.1},
-        "nfl+rce": {"alpha": 10.0, "beta": 0.1, "gamma": 0.5},
-        "ldam": {"max_m": 0.5},
-    },
-}
-_DATASET_ALIASES = {"digits": "mnist", "synthetic": "cifar10"}
-_FALLBACK_DATASET = "cifar10"
-
-LOSSES: tuple[str, ...] = (
-    "ce", "fl", "gce", "sce", "mae", "nce", "rce", "nfl", "nce+mae", "nce+rce", "nfl+rce", "nsl", "ldam",
-)
-# NSL is unbounded below on raw logits (it just pushes z_y up), so it needs a normalised head.
-NORMALIZED_ONLY: frozenset[str] = frozenset({"nsl"})
-
-_COMMON = ("scale", "margin")
-LOSS_PARAMS: dict[str, tuple[str, ...]] = {
-    "ce": _COMMON,
-    "fl": ("gamma", *_COMMON),
-    "gce": ("q", *_COMMON),
-    "sce": ("alpha", "beta", *_COMMON),
-    "mae": _COMMON,
-    "nce": _COMMON,
-    "rce": _COMMON,
-    "nfl": ("gamma", *_COMMON),
-    "nce+mae": ("alpha", "beta", *_COMMON),
-    "nce+rce": ("alpha", "beta", *_COMMON),
-    "nfl+rce": ("alpha", "beta", "gamma", *_COMMON),
-    "nsl": _COMMON,
-    "ldam": ("class_counts", "max_m", "weight", *_COMMON),
-}
-
-# build_loss's own defaults (generic, data-set independent). class_counts has none: required.
-_GENERIC_DEFAULTS: dict[str, Any] = {
-    "scale": 1.0, "margin": 0.0, "gamma": 0.5, "q": 0.7, "alpha": 1.0, "beta": 1.0,
-    "max_m": 0.5, "weight": None,
-}
-_SCE_DEFAULTS = {"alpha": 0.1, "beta": 1.0}
-
 P_CLAMP_MIN = 1e-7  # APL/ALFs: p clamped to [1e-7, 1] where p enters directly
 RCE_Q_MIN = 1e-4  # APL/ALFs: one-hot target clamped to [1e-4, 1], so log 0 becomes log 1e-4
 _RCE_A = -math.log(RCE_Q_MIN)  # −log q_k for k ≠ y; 0 for k = y
 
-
-def list_losses() -> list[str]:
-    """Names accepted by :func:`build_loss`, in a stable order."""
-    return list(LOSSES)
+# Data sets without documented values of their own (an unknown name) take CIFAR-10's.
+_FALLBACK_DATASET = "cifar10"
 
 
-def _check_name(name: str) -> None:
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSSES)}")
+# --------------------------------------------------------------------------------------------
+# Hyperparameters: one LossParam each, shared by every loss that takes it.
 
 
-def loss_defaults(name: str, dataset: str) -> dict[str, float]:
-    """The documented per-data-set hyperparameters of loss ``name`` (a fresh dict).
+def _as_float_vector(key: str, value: Any, k: int) -> Tensor:
+    try:
+        v = torch.as_tensor(value, dtype=torch.float64).detach().cpu().flatten()
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{key} must be a sequence of {k} numbers, got {value!r}") from e
+    if v.numel() != k or torch.as_tensor(value).dim() != 1:
+        raise ValueError(f"{key} must be a sequence of {k} numbers (one per class), got {value!r}")
+    if not torch.isfinite(v).all():
+        raise ValueError(f"{key} must be finite, got {v.tolist()}")
+    return v
 
-    Data sets: ``digits`` (= mnist), ``mnist``, ``cifar10``, ``cifar100``, ``synthetic``
-    (= cifar10); any other name gets CIFAR-10's values. ``scale`` and ``margin`` are not
-    included: they belong to the head and the user. Losses without hyperparameters give ``{}``.
-    """
-    _check_name(name)
-    key = _DATASET_ALIASES.get(dataset, dataset)
-    if key not in DATASET_DEFAULTS:
-        log.warning("no loss defaults for data set %r; using %s's", dataset, _FALLBACK_DATASET)
-        key = _FALLBACK_DATASET
-    return dict(DATASET_DEFAULTS[key].get(name, {}))
+
+def _real(name: str, key: str, value: Any, *, low: float, low_open: bool, high: float | None = None) -> float:
+    """A finite real in [low, high] (or (low, high]); ValueError naming loss and keyword."""
+    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (high is None or v <= high)
+    if not ok:
+        lo = f"{'>' if low_open else '≥'} {low:g}"
+        rng = lo if high is None else f"{lo} and ≤ {high:g}"
+        raise ValueError(f"loss {name!r}: {key} must be a finite number {rng}, got {value!r}")
+    return float(value)
+
+
+def _class_counts(loss: str, counts: Any, num_classes: int) -> list[int]:
+    if isinstance(counts, Tensor):
+        counts = counts.tolist()
+    ok = isinstance(counts, Sequence) and not isinstance(counts, str | bytes)
+    ok = ok and len(counts) == num_classes
+    ok = ok and all(isinstance(c, Integral) and not isinstance(c, bool) and c > 0 for c in counts)
+    if not ok:
+        raise ValueError(
+            f"loss {loss!r}: class_counts must be {num_classes} ints (one per class), all > 0, got {counts!r}"
+        )
+    return [int(c) for c in counts]
+
+
+@dataclass(frozen=True)
+class LossParam:
+    """A keyword of ``build_loss``. Numbers are finite reals ≥ ``low`` (> with ``low_open``) and
+    ≤ ``high``; ``check`` replaces that for other kinds of value. ``config``: a ``loss.<name>``
+    key of the trial config (unset there: the data set's default, then ``default``)."""
+
+    name: str
+    default: Any  # build_loss's generic default (a loss entry may override it)
+    doc: str
+    low: float | None = None
+    low_open: bool = False
+    high: float | None = None
+    config: bool = False
+    required: bool = False  # no default: the caller must pass it
+    check: Callable[[str, Any, int], Any] | None = None  # (loss name, value, num_classes) -> value
+
+    def validate(self, loss: str, value: Any, num_classes: int) -> Any:
+        if self.check is not None:
+            return self.check(loss, value, num_classes)
+        if self.low is None:
+            return value
+        return _real(loss, self.name, value, low=self.low, low_open=self.low_open, high=self.high)
+
+
+PARAM_REGISTRY: Registry[LossParam] = Registry("loss parameter")
+for _p in (
+    # Taken by every loss: the head's logit scale and the user's additive cosine margin.
+    LossParam("scale", 1.0, "logit scale s of the head (normalised heads: s·cos)", low=0.0, low_open=True),
+    LossParam("margin", 0.0, "additive cosine margin subtracted from the target logit as s·margin", low=0.0),
+    LossParam("q", 0.7, "GCE's exponent; q → 0 is CE, q = 1 is MAE", low=0.0, low_open=True, high=1.0, config=True),
+    LossParam("gamma", 0.5, "focusing exponent of FL/NFL", low=0.0, config=True),
+    LossParam("alpha", 1.0, "weight of the first (active) term", low=0.0, config=True),
+    LossParam("beta", 1.0, "weight of the second (passive) term", low=0.0, config=True),
+    LossParam("max_m", 0.5, "LDAM's largest per-class margin", low=0.0, low_open=True, config=True),
+    LossParam("class_counts", None, "training images per class, all > 0", required=True, check=_class_counts),
+    LossParam("weight", None, "per-class loss weights (DRW), or None"),
+):
+    PARAM_REGISTRY.add(_p.name, _p)
+COMMON_PARAMS = ("scale", "margin")
+
+
+def config_params() -> tuple[str, ...]:
+    """The loss hyperparameters that are ``loss.<name>`` keys of the trial config, in order."""
+    return tuple(p.name for p in PARAM_REGISTRY.entries() if p.config)
 
 
 def ldam_margins(class_counts: Sequence[int] | Tensor, max_m: float = 0.5) -> Tensor:
@@ -362,106 +373,162 @@ class LDAMLoss(Loss):
 
 
 # --------------------------------------------------------------------------------------------
-# Builder
+# The losses
 
 
-def _as_float_vector(key: str, value: Any, k: int) -> Tensor:
-    try:
-        v = torch.as_tensor(value, dtype=torch.float64).detach().cpu().flatten()
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{key} must be a sequence of {k} numbers, got {value!r}") from e
-    if v.numel() != k or torch.as_tensor(value).dim() != 1:
-        raise ValueError(f"{key} must be a sequence of {k} numbers (one per class), got {value!r}")
-    if not torch.isfinite(v).all():
-        raise ValueError(f"{key} must be finite, got {v.tolist()}")
-    return v
+Terms = Callable[[dict[str, Any]], list[tuple[float, "Term"]]]
 
 
-def _real(name: str, key: str, value: Any, *, low: float, low_open: bool, high: float | None = None) -> float:
-    """A finite real in [low, high] (or (low, high]); ValueError naming loss and keyword."""
-    ok = isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(float(value))
-    if ok:
-        v = float(value)
-        ok = (v > low if low_open else v >= low) and (high is None or v <= high)
-    if not ok:
-        lo = f"{'>' if low_open else '≥'} {low:g}"
-        rng = lo if high is None else f"{lo} and ≤ {high:g}"
-        raise ValueError(f"loss {name!r}: {key} must be a finite number {rng}, got {value!r}")
-    return float(value)
+@dataclass(frozen=True)
+class LossSpec:
+    """One loss: ``terms(params)`` gives the Σ c_i · term_i it computes (or ``module(k, params)``
+    builds a Loss subclass), ``params`` its own hyperparameters besides scale and margin."""
+
+    name: str
+    summary: str  # the formula, one line
+    terms: Terms | None = None
+    module: Callable[[int, dict[str, Any]], Loss] | None = None
+    params: tuple[str, ...] = ()
+    generic: Mapping[str, Any] = field(default_factory=dict)  # build_loss defaults differing from LossParam's
+    # Per reference data set (``DatasetSpec.loss_defaults``): the documented values.
+    defaults: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    symmetric: bool = False  # Σ_k L(z, k) constant: tolerant of symmetric label noise
+    normalized_only: bool = False  # unbounded on raw logits: needs a normalised head
+    default_head: str = "linear"  # the head of a method given without one (``nsl`` = ``nsl+fnpal``)
+    head_scale: float | None = None  # s of a normalised head with this loss (None: heads.DEFAULT_SCALE)
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """Every keyword ``build_loss`` takes for this loss."""
+        return (*self.params, *COMMON_PARAMS)
+
+    def build(self, num_classes: int, params: dict[str, Any]) -> Loss:
+        if self.module is not None:
+            return self.module(num_classes, params)
+        assert self.terms is not None, self.name
+        return Loss(self.name, num_classes, self.terms(params), params)
 
 
-def _validate(name: str, num_classes: int, p: dict[str, Any]) -> None:
-    """Check values in place (converting numbers to float)."""
-    p["scale"] = _real(name, "scale", p["scale"], low=0.0, low_open=True)
-    p["margin"] = _real(name, "margin", p["margin"], low=0.0, low_open=False)
-    if "gamma" in p:
-        p["gamma"] = _real(name, "gamma", p["gamma"], low=0.0, low_open=False)
-    if "q" in p:
-        p["q"] = _real(name, "q", p["q"], low=0.0, low_open=True, high=1.0)
-    for key in ("alpha", "beta"):
-        if key in p:
-            p[key] = _real(name, key, p[key], low=0.0, low_open=False)
-    if "max_m" in p:
-        p["max_m"] = _real(name, "max_m", p["max_m"], low=0.0, low_open=True)
-    if name == "ldam":
-        if "class_counts" not in p:
-            raise ValueError("loss 'ldam' needs class_counts (training images per class, all > 0)")
-        counts = p["class_counts"]
-        if isinstance(counts, Tensor):
-            counts = counts.tolist()
-        ok = isinstance(counts, Sequence) and not isinstance(counts, str | bytes)
-        ok = ok and len(counts) == num_classes
-        ok = ok and all(isinstance(c, Integral) and not isinstance(c, bool) and c > 0 for c in counts)
-        if not ok:
-            raise ValueError(
-                f"loss 'ldam': class_counts must be {num_classes} ints (one per class), all > 0, got {counts!r}"
-            )
-        p["class_counts"] = [int(c) for c in counts]
+def _all(**values: float) -> dict[str, dict[str, float]]:
+    """The same values on every reference data set."""
+    return {ref: dict(values) for ref in ("mnist", "cifar10", "cifar100")}
+
+
+# Per-data-set defaults (docs/method.md §3). Sources: APL = Ma et al. 2020 configs, ALFs = Zhou et
+# al. 2021 lnl/config.py. MNIST combinations: ALFs' (1, 100), chosen deliberately over APL's
+# (1, 10): the PAL paper is by the ALFs authors and its MNIST recipe (docs/method.md §5: lr 0.01, wd
+# 1e-3, 50 epochs) is ALFs', not APL's (wd 1e-2, nesterov). CIFAR-100 combinations: APL's (10, 0.1);
+# ALFs use (10, 1). CIFAR-10's (1, 1) are also the generic values.
+_COMBINATION = {"mnist": {"alpha": 1.0, "beta": 100.0}, "cifar10": {"alpha": 1.0, "beta": 1.0},
+                "cifar100": {"alpha": 10.0, "beta": 0.1}}
+
+LOSS_REGISTRY: Registry[LossSpec] = Registry("loss")
+for _spec in (
+    LossSpec("ce", "−log p_y", terms=lambda p: [(1.0, _ce)]),
+    LossSpec("fl", "−(1 − p_y)^γ · log p_y, p_y detached in the factor", params=("gamma",),
+             terms=lambda p: [(1.0, partial(_fl, gamma=p["gamma"]))],
+             defaults=_all(gamma=0.5)),  # APL and ALFs, every data set
+    LossSpec("gce", "(1 − p_y^q) / q", params=("q",), terms=lambda p: [(1.0, partial(_gce, q=p["q"]))],
+             defaults=_all(q=0.7)),  # APL and ALFs, every data set
+    LossSpec("sce", "α·CE + β·RCE", params=("alpha", "beta"),
+             terms=lambda p: [(p["alpha"], _ce), (p["beta"], _rce)],
+             generic={"alpha": 0.1, "beta": 1.0},
+             # APL throughout (ALFs call SCE with a = b = 1 on every data set).
+             defaults={"mnist": {"alpha": 0.01, "beta": 1.0}, "cifar10": {"alpha": 0.1, "beta": 1.0},
+                       "cifar100": {"alpha": 6.0, "beta": 0.1}}),
+    LossSpec("mae", "1 − p_y", terms=lambda p: [(1.0, _mae)], symmetric=True),
+    LossSpec("nce", "(−log p_y) / (−Σ_k log p_k)", terms=lambda p: [(1.0, _nce)], symmetric=True),
+    LossSpec("rce", "−Σ_k p_k log q_k, q the clamped one-hot target", terms=lambda p: [(1.0, _rce)], symmetric=True),
+    LossSpec("nfl", "FL_y / Σ_k FL_k", params=("gamma",), terms=lambda p: [(1.0, partial(_nfl, gamma=p["gamma"]))],
+             defaults=_all(gamma=0.5), symmetric=True),  # APL and ALFs
+    LossSpec("nce+mae", "α·NCE + β·MAE", params=("alpha", "beta"),
+             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _mae)], defaults=_COMBINATION, symmetric=True),
+    LossSpec("nce+rce", "α·NCE + β·RCE", params=("alpha", "beta"),
+             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _rce)], defaults=_COMBINATION, symmetric=True),
+    LossSpec("nfl+rce", "α·NFL + β·RCE", params=("alpha", "beta", "gamma"),
+             terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"])), (p["beta"], _rce)],
+             defaults={ref: {**v, "gamma": 0.5} for ref, v in _COMBINATION.items()}, symmetric=True),
+    # NSL is unbounded below on raw logits (it just pushes z_y up), so it needs a normalised head;
+    # it is symmetric only with bounded, anchored logits (docs/method.md §3).
+    LossSpec("nsl", "−z_y", terms=lambda p: [(1.0, _nsl)], symmetric=True, normalized_only=True,
+             default_head="fnpal"),
+    # LDAM-DRW: a normalised classifier with s = 30; max_m 0.5 on every data set (Cao et al. 2019).
+    LossSpec("ldam", "CE(z − s·m_y·e_y), m_j ∝ n_j^(−1/4), max m_j = max_m",
+             params=("class_counts", "max_m", "weight"), module=lambda k, p: LDAMLoss(k, p),
+             defaults=_all(max_m=0.5), default_head="norm", head_scale=30.0),
+):
+    LOSS_REGISTRY.add(_spec.name, _spec)
+
+# Views of the table, for callers that want plain names.
+LOSSES: tuple[str, ...] = LOSS_REGISTRY.names()
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {s.name: s.accepted for s in LOSS_REGISTRY.entries()}
+NORMALIZED_ONLY: frozenset[str] = frozenset(s.name for s in LOSS_REGISTRY.entries() if s.normalized_only)
+DATASET_DEFAULTS: dict[str, dict[str, dict[str, float]]] = {
+    ref: {s.name: dict(s.defaults[ref]) for s in LOSS_REGISTRY.entries() if ref in s.defaults}
+    for ref in dict.fromkeys(ref for s in LOSS_REGISTRY.entries() for ref in s.defaults)
+}
+
+
+def list_losses() -> list[str]:
+    """Names accepted by :func:`build_loss`, in a stable order."""
+    return list(LOSS_REGISTRY.names())
+
+
+def get_loss(name: str) -> LossSpec:
+    """The table entry of loss ``name``; ValueError listing the known losses if there is none."""
+    if name not in LOSS_REGISTRY:
+        raise ValueError(f"unknown loss {name!r}; known losses: {', '.join(LOSS_REGISTRY.names())}")
+    return LOSS_REGISTRY.get(name)
+
+
+def loss_defaults(name: str, dataset: str) -> dict[str, float]:
+    """The documented per-data-set hyperparameters of loss ``name`` (a fresh dict).
+
+    A registered data set takes the values of the reference data set its
+    ``DatasetSpec.loss_defaults`` names (digits: mnist's, synthetic: cifar10's); any other name
+    gets CIFAR-10's. ``scale`` and ``margin`` are not included: they belong to the head and the
+    user. Losses without hyperparameters give ``{}``.
+    """
+    spec = get_loss(name)
+    from pal_study.data.sets import DATASET_REGISTRY
+
+    if dataset in DATASET_REGISTRY:
+        ref = DATASET_REGISTRY.get(dataset).loss_defaults
+    else:
+        log.warning("no loss defaults for data set %r; using %s's", dataset, _FALLBACK_DATASET)
+        ref = _FALLBACK_DATASET
+    return dict(spec.defaults.get(ref, {}))
 
 
 def build_loss(name: str, num_classes: int, **params: Any) -> Loss:
     """The loss ``name`` for ``num_classes`` classes; see the module docstring for formulas.
 
-    Keywords (``LOSS_PARAMS[name]`` lists those a loss accepts): ``scale`` (>0, default 1.0)
-    and ``margin`` (≥0, default 0.0) for every loss; ``gamma`` (≥0, 0.5) for fl, nfl, nfl+rce;
-    ``q`` (in (0, 1], 0.7) for gce; ``alpha``, ``beta`` (≥0) for sce (0.1, 1.0) and the
-    combinations (1.0, 1.0); ``class_counts`` (required), ``max_m`` (>0, 0.5) and ``weight``
-    (per-class tensor or None) for ldam. Data-set defaults are *not* applied here: see
-    :func:`loss_defaults`. Raises ValueError on an unknown name, keyword or bad value.
+    Keywords (``LOSS_PARAMS[name]`` lists those a loss accepts; ``PARAM_REGISTRY`` holds each
+    one's range and default): ``scale`` (>0, default 1.0) and ``margin`` (≥0, default 0.0) for
+    every loss; ``gamma`` (≥0, 0.5) for fl, nfl, nfl+rce; ``q`` (in (0, 1], 0.7) for gce;
+    ``alpha``, ``beta`` (≥0) for sce (0.1, 1.0) and the combinations (1.0, 1.0);
+    ``class_counts`` (required), ``max_m`` (>0, 0.5) and ``weight`` (per-class tensor or None)
+    for ldam. Data-set defaults are *not* applied here: see :func:`loss_defaults`. Raises
+    ValueError on an unknown name, keyword or bad value.
     """
-    _check_name(name)
+    spec = get_loss(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be an int ≥ 2, got {num_classes!r}")
     num_classes = int(num_classes)
-    accepted = LOSS_PARAMS[name]
+    accepted = spec.accepted
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         raise ValueError(
             f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"for loss {name!r}; accepted: {', '.join(accepted)}"
         )
-    p: dict[str, Any] = {k: _GENERIC_DEFAULTS[k] for k in accepted if k in _GENERIC_DEFAULTS}
-    if name == "sce":
-        p.update(_SCE_DEFAULTS)
+    p: dict[str, Any] = {k: spec.generic.get(k, PARAM_REGISTRY.get(k).default) for k in accepted
+                         if not PARAM_REGISTRY.get(k).required}
     p.update(params)
-    _validate(name, num_classes, p)
-
-    if name == "ldam":
-        return LDAMLoss(num_classes, p)
-    terms: list[tuple[float, Term]]
-    if name in ("fl", "nfl"):
-        fn = _fl if name == "fl" else _nfl
-        terms = [(1.0, partial(fn, gamma=p["gamma"]))]
-    elif name == "gce":
-        terms = [(1.0, partial(_gce, q=p["q"]))]
-    elif name == "sce":
-        terms = [(p["alpha"], _ce), (p["beta"], _rce)]
-    elif name == "nce+mae":
-        terms = [(p["alpha"], _nce), (p["beta"], _mae)]
-    elif name == "nce+rce":
-        terms = [(p["alpha"], _nce), (p["beta"], _rce)]
-    elif name == "nfl+rce":
-        terms = [(p["alpha"], partial(_nfl, gamma=p["gamma"])), (p["beta"], _rce)]
-    else:
-        terms = [(1.0, {"ce": _ce, "mae": _mae, "nce": _nce, "rce": _rce, "nsl": _nsl}[name])]
-    return Loss(name, num_classes, terms, p)
+    for param in PARAM_REGISTRY.entries():  # checked in the registry's order
+        if param.name not in accepted:
+            continue
+        if param.name not in p:
+            raise ValueError(f"loss {name!r} needs {param.name} ({param.doc})")
+        p[param.name] = param.validate(name, p[param.name], num_classes)
+    return spec.build(num_classes, p)

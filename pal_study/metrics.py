@@ -1,4 +1,4 @@
-"""Metrics every trial logs (PAL_SPEC §6): accuracy, per-class accuracy and many/medium/few,
+"""Metrics every trial logs (docs/method.md §6): accuracy, per-class accuracy and many/medium/few,
 ECE with reliability bins, sample margins and γ_min on cosine logits, feature norms per class.
 
 Inputs are torch tensors, outputs plain Python values (JSON-serialisable, never NaN: an empty
@@ -10,12 +10,14 @@ so that a CUDA evaluation loop never waits on the host until ``compute()``.
 
 from __future__ import annotations
 
+import math
+import statistics
 from typing import Any
 
 import torch
 
 N_BINS = 15
-GROUP_THRESHOLDS = (100, 20)  # many > 100 ≥ medium ≥ 20 > few training images (PAL_SPEC §4)
+GROUP_THRESHOLDS = (100, 20)  # many > 100 ≥ medium ≥ 20 > few training images (docs/method.md §6)
 
 
 def _pred(logits_or_pred: torch.Tensor) -> torch.Tensor:
@@ -49,16 +51,26 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
     return out
 
 
-def scaled_thresholds(class_counts: list[int], reference_max: int = 500) -> tuple[float, float]:
-    """Many/medium/few thresholds (100, 20 training images), scaled down for small data sets.
+def scaled_thresholds(class_counts: list[int], reference_max: int = 500,
+                      thresholds: tuple[float, float] = GROUP_THRESHOLDS) -> tuple[float, float]:
+    """Many/medium/few thresholds (default 100, 20 training images), scaled down for small data sets.
 
     The thresholds were defined on CIFAR-100-LT / ImageNet-LT, whose largest class has ~500-1280
     images. On digits (largest class ~130) they would put every class in "medium" or "few", so
-    they shrink by max(counts) / reference_max, and never grow.
+    they shrink by max(counts) / reference_max, and never grow. A data set declares its own
+    ``thresholds`` and ``reference_max`` (``DatasetSpec.group_thresholds``).
     """
     factor = min(1.0, max(class_counts) / reference_max) if len(class_counts) else 1.0
-    hi, lo = GROUP_THRESHOLDS
+    hi, lo = thresholds
     return hi * factor, lo * factor
+
+
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """(mean, sample std) of the finite values (std 0.0 for one value); None when there are none."""
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    if not kept:
+        return None
+    return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else 0.0)
 
 
 def group_accuracy(per_class_acc: list[float | None], class_counts: list[int],
@@ -134,7 +146,7 @@ def _margins(cos_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def sample_margins(cos_logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[str, Any]:
-    """Sample margins on normalised logits (cosines), PAL_SPEC §1: their mean, γ_min, and each
+    """Sample margins on normalised logits (cosines), docs/method.md §6: their mean, γ_min, and each
     class's minimum (``None`` for a class without samples)."""
     _check_nonempty(labels, "sample margins")
     _check_classes(num_classes)

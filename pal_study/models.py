@@ -3,7 +3,7 @@ separate (``heads.py``).
 
 ``last_relu=False`` drops the ReLU right before the feature output, so features can point
 anywhere on the sphere: a fixed-prototype head cannot align a non-negative feature with a random
-ETF prototype (PAL_SPEC §1, cosine ceiling ≈ 0.7). ``last_relu=True`` is the standard network.
+ETF prototype (docs/method.md §1, cosine ceiling ≈ 0.7). ``last_relu=True`` is the standard network.
 
 Sources: the MNIST and CIFAR-10 CNNs follow Active-Passive Losses' ``ToyModel`` (conv-BN-ReLU
 blocks, FC-BN-ReLU feature layer, Kaiming-uniform conv / Xavier-uniform linear init); ResNet-32
@@ -17,24 +17,48 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pal_study.registry import Registry
+
 log = logging.getLogger(__name__)
 
-MODELS = ("digits_mlp", "digits_cnn", "mnist_cnn", "cifar_cnn8", "resnet32")
 
-# Smallest H and W each conv net accepts: every 2×2 max-pool / stride-2 stage must leave ≥ 1 pixel.
-_MIN_SIDE = {"digits_cnn": 2, "mnist_cnn": 4, "cifar_cnn8": 8, "resnet32": 4}
+@dataclass(frozen=True)
+class ModelSpec:
+    """A backbone: ``build(input_shape, last_relu)`` -> module with ``feature_dim`` outputs."""
 
-_DATASET_ARCH = {"digits": "digits_mlp", "mnist": "mnist_cnn", "cifar10": "cifar_cnn8", "cifar100": "resnet32"}
-DATASETS = (*_DATASET_ARCH, "synthetic")
+    name: str
+    build: Callable[[tuple[int, ...], bool], nn.Module]
+    feature_dim: int
+    # Image nets take (C, H, W) with H, W >= min_side (every 2×2 max-pool / stride-2 stage must
+    # leave >= 1 pixel); None: any shape, flattened.
+    min_side: int | None
+    summary: str
+
+
+MODEL_REGISTRY: Registry[ModelSpec] = Registry("model")
+MODELS = MODEL_REGISTRY  # names: iterate, ``in``, ``MODELS.get(name)``
+
+
+def register_model(name: str, *, feature_dim: int, min_side: int | None, summary: str
+                   ) -> Callable[[Callable[[tuple[int, ...], bool], nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``build(input_shape, last_relu) -> nn.Module`` as backbone ``name``."""
+
+    def deco(build: Callable[[tuple[int, ...], bool], nn.Module]) -> Callable[..., nn.Module]:
+        MODEL_REGISTRY.add(name, ModelSpec(name, build, feature_dim, min_side, summary))
+        return build
+
+    return deco
 
 
 def list_models() -> list[str]:
-    return list(MODELS)
+    return list(MODEL_REGISTRY.names())
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -198,15 +222,48 @@ class ResNet32(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-def _check_image_shape(arch: str, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    need = _MIN_SIDE[arch]
+# --------------------------------------------------------------------------------------------
+# The registry, in listing order.
+
+
+@register_model("digits_mlp", feature_dim=128, min_side=None,
+                summary="MLP 256-128 with BN, any input shape (flattened); digits' default")
+def _digits_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return DigitsMLP(math.prod(shape), last_relu=last_relu)
+
+
+@register_model("digits_cnn", feature_dim=128, min_side=2, summary="2 convs + max-pool + FC128, for small images")
+def _digits_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return DigitsCNN(*shape, last_relu=last_relu)
+
+
+@register_model("mnist_cnn", feature_dim=128, min_side=4, summary="APL's 4-layer MNIST CNN; MNIST's default")
+def _mnist_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return MnistCNN(*shape, last_relu=last_relu)
+
+
+@register_model("cifar_cnn8", feature_dim=256, min_side=8, summary="APL's 8-layer CIFAR CNN; CIFAR-10's default")
+def _cifar_cnn8(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return CifarCNN8(*shape, last_relu=last_relu)
+
+
+@register_model("resnet32", feature_dim=64, min_side=4, summary="LDAM-DRW's CIFAR ResNet-32; CIFAR-100's default")
+def _resnet32(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return ResNet32(shape[0], last_relu=last_relu)
+
+
+def _check_shape(spec: ModelSpec, shape: tuple[int, ...]) -> None:
+    arch, need = spec.name, spec.min_side
+    if need is None:
+        if not shape or min(shape) < 1:
+            raise ValueError(f"arch {arch!r} expects a non-empty input shape, got {shape}")
+        return
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"arch {arch!r} expects image inputs (C, H, W) with H, W >= {need}, got shape {shape}")
-    c, h, w = shape
+    _, h, w = shape
     if h < need or w < need:
         raise ValueError(f"arch {arch!r} expects H, W >= {need} (one pixel after its {int(math.log2(need))} "
                          f"downsamplings), got {h}x{w} in shape {shape}")
-    return c, h, w
 
 
 def build_model(arch: str, input_shape: tuple[int, ...], *, last_relu: bool = True,
@@ -216,49 +273,27 @@ def build_model(arch: str, input_shape: tuple[int, ...], *, last_relu: bool = Tr
     With ``seed`` the initial weights come from a forked RNG seeded with it (the global RNG is
     left untouched); without, from the global RNG.
     """
-    if arch not in MODELS:
-        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(MODELS)}")
+    if arch not in MODEL_REGISTRY:
+        raise ValueError(f"unknown arch {arch!r}; allowed: {', '.join(MODEL_REGISTRY.names())}")
+    spec = MODEL_REGISTRY.get(arch)
     shape = tuple(int(d) for d in input_shape)
-    if arch == "digits_mlp":
-        if not shape or min(shape) < 1:
-            raise ValueError(f"arch 'digits_mlp' expects a non-empty input shape, got {shape}")
-    else:
-        c, h, w = _check_image_shape(arch, shape)
-
-    def make() -> nn.Module:
-        if arch == "digits_mlp":
-            return DigitsMLP(math.prod(shape), last_relu=last_relu)
-        if arch == "resnet32":
-            return ResNet32(c, last_relu=last_relu)
-        cls = {"digits_cnn": DigitsCNN, "mnist_cnn": MnistCNN, "cifar_cnn8": CifarCNN8}[arch]
-        return cls(c, h, w, last_relu=last_relu)
+    _check_shape(spec, shape)
 
     if seed is None:
-        model = make()
+        model = spec.build(shape, last_relu)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = make()
+            model = spec.build(shape, last_relu)
     log.debug("built %s for %s (last_relu=%s): %d parameters", arch, shape, last_relu, count_parameters(model))
     return model
 
 
 def default_arch(dataset: str, input_shape: tuple[int, ...]) -> str:
-    """The data set's network (PAL_SPEC §5); synthetic data picks by input shape.
+    """The data set's network (its ``DatasetSpec.default_arch``, docs/method.md §5); synthetic data
+    picks by input shape (see ``data/sets/synthetic.py``)."""
+    from pal_study.data.sets import DATASET_REGISTRY
 
-    Synthetic: 1-D (or any non-image) input → digits_mlp; images with min(H, W) >= 32 (e.g.
-    (3, 32, 32)) → cifar_cnn8; >= 16 (e.g. (1, 28, 28)) → mnist_cnn; smaller → digits_mlp.
-    """
-    if dataset in _DATASET_ARCH:
-        return _DATASET_ARCH[dataset]
-    if dataset != "synthetic":
-        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASETS)}")
-    shape = tuple(int(d) for d in input_shape)
-    if len(shape) != 3:
-        return "digits_mlp"
-    side = min(shape[1], shape[2])
-    if side >= 32:
-        return "cifar_cnn8"
-    if side >= 16:
-        return "mnist_cnn"
-    return "digits_mlp"
+    if dataset not in DATASET_REGISTRY:
+        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASET_REGISTRY.names())}")
+    return DATASET_REGISTRY.get(dataset).arch_for(tuple(int(d) for d in input_shape))

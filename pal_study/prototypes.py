@@ -1,7 +1,7 @@
 """Class prototypes for anchored heads: simplex ETF, the paper's optimisation, geometry report.
 
 PAL anchors the classifier to k unit prototypes with pairwise cosine -1/(k-1) (a simplex
-equiangular tight frame) before training (PAL_SPEC §1). That configuration exists only for
+equiangular tight frame) before training (docs/method.md). That configuration exists only for
 d >= k-1; for k > d+1, or for non-negative (post-ReLU) features, we fall back to the paper's
 ``generate_weight`` optimisation.
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from pal_study.config import ConfigError
+from pal_study.metrics import mean_std
 
 GROUPS = ("many", "medium", "few")
 
@@ -92,13 +92,6 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
     return exp.experiment_id, parent, out
 
 
-def _mean_std(values: list[float]) -> tuple[float, float] | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def aggregate(runs: list[FinalRun], baseline: str = "ce") -> list[CellRow]:
     from scipy.stats import ttest_ind
 
@@ -113,7 +106,7 @@ def aggregate(runs: list[FinalRun], baseline: str = "ce") -> list[CellRow]:
                       weight_decay=first.weight_decay, n=len(rs), seeds=[r.seed for r in rs],
                       run_ids=[r.run_id for r in rs])
         for key in sorted({k for r in rs for k in r.metrics}):
-            ms = _mean_std([r.metrics.get(key) for r in rs])
+            ms = mean_std([r.metrics.get(key) for r in rs])
             if ms:
                 row.stats[key] = ms
         rows.append(row)

@@ -24,8 +24,6 @@ from pal_study.config import ConfigError
 
 FLUSH_S = 30.0
 DEFAULT_DIR = "mlruns"
-TAG_KEYS = ("method", "loss", "head", "dataset", "noise_kind", "noise_rate", "imbalance_ratio", "seed",
-            "cell", "stage", "outcome")
 
 
 def resolve_uri(uri: str | None = None) -> str:

@@ -29,12 +29,12 @@ from torch import nn
 from pal_study import __version__
 from pal_study import checkpoint as ckpt
 from pal_study.checkpoint import CheckpointPolicy
-from pal_study.config import ANCHORED_HEADS, TrainConfig, method_name, resolve
-from pal_study.data import DataBundle, DeviceBatches, build_dataset
+from pal_study.config import TrainConfig, method_name, resolve
+from pal_study.data import DataBundle, DeviceBatches, build_dataset, get_dataset
 from pal_study.device import configure_threads, select_device
-from pal_study.heads import build_head
-from pal_study.losses import LOSS_PARAMS, build_loss
-from pal_study.metrics import EvalAccumulator, group_accuracy, scaled_thresholds
+from pal_study.heads import ANCHORED_HEADS, build_head
+from pal_study.losses import build_loss, config_params, get_loss
+from pal_study.metrics import EvalAccumulator, group_accuracy
 from pal_study.models import build_model
 from pal_study.prototypes import prototype_geometry
 
@@ -137,9 +137,11 @@ def build_classifier(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes
 
 
 def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> dict[str, Any]:
-    accepted = LOSS_PARAMS[cfg.loss.name]
+    """build_loss's keywords: the config's loss.* values the loss takes, the head's scale, the
+    training class sizes where the loss takes them (LDAM)."""
+    accepted = get_loss(cfg.loss.name).accepted
     params: dict[str, Any] = {}
-    for key in ("q", "gamma", "alpha", "beta", "max_m"):
+    for key in config_params():
         value = getattr(cfg.loss, key)
         if value is not None and key in accepted:
             params[key] = value
@@ -398,7 +400,7 @@ def _result(cfg: TrainConfig, status: str, reason: str | None, history: list[dic
     final = dict(history[-1]) if history else {}
     groups = None
     if last_eval and cfg.data.imbalance.ratio > 1:
-        hi, lo = scaled_thresholds(data.class_counts)
+        hi, lo = get_dataset(cfg.data.name).group_thresholds_for(data.class_counts)
         groups = group_accuracy(last_eval["per_class_acc"], data.class_counts, thresholds=(hi, lo))
     return TrialResult(
         status=status,

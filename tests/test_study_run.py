@@ -125,7 +125,8 @@ def test_the_optuna_pruner_decides(tmp_path, pruner, expected):
     path = write_study(
         tmp_path, name=f"p-{pruner}",
         factors={"method": ["ce"]}, search=[str(ROOT / "search_spaces/weight_decay.yaml")],
-        budget={"trials_per_cell": 3, "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}},
+        budget={"trials_per_cell": 3, "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}
+                                          if pruner == "median" else {"name": pruner}},
         finals={"seeds": [0]},
     )
     runs = tmp_path / "runs"

@@ -14,11 +14,14 @@ from pal_study.data.bundle import DATASETS, DataBundle, build_dataset, stage_see
 from pal_study.data.corruption import (ASYMMETRIC_MAPS, IMBALANCE_PROFILES, NOISE_KINDS, apply_noise,
                                        asymmetric_map, asymmetric_noise, long_tail_counts, long_tail_subsample,
                                        stratified_split, symmetric_noise)
+from pal_study.data.sets import (DATASET_REGISTRY, DatasetSpec, Recipe, dataset_names, dataset_needs_files,
+                                 get_dataset)
 from pal_study.data.sources import DataError, expected_files
 
 __all__ = [
-    "ASYMMETRIC_MAPS", "AUGMENTS", "DATASETS", "IMBALANCE_PROFILES", "NOISE_KINDS",
-    "DataBundle", "DataError", "DeviceBatches",
-    "apply_noise", "asymmetric_map", "asymmetric_noise", "build_dataset", "crop_flip", "expected_files",
-    "long_tail_counts", "long_tail_subsample", "stage_seed", "stratified_split", "symmetric_noise",
+    "ASYMMETRIC_MAPS", "AUGMENTS", "DATASETS", "DATASET_REGISTRY", "IMBALANCE_PROFILES", "NOISE_KINDS",
+    "DataBundle", "DataError", "DatasetSpec", "DeviceBatches", "Recipe",
+    "apply_noise", "asymmetric_map", "asymmetric_noise", "build_dataset", "crop_flip", "dataset_names",
+    "dataset_needs_files", "expected_files", "get_dataset", "long_tail_counts", "long_tail_subsample",
+    "stage_seed", "stratified_split", "symmetric_noise",
 ]

@@ -1,4 +1,5 @@
-"""``build_dataset``: a clean source, made long-tailed and noisy (PAL_SPEC §4), split, in one bundle.
+"""``build_dataset``: a clean source, made long-tailed and noisy (docs/method.md §4), split, in one
+bundle.
 
 Pipeline, in this order: load the clean source -> long-tail subsample of the training pool ->
 label noise on the pool -> stratified validation split of the (now noisy) pool. The test set is
@@ -22,11 +23,12 @@ import torch
 
 from pal_study.data.corruption import (IMBALANCE_PROFILES, NOISE_KINDS, apply_noise, long_tail_counts,
                                        long_tail_subsample, stratified_split)
-from pal_study.data.sources import RawData, load_digits, load_torchvision, make_synthetic
+from pal_study.data.sets import DATASET_REGISTRY, dataset_names
+from pal_study.data.sources import RawData
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("digits", "mnist", "cifar10", "cifar100", "synthetic")
+DATASETS = dataset_names()  # the registered data sets (data/sets/), in their listing order
 
 _STAGES = {"subsample": 1, "noise": 2, "val_split": 3}
 
@@ -101,8 +103,8 @@ def _is_number(v: Any) -> bool:
 
 def _check_args(name: str, noise_kind: str, noise_rate: float, imbalance_ratio: float,
                 imbalance_profile: str, val_fraction: float, seed: int) -> None:
-    if name not in DATASETS:
-        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    if name not in DATASET_REGISTRY:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASET_REGISTRY.names())}")
     if noise_kind not in NOISE_KINDS:
         raise ValueError(f"noise kind must be one of {NOISE_KINDS}, got {noise_kind!r}")
     if not _is_number(noise_rate) or not (0.0 <= noise_rate < 1.0):
@@ -118,12 +120,8 @@ def _check_args(name: str, noise_kind: str, noise_rate: float, imbalance_ratio: 
 
 
 def _load(name: str, root: str | os.PathLike[str] | None, download: bool,
-          synthetic: Mapping[str, Any] | None) -> RawData:
-    if name == "digits":
-        return load_digits()
-    if name == "synthetic":
-        return make_synthetic(synthetic)
-    return load_torchvision(name, root, download)
+          options: Mapping[str, Any] | None) -> RawData:
+    return DATASET_REGISTRY.get(name).load(root, download, options)
 
 
 def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
@@ -139,10 +137,10 @@ def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, down
     - ``val_fraction``: stratified by observed label, round(f·n_c) per observed class, taken from
       the noisy pool — what a practitioner would hold out. 0 gives empty val tensors.
     - ``synthetic``: options for ``name="synthetic"`` (see ``sources.SYNTHETIC_DEFAULTS``);
-      ignored for the other data sets.
+      ignored for the other data sets (those without ``options_key``).
     """
     _check_args(name, noise_kind, noise_rate, imbalance_ratio, imbalance_profile, val_fraction, seed)
-    raw = _load(name, root, download, synthetic if name == "synthetic" else None)
+    raw = _load(name, root, download, synthetic if DATASET_REGISTRY.get(name).options_key else None)
     k = raw.num_classes
     x, y_clean = raw.train_x, raw.train_y
 

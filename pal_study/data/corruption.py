@@ -1,4 +1,4 @@
-"""Label noise, long-tail subsampling and stratified splits (PAL_SPEC §4) as pure functions.
+"""Label noise, long-tail subsampling and stratified splits (docs/method.md §4), as pure functions.
 
 Every function takes labels (a 1-D int tensor, numpy array or sequence) and an integer ``seed``
 and returns a new CPU ``int64`` tensor; nothing is modified in place and no global RNG is used,
@@ -19,26 +19,21 @@ from typing import Union
 import numpy as np
 import torch
 
+from pal_study.data.sets import DATASET_REGISTRY
+
 LabelsLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 IMBALANCE_PROFILES = ("exp", "step")
 
 
-def _mnist_map() -> dict[int, int]:
-    return {7: 1, 2: 7, 5: 6, 6: 5, 3: 8}
-
-
-# Source class -> target class. CIFAR-100 maps i to the next class inside its block of 5
-# consecutive indices; synthetic data (any k) use i -> (i+1) mod k, see `asymmetric_map`.
+# Source class -> target class, per data set: each data set declares its own map (DatasetSpec.
+# asymmetric_map in data/sets/); this is a read-only view of the fixed ones. CIFAR-100 maps i to the
+# next class inside its block of 5 consecutive indices; synthetic data (any k) use i -> (i+1) mod k.
 ASYMMETRIC_MAPS: dict[str, dict[int, int]] = {
-    "mnist": _mnist_map(),
-    "digits": _mnist_map(),  # same digit semantics as MNIST
-    # truck->automobile, bird->airplane, cat<->dog, deer->horse
-    "cifar10": {9: 1, 2: 0, 3: 5, 5: 3, 4: 7},
-    "cifar100": {i: 5 * (i // 5) + (i + 1) % 5 for i in range(100)},
+    spec.name: dict(spec.asymmetric_map) for spec in DATASET_REGISTRY.entries()
+    if spec.asymmetric_map is not None and not callable(spec.asymmetric_map)
 }
-_MAP_CLASSES = {"mnist": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
 
 
 def _as_labels(labels: LabelsLike, num_classes: int | None = None) -> torch.Tensor:
@@ -170,16 +165,13 @@ def symmetric_noise(labels: LabelsLike, rate: float, num_classes: int, seed: int
 
 
 def asymmetric_map(dataset: str, num_classes: int) -> dict[int, int]:
-    """The class-dependent flip map for ``dataset`` (see ``ASYMMETRIC_MAPS``; synthetic: i -> i+1 mod k)."""
+    """The class-dependent flip map of ``dataset`` (its ``DatasetSpec.asymmetric_map``; synthetic: i -> i+1 mod k)."""
     k = _check_num_classes(num_classes)
-    if dataset == "synthetic":
-        return {i: (i + 1) % k for i in range(k)}
-    if dataset not in ASYMMETRIC_MAPS:
-        raise ValueError(f"no asymmetric noise map for dataset {dataset!r}; "
-                         f"known: {tuple(ASYMMETRIC_MAPS) + ('synthetic',)}")
-    if k != _MAP_CLASSES[dataset]:
-        raise ValueError(f"the asymmetric map of {dataset!r} needs num_classes={_MAP_CLASSES[dataset]}, got {k}")
-    return dict(ASYMMETRIC_MAPS[dataset])
+    spec = DATASET_REGISTRY.get(dataset) if dataset in DATASET_REGISTRY else None
+    if spec is None or spec.asymmetric_map is None:
+        known = tuple(s.name for s in DATASET_REGISTRY.entries() if s.asymmetric_map is not None)
+        raise ValueError(f"no asymmetric noise map for dataset {dataset!r}; known: {known}")
+    return spec.noise_map(k)
 
 
 def asymmetric_noise(labels: LabelsLike, rate: float, dataset: str, num_classes: int, seed: int) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Clean data sources: sklearn digits, torchvision MNIST / CIFAR-10 / CIFAR-100, synthetic Gaussians.
+"""Clean data sources: sklearn digits, torchvision image sets (MNIST / CIFAR-10 / CIFAR-100),
+synthetic Gaussians. Which set reads what (files, classes, layout) is declared in ``data/sets/``.
 
 Each loader returns a :class:`RawData`: a clean training pool and a clean test set as float32
 tensors, normalised per channel with the mean/std of the source's training split, plus int64
@@ -10,13 +11,16 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from pal_study.data.sets import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +29,9 @@ log = logging.getLogger(__name__)
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
 
-SYNTHETIC_DEFAULTS: dict[str, Any] = dict(num_classes=10, dim=32, train_per_class=500, test_per_class=100,
+# The one definition of the synthetic data set's defaults; the trial config's ``data.synthetic``
+# section takes its defaults from here.
+SYNTHETIC_DEFAULTS: dict[str, Any] = dict(num_classes=10, dim=32, train_per_class=200, test_per_class=100,
                                           separation=3.0, input_shape=None, data_seed=0, augment="none")
 
 DEFAULT_ROOT_ENV = "PAL_STUDY_DATA"
@@ -108,20 +114,14 @@ def load_digits() -> RawData:
 
 
 # --------------------------------------------------------------------------------------------
-# torchvision sources
-
-_EXPECTED = {
-    "mnist": ("MNIST/raw", ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                            "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]),
-    "cifar100": ("cifar-100-python", ["train", "test", "meta"]),
-}
+# torchvision sources (which files, which class: the data set modules in data/sets/)
 
 
 def expected_files(name: str, root: str | os.PathLike[str]) -> list[Path]:
-    """The files ``build_dataset(name, root=root)`` reads."""
-    sub, files = _EXPECTED[name]
-    return [Path(root) / sub / f for f in files]
+    """The files ``build_dataset(name, root=root)`` reads ([] for a data set that needs none)."""
+    from pal_study.data.sets import get_dataset
+
+    return get_dataset(name).expected_files(root)
 
 
 def default_root() -> Path:
@@ -130,85 +130,35 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "pal-study" / "data"
 
 
-def _missing_message(name: str, root: Path, missing: list[Path]) -> str:
-    sub, files = _EXPECTED[name]
+def _missing_message(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
+    sub, files = spec.files
     listed = ", ".join(files)
-    return (f"{name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
+    return (f"{spec.name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
             f"(missing: {', '.join(str(p) for p in missing)}). Put the torchvision files there, or pass "
             f"--download (config: data.download: true) on a machine with network access.")
 
 
-def _lenient_cifar(base: type) -> type:
-    """A torchvision CIFAR class that accepts well-formed files whose md5 differs from the release.
+def load_torchvision(spec: DatasetSpec, root: str | os.PathLike[str] | None, download: bool, *,
+                     dataset_class: Callable[[], type], channels_last_arrays: bool) -> RawData:
+    """A torchvision image set's train and test splits, read straight from the dataset arrays.
 
-    torchvision checks the md5 of every batch file (and of the meta file), which rejects any
-    locally built or re-exported root even when its files are in the real format. Here
-    ``download()`` keeps the strict check — a root that fails it is downloaded again and the
-    archive is verified — while loading an existing root falls back to "all files present",
-    with a warning. Reading the batches unpickles them: pickle is the CIFAR release format, so this
-    is inherent to it; only point ``root`` at files you trust.
+    ``dataset_class()`` gives the torchvision class (imported only now); its ``data`` is N×H×W
+    (one channel) or, with ``channels_last_arrays``, N×H×W×C (CIFAR's numpy layout).
     """
-    from torchvision.datasets.utils import check_integrity, download_and_extract_archive
-
-    class Lenient(base):  # type: ignore[misc, valid-type]
-        def _files_present(self) -> bool:
-            names = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
-            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in names)
-
-        def _check_integrity(self) -> bool:
-            if base._check_integrity(self):
-                return True
-            if self._files_present():
-                log.warning("%s: files under %s differ from the official release (md5); loading them anyway",
-                            base.__name__, os.path.join(self.root, self.base_folder))
-                return True
-            return False
-
-        def download(self) -> None:
-            if base._check_integrity(self):
-                return
-            download_and_extract_archive(self.url, self.root, filename=self.filename, md5=self.tgz_md5)
-
-        def _load_meta(self) -> None:
-            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-            if not os.path.isfile(path):
-                raise RuntimeError(f"Dataset metadata file not found: {path}")
-            if not check_integrity(path, self.meta["md5"]):
-                log.debug("%s: meta file md5 differs from the official release", path)
-            import pickle
-
-            with open(path, "rb") as infile:
-                data = pickle.load(infile, encoding="latin1")  # CIFAR's release format (see class doc)
-            self.classes = data[self.meta["key"]]
-            self.class_to_idx = {_class: i for i, _class in enumerate(self.classes)}
-
-    Lenient.__name__ = Lenient.__qualname__ = f"Lenient{base.__name__}"
-    return Lenient
-
-
-def _torchvision_class(name: str) -> type:
-    from torchvision import datasets
-
-    if name == "mnist":
-        return datasets.MNIST  # its _check_exists only tests that the raw files exist
-    return _lenient_cifar(datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)
-
-
-def load_torchvision(name: str, root: str | os.PathLike[str] | None, download: bool) -> RawData:
-    """MNIST / CIFAR-10 / CIFAR-100 train and test sets read straight from the dataset arrays."""
-    if name not in _EXPECTED:
-        raise ValueError(f"not a torchvision source: {name!r}; known: {tuple(_EXPECTED)}")
+    name = spec.name
+    if spec.files is None:
+        raise ValueError(f"not a torchvision source: {name!r} declares no files")
     if root is None:
         if not download:
             raise DataError(f"{name}: no data root given. Pass root=<dir> holding "
-                            f"{_EXPECTED[name][0]}/ ({', '.join(_EXPECTED[name][1])}), or pass --download "
+                            f"{spec.files[0]}/ ({', '.join(spec.files[1])}), or pass --download "
                             f"(config: data.download: true) on a machine with network access.")
         root = default_root()
     root = Path(root).expanduser()
-    missing = [p for p in expected_files(name, root) if not p.is_file()]
+    missing = [p for p in spec.expected_files(root) if not p.is_file()]
     if missing and not download:
-        raise DataError(_missing_message(name, root, missing))
-    cls = _torchvision_class(name)
+        raise DataError(_missing_message(spec, root, missing))
+    cls = dataset_class()
     try:
         if download:
             root.mkdir(parents=True, exist_ok=True)
@@ -217,24 +167,23 @@ def load_torchvision(name: str, root: str | os.PathLike[str] | None, download: b
     except DataError:
         raise
     except Exception as e:  # torchvision raises RuntimeError, URLError, AssertionError, pickle errors...
-        missing = [p for p in expected_files(name, root) if not p.is_file()]
+        missing = [p for p in spec.expected_files(root) if not p.is_file()]
         if missing:
             if download:
                 raise DataError(f"{name}: download to {root} failed ({type(e).__name__}: {e}); "
-                                + _missing_message(name, root, missing)) from e
-            raise DataError(f"{_missing_message(name, root, missing)} ({type(e).__name__}: {e})") from e
+                                + _missing_message(spec, root, missing)) from e
+            raise DataError(f"{_missing_message(spec, root, missing)} ({type(e).__name__}: {e})") from e
         what = "could not download or read" if download else "could not read"
         raise DataError(f"{name}: {what} the files under {root}: {type(e).__name__}: {e}") from e
 
-    if name == "mnist":
-        tr_x = torch.as_tensor(train.data).unsqueeze(1)  # (N, 1, 28, 28) uint8
-        te_x = torch.as_tensor(test.data).unsqueeze(1)
-        k, augment = 10, "none"
-    else:
+    if channels_last_arrays:
         # torchvision keeps CIFAR as (N, 32, 32, 3) HWC numpy arrays
         tr_x = torch.from_numpy(np.ascontiguousarray(train.data)).permute(0, 3, 1, 2).contiguous()
         te_x = torch.from_numpy(np.ascontiguousarray(test.data)).permute(0, 3, 1, 2).contiguous()
-        k, augment = (10 if name == "cifar10" else 100), "crop_flip"
+    else:
+        tr_x = torch.as_tensor(train.data).unsqueeze(1)  # (N, 1, 28, 28) uint8
+        te_x = torch.as_tensor(test.data).unsqueeze(1)
+    k, augment = spec.classes_for(), spec.augment
     tr_y = torch.as_tensor(np.asarray(train.targets), dtype=torch.int64)
     te_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
     for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):

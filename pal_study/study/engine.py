@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,45 +26,15 @@ from ray.tune.search import Searcher
 
 from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
+from pal_study.study.pruners import build_pruner
+from pal_study.study.samplers import build_sampler
 from pal_study.study.events import (EpochReported, FinalEnded, FinalsSkipped, Sink, TrialEnded, TrialRetried,
                                     TrialStarted)
 from pal_study.study.space import suggest
-from pal_study.study.spec import Cell, PrunerSpec, SamplerSpec, Study, _yaml_value
+from pal_study.study.spec import Cell, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
 
 log = logging.getLogger(__name__)
-
-
-def build_sampler(spec: SamplerSpec, cell_index: int, trial_number: int = 0) -> optuna.samplers.BaseSampler:
-    # A seed per cell and trial number: cells do not draw the same sequence, and trial n of a cell
-    # draws the same whether the study ran straight through or was killed and resumed before it.
-    seed = (spec.seed * 1_000_003 + cell_index * 10_007 + trial_number) % (2**31)
-    if spec.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # constant_liar: concurrent trials are not all drawn at the same promising point.
-        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
-                                          multivariate=True, constant_liar=True)
-
-
-def build_pruner(spec: PrunerSpec, epochs: int) -> optuna.pruners.BasePruner:
-    if spec.name == "none":
-        return optuna.pruners.NopPruner()
-    if spec.name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
-                                           n_warmup_steps=spec.n_warmup_steps, interval_steps=spec.interval_steps)
-    if spec.name == "percentile":
-        return optuna.pruners.PercentilePruner(spec.percentile, n_startup_trials=spec.n_startup_trials,
-                                               n_warmup_steps=spec.n_warmup_steps,
-                                               interval_steps=spec.interval_steps)
-    if spec.name == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource,
-                                                      reduction_factor=spec.reduction_factor)
-    if spec.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1 if spec.min_resource == "auto" else spec.min_resource,
-                                              max_resource=epochs, reduction_factor=spec.reduction_factor)
-    raise ValueError(f"unknown pruner {spec.name!r}")
 
 
 @dataclass

@@ -10,12 +10,12 @@ from pal_study.study.spec import Study
 
 def check_data(study: Study) -> None:
     """Missing data set files are bad input, said before any trial starts (not 100 failed trials)."""
-    from pal_study.data.sources import expected_files
+    from pal_study.data import dataset_needs_files, expected_files
 
     seen: set[tuple[str, str]] = set()
     for cell in study.cells:
         d = cell.config.data
-        if d.name not in ("mnist", "cifar10", "cifar100") or d.download or not d.root:
+        if not dataset_needs_files(d.name) or d.download or not d.root:
             continue
         if (d.name, d.root) in seen:
             continue

@@ -10,6 +10,7 @@ from typing import Any
 
 from pal_study._compat import keep_local_ray_on_loopback
 from pal_study.config import ConfigError
+from pal_study.device import affinity_cpus
 from pal_study.study.spec import Study
 
 # Set before Ray is imported: Tune's CSV/JSON/TensorBoard loggers cost ~40 ms per trial and we
@@ -67,17 +68,8 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
             raise ConfigError(f"cannot connect to the Ray cluster at {address!r}: {e}", key="--address") from None
         return True
     # "local" starts a new instance even if /tmp/ray/ray_current_cluster names an old one.
-    ray.init(address="local", num_cpus=num_cpus or machine_cpus(), **common)
+    ray.init(address="local", num_cpus=num_cpus or affinity_cpus(), **common)
     return True
-
-
-def machine_cpus() -> int:
-    """The CPUs this machine lets the process use (a local Ray gets them all; trials get theirs
-    through `resources.cpu`)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def trial_slots(study: Study, max_concurrent: int | None) -> int:

@@ -68,15 +68,6 @@ class Param(_Strict):
             raise KeyedError("low", "int parameters need integer low and high")
         return self
 
-    def distribution(self):
-        import optuna.distributions as d
-
-        if self.type == "categorical":
-            return d.CategoricalDistribution(self.choices)
-        if self.type == "int":
-            return d.IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
-        return d.FloatDistribution(self.low, self.high, log=self.log, step=self.step)
-
 
 class SearchSpace(_Strict):
     name: str | None = None
@@ -109,14 +100,21 @@ def suggest(trial, params: dict[str, Param]) -> dict[str, Any]:
 
 def resolve_space_path(ref: str, study_dir: Path, spaces_dir: Path | None = None) -> Path:
     """A bare name (``weight_decay``) is a file in ``search_spaces/`` (beside the study's folder,
-    then in the working directory); anything with a slash or a .yaml suffix is a path, relative to
-    the study file. Bare names never match the study folder, where a study may share the name."""
+    then in the working directory), else the shipped search space of that name; anything with a
+    slash or a .yaml suffix is a path, relative to the study file (a bare ``weight_decay.yaml``
+    found nowhere else is the shipped one). Bare names never match the study folder, where a
+    study may share the name. Found nowhere: the first candidate, which does not exist."""
+    from pal_study.resources import find_shipped
+
     is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
     bases = [b for b in (spaces_dir, study_dir.parent / "search_spaces", Path.cwd() / "search_spaces") if b]
     if is_path:
         candidates = [study_dir / ref, Path.cwd() / ref]
     else:
         candidates = [c for b in bases for c in (b / f"{ref}.yaml", b / f"{ref}.yml")]
+    shipped = None if "/" in ref else find_shipped("search_spaces", ref)
+    if shipped is not None:
+        candidates.append(shipped)
     for c in candidates:
         if c.is_file():
             return c

@@ -27,34 +27,18 @@ from pal_study.config import (
     validate_train_config,
     validation_error_to_config_error,
 )
+from pal_study.study.pruners import PrunerSpec, default_pruner
+from pal_study.study.samplers import SamplerSpec, default_sampler
+from pal_study.study import pruners, samplers
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
-
-OBJECTIVE_METRICS = ("val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min", "margin_mean")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
-SAMPLERS = ("tpe", "random")
-
-
-class SamplerSpec(_Strict):
-    name: Literal["tpe", "random"] = "tpe"
-    seed: int = Field(0, ge=0)
-    n_startup_trials: int = Field(4, ge=0, description="random trials before TPE models the space")
-
-
-class PrunerSpec(_Strict):
-    name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
-    n_startup_trials: int = Field(2, ge=0, description="completed trials before pruning starts")
-    n_warmup_steps: int = Field(2, ge=0, description="Optuna's: no pruning at epochs below this (steps are epochs, from 1)")
-    interval_steps: int = Field(1, ge=1)
-    percentile: float = Field(50.0, gt=0, lt=100)
-    min_resource: int | Literal["auto"] = "auto"
-    reduction_factor: int = Field(3, ge=2)
 
 
 class BudgetSpec(_Strict):
     trials_per_cell: int = Field(8, ge=1, le=100_000)
     epochs: int | None = Field(None, ge=1, description="epochs of each tuning trial; default: the base's")
-    sampler: SamplerSpec = SamplerSpec()
-    pruner: PrunerSpec = PrunerSpec()
+    # One model per sampler / pruner, each with only its own options (study/samplers.py, pruners.py).
+    sampler: SamplerSpec = Field(default_factory=default_sampler)
+    pruner: PrunerSpec = Field(default_factory=default_pruner)
 
 
 class FinalsSpec(_Strict):
@@ -193,7 +177,10 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     p = Path(path)
     src = str(p)
     data = read_yaml(p)
-    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith("factors.")])
+    # A changed pruner or sampler name starts its section afresh: `--set budget.pruner.name=none`
+    # must not carry over the median's options, which `none` would reject.
+    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith("factors.")],
+                           reset_on_name={"budget.pruner": pruners.DEFAULT, "budget.sampler": samplers.DEFAULT})
     for item in overrides or []:
         if item.startswith("factors."):
             # Factor names are dotted trial-config keys themselves: factors.data.noise.rate=[0.4]

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
-import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from pal_study.metrics import mean_std
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, best_trial, state_counts
 
@@ -64,11 +63,8 @@ class RunOutcome:
         return n > 0 and all(c.counts["completed"] == 0 and c.counts["pruned"] == 0 for c in self.cells)
 
 
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    return mean_std(values) or (None, None)
 
 
 def summarize(study: Study, store: StudyStore) -> list[CellSummary]:

@@ -1,0 +1,52 @@
+"""Synthetic Gaussian classes (``data.synthetic`` options; defaults: ``sources.SYNTHETIC_DEFAULTS``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pal_study.data.sets.base import DatasetSpec, Recipe
+from pal_study.data.sources import SYNTHETIC_DEFAULTS, make_synthetic
+
+
+def _shape(options: Mapping[str, Any]) -> tuple[int, ...]:
+    shape = options.get("input_shape") or SYNTHETIC_DEFAULTS["input_shape"]
+    return tuple(shape) if shape else (int(options.get("dim") or SYNTHETIC_DEFAULTS["dim"]),)
+
+
+def _classes(options: Mapping[str, Any]) -> int:
+    return int(options.get("num_classes") or SYNTHETIC_DEFAULTS["num_classes"])
+
+
+def _arch(shape: tuple[int, ...]) -> str:
+    """1-D (or any non-image) input -> digits_mlp; images with min(H, W) >= 32 (e.g. (3, 32, 32))
+    -> cifar_cnn8; >= 16 (e.g. (1, 28, 28)) -> mnist_cnn; smaller -> digits_mlp."""
+    if len(shape) != 3:
+        return "digits_mlp"
+    side = min(shape[1], shape[2])
+    if side >= 32:
+        return "cifar_cnn8"
+    if side >= 16:
+        return "mnist_cnn"
+    return "digits_mlp"
+
+
+def _next_class(num_classes: int) -> dict[int, int]:
+    return {i: (i + 1) % num_classes for i in range(num_classes)}
+
+
+SPEC = DatasetSpec(
+    name="synthetic",
+    summary="Gaussian classes drawn in memory; classes, dimension or image shape set by data.synthetic",
+    load=lambda root, download, options: make_synthetic(options),
+    input_shape=_shape,
+    num_classes=_classes,
+    default_arch=_arch,
+    # Ours (not from a paper): small, fast, CPU-friendly.
+    recipe=Recipe(lr=0.05, weight_decay=5e-4, epochs=20, batch_size=128, schedule="cosine", warmup_epochs=1,
+                  grad_clip=5.0),
+    loss_defaults="cifar10",  # CIFAR-10's values, which are also the generic (alpha, beta) = (1, 1)
+    augment="none",  # data.synthetic.augment may set crop_flip for image shapes
+    asymmetric_map=_next_class,  # i -> i+1 mod k, for any k
+    options_key="synthetic",
+)
