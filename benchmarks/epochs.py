@@ -20,13 +20,13 @@ The two run interleaved: the baseline's epoch runs inside the trainer's ``on_epo
 so pal-study epoch i and baseline epoch i see the same background load. Epoch 1 of each is a
 warm-up and is dropped; the speed-up is the median of the per-epoch ratios.
 
-Where pal-study's epoch time goes: a step-by-step copy of ``train()``'s epoch loop built from the
-trainer's own pieces (``build_classifier``, ``build_loss(loss_params)``, ``make_optimizer``,
-``lr_factor``, ``DeviceBatches``), with ``time.perf_counter`` around each phase (on the CPU every
-op is synchronous, so the boundaries are exact): data (batch assembly + augmentation), forward
-(backbone + head + loss), backward (zero_grad + backward), optimiser (clip + step + LR
-schedule), metrics (the on-device loss sum and the epoch's one host sync). Its epoch total is
-compared with the trainer's ``train_time_s`` as a check that the copy is faithful.
+Where pal-study's epoch time goes: the trainer's own epoch function, ``train_epoch``, built from
+the trainer's pieces (``build_classifier``, ``build_loss(loss_params)``, ``make_optimizer``,
+``lr_factor``, ``DeviceBatches``) and given a ``phases`` dict, which it fills with the time of
+each phase (on the CPU every op is synchronous, so the boundaries are exact): data (batch
+assembly + augmentation), forward (backbone + head + loss), backward (zero_grad + backward),
+optimiser (clip + step + LR schedule), metrics (the on-device loss sum and the epoch's one host
+sync). Its epoch total is compared with the trainer's ``train_time_s``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,10 +206,11 @@ def build_baseline(cfg: Any, bundle: Any, data: BaselineData, workers: int) -> B
 
 
 def _phases(cfg: Any, bundle: Any, epochs: int) -> dict[str, list[float]]:
-    """Run ``epochs`` epochs exactly as ``train()`` does, timing each phase of every step."""
+    """Run ``epochs`` epochs with the trainer's own ``train_epoch``, timing each phase of every
+    step through its ``phases`` argument."""
     from pal_study.data import DeviceBatches
     from pal_study.losses import build_loss
-    from pal_study.train import build_classifier, loss_params, lr_factor, make_optimizer
+    from pal_study.train import PHASES, build_classifier, loss_params, lr_factor, make_optimizer, train_epoch
 
     k = bundle.num_classes
     counts = torch.bincount(bundle.train_y, minlength=k).tolist()
@@ -221,48 +221,17 @@ def _phases(cfg: Any, bundle: Any, epochs: int) -> dict[str, list[float]]:
                             generator=torch.Generator().manual_seed(cfg.seed), augment=bundle.augment)
     steps = len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    clip = cfg.optim.grad_clip or 0.0
-    out: dict[str, list[float]] = {k_: [] for k_ in ("data", "forward", "backward", "optimizer", "metrics", "epoch")}
-    pc = time.perf_counter
+    out: dict[str, list[float]] = {k_: [] for k_ in (*PHASES, "epoch")}
     for _ in range(epochs):
-        acc = dict.fromkeys(("data", "forward", "backward", "optimizer", "metrics"), 0.0)
-        t_start = pc()
-        model.train()
-        loss_sum = torch.zeros(())
-        it: Iterator = iter(batches)
-        while True:
-            t0 = pc()
-            try:
-                xb, yb = next(it)
-            except StopIteration:
-                acc["data"] += pc() - t0
-                break
-            t1 = pc()
-            _, logits = model(xb)
-            loss = criterion(logits.float(), yb)
-            t2 = pc()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            t3 = pc()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
-            optimizer.step()
-            scheduler.step()
-            t4 = pc()
-            loss_sum += loss.detach() * yb.shape[0]
-            t5 = pc()
-            for key, dt in (("data", t1 - t0), ("forward", t2 - t1), ("backward", t3 - t2),
-                            ("optimizer", t4 - t3), ("metrics", t5 - t4)):
-                acc[key] += dt
-        t6 = pc()
-        train_loss = (loss_sum / bundle.train_y.shape[0]).item()
-        t7 = pc()
-        acc["metrics"] += t7 - t6
+        acc = dict.fromkeys(PHASES, 0.0)
+        t_start = time.perf_counter()
+        train_loss = train_epoch(model, model, batches, criterion, optimizer, scheduler,
+                                 clip=cfg.optim.grad_clip or 0.0, phases=acc)
+        out["epoch"].append(time.perf_counter() - t_start)
         if not math.isfinite(train_loss):
             raise RuntimeError(f"non-finite training loss {train_loss} in the instrumented epoch")
         for key, v in acc.items():
             out[key].append(v)
-        out["epoch"].append(t7 - t_start)
     return out
 
 

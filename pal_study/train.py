@@ -329,24 +329,9 @@ def train(
 
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
-        model.train()
         lr_now = optimizer.param_groups[0]["lr"]
-        loss_sum = torch.zeros((), device=device)
-        for xb, yb in batches:
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            with autocast():
-                _, logits = net(xb)
-            loss = criterion(logits.float(), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
-            optimizer.step()
-            scheduler.step()
-            # Summed on the device: one host sync per epoch, not per step.
-            loss_sum += loss.detach() * yb.shape[0]
-        train_loss = (loss_sum / data.train_y.shape[0]).item()
+        train_loss = train_epoch(model, net, batches, criterion, optimizer, scheduler, clip=clip,
+                                 autocast=autocast, channels_last=channels_last)
         t1 = time.perf_counter()
         if not math.isfinite(train_loss):
             status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch}"
@@ -383,6 +368,72 @@ def train(
 
 def _epoch_times(history: list[dict[str, Any]]) -> list[float]:
     return [h["train_time_s"] + h["eval_time_s"] for h in history]
+
+
+PHASES = ("data", "forward", "backward", "optimizer", "metrics")
+
+
+def train_epoch(model: Classifier, net: nn.Module, batches: DeviceBatches, criterion: nn.Module,
+                optimizer: torch.optim.Optimizer, scheduler: Any, *, clip: float = 0.0,
+                autocast: Any = nullcontext, channels_last: bool = False,
+                phases: dict[str, float] | None = None) -> float:
+    """One pass over the training batches; returns the mean training loss (one host sync).
+
+    ``net`` is ``model`` or its compiled form. ``phases``: a dict to which the seconds spent in
+    each of :data:`PHASES` are added (benchmarks/epochs.py times the trainer's own epoch this way;
+    on the CPU every op is synchronous, so the boundaries are exact). None in training.
+    """
+    lap = _Laps(phases)
+    model.train()
+    loss_sum = torch.zeros((), device=batches.y.device)
+    n = 0
+    for xb, yb in lap.iterate(batches):
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with autocast():
+            _, logits = net(xb)
+        loss = criterion(logits.float(), yb)
+        lap("forward")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lap("backward")
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip, foreach=True)
+        optimizer.step()
+        scheduler.step()
+        lap("optimizer")
+        # Summed on the device: one host sync per epoch, not per step.
+        loss_sum += loss.detach() * yb.shape[0]
+        n += yb.shape[0]
+        lap("metrics")
+    train_loss = (loss_sum / max(1, n)).item()
+    lap("metrics")
+    return train_loss
+
+
+class _Laps:
+    """Adds the time since the last lap to a phase (a no-op without a ``phases`` dict)."""
+
+    def __init__(self, phases: dict[str, float] | None):
+        self.phases = phases
+        self.t = time.perf_counter() if phases is not None else 0.0
+
+    def __call__(self, phase: str) -> None:
+        if self.phases is not None:
+            now = time.perf_counter()
+            self.phases[phase] = self.phases.get(phase, 0.0) + now - self.t
+            self.t = now
+
+    def iterate(self, batches: Any):
+        it = iter(batches)
+        while True:
+            try:
+                item = next(it)
+            except StopIteration:
+                self("data")
+                return
+            self("data")
+            yield item
 
 
 def build_dataset_for(cfg: TrainConfig) -> DataBundle:
