@@ -330,27 +330,35 @@ def status(
 @app.command()
 def report(
     study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="md | csv | latex")] = "md",
+    fmt: Annotated[str, typer.Option("--format", "-f", help="md | csv | latex | json (json without --out: on stdout)")] = "md",
     out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table and figures here.")] = None,
+    baseline: Annotated[str, typer.Option("--baseline", help="base: X+pal / X+fnpal / X+norm against X; ce: every method against CE.")] = "base",
+    adjust: Annotated[str, typer.Option("--adjust", help="q-values over all comparisons: bh (Benjamini-Hochberg) | holm.")] = "bh",
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Rebuild a study's comparison table and figures from the tracking store alone."""
-    from pal_study.report import aggregate, fetch_finals, render, report_files, rich_table
+    """Rebuild a study's comparison (paired by seed, with CIs and q-values) and figures from the tracking store alone."""
+    from pal_study.report import BASELINES, aggregate, fetch_finals, render, report_files, rich_table
+    from pal_study.stats import ADJUSTMENTS
     from pal_study.tracking import Tracking
 
-    if fmt not in ("md", "csv", "latex"):
-        raise UserError(f"--format: unknown {fmt!r}; allowed: md, csv, latex")
+    for opt, value, allowed in (("--format", fmt, ("md", "csv", "latex", "json")), ("--baseline", baseline, BASELINES),
+                                ("--adjust", adjust, ADJUSTMENTS)):
+        if value not in allowed:
+            raise UserError(f"{opt}: unknown {value!r}; allowed: {', '.join(allowed)}")
     name = _study_name(study)
     tracking = Tracking(tracking_uri)
     tracking.check()
-    rows = aggregate(fetch_finals(tracking.client, name)[2])
+    rows = aggregate(fetch_finals(tracking.client, name)[2], baseline=baseline, adjust=adjust)
     if not rows:
         raise UserError(f"study {name!r}: no completed final runs in {tracking.uri}")
-    out.print(rich_table(rows, f"{name}: final seeds, mean ± std"))
+    if fmt == "json" and out_dir is None:
+        typer.echo(render(rows, "json"), nl=False)
+        return
+    out.print(rich_table(rows, f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"))
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = report_files(rows, name)
-        ext = {"md": "md", "csv": "csv", "latex": "tex"}[fmt]
+        ext = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}[fmt]
         (out_dir / f"comparison.{ext}").write_text(render(rows, fmt))
         for key, content in files.items():
             if key.endswith(".png"):

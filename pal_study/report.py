@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from pal_study.config import ConfigError
 from pal_study.metrics import mean_std
+from pal_study.stats import Paired, adjust_all, paired
 
 GROUPS = ("many", "medium", "few")
 
@@ -48,8 +48,7 @@ class CellRow:
     seeds: list[int]
     run_ids: list[str]
     stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (mean, std)
-    delta_ce: float | None = None
-    p_value: float | None = None
+    comparison: Paired | None = None  # test_acc against the row's baseline cell, paired by seed
 
 
 def _f(v: Any, default: float = 0.0) -> float:
@@ -92,9 +91,24 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
     return exp.experiment_id, parent, out
 
 
-def aggregate(runs: list[FinalRun], baseline: str = "ce") -> list[CellRow]:
-    from scipy.stats import ttest_ind
+BASELINES = ("base", "ce")
+METRIC = "test_acc"
 
+
+def baseline_method(method: str, baseline: str = "base") -> str | None:
+    """The method a cell is compared with: ``base`` (the paper's pairing) compares X+pal, X+fnpal
+    and X+norm with their base loss X; ``ce`` compares every method with CE. None: no baseline."""
+    if baseline == "ce":
+        return None if method == "ce" else "ce"
+    if baseline != "base":
+        raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(BASELINES)}")
+    loss, sep, head = method.rpartition("+")
+    return loss if sep and head in ("pal", "fnpal", "norm") else None
+
+
+def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") -> list[CellRow]:
+    """Per cell: mean ± std over its final seeds, and its test accuracy against its baseline
+    cell (same other factors), paired by seed, with q-values over all the report's comparisons."""
     cells: dict[str, list[FinalRun]] = {}
     for r in runs:
         cells.setdefault(r.cell, []).append(r)
@@ -112,19 +126,30 @@ def aggregate(runs: list[FinalRun], baseline: str = "ce") -> list[CellRow]:
         rows.append(row)
     by_group = {(r.group, r.method): r for r in rows}
     for row in rows:
-        base = by_group.get((row.group, baseline))
-        if base is None or base is row or "test_acc" not in row.stats or "test_acc" not in base.stats:
+        base = by_group.get((row.group, baseline_method(row.method, baseline)))
+        if base is None or base is row:
             continue
-        row.delta_ce = row.stats["test_acc"][0] - base.stats["test_acc"][0]
-        a = [r.metrics["test_acc"] for r in cells[row.cell] if "test_acc" in r.metrics]
-        b = [r.metrics["test_acc"] for r in cells[base.cell] if "test_acc" in r.metrics]
-        if len(a) >= 2 and len(b) >= 2:
-            if statistics.pstdev(a) == 0 and statistics.pstdev(b) == 0:
-                row.p_value = 0.0 if statistics.fmean(a) != statistics.fmean(b) else 1.0
-            else:
-                row.p_value = float(ttest_ind(a, b, equal_var=False).pvalue)
+        row.comparison = paired(row.cell, base.cell, METRIC,
+                                {r.seed: r.metrics.get(METRIC) for r in cells[row.cell]},
+                                {r.seed: r.metrics.get(METRIC) for r in cells[base.cell]})
+    adjust_all([r.comparison for r in rows if r.comparison is not None], adjust)
     rows.sort(key=lambda r: (r.dataset, r.imbalance_ratio, r.noise_rate, r.group, r.method))
     return rows
+
+
+def comparisons(rows: list[CellRow]) -> list[dict[str, Any]]:
+    """Every comparison's numbers (the report's JSON format)."""
+    keys = ("cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test", "p_wilcoxon")
+    return [{k: getattr(r.comparison, k) for k in keys} | {"seeds": list(r.comparison.seeds)}
+            for r in rows if r.comparison is not None]
+
+
+def _delta(c: Paired | None) -> str:
+    if c is None or c.delta is None:
+        return "-"
+    if c.ci_low is None:
+        return f"{100 * c.delta:+.2f} (n={c.n_pairs})"
+    return f"{100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"
 
 
 def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
@@ -134,8 +159,8 @@ def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
-COLUMNS = ["cell", "method", "n", "val acc %", "test acc %", "Δ test vs ce (points)", "p (Welch)", "ECE",
-           "many/medium/few %"]
+COLUMNS = ["cell", "method", "n", "val acc %", "test acc %", "Δ test (points) [95% CI]", "vs", "p (paired t)", "q",
+           "ECE", "many/medium/few %"]
 
 
 def table_rows(rows: list[CellRow]) -> list[list[str]]:
@@ -144,9 +169,10 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
         groups = " / ".join(f"{100 * r.stats[f'test_acc_{g}'][0]:.1f}" if f"test_acc_{g}" in r.stats else "-"
                             for g in GROUPS)
         out.append([
-            r.cell, r.method, str(r.n), _pm(r, "val_acc"), _pm(r, "test_acc"),
-            "-" if r.delta_ce is None else f"{100 * r.delta_ce:+.2f}",
-            "-" if r.p_value is None else f"{r.p_value:.3g}",
+            r.cell, r.method, str(r.n), _pm(r, "val_acc"), _pm(r, "test_acc"), _delta(r.comparison),
+            "-" if r.comparison is None else r.comparison.baseline,
+            "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
+            "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
             _pm(r, "ece", 1.0, 3), groups if groups != "- / - / -" else "-",
         ])
     return out
@@ -154,17 +180,23 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
 
 def render(rows: list[CellRow], fmt: str) -> str:
     body = table_rows(rows)
+    if fmt == "json":
+        return json.dumps({"comparisons": comparisons(rows),
+                           "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows]},
+                          indent=1, default=str) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["cell", "method", "dataset", "noise_rate", "imbalance_ratio", "n", "seeds", "val_mean", "val_std",
-                    "test_mean", "test_std", "delta_test_vs_ce", "p_welch", "ece_mean", "many", "medium", "few",
-                    "run_ids"])
+                    "test_mean", "test_std", "baseline", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test",
+                    "ece_mean", "many", "medium", "few", "run_ids"])
         for r in rows:
             g = [r.stats.get(f"test_acc_{x}", (None,))[0] for x in GROUPS]
             w.writerow([r.cell, r.method, r.dataset, r.noise_rate, r.imbalance_ratio, r.n, " ".join(map(str, r.seeds)),
                         *r.stats.get("val_acc", (None, None)), *r.stats.get("test_acc", (None, None)),
-                        r.delta_ce, r.p_value, r.stats.get("ece", (None,))[0], *g, " ".join(r.run_ids)])
+                        *((c.baseline, c.n_pairs, c.delta, c.ci_low, c.ci_high, c.p, c.q, c.test)
+                          if (c := r.comparison) else (None,) * 8),
+                        r.stats.get("ece", (None,))[0], *g, " ".join(r.run_ids)])
         return buf.getvalue()
     if fmt == "latex":
         esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")  # noqa: E731
@@ -239,7 +271,7 @@ def report_files(rows: list[CellRow], study: str) -> dict[str, bytes | str]:
         "report/comparison.md": f"# {study}\n\n" + render(rows, "md"),
         "report/comparison.csv": render(rows, "csv"),
         "report/comparison.tex": render(rows, "latex"),
-        "report/cells.json": json.dumps([r.__dict__ for r in rows], indent=1, default=str),
+        "report/comparison.json": render(rows, "json"),
     }
     files.update({f"report/{k}": v for k, v in figures(rows).items()})
     return files

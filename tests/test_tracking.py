@@ -260,3 +260,43 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     tracker3 = StudyTracker(tracking, study, store)
     tracker3.start()
     assert tracker3.reconcile(searcher.trial_config) == 0
+
+
+def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_study):
+    """Recomputed from MLflow's records: each ce+fnpal cell against the ce cell of its noise rate,
+    paired by seed (scipy's paired t), q-values by Benjamini-Hochberg over both comparisons."""
+    from scipy import stats as st
+
+    tmp, uri, _ = tracked_study
+    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json",
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    comps = doc["comparisons"]
+    assert len(comps) == 2 and all(set(c) >= {"cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high",
+                                              "p", "q", "test"} for c in comps)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tracked")
+    finals = client.search_runs([exp.experiment_id], "tags.stage = 'final' and tags.outcome = 'completed'")
+    acc = {}
+    for r in finals:
+        acc.setdefault(r.data.tags["cell"], {})[int(r.data.tags["seed"])] = r.data.metrics["final_test_acc"]
+    ps = []
+    for c in comps:
+        assert "ce+fnpal" in c["cell"] and "method=ce," in c["baseline"] + "," and c["metric"] == "test_acc"
+        a, b = acc[c["cell"]], acc[c["baseline"]]
+        seeds = sorted(set(a) & set(b))
+        assert c["n_pairs"] == len(seeds) == 2
+        d = [a[s] - b[s] for s in seeds]
+        assert c["delta"] == pytest.approx(sum(d) / len(d))
+        if c["p"] is not None and len(set(d)) > 1:
+            assert c["p"] == pytest.approx(st.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
+            assert c["ci_low"] <= c["delta"] <= c["ci_high"]
+        ps.append(c["p"])
+    if all(p is not None for p in ps):
+        lo, hi = sorted(ps)
+        want = {lo: min(2 * lo, hi), hi: hi}  # BH with m = 2
+        assert {c["p"]: c["q"] for c in comps} == pytest.approx(want)
+    bad = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--baseline", "best",
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "allowed: base, ce" in bad.stderr
