@@ -277,6 +277,10 @@ def run(
                         trial_retries=trial_retries, progress=progress, storage=storage)
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
+    if outcome.claims:
+        from pal_study.claims import render_verdicts
+
+        out.print(render_verdicts(outcome.claims), highlight=False, markup=False, soft_wrap=True)
     out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
               f"{runs_dir / study.spec.name}/", highlight=False)
     if outcome.interrupted:
@@ -337,7 +341,10 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Rebuild a study's comparison (paired by seed, with CIs and q-values) and figures from the tracking store alone."""
-    from pal_study.report import BASELINES, aggregate, fetch_finals, render, report_files, rich_table
+    import json
+
+    from pal_study.claims import render_verdicts
+    from pal_study.report import BASELINES, aggregate, claim_results, fetch_finals, render, report_files, rich_table
     from pal_study.stats import ADJUSTMENTS
     from pal_study.tracking import Tracking
 
@@ -348,18 +355,31 @@ def report(
     name = _study_name(study)
     tracking = Tracking(tracking_uri)
     tracking.check()
-    rows = aggregate(fetch_finals(tracking.client, name)[2], baseline=baseline, adjust=adjust)
+    _, parent, runs = fetch_finals(tracking.client, name)
+    rows = aggregate(runs, baseline=baseline, adjust=adjust)
     if not rows:
         raise UserError(f"study {name!r}: no completed final runs in {tracking.uri}")
+    claims = claim_results(tracking.client, parent, runs, adjust)
+
+    def rendered(kind: str) -> str:
+        text = render(rows, kind)
+        if kind == "json":
+            return json.dumps({**json.loads(text), "claims": claims}, indent=1, default=str) + "\n"
+        if kind == "md" and claims:
+            text += "\n## Claims\n\n```\n" + render_verdicts(claims) + "\n```\n"
+        return text
+
     if fmt == "json" and out_dir is None:
-        typer.echo(render(rows, "json"), nl=False)
+        typer.echo(rendered("json"), nl=False)
         return
     out.print(rich_table(rows, f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"))
+    if claims:
+        out.print(render_verdicts(claims), highlight=False, markup=False, soft_wrap=True)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         files = report_files(rows, name)
         ext = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}[fmt]
-        (out_dir / f"comparison.{ext}").write_text(render(rows, fmt))
+        (out_dir / f"comparison.{ext}").write_text(rendered(fmt))
         for key, content in files.items():
             if key.endswith(".png"):
                 (out_dir / Path(key).name).write_bytes(content)

@@ -275,3 +275,48 @@ def report_files(rows: list[CellRow], study: str) -> dict[str, bytes | str]:
     }
     files.update({f"report/{k}": v for k, v in figures(rows).items()})
     return files
+
+
+def study_claims(client: Any, parent_id: str) -> tuple[list[Any], float]:
+    """The claims the study stated (its parent run's ``claims.json``, else its resolved spec) and alpha."""
+    import tempfile
+    from pathlib import Path
+
+    from pal_study.claims import ClaimSpec
+
+    names = {a.path for a in client.list_artifacts(parent_id)}
+    with tempfile.TemporaryDirectory() as tmp:
+        if "claims.json" in names:
+            saved = json.loads(Path(client.download_artifacts(parent_id, "claims.json", tmp)).read_text())
+            return [ClaimSpec.model_validate(c["spec"]) for c in saved], float(saved[0]["alpha"]) if saved else 0.05
+        if "study_resolved.json" in names:
+            spec = json.loads(Path(client.download_artifacts(parent_id, "study_resolved.json", tmp)).read_text())
+            return [ClaimSpec.model_validate(c) for c in spec.get("claims") or []], float(spec.get("claims_alpha", 0.05))
+    return [], 0.05
+
+
+def _factors_of(label: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for part in label.split(","):
+        key, _, value = part.partition("=")
+        try:
+            out[key] = float(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
+def claim_results(client: Any, parent_id: str, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
+    """The study's claims judged on the final runs in the tracking store (as at the study's end)."""
+    from pal_study.claims import CellInfo, evaluate
+
+    claims, alpha = study_claims(client, parent_id)
+    if not claims:
+        return []
+    cells: dict[str, CellInfo] = {}
+    values: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        cells.setdefault(r.cell, CellInfo(r.cell, r.method, _factors_of(r.cell)))
+        values.setdefault(r.cell, {})[r.seed] = r.metrics
+    return evaluate(claims, list(cells.values()), values, alpha=alpha, adjust=adjust)
+

@@ -20,7 +20,7 @@ EPOCHS = 3
 
 
 def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(0.0, 0.4), trials: int = 3,
-               seeds=(0, 1), epochs: int = EPOCHS) -> Path:
+               seeds=(0, 1), epochs: int = EPOCHS, claims: list | None = None) -> Path:
     """A small digits study with the weight-decay space copied beside it (shared by the tests of
     tracking backends)."""
     spec = {
@@ -32,6 +32,8 @@ def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(
                    "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}},
         "finals": {"seeds": list(seeds)},
     }
+    if claims:
+        spec["claims"] = claims
     (tmp_path / "search_spaces").mkdir(exist_ok=True)
     (tmp_path / "search_spaces" / "weight_decay.yaml").write_text((ROOT / "search_spaces/weight_decay.yaml").read_text())
     path = tmp_path / "studies" / f"{name}.yaml"
@@ -44,7 +46,8 @@ def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(
 def tracked_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    path = study_file(tmp, "tracked")
+    path = study_file(tmp, "tracked", claims=[{"better": "*+fnpal", "than": "*", "where": {"data.noise.rate": 0.4}},
+                                              {"better": "ce+fnpal", "than": "ce", "metric": "ece"}])
     rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
     assert rc == 0
     return tmp, uri, path
@@ -300,3 +303,34 @@ def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_s
     bad = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--baseline", "best",
                           "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "allowed: base, ce" in bad.stderr
+
+
+def test_claims_get_verdicts_at_the_end_in_summary_mlflow_and_report(tracked_study):
+    tmp, uri, _ = tracked_study
+    summary = json.loads((tmp / "runs" / "tracked" / "summary.json").read_text())
+    claims = summary["claims"]
+    assert [c["claim"] for c in claims] == ["*+fnpal better than * on test_acc where data.noise.rate=0.4",
+                                            "ce+fnpal better than ce on ece"]
+    assert [len(c["comparisons"]) for c in claims] == [1, 2]
+    for c in claims:
+        assert c["verdict"] in ("supported", "contradicted", "inconclusive")
+        for comp in c["comparisons"]:
+            assert comp["verdict"] in ("supported", "contradicted", "inconclusive") and comp["n_pairs"] == 2
+            decided = comp["q"] is not None and comp["q"] < 0.05
+            assert (comp["verdict"] != "inconclusive") == (decided and comp["delta"] != 0)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tracked")
+    parent = client.search_runs([exp.experiment_id], "tags.`pal.stage` = 'study'")[0]
+    assert parent.data.tags["claims"].startswith(claims[0]["verdict"] + ": *+fnpal better than *")
+    logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "claims.json", str(tmp / "dlc"))).read_text())
+    assert [c["verdict"] for c in logged] == [c["verdict"] for c in claims]
+    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json",
+                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    from_store = json.loads(res.stdout)["claims"]
+    # Recomputed from MLflow's records, the same verdicts and numbers as at the study's end.
+    assert [c["verdict"] for c in from_store] == [c["verdict"] for c in claims]
+    for a, b in zip(from_store, claims):
+        for x, y in zip(a["comparisons"], b["comparisons"]):
+            assert (x["cell"], x["baseline"], x["n_pairs"]) == (y["cell"], y["baseline"], y["n_pairs"])
+            assert x["delta"] == pytest.approx(y["delta"]) and (x["q"] is None) == (y["q"] is None)

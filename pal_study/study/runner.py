@@ -27,8 +27,8 @@ from pal_study.study.ray_env import (RAY_ENV, quiet_tune_summary, slots_for, slo
                                      trial_slots)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore
-from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, render_table, summarize,
-                                     write_summary)
+from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, claim_verdicts, render_table,
+                                     summarize, write_summary)
 
 TRIALS_PER_TUNER = 250
 
@@ -125,6 +125,8 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         interrupted = not searcher.done()
         outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted, slots=slots,
                              resumed_trials=resumed, timings=timings)
+        if not interrupted:
+            outcome.claims = claim_verdicts(study, outcome.cells)
         if tracker is not None:
             finish_tracking(tracker, study, store, outcome, console)
             timings["tracking_s"] = tracker.logging_s
@@ -205,7 +207,8 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     counts = {k: sum(c.counts[k] for c in outcome.cells) for k in ("completed", "pruned", "failed")}
     undelivered = tracker.finish(outcome.interrupted, make_files, summary={
         "study": study.spec.name, "interrupted": outcome.interrupted, "counts": counts,
-        "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells]})
+        "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells],
+        "claims": outcome.claims})
     if undelivered:
         note = store.dir / "tracking_incomplete.json"
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))

@@ -29,6 +29,8 @@ from pal_study.config import (
 )
 from pal_study.study.pruners import PrunerSpec, default_pruner
 from pal_study.study.samplers import SamplerSpec, default_sampler
+from pal_study.claims import CellInfo, ClaimSpec
+from pal_study.claims import check as check_claims
 from pal_study.study import pruners, samplers
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
 
@@ -106,6 +108,8 @@ class StudySpec(_Strict):
     resources: ResourcesSpec = ResourcesSpec()
     objective: ObjectiveSpec = ObjectiveSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
+    claims: list[ClaimSpec] = Field(default_factory=list, description="stated results, given verdicts at the end")
+    claims_alpha: float = Field(0.05, gt=0, lt=1, description="a comparison is decided when its q-value is below this")
 
     @field_validator("name")
     @classmethod
@@ -214,6 +218,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
                                   f"{cell.label} sets device: cpu; set resources.gpu: 0 or device: auto/cuda",
                                   source=src, key="resources.gpu")
     _check_params_used(spaces, cells, src)
+    if spec.claims:
+        check_claims(spec.claims, [CellInfo(c.label, c.method, c.factors) for c in cells], src)
     return Study(spec=spec, path=p, base=base, spaces=spaces, cells=cells)
 
 

@@ -48,6 +48,7 @@ class RunOutcome:
     slots: int = 0
     resumed_trials: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    claims: list[dict[str, Any]] = field(default_factory=list)  # verdicts of the study's claims
 
     def failure_causes(self) -> list[tuple[str, int]]:
         """Why trials failed, most common first (for the exit-1 summary)."""
@@ -146,8 +147,8 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
     path = store.dir / "summary.json"
     tmp = path.with_suffix(".json.tmp")
     # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
-    tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows},
-                              indent=1, default=str))
+    tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows,
+                               "claims": outcome.claims}, indent=1, default=str))
     os.replace(tmp, path)
     csv_path = store.dir / "summary.csv"
     tmp = csv_path.with_suffix(".csv.tmp")
@@ -181,3 +182,16 @@ class SummaryOnFinals:
         if isinstance(event, FinalsSkipped) or set(self.study.spec.finals.seeds) <= recorded:
             write_summary(self.store, RunOutcome(cells=summarize(self.study, self.store), interrupted=True,
                                                  wall_time_s=time.perf_counter() - self.t0))
+
+
+def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
+    """The study's claims judged on its completed final seeds (from the Optuna journal)."""
+    from pal_study.claims import CellInfo, evaluate
+
+    if not study.spec.claims:
+        return []
+    values = {c.label: {int(seed): rec for seed, rec in c.finals.items() if rec.get("state") == "complete"}
+              for c in cells}
+    infos = [CellInfo(c.label, c.method, c.factors) for c in study.cells]
+    return evaluate(study.spec.claims, infos, values, alpha=study.spec.claims_alpha)
+

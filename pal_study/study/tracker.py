@@ -155,6 +155,10 @@ class StudyTracker:
                     counts = summary["counts"]
                     causes = summary["failure_causes"]
                     tags = {"failure_causes": "; ".join(f"{n} × {r}" for r, n in causes[:5])} if causes else {}
+                    if summary.get("claims"):
+                        # One line per claim in the runs table; every number in claims.json.
+                        tags["claims"] = "; ".join(f"{c['verdict']}: {c['claim']}" for c in summary["claims"])[:5000]
+                        files["claims.json"] = json.dumps(summary["claims"], indent=1, default=str)
                     self.t.log_batch(self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()],
                                      tags=tags)
                 if files:
