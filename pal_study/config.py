@@ -14,14 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, create_model,
+                      field_validator, model_serializer, model_validator)
 
 # The allowed values of the config come from the registries: data sets (data/sets/), heads
 # (heads.py), losses and their hyperparameters (losses.py), models (models.py).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
 from pal_study.data.sources import SYNTHETIC_DEFAULTS
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
-from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
+from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
 
 
 class ConfigError(ValueError):
@@ -129,11 +130,31 @@ class HeadConfig(_Strict):
     _fin = field_validator("scale")(_finite)
 
 
+DRW_KEYS = ("drw_epoch", "drw_beta")
+
+
 class _LossConfigBase(_Strict):
     name: str = "ce"
     margin: float = Field(0.0, ge=0.0, lt=2.0, description="additive cosine margin (normalised heads)")
+    # Deferred re-weighting (DRW, Cao et al. 2019), for losses with LossSpec.supports_weights (ce, ldam).
+    drw_epoch: int | bool | None = Field(
+        None, description="DRW: class-balanced weights apply once this many epochs are done (as "
+        "optim.milestones count: 160 = from the 161st epoch); false: off; unset: the long-tail recipe's "
+        "value for ldam (LDAM-DRW), else off")
+    drw_beta: float | None = Field(
+        None, ge=0.0, lt=1.0, description=f"DRW's β: w_c ∝ (1 − β)/(1 − β^n_c); unset: {DRW_BETA} "
+        "(LDAM-DRW, Cui et al. 2019)")
 
-    _fin = field_validator("margin")(_finite)
+    _fin = field_validator("margin", "drw_beta")(_finite)
+
+    @field_validator("drw_epoch", mode="before")
+    @classmethod
+    def _drw_epoch(cls, v: Any) -> Any:
+        if v is None or v is False:
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError("must be an epoch count ≥ 0 (weights from the next epoch on), or false for off")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -141,6 +162,21 @@ class _LossConfigBase(_Strict):
         if v not in LOSS_REGISTRY:
             raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSS_REGISTRY.names())}")
         return v
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset DRW keys are left out of dumps: configs without DRW dump (and hash: checkpoints,
+        # study fingerprints) exactly as before these keys existed.
+        d = handler(self)
+        for key in DRW_KEYS:
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
+
+    @property
+    def drw_active(self) -> bool:
+        """Whether deferred re-weighting is on (a resolved config: drw_epoch an int)."""
+        return isinstance(self.drw_epoch, int) and not isinstance(self.drw_epoch, bool)
 
 
 def _param_field(p: LossParam) -> tuple[Any, Any]:
@@ -243,6 +279,14 @@ class TrainConfig(_Strict):
             users = {k: [s.name for s in LOSS_REGISTRY.entries() if k in s.params] for k in unused}
             detail = "; ".join(f"loss.{k} is used by {', '.join(v) or 'no loss'}" for k, v in users.items())
             raise KeyedError(f"loss.{unused[0]}", f"loss {self.loss.name!r} takes none of {', '.join(unused)} ({detail})")
+        drw_set = [k for k in DRW_KEYS if getattr(self.loss, k) is not None]
+        if drw_set and not spec.supports_weights:
+            users = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
+            raise KeyedError(
+                f"loss.{drw_set[0]}",
+                f"loss {self.loss.name!r} takes no class weights: loss.{drw_set[0]} (deferred re-weighting) "
+                f"is accepted by {users}"
+            )
         if self.loss.margin > 0 and self.head.kind not in NORMALIZED_HEADS:
             raise KeyedError(
                 "loss.margin",
@@ -329,6 +373,14 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     for key, value in loss_defaults(loss["name"], cfg.data.name).items():
         if key in loss and loss[key] is None:
             loss[key] = value
+    # Deferred re-weighting: the long-tail recipe's epoch for a loss defined with it (ldam: LDAM-DRW);
+    # β only where DRW is on (unset keys stay out of the dump: see _LossConfigBase._dump).
+    spec = get_loss(loss["name"])
+    if loss.get("drw_epoch") is None and spec.recipe_drw:
+        loss["drw_epoch"] = get_dataset(cfg.data.name).recipe_for(cfg.data.imbalance.ratio).drw_epoch
+    drw_on = isinstance(loss.get("drw_epoch"), int) and not isinstance(loss.get("drw_epoch"), bool)
+    if drw_on and loss.get("drw_beta") is None:
+        loss["drw_beta"] = DRW_BETA
 
     if d["model"]["arch"] == "auto":
         from pal_study.models import default_arch

@@ -15,8 +15,8 @@ mae        1 − p_y  (APL's convention; ALFs' ``MAELoss`` uses 2(1 − p_y) on 
 rce        −Σ_k p_k log q_k, q the one-hot target clamped to [1e−4, 1], p clamped to
            [1e−7, 1]; equals −log(1e−4)·(1 − p_y) up to the clamp on p
 sce        α·CE + β·RCE
-nce        (−log p_y) / (−Σ_k log p_k)
-nfl        FL_y / Σ_k FL_k, FL_k = −(1 − p_k)^γ log p_k with p_k detached in the factors
+nce        α·(−log p_y) / (−Σ_k log p_k)   (α: APL's ``scale`` of a single normalised loss)
+nfl        α·FL_y / Σ_k FL_k, FL_k = −(1 − p_k)^γ log p_k with p_k detached in the factors
 nce+mae    α·NCE + β·MAE      nce+rce  α·NCE + β·RCE      nfl+rce  α·NFL + β·RCE
 nsl        −z_y  (negative-signed sample logit; symmetric only with bounded, anchored logits)
 ldam       CE(z − s·m_y·e_y), m_j = max_m · n_j^(−1/4) / max_i n_i^(−1/4)
@@ -27,6 +27,12 @@ That is what the reference code does for every log of p (APL/ALFs CE, FL, NCE, N
 [1e−7, 1] clamp only touches p where p enters directly (GCE, RCE), and so does ours. Clamping
 inside the logs would cap CE at 16.1 and zero its gradient on confidently wrong samples, a
 robustness trick of its own that the baselines do not have.
+
+Class weights (deferred re-weighting, DRW): a loss whose :class:`LossSpec` says
+``supports_weights`` (ce, ldam) takes ``weight`` (per class, or None) and :meth:`Loss.set_weight`;
+with weights the batch reduction is the weighted mean Σ w_{y_i} ℓ_i / Σ w_{y_i}, as
+``F.cross_entropy(weight=...)`` and LDAM-DRW's code do. :func:`class_balanced_weights` gives
+DRW's weights; the trainer sets them from ``loss.drw_epoch`` on (see docs/method.md §3).
 
 Margins: normalised heads (``fnpal``, ``norm``) output s·cos, so a margin is given in cosine
 units and subtracted from the target logit as ``scale · margin`` before any loss formula.
@@ -75,7 +81,9 @@ __all__ = [
     "LossParam",
     "LossSpec",
     "LDAMLoss",
+    "DRW_BETA",
     "build_loss",
+    "class_balanced_weights",
     "config_params",
     "get_loss",
     "ldam_margins",
@@ -86,6 +94,10 @@ __all__ = [
 P_CLAMP_MIN = 1e-7  # APL/ALFs: p clamped to [1e-7, 1] where p enters directly
 RCE_Q_MIN = 1e-4  # APL/ALFs: one-hot target clamped to [1e-4, 1], so log 0 becomes log 1e-4
 _RCE_A = -math.log(RCE_Q_MIN)  # −log q_k for k ≠ y; 0 for k = y
+
+# DRW's β of the class-balanced weights: LDAM-DRW's train.py (betas = [0, 0.9999]) and Cui et al.
+# 2019's CIFAR-LT value.
+DRW_BETA = 0.9999
 
 # Data sets without documented values of their own (an unknown name) take CIFAR-10's.
 _FALLBACK_DATASET = "cifar10"
@@ -164,11 +176,12 @@ for _p in (
     LossParam("margin", 0.0, "additive cosine margin subtracted from the target logit as s·margin", low=0.0),
     LossParam("q", 0.7, "GCE's exponent; q → 0 is CE, q = 1 is MAE", low=0.0, low_open=True, high=1.0, config=True),
     LossParam("gamma", 0.5, "focusing exponent of FL/NFL", low=0.0, config=True),
-    LossParam("alpha", 1.0, "weight of the first (active) term", low=0.0, config=True),
+    LossParam("alpha", 1.0, "weight of the first (active) term; of nce and nfl alone: APL's scale", low=0.0,
+              config=True),
     LossParam("beta", 1.0, "weight of the second (passive) term", low=0.0, config=True),
     LossParam("max_m", 0.5, "LDAM's largest per-class margin", low=0.0, low_open=True, config=True),
     LossParam("class_counts", None, "training images per class, all > 0", required=True, check=_class_counts),
-    LossParam("weight", None, "per-class loss weights (DRW), or None"),
+    LossParam("weight", None, "per-class loss weights (DRW), or None; losses with supports_weights"),
 ):
     PARAM_REGISTRY.add(_p.name, _p)
 COMMON_PARAMS = ("scale", "margin")
@@ -184,6 +197,19 @@ def ldam_margins(class_counts: Sequence[int] | Tensor, max_m: float = 0.5) -> Te
     n = torch.as_tensor(class_counts, dtype=torch.float64)
     m = n.pow(-0.25)
     return m * (max_m / m.max())
+
+
+def class_balanced_weights(class_counts: Sequence[int] | Tensor, beta: float = DRW_BETA) -> Tensor:
+    """DRW's class-balanced weights (Cui et al. 2019; LDAM-DRW, Cao et al. 2019):
+    w_c ∝ (1 − β) / (1 − β^{n_c}), normalised to sum to k (float64, shape (k,)). β = 0 gives all 1."""
+    n = torch.as_tensor(class_counts, dtype=torch.float64)
+    if n.dim() != 1 or n.numel() < 1 or not (n > 0).all():
+        raise ValueError(f"class_counts must be positive counts, one per class, got {n.tolist()}")
+    if not (isinstance(beta, Real) and 0.0 <= float(beta) < 1.0):
+        raise ValueError(f"beta must be in [0, 1), got {beta!r}")
+    beta = float(beta)
+    w = (1.0 - beta) / (1.0 - torch.pow(torch.tensor(beta, dtype=torch.float64), n))
+    return w / w.sum() * n.numel()
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,6 +297,8 @@ class Loss(nn.Module):
         num_classes: int,
         terms: Sequence[tuple[float, Term]],
         params: Mapping[str, Any],
+        *,
+        supports_weights: bool = False,
     ):
         super().__init__()
         self.name = name
@@ -279,6 +307,31 @@ class Loss(nn.Module):
         self.params = dict(params)
         self.scale = float(params["scale"])
         self.margin = float(params["margin"])
+        self.supports_weights = supports_weights
+        self.register_buffer("weight", None)
+        if supports_weights:
+            self.set_weight(params.get("weight"))
+
+    def set_weight(self, weight: Sequence[float] | Tensor | None) -> None:
+        """Per-class loss weights (length k, finite, ≥ 0, not all 0), or ``None`` for none.
+
+        Only losses whose :class:`LossSpec` has ``supports_weights`` take them (ValueError otherwise).
+        The trainer calls this at the start of every epoch (DRW), so it must stay idempotent.
+        """
+        if weight is None:
+            self.weight = None
+            return
+        if not self.supports_weights:
+            accepting = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
+            raise ValueError(f"loss {self.name!r} takes no class weights (losses that do: {accepting})")
+        w = _as_float_vector("weight", weight, self.num_classes)
+        if (w < 0).any() or not (w > 0).any():
+            raise ValueError(f"loss {self.name!r}: weight must be ≥ 0 and not all 0, got {w.tolist()}")
+        if isinstance(weight, Tensor):
+            device = weight.device
+        else:
+            device = next((b.device for b in self.buffers()), torch.device("cpu"))
+        self.weight = w.to(device)
 
     def extra_repr(self) -> str:
         shown = {k: v for k, v in self.params.items() if k not in ("class_counts", "weight")}
@@ -329,47 +382,32 @@ class Loss(nn.Module):
         return out
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return self.per_sample(logits, targets).mean()
+        per = self.per_sample(logits, targets)
+        if self.weight is None:
+            return per.mean()
+        # Weighted mean Σ w_{y_i} ℓ_i / Σ w_{y_i}, as F.cross_entropy(weight=...) reduces.
+        w = self.weight.to(device=per.device, dtype=per.dtype)[targets.long()]
+        return (w * per).sum() / w.sum()
 
 
 class LDAMLoss(Loss):
     """LDAM (Cao et al. 2019): CE with the target logit lowered by s·(margin + m_y).
 
-    ``weight`` (per-class, e.g. DRW's re-weighting) makes the batch reduction a weighted mean
+    ``weight`` (per-class, DRW's re-weighting) makes the batch reduction a weighted mean
     Σ w_{y_i} ℓ_i / Σ w_{y_i}, as ``F.cross_entropy(weight=...)`` and LDAM-DRW's code do.
     Change it during training with :meth:`set_weight`.
     """
 
     margins: Tensor
-    weight: Tensor | None
 
     def __init__(self, num_classes: int, params: Mapping[str, Any]):
-        super().__init__("ldam", num_classes, [(1.0, _ce)], params)
+        super().__init__("ldam", num_classes, [(1.0, _ce)], params, supports_weights=True)
         counts = params["class_counts"]
         # float64 so float64 logits get exact margins; cast to the logits dtype per call.
         self.register_buffer("margins", ldam_margins(counts, params["max_m"]))
-        self.register_buffer("weight", None)
-        self.set_weight(params["weight"])
-
-    def set_weight(self, weight: Sequence[float] | Tensor | None) -> None:
-        """Per-class loss weights (length k, finite, ≥ 0, not all 0), or ``None`` for none."""
-        if weight is None:
-            self.weight = None
-            return
-        w = _as_float_vector("weight", weight, self.num_classes)
-        if (w < 0).any() or not (w > 0).any():
-            raise ValueError(f"loss 'ldam': weight must be ≥ 0 and not all 0, got {w.tolist()}")
-        self.weight = w.to(self.margins.device)
 
     def _target_shift(self, targets: Tensor, dtype: torch.dtype) -> Tensor:
         return self.scale * (self.margin + self.margins.to(dtype)[targets])
-
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.weight is None:
-            return super().forward(logits, targets)
-        logits, targets = self._check(logits, targets)
-        shifted = self.shifted_logits(logits, targets)
-        return F.cross_entropy(shifted, targets, weight=self.weight.to(shifted.dtype))
 
 
 # --------------------------------------------------------------------------------------------
@@ -396,17 +434,23 @@ class LossSpec:
     normalized_only: bool = False  # unbounded on raw logits: needs a normalised head
     default_head: str = "linear"  # the head of a method given without one (``nsl`` = ``nsl+fnpal``)
     head_scale: float | None = None  # s of a normalised head with this loss (None: heads.DEFAULT_SCALE)
+    # Takes per-class weights (``weight``, Loss.set_weight), hence loss.drw_epoch / loss.drw_beta.
+    supports_weights: bool = False
+    # The data set's long-tail recipe's DRW epoch (Recipe.drw_epoch) applies when loss.drw_epoch is
+    # unset: LDAM-DRW's recipe (ldam); other losses need loss.drw_epoch set (ce: CE-DRW).
+    recipe_drw: bool = False
 
     @property
     def accepted(self) -> tuple[str, ...]:
         """Every keyword ``build_loss`` takes for this loss."""
-        return (*self.params, *COMMON_PARAMS)
+        weight = ("weight",) if self.supports_weights and "weight" not in self.params else ()
+        return (*self.params, *weight, *COMMON_PARAMS)
 
     def build(self, num_classes: int, params: dict[str, Any]) -> Loss:
         if self.module is not None:
             return self.module(num_classes, params)
         assert self.terms is not None, self.name
-        return Loss(self.name, num_classes, self.terms(params), params)
+        return Loss(self.name, num_classes, self.terms(params), params, supports_weights=self.supports_weights)
 
 
 def _all(**values: float) -> dict[str, dict[str, float]]:
@@ -414,17 +458,21 @@ def _all(**values: float) -> dict[str, dict[str, float]]:
     return {ref: dict(values) for ref in ("mnist", "cifar10", "cifar100")}
 
 
-# Per-data-set defaults (docs/method.md §3). Sources: APL = Ma et al. 2020 configs, ALFs = Zhou et
+# Per-data-set defaults (docs/method.md §3). Sources: APL = Ma et al. 2020 configs
+# (github.com/HanxunH/Active-Passive-Losses, configs/<data set>/sym/<loss>.yaml), ALFs = Zhou et
 # al. 2021 lnl/config.py. MNIST combinations: ALFs' (1, 100), chosen deliberately over APL's
 # (1, 10): the PAL paper is by the ALFs authors and its MNIST recipe (docs/method.md §5: lr 0.01, wd
-# 1e-3, 50 epochs) is ALFs', not APL's (wd 1e-2, nesterov). CIFAR-100 combinations: APL's (10, 0.1);
-# ALFs use (10, 1). CIFAR-10's (1, 1) are also the generic values.
+# 1e-3, 50 epochs) is ALFs', not APL's (wd 1e-2, nesterov). CIFAR-100 NCE+RCE and NFL+RCE: APL's
+# (10, 0.1); ALFs use (10, 1). CIFAR-100 NCE+MAE: (10, 1), APL's configs/cifar100/sym/nce+mae.yaml
+# and ALFs alike. CIFAR-10's (1, 1) are also the generic values.
 _COMBINATION = {"mnist": {"alpha": 1.0, "beta": 100.0}, "cifar10": {"alpha": 1.0, "beta": 1.0},
                 "cifar100": {"alpha": 10.0, "beta": 0.1}}
+_NCE_MAE = {**_COMBINATION, "cifar100": {"alpha": 10.0, "beta": 1.0}}
 
 LOSS_REGISTRY: Registry[LossSpec] = Registry("loss")
 for _spec in (
-    LossSpec("ce", "−log p_y", terms=lambda p: [(1.0, _ce)]),
+    # CE-DRW: ce with loss.drw_epoch set (Cao et al. 2019's CE baseline with deferred re-weighting).
+    LossSpec("ce", "−log p_y", terms=lambda p: [(1.0, _ce)], supports_weights=True),
     LossSpec("fl", "−(1 − p_y)^γ · log p_y, p_y detached in the factor", params=("gamma",),
              terms=lambda p: [(1.0, partial(_fl, gamma=p["gamma"]))],
              defaults=_all(gamma=0.5)),  # APL and ALFs, every data set
@@ -437,12 +485,22 @@ for _spec in (
              defaults={"mnist": {"alpha": 0.01, "beta": 1.0}, "cifar10": {"alpha": 0.1, "beta": 1.0},
                        "cifar100": {"alpha": 6.0, "beta": 0.1}}),
     LossSpec("mae", "1 − p_y", terms=lambda p: [(1.0, _mae)], symmetric=True),
-    LossSpec("nce", "(−log p_y) / (−Σ_k log p_k)", terms=lambda p: [(1.0, _nce)], symmetric=True),
+    # α = APL's ``scale`` of NormalizedCrossEntropy: 10 on MNIST (configs/mnist/{sym,asym}/nce.yaml),
+    # 1 on CIFAR-10 and CIFAR-100 (configs/cifar10/*/nce.yaml, configs/cifar100/sym/nce.yaml).
+    LossSpec("nce", "α·(−log p_y) / (−Σ_k log p_k)", params=("alpha",), terms=lambda p: [(p["alpha"], _nce)],
+             defaults={"mnist": {"alpha": 10.0}, "cifar10": {"alpha": 1.0}, "cifar100": {"alpha": 1.0}},
+             symmetric=True),
     LossSpec("rce", "−Σ_k p_k log q_k, q the clamped one-hot target", terms=lambda p: [(1.0, _rce)], symmetric=True),
-    LossSpec("nfl", "FL_y / Σ_k FL_k", params=("gamma",), terms=lambda p: [(1.0, partial(_nfl, gamma=p["gamma"]))],
-             defaults=_all(gamma=0.5), symmetric=True),  # APL and ALFs
+    # γ = 0.5: APL and ALFs. α = APL's ``scale`` of NormalizedFocalLoss: 10 on CIFAR-10 with symmetric
+    # noise (configs/cifar10/sym/nfl.yaml; its asym/nfl.yaml uses 1: the defaults are per data set,
+    # not per noise kind, so asymmetric CIFAR-10 runs take 10 too unless loss.alpha is set), 1 on
+    # MNIST (configs/mnist/sym/nfl.yaml) and CIFAR-100 (configs/cifar100/sym/nfl.yaml).
+    LossSpec("nfl", "α·FL_y / Σ_k FL_k", params=("alpha", "gamma"),
+             terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"]))],
+             defaults={"mnist": {"alpha": 1.0, "gamma": 0.5}, "cifar10": {"alpha": 10.0, "gamma": 0.5},
+                       "cifar100": {"alpha": 1.0, "gamma": 0.5}}, symmetric=True),
     LossSpec("nce+mae", "α·NCE + β·MAE", params=("alpha", "beta"),
-             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _mae)], defaults=_COMBINATION, symmetric=True),
+             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _mae)], defaults=_NCE_MAE, symmetric=True),
     LossSpec("nce+rce", "α·NCE + β·RCE", params=("alpha", "beta"),
              terms=lambda p: [(p["alpha"], _nce), (p["beta"], _rce)], defaults=_COMBINATION, symmetric=True),
     LossSpec("nfl+rce", "α·NFL + β·RCE", params=("alpha", "beta", "gamma"),
@@ -452,10 +510,12 @@ for _spec in (
     # it is symmetric only with bounded, anchored logits (docs/method.md §3).
     LossSpec("nsl", "−z_y", terms=lambda p: [(1.0, _nsl)], symmetric=True, normalized_only=True,
              default_head="fnpal"),
-    # LDAM-DRW: a normalised classifier with s = 30; max_m 0.5 on every data set (Cao et al. 2019).
+    # LDAM-DRW: a normalised classifier with s = 30; max_m 0.5 on every data set (Cao et al. 2019);
+    # deferred re-weighting from the long-tail recipe's drw_epoch (LDAM-DRW's train.py, train_rule DRW).
     LossSpec("ldam", "CE(z − s·m_y·e_y), m_j ∝ n_j^(−1/4), max m_j = max_m",
              params=("class_counts", "max_m", "weight"), module=lambda k, p: LDAMLoss(k, p),
-             defaults=_all(max_m=0.5), default_head="norm", head_scale=30.0),
+             defaults=_all(max_m=0.5), default_head="norm", head_scale=30.0, supports_weights=True,
+             recipe_drw=True),
 ):
     LOSS_REGISTRY.add(_spec.name, _spec)
 
@@ -506,9 +566,10 @@ def build_loss(name: str, num_classes: int, **params: Any) -> Loss:
     Keywords (``LOSS_PARAMS[name]`` lists those a loss accepts; ``PARAM_REGISTRY`` holds each
     one's range and default): ``scale`` (>0, default 1.0) and ``margin`` (≥0, default 0.0) for
     every loss; ``gamma`` (≥0, 0.5) for fl, nfl, nfl+rce; ``q`` (in (0, 1], 0.7) for gce;
-    ``alpha``, ``beta`` (≥0) for sce (0.1, 1.0) and the combinations (1.0, 1.0);
-    ``class_counts`` (required), ``max_m`` (>0, 0.5) and ``weight`` (per-class tensor or None)
-    for ldam. Data-set defaults are *not* applied here: see :func:`loss_defaults`. Raises
+    ``alpha``, ``beta`` (≥0) for sce (0.1, 1.0) and the combinations (1.0, 1.0); ``alpha`` (≥0, 1.0)
+    for nce and nfl; ``class_counts`` (required) and ``max_m`` (>0, 0.5) for ldam; ``weight``
+    (per-class tensor or None) for the losses with ``supports_weights`` (ce, ldam). Data-set
+    defaults are *not* applied here: see :func:`loss_defaults`. Raises
     ValueError on an unknown name, keyword or bad value.
     """
     spec = get_loss(name)

@@ -222,6 +222,56 @@ class ResNet32(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
+class Mnist1dMLP(nn.Module):
+    """The MNIST-1D paper's MLP without its output layer: Flatten → Linear 100 → ReLU → Linear 100
+    → [ReLU]; 100 features (the head is the paper's last Linear 100 → 10). PyTorch's default init,
+    biases, no BN, as in the paper."""
+
+    def __init__(self, in_features: int, *, hidden: int = 100, last_relu: bool = True):
+        super().__init__()
+        self.feature_dim = hidden
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, hidden), _feature_relu(last_relu))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _conv1d_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
+    return [nn.Conv1d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
+
+
+class Mnist1dCNN(nn.Module):
+    """A small 1-D CNN for (C, L) sequences (MNIST-1D: (1, 40)): [conv32 k5] [conv64 k3] pool 2
+    [conv64 k3] pool 2, each conv-BN-ReLU, then FC 128 → BN → [ReLU]; 128 features.
+
+    Other shapes are read as C channels of length prod(rest) ((L,) as one channel).
+    """
+
+    def __init__(self, in_channels: int = 1, length: int = 40, *, last_relu: bool = True):
+        super().__init__()
+        self.feature_dim = 128
+        self.in_channels, self.length = in_channels, length
+        self.features = nn.Sequential(
+            *_conv1d_bn_relu(in_channels, 32, 5), *_conv1d_bn_relu(32, 64, 3), nn.MaxPool1d(2),
+            *_conv1d_bn_relu(64, 64, 3), nn.MaxPool1d(2),
+        )
+        self.fc = _fc_bn(64 * (length // 4), self.feature_dim, last_relu)
+        for m in self.modules():  # as _apl_init, for Conv1d
+            if isinstance(m, nn.Conv1d):
+                nn.init.kaiming_uniform_(m.weight, mode="fan_in", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x.reshape(x.shape[0], self.in_channels, self.length)))
+
+
+def _as_sequence(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(C, L) of a per-sample shape: (L,) -> (1, L); (C, d1, d2, ...) -> (C, d1·d2·...)."""
+    return (1, shape[0]) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
+
+
 # --------------------------------------------------------------------------------------------
 # The registry, in listing order.
 
@@ -250,6 +300,22 @@ def _cifar_cnn8(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
 @register_model("resnet32", feature_dim=64, min_side=4, summary="LDAM-DRW's CIFAR ResNet-32; CIFAR-100's default")
 def _resnet32(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     return ResNet32(shape[0], last_relu=last_relu)
+
+
+@register_model("mnist1d_mlp", feature_dim=100, min_side=None,
+                summary="MNIST-1D paper's MLP 100-100 (no BN), any input shape (flattened)")
+def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    return Mnist1dMLP(math.prod(shape), last_relu=last_relu)
+
+
+@register_model("mnist1d_cnn", feature_dim=128, min_side=None,
+                summary="3 conv1d + 2 max-pools + FC128, for sequences (C, L >= 4); MNIST-1D's default")
+def _mnist1d_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+    c, length = _as_sequence(shape)
+    if length < 4:
+        raise ValueError(f"arch 'mnist1d_cnn' expects sequences of length >= 4 (two 2x max-pools), "
+                         f"got shape {shape}")
+    return Mnist1dCNN(c, length, last_relu=last_relu)
 
 
 def _check_shape(spec: ModelSpec, shape: tuple[int, ...]) -> None:

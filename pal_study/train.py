@@ -33,7 +33,7 @@ from pal_study.config import TrainConfig, method_name, resolve
 from pal_study.data import DataBundle, DeviceBatches, build_dataset, get_dataset
 from pal_study.device import configure_threads, select_device
 from pal_study.heads import ANCHORED_HEADS, build_head
-from pal_study.losses import build_loss, config_params, get_loss
+from pal_study.losses import build_loss, class_balanced_weights, config_params, get_loss
 from pal_study.metrics import EvalAccumulator, group_accuracy
 from pal_study.models import build_model
 from pal_study.prototypes import prototype_geometry
@@ -138,7 +138,8 @@ def build_classifier(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes
 
 def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> dict[str, Any]:
     """build_loss's keywords: the config's loss.* values the loss takes, the head's scale, the
-    training class sizes where the loss takes them (LDAM)."""
+    training class sizes where the loss takes them (LDAM). DRW's weights are not among them: the
+    epoch loop sets them (:func:`drw_applies`)."""
     accepted = get_loss(cfg.loss.name).accepted
     params: dict[str, Any] = {}
     for key in config_params():
@@ -150,6 +151,28 @@ def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> d
     if "class_counts" in accepted:
         params["class_counts"] = class_counts
     return params
+
+
+def drw_applies(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether DRW's class weights apply to the training loss of (1-based) ``epoch``: once
+    ``loss.drw_epoch`` epochs are done, counted like ``optim.milestones`` (LDAM-DRW's
+    ``epoch // 160`` on 0-based epochs: drw_epoch=160 weights the 161st epoch on)."""
+    return cfg.loss.drw_active and epoch > cfg.loss.drw_epoch
+
+
+def drw_class_weights(cfg: TrainConfig, class_counts: list[int],
+                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """DRW's class-balanced weights of a resolved config, from the training split's observed class
+    counts (the ones LDAM's margins use), or None when deferred re-weighting is off."""
+    if not cfg.loss.drw_active:
+        return None
+    if cfg.loss.drw_epoch >= cfg.optim.epochs:
+        log.warning("loss.drw_epoch=%d >= optim.epochs=%d: the class weights never apply",
+                    cfg.loss.drw_epoch, cfg.optim.epochs)
+    if min(class_counts) < 1:
+        empty = [c for c, n in enumerate(class_counts) if n < 1]
+        raise ValueError(f"deferred re-weighting needs every class in the training split; empty: {empty}")
+    return class_balanced_weights(class_counts, cfg.loss.drw_beta).to(device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -252,6 +275,7 @@ def train(
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(cfg.loss.name, k, **loss_params(cfg, model.head, train_counts)).to(device)
+    drw_weights = drw_class_weights(cfg, train_counts, device)
     # The compiled module shares parameters with ``model``; the CPU path never compiles.
     net = torch.compile(model) if on_cuda and cfg.compile else model
     optimizer = make_optimizer(model, cfg)
@@ -330,6 +354,9 @@ def train(
     for epoch in range(start_epoch, cfg.optim.epochs + 1):
         t0 = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
+        if drw_weights is not None:
+            # Set at the start of every epoch (idempotent): a resumed trial gets the weights too.
+            criterion.set_weight(drw_weights if drw_applies(cfg, epoch) else None)
         train_loss = train_epoch(model, net, batches, criterion, optimizer, scheduler, clip=clip,
                                  autocast=autocast, channels_last=channels_last)
         t1 = time.perf_counter()

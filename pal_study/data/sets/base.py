@@ -33,6 +33,10 @@ class Recipe:
     grad_clip: float
     milestones: tuple[int, ...] | None = None  # unset: none (resolve gives [])
     step_gamma: float | None = None  # unset: 0.1
+    # Deferred re-weighting (not an optim value: resolve sets loss.drw_epoch from it for the losses
+    # defined with it, LossSpec.recipe_drw): epochs before DRW's class-balanced weights apply, counted
+    # like ``milestones``; None: no DRW.
+    drw_epoch: int | None = None
 
     def as_optim(self) -> dict[str, Any]:
         """The ``optim.*`` values this recipe sets (unset ones left out), JSON-friendly."""

@@ -6,9 +6,11 @@ from pal_study.data.sets.base import DatasetSpec, Recipe
 from pal_study.data.sources import load_torchvision
 
 # LDAM-DRW's CIFAR-LT recipe (used by CIFAR-10 and CIFAR-100 when data.imbalance.ratio > 1):
-# warm-up 5, lr x0.01 at 160 and again at 180.
+# warm-up 5, lr x0.01 at 160 and again at 180; deferred re-weighting (ldam) after 160 epochs, as
+# LDAM-DRW's train.py does (idx = epoch // 160 with 0-based epochs: the weights apply from the
+# 161st epoch, the one the first lr step starts).
 CIFAR_LT_RECIPE = Recipe(lr=0.1, weight_decay=2e-4, epochs=200, batch_size=128, schedule="step", warmup_epochs=5,
-                         milestones=(160, 180), step_gamma=0.01, grad_clip=0.0)
+                         milestones=(160, 180), step_gamma=0.01, grad_clip=0.0, drw_epoch=160)
 
 
 def _cifar10_class() -> type:

@@ -1,0 +1,106 @@
+"""MNIST-1D (Greydanus 2020, "Scaling down deep learning"): 1-D digit sequences of length 40,
+generated in memory by the ``mnist1d`` package (Apache-2.0; procedural, no download).
+
+``make_dataset`` with the package's standard arguments (``get_dataset_args()``: 5,000 sequences,
+80/20 split, generation seed 42) gives the paper's 4,000 train / 1,000 test set. The generation
+seed stays the standard one whatever the trial seed (like digits' fixed split): every seed and
+every cell of a study sees the same sequences; the trial seed varies corruption, split and
+training. ``num_samples`` (option; default 5,000, a multiple of 10 up to 1,000,000) gives a
+larger variant with the same generator and the same 80/20 split.
+
+Inputs are (1, 40) float32 (one channel, 40 steps), standardised with the training split's
+mean and std; labels 0-9.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from pal_study.data.sets.base import DatasetSpec, Recipe
+from pal_study.data.sets.mnist import ASYMMETRIC_MAP as MNIST_ASYMMETRIC_MAP
+from pal_study.data.sources import DataError, RawData
+
+NUM_CLASSES = 10
+SEQ_LEN = 40  # the package's final_seq_length
+DEFAULTS: dict[str, Any] = dict(num_samples=5000)  # the package's standard size
+MAX_SAMPLES = 1_000_000
+
+
+def mnist1d_params(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``options`` (None values mean "default"), validated."""
+    p = dict(DEFAULTS)
+    for key, value in dict(options or {}).items():
+        if key not in DEFAULTS:
+            raise ValueError(f"unknown mnist1d option {key!r}; allowed: {tuple(DEFAULTS)}")
+        if value is not None:
+            p[key] = value
+    n = p["num_samples"]
+    if (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 100 <= n <= MAX_SAMPLES
+            or n % NUM_CLASSES):
+        raise ValueError(f"mnist1d num_samples must be a multiple of {NUM_CLASSES} in [100, {MAX_SAMPLES}], "
+                         f"got {n!r}")
+    p["num_samples"] = int(n)
+    return p
+
+
+@functools.lru_cache(maxsize=4)
+def _generate(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The package's ``make_dataset`` at its standard arguments but ``num_samples``, cached per
+    process (generation takes ~0.7 s at 5,000). It seeds Python's and NumPy's global RNGs; their
+    states are put back so that generating leaves the caller's random streams alone."""
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as e:  # a declared dependency; only a broken install lacks it
+        raise DataError(f"mnist1d: the 'mnist1d' package is needed to generate the data set ({e}); "
+                        f"pip install 'mnist1d>=0.0.2,<1'") from e
+    args = get_dataset_args()
+    args.num_samples = num_samples
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        d = make_dataset(args)
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    out = (np.asarray(d["x"], dtype=np.float32), np.asarray(d["y"], dtype=np.int64),
+           np.asarray(d["x_test"], dtype=np.float32), np.asarray(d["y_test"], dtype=np.int64))
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
+    """Clean MNIST-1D: (N, 1, 40) float32 standardised with the training split's mean/std."""
+    p = mnist1d_params(options)
+    x, y, x_test, y_test = _generate(p["num_samples"])
+    mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+    std = max(std, 1e-8)
+
+    def prep(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy((a - mean) / std).to(torch.float32).unsqueeze(1)  # a fresh copy
+
+    return RawData(train_x=prep(x), train_y=torch.from_numpy(y.copy()), test_x=prep(x_test),
+                   test_y=torch.from_numpy(y_test.copy()), num_classes=NUM_CLASSES, input_shape=(1, SEQ_LEN),
+                   augment="none", mean=(mean,), std=(std,))
+
+
+SPEC = DatasetSpec(
+    name="mnist1d",
+    summary="MNIST-1D sequences of length 40 (4000 train / 1000 test), generated in memory: small, CPU-friendly",
+    # No ``options_key`` yet: the larger variant needs a ``data.mnist1d`` config section
+    # (num_samples) in config.py; until then it is ``load_mnist1d({"num_samples": N})`` only.
+    load=lambda root, download, options: load_mnist1d(options),
+    input_shape=(1, SEQ_LEN),
+    num_classes=NUM_CLASSES,
+    default_arch="mnist1d_cnn",
+    # Ours (not from a paper), measured in README.md: SGD with momentum on mnist1d_cnn.
+    recipe=Recipe(lr=0.05, weight_decay=5e-4, epochs=60, batch_size=128, schedule="cosine", warmup_epochs=1,
+                  grad_clip=5.0),
+    loss_defaults="mnist",  # MNIST's values: digits again, a small net
+    asymmetric_map=MNIST_ASYMMETRIC_MAP,  # the same ten digits (7->1, 2->7, 5<->6, 3->8)
+)
