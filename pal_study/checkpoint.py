@@ -300,13 +300,19 @@ def load_model_weights(path: str | os.PathLike[str]) -> tuple[dict[str, Any], di
     Raises FileNotFoundError when there is no file and ValueError when it is not a usable
     checkpoint (the warning logged says why).
     """
+    state = _usable(path)
+    return state["config"], state["model"]
+
+
+def _usable(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A checkpoint a user asked for by path: missing or unusable files raise."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"no checkpoint at {p}")
     state = load_checkpoint(p, None)
     if state is None:
         raise ValueError(f"{p}: not a usable pal-study checkpoint (see the warning above)")
-    return state["config"], state["model"]
+    return state
 
 
 def build_model_from_checkpoint(path: str | os.PathLike[str]) -> torch.nn.Module:
@@ -314,12 +320,7 @@ def build_model_from_checkpoint(path: str | os.PathLike[str]) -> torch.nn.Module
     from pal_study.config import TrainConfig
     from pal_study.train import build_classifier
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"no checkpoint at {p}")
-    state = load_checkpoint(p, None)
-    if state is None:
-        raise ValueError(f"{p}: not a usable pal-study checkpoint (see the warning above)")
+    state = _usable(path)
     cfg = TrainConfig.model_validate(state["config"])
     model = build_classifier(cfg, tuple(state["input_shape"]), int(state["num_classes"]))
     model.load_state_dict(state["model"])

@@ -7,7 +7,6 @@ tuning or finals end, never one per epoch.
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
 from typing import Any
@@ -17,30 +16,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded, TrialRetried, TrialStarted
 from pal_study.study.spec import Study
+from pal_study.study.status import fmt_duration, fmt_params
 
 MODES = ("auto", "rich", "plain", "none")
 PLAIN_EVERY_S = 30.0
 # Periodic lines name each finished cell's best up to this many cells, then only the overall best.
 PLAIN_CELLS = 4
-
-
-def _dur(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "unknown"
-    s = int(round(max(0.0, s)))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
-
-
-def _params(p: dict[str, Any]) -> str:
-    if not p:
-        return "(base config)"
-    return ", ".join(f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items())
 
 
 class StudyProgress:
@@ -237,7 +218,7 @@ class StudyProgress:
         c = self.counts
         best = self._best.get(i)
         what = (f"best {self.metric} {self._fmt(best[0])}" + (f" (trial {best[2]})" if best[2] is not None else "")
-                + f": {_params(best[1])}") if best else "no trial completed"
+                + f": {fmt_params(best[1])}") if best else "no trial completed"
         self._line(f"cell {i} ({self._cells[i].label}) tuning done: {what}"
                    f" · study tuning {self._tuning_total}/{self.study.tuning_trials} (running {c['running']})")
 
@@ -266,8 +247,8 @@ class StudyProgress:
         head = "ended" if final else "progress"
         return (f"{head}: tuning completed {c['completed']} · pruned {c['pruned']} · failed {c['failed']} · "
                 f"running {max(0, c['running'])} · remaining {remaining} · finals {self._finals_total}/"
-                f"{self.study.final_trials}{best} · elapsed {_dur(elapsed)}"
-                + ("" if final else f" · eta {'unknown' if eta is None else '~' + _dur(eta)}"))
+                f"{self.study.final_trials}{best} · elapsed {fmt_duration(elapsed)}"
+                + ("" if final else f" · eta {'unknown' if eta is None else '~' + fmt_duration(eta)}"))
 
     def _refresh(self) -> None:
         assert self.progress is not None

@@ -423,9 +423,10 @@ class StatusWriter:
 
 # -- rendering (pal-study status) ------------------------------------------------------------
 def fmt_duration(s: float | None) -> str:
-    if s is None:
+    """3s, 4m05s, 2h07m, 3d04h (progress lines and the status table)."""
+    if s is None or not math.isfinite(s):
         return "unknown"
-    s = int(round(s))
+    s = int(round(max(0.0, s)))
     if s < 60:
         return f"{s}s"
     m, s = divmod(s, 60)
@@ -439,6 +440,7 @@ def fmt_duration(s: float | None) -> str:
 
 
 def fmt_params(p: dict[str, Any]) -> str:
+    """A trial's parameters by their last key part: scale=3.25, weight_decay=0.00124."""
     if not p:
         return "(base config)"
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items())
