@@ -129,7 +129,7 @@ def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
 
 
 def test_datasets_constant() -> None:
-    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "synthetic")
+    assert DATASETS == ("digits", "mnist", "cifar10", "cifar100", "synthetic", "mnist1d")
 
 
 # --------------------------------------------------------------------------------------------
