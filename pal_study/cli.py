@@ -131,7 +131,7 @@ def train(
 
     policy = None
     if checkpoint_dir is not None:
-        from pal_study.checkpoint import CheckpointPolicy, checkpoint_config_hash, load_checkpoint
+        from pal_study.checkpoint import CheckpointPolicy
 
         every = checkpoint_every
         if every != "auto":
@@ -139,9 +139,8 @@ def train(
                 raise UserError(f"--checkpoint-every: {every!r}; allowed: auto or a whole number of epochs >= 1")
             every = int(every)
         policy = CheckpointPolicy(path=checkpoint_dir / "checkpoint.pt", every_epochs=every, keep_final=True)
-        found = load_checkpoint(policy.path, checkpoint_config_hash(cfg))
-        if found is not None:
-            err.print(f"resumed from epoch {found['epoch']} ({policy.path})", highlight=False)
+        # The trainer logs "resumed from epoch k (checkpoint ...)" when it loads one: show it.
+        logging.getLogger("pal_study.train").setLevel(logging.INFO)
     err.print(f"[bold]{method}[/] on {cfg.data.name} · noise {cfg.data.noise.kind} {cfg.data.noise.rate:g} · "
               f"imbalance {cfg.data.imbalance.ratio:g} · {cfg.model.arch} · {cfg.optim.epochs} epochs · seed {cfg.seed}")
     from pal_study.study.trainable import inject_fault
@@ -341,8 +340,6 @@ def report(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Rebuild a study's comparison (paired by seed, with CIs and q-values) and figures from the tracking store alone."""
-    import json
-
     from pal_study.claims import render_verdicts
     from pal_study.report import BASELINES, aggregate, claim_results, fetch_finals, render, report_files, rich_table
     from pal_study.stats import ADJUSTMENTS
@@ -360,17 +357,8 @@ def report(
     if not rows:
         raise UserError(f"study {name!r}: no completed final runs in {tracking.uri}")
     claims = claim_results(tracking.client, parent, runs, adjust)
-
-    def rendered(kind: str) -> str:
-        text = render(rows, kind)
-        if kind == "json":
-            return json.dumps({**json.loads(text), "claims": claims}, indent=1, default=str) + "\n"
-        if kind == "md" and claims:
-            text += "\n## Claims\n\n```\n" + render_verdicts(claims) + "\n```\n"
-        return text
-
     if fmt == "json" and out_dir is None:
-        typer.echo(rendered("json"), nl=False)
+        typer.echo(render(rows, "json", claims), nl=False)
         return
     out.print(rich_table(rows, f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"))
     if claims:
@@ -379,7 +367,7 @@ def report(
         out_dir.mkdir(parents=True, exist_ok=True)
         files = report_files(rows, name)
         ext = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}[fmt]
-        (out_dir / f"comparison.{ext}").write_text(rendered(fmt))
+        (out_dir / f"comparison.{ext}").write_text(render(rows, fmt, claims))
         for key, content in files.items():
             if key.endswith(".png"):
                 (out_dir / Path(key).name).write_bytes(content)

@@ -30,15 +30,14 @@ def _slug(label: str) -> str:
 def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool = False) -> list[dict[str, Any]]:
     exp_id, parent, runs = fetch_finals(tracking.client, study)
     rows = aggregate(runs)
-    by_cell: dict[str, list] = {}
+    exported: dict[str, Any] = {}  # cell -> its lowest final seed's run (the one exported)
     for r in runs:
-        by_cell.setdefault(r.cell, []).append(r)
+        if r.cell not in exported or r.seed < exported[r.cell].seed:
+            exported[r.cell] = r
     if weights:
         # Checked before anything is written: all of the export or none of it.
-        missing = [f"{row.cell} (seed {min(by_cell[row.cell], key=lambda r: r.seed).seed}: "
-                   f"{min(by_cell[row.cell], key=lambda r: r.seed).checkpoint or 'no checkpoint recorded'})"
-                   for row in rows
-                   if not _readable(min(by_cell[row.cell], key=lambda r: r.seed).checkpoint)]
+        missing = [f"{row.cell} (seed {exported[row.cell].seed}: {exported[row.cell].checkpoint or 'no checkpoint recorded'})"
+                   for row in rows if not _readable(exported[row.cell].checkpoint)]
         if missing:
             raise ConfigError(
                 f"--weights: no trained model for {len(missing)} of {len(rows)} cells: {'; '.join(missing[:3])}"
@@ -48,7 +47,7 @@ def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool
     index = []
     files: dict[str, str] = {}
     for i, row in enumerate(rows):
-        first = min(by_cell[row.cell], key=lambda r: r.seed)
+        first = exported[row.cell]
         with tempfile.TemporaryDirectory() as tmp:
             local = tracking.client.download_artifacts(first.run_id, "config.yaml", tmp)
             text = Path(local).read_text()

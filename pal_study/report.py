@@ -178,12 +178,13 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
     return out
 
 
-def render(rows: list[CellRow], fmt: str) -> str:
+def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = None) -> str:
+    """The comparison as md, csv, latex or json; ``claims`` (verdicts) go into json and md."""
     body = table_rows(rows)
     if fmt == "json":
         return json.dumps({"comparisons": comparisons(rows),
-                           "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows]},
-                          indent=1, default=str) + "\n"
+                           "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows],
+                           "claims": claims or []}, indent=1, default=str) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -207,6 +208,10 @@ def render(rows: list[CellRow], fmt: str) -> str:
         return "\n".join(lines) + "\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
+    if claims:
+        from pal_study.claims import render_verdicts
+
+        lines += ["", "## Claims", "", "```", render_verdicts(claims), "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pal_study.config import ConfigError
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
-from pal_study.study.store import JOURNAL, LOCK, STUDY_COPY, best_trial, jsonable, lock_owner, state_counts
+from pal_study.study.store import (JOURNAL, LOCK, STUDY_COPY, best_trial, failure_counts, jsonable, lock_owner,
+                                   state_counts)
 
 log = logging.getLogger(__name__)
 
@@ -116,15 +117,6 @@ def _duration(t: FrozenTrial) -> float | None:
 
 def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
-
-
-def _failures(trials: list[FrozenTrial]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for t in trials:
-        if t.state == TrialState.FAIL:
-            reason = str(t.user_attrs.get("reason") or "unknown")
-            out[reason] = out.get(reason, 0) + 1
-    return out
 
 
 def _failure_list(counts: dict[str, int]) -> list[dict[str, Any]]:
@@ -250,8 +242,8 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
         f_left = 0 if skipped else max(0, planned - len(by_seed))
         phase = "tuning" if not tuning_over else ("finals" if f_left else "done")
         remaining_finals += f_left
-        fails = _failures(trials)
-        for reason, n in _failures(list(by_seed.values())).items():
+        fails = failure_counts(trials)
+        for reason, n in failure_counts(list(by_seed.values())).items():
             fails[reason] = fails.get(reason, 0) + n
         for reason, n in fails.items():
             all_failures[reason] = all_failures.get(reason, 0) + n

@@ -313,6 +313,16 @@ def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     return out
 
 
+def failure_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """FAIL trials by their recorded reason."""
+    out: dict[str, int] = {}
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            reason = str(t.user_attrs.get("reason") or "unknown")
+            out[reason] = out.get(reason, 0) + 1
+    return out
+
+
 def jsonable(value: Any) -> Any:
     """Optuna user attrs must be JSON: floats that are NaN/inf become None."""
     if isinstance(value, float) and value != value:

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from pal_study.metrics import mean_std
 from pal_study.study.spec import Study
-from pal_study.study.store import StudyStore, best_trial, state_counts
+from pal_study.study.store import StudyStore, best_trial, failure_counts, state_counts
 
 
 @dataclass
@@ -81,11 +81,7 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
         test = _mean_std([r.get("test_acc") for r in ok])
         epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
         groups = {g: _mean_std([r.get(f"test_acc_{g}") for r in ok])[0] for g in ("many", "medium", "few")}
-        failures: dict[str, int] = {}
-        for t in trials:
-            if t.state.name == "FAIL":
-                reason = str(t.user_attrs.get("reason") or "unknown")
-                failures[reason] = failures.get(reason, 0) + 1
+        failures = failure_counts(trials)
         out.append(CellSummary(
             index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
             counts=state_counts(trials), best_trial=best.number if best else None,

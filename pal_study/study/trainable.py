@@ -50,9 +50,9 @@ def summarize(result) -> dict[str, Any]:
         "wall_time_s": result.wall_time_s,
         "train_time_s": sum(h["train_time_s"] + h["eval_time_s"] for h in result.history),
     }
-    if getattr(result, "resumed_from_epoch", None) is not None:
+    if result.resumed_from_epoch is not None:
         out["resumed_from_epoch"] = result.resumed_from_epoch
-    if getattr(result, "checkpoint_path", None):
+    if result.checkpoint_path:
         out["checkpoint_path"] = result.checkpoint_path
     for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss"):
         out[key] = final.get(key)
