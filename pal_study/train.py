@@ -464,11 +464,14 @@ class _Laps:
 
 
 def build_dataset_for(cfg: TrainConfig) -> DataBundle:
+    from pal_study.data.sets import get_dataset
+
     d = cfg.data
+    key = get_dataset(d.name).options_key
     return build_dataset(
         d.name, root=d.root, download=d.download, noise_kind=d.noise.kind, noise_rate=d.noise.rate,
         imbalance_ratio=d.imbalance.ratio, imbalance_profile=d.imbalance.profile,
-        val_fraction=d.val_fraction, seed=cfg.seed, synthetic=d.synthetic.model_dump(),
+        val_fraction=d.val_fraction, seed=cfg.seed, options=getattr(d, key).model_dump() if key else None,
     )
 
 

@@ -80,6 +80,23 @@ def test_larger_variant_and_options():
         mnist1d_params({"seq_len": 80})
 
 
+def test_larger_variant_from_the_trial_config():
+    from pal_study.config import ConfigError, load_train_config
+    from pal_study.train import build_dataset_for
+
+    cfg = resolve(TrainConfig.model_validate({"data": {"name": "mnist1d", "mnist1d": {"num_samples": 10_000}}}))
+    b = build_dataset_for(cfg)
+    assert b.train_x.shape[0] + b.val_x.shape[0] == 8000 and b.test_x.shape[0] == 2000
+    assert cfg.model_dump()["data"]["mnist1d"] == {"num_samples": 10_000}
+    # at the default the section is left out of dumps: hashes and fingerprints as before it existed
+    default = resolve(TrainConfig.model_validate({"data": {"name": "mnist1d"}}))
+    assert "mnist1d" not in default.model_dump()["data"]
+    assert build_dataset_for(default).test_x.shape[0] == 1000
+    with pytest.raises(ConfigError) as e:
+        load_train_config(None, ["data.name=mnist1d", "data.mnist1d.num_samples=10005"])
+    assert "data.mnist1d.num_samples" in str(e.value) and "multiple of 10" in str(e.value)
+
+
 @pytest.mark.parametrize("kind", ["symmetric", "asymmetric"])
 def test_noise_at_the_requested_rate_on_the_training_pool_only(kind):
     clean = build_dataset("mnist1d", seed=3)

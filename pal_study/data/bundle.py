@@ -127,7 +127,8 @@ def _load(name: str, root: str | os.PathLike[str] | None, download: bool,
 def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
                   noise_kind: str = "symmetric", noise_rate: float = 0.0, imbalance_ratio: float = 1.0,
                   imbalance_profile: str = "exp", val_fraction: float = 0.1, seed: int = 0,
-                  synthetic: Mapping[str, Any] | None = None) -> DataBundle:
+                  synthetic: Mapping[str, Any] | None = None,
+                  options: Mapping[str, Any] | None = None) -> DataBundle:
     """Load ``name`` and corrupt its training pool; everything on the CPU (use ``.to(device)``).
 
     - ``imbalance_ratio`` ρ > 1: subsample the pool to ``long_tail_counts(n_max, k, ρ, profile)``
@@ -136,11 +137,15 @@ def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, down
     - ``noise_kind``/``noise_rate``: label noise on the subsampled pool (see corruption.py).
     - ``val_fraction``: stratified by observed label, round(f·n_c) per observed class, taken from
       the noisy pool — what a practitioner would hold out. 0 gives empty val tensors.
-    - ``synthetic``: options for ``name="synthetic"`` (see ``sources.SYNTHETIC_DEFAULTS``);
-      ignored for the other data sets (those without ``options_key``).
+    - ``options``: the data set's own options (its ``data.<options_key>`` config section, e.g.
+      ``{"num_samples": 20000}`` for mnist1d); ignored for data sets without ``options_key``.
+      ``synthetic`` is the older name for ``name="synthetic"``'s options.
     """
     _check_args(name, noise_kind, noise_rate, imbalance_ratio, imbalance_profile, val_fraction, seed)
-    raw = _load(name, root, download, synthetic if DATASET_REGISTRY.get(name).options_key else None)
+    key = DATASET_REGISTRY.get(name).options_key
+    if options is None and key == "synthetic":
+        options = synthetic
+    raw = _load(name, root, download, options if key else None)
     k = raw.num_classes
     x, y_clean = raw.train_x, raw.train_y
 

@@ -5,8 +5,8 @@ generated in memory by the ``mnist1d`` package (Apache-2.0; procedural, no downl
 80/20 split, generation seed 42) gives the paper's 4,000 train / 1,000 test set. The generation
 seed stays the standard one whatever the trial seed (like digits' fixed split): every seed and
 every cell of a study sees the same sequences; the trial seed varies corruption, split and
-training. ``num_samples`` (option; default 5,000, a multiple of 10 up to 1,000,000) gives a
-larger variant with the same generator and the same 80/20 split.
+training. ``data.mnist1d.num_samples`` (default 5,000, a multiple of 10 up to 1,000,000) gives
+a larger variant with the same generator and the same 80/20 split.
 
 Inputs are (1, 40) float32 (one channel, 40 steps), standardised with the training split's
 mean and std; labels 0-9.
@@ -92,8 +92,6 @@ def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
 SPEC = DatasetSpec(
     name="mnist1d",
     summary="MNIST-1D sequences of length 40 (4000 train / 1000 test), generated in memory: small, CPU-friendly",
-    # No ``options_key`` yet: the larger variant needs a ``data.mnist1d`` config section
-    # (num_samples) in config.py; until then it is ``load_mnist1d({"num_samples": N})`` only.
     load=lambda root, download, options: load_mnist1d(options),
     input_shape=(1, SEQ_LEN),
     num_classes=NUM_CLASSES,
@@ -103,4 +101,5 @@ SPEC = DatasetSpec(
                   grad_clip=5.0),
     loss_defaults="mnist",  # MNIST's values: digits again, a small net
     asymmetric_map=MNIST_ASYMMETRIC_MAP,  # the same ten digits (7->1, 2->7, 5<->6, 3->8)
+    options_key="mnist1d",  # data.mnist1d.num_samples: the larger variant
 )
