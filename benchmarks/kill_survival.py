@@ -323,8 +323,10 @@ def check_mlflow(uri: str, expected_kids: int) -> dict[str, Any]:
             break
     parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
     parent_ids = {r.info.run_id for r in parents}
-    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in parent_ids]
-    keys = [r.data.tags.get("pal.run_key") for r in kids]
+    # Trials and finals sit under their cell's run; cell runs under the study run.
+    kids = [r for r in all_runs if r.data.tags.get("pal.study_run") in parent_ids and r.data.tags.get("stage") != "cell"]
+    cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in parent_ids]
+    keys = [r.data.tags.get("pal.run_key") for r in kids + cells]
     dup = sorted(k for k, n in Counter(keys).items() if n > 1 and k)
     statuses = Counter(r.info.status for r in all_runs)
     stages = Counter(r.data.tags.get("stage") for r in kids)
@@ -333,8 +335,8 @@ def check_mlflow(uri: str, expected_kids: int) -> dict[str, Any]:
         problems.append(f"parents: {[r.info.status for r in parents]} (want one FINISHED)")
     if len(kids) != expected_kids:
         problems.append(f"{len(kids)} child runs (want {expected_kids})")
-    if len(all_runs) != len(parents) + len(kids):
-        problems.append(f"{len(all_runs) - len(parents) - len(kids)} runs outside the study's parent")
+    if len(all_runs) != len(parents) + len(cells) + len(kids):
+        problems.append(f"{len(all_runs) - len(parents) - len(cells) - len(kids)} runs outside the study's parent")
     if dup:
         problems.append(f"duplicate pal.run_key: {dup}")
     if None in keys:

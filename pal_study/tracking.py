@@ -1,10 +1,13 @@
-"""MLflow adapter: one experiment per study, the study a parent run, every trial a child run.
+"""MLflow adapter: one experiment per study; the study a parent run, each cell a run below it,
+each tuning trial and final seed a run below its cell's.
 
 Written from the driver only (SQLite allows one writer), in
-batches: a child run is created when its trial starts, its epochs are buffered and flushed
+batches: a trial's run is created when its trial starts, its epochs are buffered and flushed
 every ``FLUSH_S`` seconds and at its end in one ``log_batch``. Runs are keyed by
-``pal.run_key`` (``cell003/tune/7``, ``cell003/final/seed1``) so a resumed study finds and
-finishes its runs instead of opening duplicates.
+``pal.run_key`` (``cell003``, ``cell003/tune/7``, ``cell003/final/seed1``) and carry the study
+run's id (``pal.study_run``), so a resumed study finds and finishes its runs instead of opening
+duplicates. The cell run holds the cell's factor tags, its best config (params), the aggregates
+over its finals and its comparison with its baseline (``study/tracker.py``).
 
 Default store: ``sqlite:///<cwd>/mlruns/mlflow.db`` with artifacts in ``mlruns/artifacts/``;
 ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` point anywhere else (an MLflow server, PostgreSQL).

@@ -176,7 +176,7 @@ def study_runs(client: MlflowClient, exp_id: str) -> tuple:
     parents = [r for r in runs if r.data.tags.get("pal.stage") == "study"]
     assert len(parents) == 1, [r.info.run_name for r in runs]
     parent = parents[0]
-    kids = [r for r in runs if r.info.run_id != parent.info.run_id]
+    kids = [r for r in runs if r.info.run_id != parent.info.run_id and r.data.tags.get("stage") != "cell"]
     return parent, kids
 
 
@@ -187,11 +187,16 @@ def test_study_logged_to_mlflow_server_on_postgresql(pg_mlflow_server, tmp_path)
     assert parent.info.status == "FINISHED"
     assert "mlflow.parentRunId" not in parent.data.tags
     cells = len(METHODS)
-    # Every tuning trial and every final seed is a child run (tags must be strings over REST).
+    # Every tuning trial and every final seed is a run under its cell's run, which is a child of
+    # the study run (tags must be strings over REST).
     n_kids, expected = len(kids), cells * TRIALS_PER_CELL + cells * len(SEEDS)
     assert n_kids == expected, sorted(r.info.run_name for r in kids)
-    assert all(r.data.tags.get("mlflow.parentRunId") == parent.info.run_id for r in kids)
-    by_filter = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    cell_runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'", max_results=1000)
+    assert len(cell_runs) == cells and {r.data.tags["stage"] for r in cell_runs} == {"cell"}
+    cell_ids = {r.info.run_id for r in cell_runs}
+    assert all(r.data.tags.get("mlflow.parentRunId") in cell_ids for r in kids)
+    by_filter = client.search_runs([exp_id], f"tags.`pal.study_run` = '{parent.info.run_id}' and tags.stage != 'cell'",
+                                   max_results=1000)
     assert {r.info.run_id for r in by_filter} == {r.info.run_id for r in kids}
     tune = [r for r in kids if r.data.tags["stage"] == "tune"]
     final = [r for r in kids if r.data.tags["stage"] == "final"]

@@ -234,7 +234,8 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
             assert [t.number for t in st.trials] == list(range(6)), name
             assert all(t.state == TrialState.COMPLETE for t in st.trials), name
 
-    # MLflow: one parent, one child per trial and final seed, none duplicated, none left RUNNING.
+    # MLflow: one parent, one run per cell under it, one run per trial and final seed under its
+    # cell, none duplicated, none left RUNNING.
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -242,9 +243,14 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
     all_runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(kids) == len(all_runs) - 1 == 4 * 6 + 4 * 3
-    keys = [r.data.tags["pal.run_key"] for r in kids]
+    cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(cells) == 4 and {r.data.tags["stage"] for r in cells} == {"cell"}
+    assert all(r.info.status == "FINISHED" for r in cells)
+    cell_ids = {r.info.run_id for r in cells}
+    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in cell_ids]
+    assert len(kids) == len(all_runs) - 1 - 4 == 4 * 6 + 4 * 3
+    assert all(r.data.tags["pal.study_run"] == parents[0].info.run_id for r in kids)
+    keys = [r.data.tags["pal.run_key"] for r in kids + cells]
     assert len(set(keys)) == len(keys)
     assert all(r.info.status == "FINISHED" for r in kids)
     for r in kids:

@@ -112,6 +112,14 @@ def test_tracking_server_down_mid_study_loses_nothing(tmp_path):
         assert len(kids) == 2 * 10 + 2 * 2
         keys = [r.data.tags["pal.run_key"] for r in kids]
         assert len(set(keys)) == len(keys)
+        # One cell run per cell (created while the store was up or from the queue, never twice),
+        # finished, the parent of its cell's runs.
+        cells = [r for r in runs_all if r.data.tags.get("stage") == "cell"]
+        assert sorted(r.data.tags["pal.run_key"] for r in cells) == ["cell000", "cell001"]
+        assert all(r.info.status == "FINISHED" and r.data.metrics["n_finals"] == 2 for r in cells)
+        cell_id = {r.data.tags["cell"]: r.info.run_id for r in cells}
+        assert all(r.data.tags["mlflow.parentRunId"] == cell_id[r.data.tags["cell"]] for r in kids)
+        assert len(runs_all) == 1 + len(cells) + len(kids)
         for r in kids:
             assert r.info.status == "FINISHED", r.data.tags["pal.run_key"]
             steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]

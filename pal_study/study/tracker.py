@@ -1,4 +1,10 @@
-"""A study's MLflow record, fed by the searcher's events (driver side, one writer)."""
+"""A study's MLflow record, fed by the searcher's events (driver side, one writer).
+
+Layout: study run (``pal.stage=study``) > one run per cell (``stage=cell``, ``pal.run_key=cellNNN``)
+> that cell's tuning and final runs. Every run below the study run carries ``pal.study_run`` (the
+study run's id), so a study's runs are found by one tag whatever their depth; studies tracked
+before cell runs existed (trials directly under the study run) are still read, and are moved
+under cell runs when such a study is resumed."""
 
 from __future__ import annotations
 
@@ -7,7 +13,8 @@ import logging
 import time
 from typing import Any
 
-from pal_study.study.events import EpochReported, Event, FinalEnded, TrialEnded, TrialRetried, TrialStarted
+from pal_study.study.events import (EpochReported, Event, FinalEnded, FinalsSkipped, TrialEnded, TrialRetried,
+                                    TrialStarted)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
 from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_artifacts, trial_tags
@@ -15,7 +22,9 @@ from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_arti
 log = logging.getLogger(__name__)
 
 RETRY_S = 5.0
-HANDLED = (TrialStarted, EpochReported, TrialEnded, FinalEnded, TrialRetried)
+HANDLED = (TrialStarted, EpochReported, TrialEnded, FinalEnded, TrialRetried, FinalsSkipped)
+STUDY_RUN_TAG = "pal.study_run"
+TABLE_FILE = "report/comparison_table.json"
 
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
@@ -25,7 +34,8 @@ SUMMARY_KEYS = ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "mar
 
 
 class StudyTracker:
-    """Parent run per study (re-found on resume), child run per tuning trial and final seed."""
+    """Parent run per study (re-found on resume), a run per cell below it, and below each cell
+    run a run per tuning trial and final seed."""
 
     def __init__(self, tracking: Tracking, study: Study, store: StudyStore):
         self.t = tracking
@@ -33,7 +43,10 @@ class StudyTracker:
         self.store = store
         self.exp_id = tracking.experiment_id(study.spec.name)
         self.parent_id: str | None = None
-        self.children: dict[str, Any] = {}  # run_key -> mlflow Run
+        self.children: dict[str, Any] = {}  # run_key -> mlflow Run (cell runs under ``cellNNN``)
+        # cell index -> {run_id, status, params (logged), metrics, tags}: the cell runs' state
+        self._cells: dict[int, dict[str, Any]] = {}
+        self._finished: set[str] = set()  # run keys of final runs this process finished
         self._live: dict[int, dict[str, Any]] = {}  # id(job) -> {run_id, buffer, last_flush, skip_to}
         self.logging_s = 0.0
         self.logging_cpu_s = 0.0  # CPU of the driver thread: what tracking takes from trials on a busy machine
@@ -66,18 +79,27 @@ class StudyTracker:
             })
             self.t.log_files(self.parent_id, {"study.yaml": self.study.path.read_text(),
                                               "study_resolved.json": json.dumps(s.model_dump(mode="json"), indent=1)})
-        # Every child already logged under this parent, by key: a resume reuses, never duplicates.
-        token = None
-        while True:
-            page = c.search_runs([self.exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_id}'",
-                                 max_results=1000, page_token=token)
-            for r in page:
-                key = r.data.tags.get("pal.run_key")
-                if key:
-                    self.children[key] = r
-            token = page.token
-            if not token:
-                break
+        # Every run already logged for this study, by key: a resume reuses, never duplicates. Cell
+        # runs and everything below them carry the study run's id; runs of the layout before cell
+        # runs (trials directly under the study run) are its children.
+        seen: set[str] = set()
+        for flt in (f"tags.`{STUDY_RUN_TAG}` = '{self.parent_id}'", f"tags.`mlflow.parentRunId` = '{self.parent_id}'"):
+            token = None
+            while True:
+                page = c.search_runs([self.exp_id], filter_string=flt, max_results=1000, page_token=token)
+                for r in page:
+                    key = r.data.tags.get("pal.run_key")
+                    if key and r.info.run_id not in seen:
+                        seen.add(r.info.run_id)
+                        self.children[key] = r
+                token = page.token
+                if not token:
+                    break
+        for key, r in self.children.items():
+            if _is_cell_key(key):
+                self._cells[int(key[4:])] = {"run_id": r.info.run_id, "status": r.info.status,
+                                             "params": bool(r.data.params), "metrics": dict(r.data.metrics),
+                                             "tags": dict(r.data.tags)}
         self.logging_s += time.perf_counter() - t0
         return self.parent_id
 
@@ -91,10 +113,17 @@ class StudyTracker:
         status_of = {TrialState.COMPLETE: ("completed", "FINISHED"), TrialState.PRUNED: ("pruned", "KILLED"),
                      TrialState.FAIL: ("failed", "FAILED")}
         for cell in self.study.cells:
-            for t in self.store.tuning_trials(cell):
+            trials = self.store.tuning_trials(cell)
+            finals = self.store.final_results(cell)
+            prefix = f"cell{cell.index:03d}/"
+            if not trials and not finals and not any(k.startswith(prefix) for k in self.children):
+                continue  # not started: its cell run comes with its first trial
+            cell_id = self._cell_run(cell, json.loads(next(iter(finals.values()))["config"]) if finals
+                                     else config_for(cell, {}))
+            for t in trials:
                 if t.state not in status_of:
                     continue
-                key = f"cell{cell.index:03d}/tune/{t.number}"
+                key = f"{prefix}tune/{t.number}"
                 run = self.children.get(key)
                 if run is not None and run.info.status != "RUNNING":
                     continue
@@ -103,26 +132,37 @@ class StudyTracker:
                 metrics = [("val_acc", v, int(step)) for step, v in t.intermediate_values.items()]
                 self._repair(key, f"{cell.label} #{t.number}", cfg, run, outcome, status, t.user_attrs, metrics,
                              tags=dict(cell=cell.label, cell_group=_group(cell), stage="tune",
-                                       optuna_study=self.store.tuning_name(cell), optuna_trial=t.number))
+                                       optuna_study=self.store.tuning_name(cell), optuna_trial=t.number),
+                             parent=cell_id)
                 repaired += 1
-            for seed, rec in self.store.final_results(cell).items():
-                key = f"cell{cell.index:03d}/final/seed{seed}"
+            for seed, rec in finals.items():
+                key = f"{prefix}final/seed{seed}"
                 run = self.children.get(key)
                 if run is not None and run.info.status in ("FINISHED", "FAILED"):
                     continue
                 outcome, status = ("completed", "FINISHED") if rec["state"] == "complete" else ("failed", "FAILED")
                 self._repair(key, f"{cell.label} final seed {seed}", json.loads(rec["config"]), run, outcome, status,
                              rec, [], tags=dict(cell=cell.label, cell_group=_group(cell), stage="final",
-                                                optuna_study=self.store.finals_name(cell)))
+                                                optuna_study=self.store.finals_name(cell)), parent=cell_id)
                 repaired += 1
+            # Runs logged before cell runs existed (directly under the study run) move under theirs.
+            for key, run in self.children.items():
+                tags = run.data.tags
+                if key.startswith(prefix) and (tags.get("mlflow.parentRunId") != cell_id
+                                               or tags.get(STUDY_RUN_TAG) != self.parent_id):
+                    self.t.log_batch(run.info.run_id, tags={"mlflow.parentRunId": cell_id,
+                                                            STUDY_RUN_TAG: self.parent_id})
+            if finals:
+                # Its best config, and its aggregates and status if all its finals had ended.
+                self._cell_finals(cell, json.loads(next(iter(finals.values()))["config"]), finals)
         return repaired
 
     def _repair(self, key: str, name: str, cfg: dict[str, Any], run: Any, outcome: str, status: str,
-                attrs: dict[str, Any], metrics: list, tags: dict[str, Any]) -> None:
+                attrs: dict[str, Any], metrics: list, tags: dict[str, Any], parent: str) -> None:
         if run is not None:
             self.t.client.delete_run(run.info.run_id)  # half-logged: replaced whole, never doubled
             self.children.pop(key, None)
-        run_id, _ = self._child(key, name, {})
+        run_id, _ = self._child(key, name, {}, parent=parent)
         summary = [(f"final_{k}", attrs[k], 0) for k in SUMMARY_KEYS if isinstance(attrs.get(k), (int, float))]
         all_tags = trial_tags(cfg, outcome=outcome, **tags)
         all_tags["pal.reconciled"] = "from the Optuna record (the driver was killed while logging)"
@@ -137,10 +177,12 @@ class StudyTracker:
         self.t.client.set_terminated(run_id, status=status)
 
     def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0,
-               summary: dict[str, Any] | None = None) -> list[str]:
+               summary: dict[str, Any] | None = None, report_rows: Any = None) -> list[str]:
         """Deliver what is still queued (waiting up to ``drain_timeout_s`` for the store), then
         the parent's files, its summary (trial counts and failure causes, as metrics, tags and
-        ``summary.json``) and its status. Returns what could not be delivered (empty when all was)."""
+        ``summary.json``), the cell runs' comparisons with their baselines (from
+        ``report_rows()``: ``report.aggregate`` rows, q adjusted over the whole study) and the
+        comparison table, every run's status. Returns what could not be delivered (empty when all was)."""
         t0 = time.perf_counter()
         deadline = time.monotonic() + drain_timeout_s
         while self._pending and time.monotonic() < deadline:
@@ -163,9 +205,16 @@ class StudyTracker:
                                      tags=tags)
                 if files:
                     self.t.log_files(self.parent_id, files)
+            except Exception as e:  # noqa: BLE001
+                undelivered.append(f"study report ({e})")
+            try:
+                self._finish_cells(interrupted, report_rows() if report_rows is not None else None)
+            except Exception as e:  # noqa: BLE001
+                undelivered.append(f"cell runs and comparison table ({e})")
+            try:
                 self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
             except Exception as e:  # noqa: BLE001
-                undelivered.append(f"study report and status ({e})")
+                undelivered.append(f"study status ({e})")
         self.logging_s += time.perf_counter() - t0
         return undelivered
 
@@ -205,6 +254,8 @@ class StudyTracker:
                 self._final(event)
             elif isinstance(event, TrialRetried) and job.stage == "tune":
                 self._retried(job)
+            elif isinstance(event, FinalsSkipped):
+                self._skipped(job.cell, event.reason)
             return True
         except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
             if not self._pending:
@@ -217,7 +268,8 @@ class StudyTracker:
     def _key(self, job: Any, suffix: str) -> str:
         return f"cell{job.cell.index:03d}/{suffix}"
 
-    def _child(self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None) -> tuple[str, bool]:
+    def _child(self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None, *,
+               parent: str) -> tuple[str, bool]:
         """(run id, whether it existed): existing runs are reused, so nothing is logged twice.
         Params go in later with the metrics: one ``log_batch`` per run where possible."""
         existing = self.children.get(key)
@@ -225,16 +277,120 @@ class StudyTracker:
             return existing.info.run_id, True
         c = self.t.client
         run = c.create_run(self.exp_id, run_name=name, start_time=start_time, tags={
-            "mlflow.parentRunId": self.parent_id, "pal.run_key": key, "study": self.study.spec.name, **tags})
+            "mlflow.parentRunId": parent, STUDY_RUN_TAG: self.parent_id, "pal.run_key": key,
+            "study": self.study.spec.name, **tags})
         self.children[key] = run
         return run.info.run_id, False
+
+    # -- cell runs -------------------------------------------------------------------------------
+    def _cell_run(self, cell: Any, cfg: dict[str, Any]) -> str:
+        """The cell's run (created with its first trial, from that trial's ``cfg`` for the factor
+        tags; a resumed study's is reused and, if an interruption had ended it, running again)."""
+        info = self._cells.get(cell.index)
+        if info is not None:
+            if info["status"] == "KILLED":
+                self.t.client.update_run(info["run_id"], status="RUNNING")
+                info["status"] = "RUNNING"
+            return info["run_id"]
+        key = f"cell{cell.index:03d}"
+        tags = trial_tags(cfg, cell=cell.label, cell_group=_group(cell), stage="cell",
+                          optuna_study=self.store.tuning_name(cell))
+        for trial_only in ("seed", "config_hash"):
+            tags.pop(trial_only, None)
+        tags["pal.stage"] = "cell"
+        run_id, _ = self._child(key, cell.label, tags, parent=self.parent_id)
+        self._cells[cell.index] = {"run_id": run_id, "status": "RUNNING", "params": False, "metrics": {},
+                                   "tags": tags}
+        return run_id
+
+    def _cell_finals(self, cell: Any, cfg: dict[str, Any] | None, finals: dict[int, dict[str, Any]] | None = None,
+                     *, close: bool = False) -> None:
+        """After a final of the cell ended: its best config as params (once), and when all its
+        final seeds have ended (or ``close``), the aggregates over its completed finals and its
+        status, in one ``log_batch``. Repeatable (a queued event runs it again)."""
+        info = self._cells.get(cell.index)
+        if info is None or info["status"] in ("FINISHED", "FAILED"):
+            return
+        params = None
+        if not info["params"] and cfg is not None:
+            params = {k: v for k, v in flatten(cfg).items() if k != "seed"}  # the seed: the finals'
+        finals = self.store.final_results(cell) if finals is None else finals
+        ended = close or set(self.study.spec.finals.seeds) <= set(finals)
+        metrics: list = []
+        done = [r for r in finals.values() if r.get("state") == "complete"]
+        if ended:
+            metrics = [(k, v, 0) for k, v in cell_aggregates(done).items()]
+        if params or metrics:
+            self.t.log_batch(info["run_id"], metrics=metrics, params=params)
+            info["params"] = info["params"] or bool(params)
+            info["metrics"].update({k: v for k, v, _ in metrics})
+        if ended:
+            status = "FINISHED" if done else "FAILED"
+            self.t.client.set_terminated(info["run_id"], status=status)
+            info["status"] = status
+
+    def _skipped(self, cell: Any, reason: str) -> None:
+        """No finals for the cell (no tuning trial completed): its run ends FAILED, saying why."""
+        info = self._cells.get(cell.index)
+        if info is None or info["status"] in ("FINISHED", "FAILED"):
+            return
+        self.t.log_batch(info["run_id"], metrics=[("n_finals", 0, 0)],
+                         tags={"outcome": "failed", "outcome_reason": reason})
+        self.t.client.set_terminated(info["run_id"], status="FAILED")
+        info["status"] = "FAILED"
+
+    def _finish_cells(self, interrupted: bool, rows: list[Any] | None) -> None:
+        """At the study's end: cell runs still open end (KILLED if the study was interrupted);
+        each cell's comparison with its baseline goes on its run, the table on the study run."""
+        for cell in self.study.cells:
+            info = self._cells.get(cell.index)
+            if info is None or info["status"] != "RUNNING":
+                continue
+            if interrupted:
+                self.t.client.set_terminated(info["run_id"], status="KILLED")
+                info["status"] = "KILLED"
+            else:
+                self._cell_finals(cell, None, close=True)
+        if rows is None:
+            return
+        index = {c.label: c.index for c in self.study.cells}
+        for row in rows:
+            info = self._cells.get(index.get(row.cell, -1))
+            c = row.comparison
+            if info is None or c is None:
+                continue
+            metrics = [(k, v, 0) for k, v in (("delta_test_acc", c.delta), ("ci_low", c.ci_low),
+                                              ("ci_high", c.ci_high), ("p", c.p), ("q", c.q))
+                       if isinstance(v, (int, float)) and info["metrics"].get(k) != v]
+            tags = {"baseline": c.baseline} if info["tags"].get("baseline") != c.baseline else {}
+            if metrics or tags:  # a rerun of a finished study logs nothing twice
+                self.t.log_batch(info["run_id"], metrics=metrics, tags=tags)
+                info["metrics"].update({k: v for k, v, _ in metrics})
+                info["tags"].update(tags)
+        self._log_table(comparison_table(rows))
+
+    def _log_table(self, table: dict[str, list]) -> None:
+        """The comparison as an MLflow table (the UI's artifact view shows it). ``log_table``
+        appends to a table already there: a rerun's (same) table replaces it instead."""
+        import pandas as pd
+
+        df = pd.DataFrame(table)
+        # Text columns as object (pandas 3 makes them ``str``, which log_table's image check warns about).
+        text = [k for k in df.columns if df[k].dtype != object and pd.api.types.is_string_dtype(df[k])]
+        df[text] = df[text].astype(object)
+        c = self.t.client
+        if TABLE_FILE in {a.path for a in c.list_artifacts(self.parent_id, "report")}:
+            self.t.log_files(self.parent_id, {TABLE_FILE: df.to_json(orient="split", index=False, date_format="iso")})
+        else:
+            c.log_table(self.parent_id, data=df, artifact_file=TABLE_FILE)
 
     def _start_tuning(self, job: Any, payload: dict[str, Any]) -> None:
         cfg = payload["config"]
         key = self._key(job, f"tune/{job.trial.number}")
         tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="tune",
                           optuna_study=self.store.tuning_name(job.cell), optuna_trial=job.trial.number)
-        run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", tags)
+        cell_id = self._cell_run(job.cell, cfg)
+        run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", tags, parent=cell_id)
         skip_to = 0
         if existed:
             hist = self.t.client.get_metric_history(run_id, "val_acc")
@@ -299,8 +455,16 @@ class StudyTracker:
         job = event.job
         seed = int(event.seed)
         key = self._key(job, f"final/seed{seed}")
-        if key in self.children and self.children[key].info.status == "FINISHED":
-            return
+        cfg = event.config
+        cell_id = self._cell_run(job.cell, cfg)
+        if key not in self._finished and not (key in self.children and self.children[key].info.status == "FINISHED"):
+            self._final_run(event, key, cell_id)
+            self._finished.add(key)
+        self._cell_finals(job.cell, cfg)
+
+    def _final_run(self, event: FinalEnded, key: str, cell_id: str) -> None:
+        job = event.job
+        seed = int(event.seed)
         result = event.result or {}
         cfg = event.config
         outcome = "completed" if event.ok else "failed"
@@ -316,7 +480,7 @@ class StudyTracker:
             tags["pal.checkpoint"] = result["checkpoint_path"]  # the trained model: pal-study export --weights
         # Created when the seed is done (one write burst): dated back to when it started.
         started = int(1000 * (time.time() - float(result.get("wall_time_s") or 0.0)))
-        run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started)
+        run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started, parent=cell_id)
         metrics = [(k, h[k], int(h["epoch"])) for h in result.get("history", []) for k in METRIC_KEYS
                    if isinstance(h.get(k), (int, float))]
         metrics += [(f"final_{k}", result[k], 0) for k in SUMMARY_KEYS if isinstance(result.get(k), (int, float))]
@@ -325,12 +489,53 @@ class StudyTracker:
         if existed:  # a half-logged run of a killed driver: its metrics would double up
             self.t.client.delete_run(run_id)
             self.children.pop(key)
-            run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", {}, started)
+            run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", {}, started, parent=cell_id)
         self.t.log_batch(run_id, metrics=metrics, params=flatten(cfg), tags=tags)
         self.t.log_files(run_id, trial_artifacts(
             cfg, result.get("details"),
             f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE"))
         self.t.client.set_terminated(run_id, status="FINISHED" if outcome == "completed" else "FAILED")
+
+
+def _is_cell_key(key: str) -> bool:
+    return key.startswith("cell") and key[4:].isdigit()  # a cell run's key: cellNNN
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def cell_aggregates(finals: list[dict[str, Any]]) -> dict[str, float]:
+    """A cell run's metrics over its completed finals' records (mean and sample std, as the report)."""
+    from pal_study.metrics import mean_std
+
+    out: dict[str, float] = {"n_finals": float(len(finals))}
+    for key, names in (("test_acc", ("final_test_acc_mean", "final_test_acc_std")),
+                       ("val_acc", ("final_val_acc_mean", "final_val_acc_std")), ("ece", ("ece_mean",))):
+        ms = mean_std([_num(r.get(key)) for r in finals])
+        if ms:
+            out.update(zip(names, ms))
+    return out
+
+
+def comparison_table(rows: list[Any]) -> dict[str, list]:
+    """One row per cell: its test accuracy (mean, std over its finals) and the comparison with
+    its baseline in the columns of ``report.comparisons`` (empty for cells without one)."""
+    from pal_study.report import comparisons
+
+    comps = {c["cell"]: c for c in comparisons(rows)}
+    keys = ("baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test", "p_wilcoxon", "seeds")
+    table: dict[str, list] = {k: [] for k in ("cell", "method", "n", "test_acc_mean", "test_acc_std", *keys)}
+    for r in rows:
+        mean, std = r.stats.get("test_acc", (None, None))
+        comp = comps.get(r.cell, {})
+        for k, v in (("cell", r.cell), ("method", r.method), ("n", r.n), ("test_acc_mean", mean),
+                     ("test_acc_std", std)):
+            table[k].append(v)
+        for k in keys:
+            v = comp.get(k)
+            table[k].append(" ".join(map(str, v)) if k == "seeds" and v is not None else v)
+    return table
 
 
 def _group(cell: Any) -> str:
