@@ -332,65 +332,86 @@ def status(
 
 @app.command()
 def report(
-    study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="md | csv | latex | json (json without --out: on stdout)")] = "md",
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the table and figures here.")] = None,
+    study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
+    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="md | csv | latex | json | html, printed on stdout (pipe-able); default: a table for the terminal.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every format, the figures and report.html here.")] = None,
     baseline: Annotated[str, typer.Option("--baseline", help="base: X+pal / X+fnpal / X+norm against X; ce: every method against CE.")] = "base",
     adjust: Annotated[str, typer.Option("--adjust", help="q-values over all comparisons: bh (Benjamini-Hochberg) | holm.")] = "bh",
+    importance: Annotated[str, typer.Option("--importance", help="Parameter importance per cell from the Optuna journal: ped_anova | fanova | none.")] = "ped_anova",
+    source: Annotated[str, typer.Option("--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs.")] = "auto",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Rebuild a study's comparison (paired by seed, with CIs and q-values) and figures from the tracking store alone."""
+    """A study's comparison (paired by seed, CIs, q-values), claims, ranks across conditions,
+    probability of improvement, parameter importance and figures, from the tracking store or the
+    study's own record (Optuna journal + summary.json; a --no-track study reports too)."""
     from pal_study.claims import render_verdicts
-    from pal_study.report import BASELINES, aggregate, claim_results, fetch_finals, render, report_files, rich_table
+    from pal_study.importance import EVALUATORS
+    from pal_study.record import SOURCES, open_source
+    from pal_study.report import (BASELINES, EXTENSIONS, FORMATS, aggregate, analyse, render, report_files,
+                                  rich_table)
     from pal_study.stats import ADJUSTMENTS
-    from pal_study.tracking import Tracking
 
-    for opt, value, allowed in (("--format", fmt, ("md", "csv", "latex", "json")), ("--baseline", baseline, BASELINES),
-                                ("--adjust", adjust, ADJUSTMENTS)):
+    for opt, value, allowed in (("--format", fmt or "md", FORMATS), ("--baseline", baseline, BASELINES),
+                                ("--adjust", adjust, ADJUSTMENTS), ("--importance", importance, (*EVALUATORS, "none")),
+                                ("--source", source, SOURCES)):
         if value not in allowed:
             raise UserError(f"{opt}: unknown {value!r}; allowed: {', '.join(allowed)}")
     name = _study_name(study)
-    tracking = Tracking(tracking_uri)
-    tracking.check()
-    _, parent, runs = fetch_finals(tracking.client, name)
-    rows = aggregate(runs, baseline=baseline, adjust=adjust)
+    src = open_source(name, source=source, tracking_uri=tracking_uri, runs_dir=runs_dir)
+    rows = aggregate(src.runs, baseline=baseline, adjust=adjust)
     if not rows:
-        raise UserError(f"study {name!r}: no completed final runs in {tracking.uri}")
-    claims = claim_results(tracking.client, parent, runs, adjust)
-    if fmt == "json" and out_dir is None:
-        typer.echo(render(rows, "json", claims), nl=False)
+        raise UserError(f"study {name!r}: no completed final runs in {src.where}")
+    claims = src.claims(adjust)
+    analysis = analyse(rows, src.runs, run_dir=src.run_dir, importance=None if importance == "none" else importance)
+    title = f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"
+    if out_dir is None and fmt is not None:
+        sys.stdout.write(render(rows, fmt, claims, analysis, title=name))
+        sys.stdout.flush()
         return
-    out.print(rich_table(rows, f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"))
-    if claims:
-        out.print(render_verdicts(claims), highlight=False, markup=False, soft_wrap=True)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        files = report_files(rows, name)
-        ext = {"md": "md", "csv": "csv", "latex": "tex", "json": "json"}[fmt]
-        (out_dir / f"comparison.{ext}").write_text(render(rows, fmt, claims))
-        for key, content in files.items():
-            if key.endswith(".png"):
-                (out_dir / Path(key).name).write_bytes(content)
-        err.print(f"wrote {out_dir}/comparison.{ext} and {sum(k.endswith('.png') for k in files)} figures")
+    if out_dir is None:
+        from pal_study.report import _analysis_md
+
+        out.print(rich_table(rows, title))
+        if claims:
+            out.print(render_verdicts(claims), highlight=False, markup=False, soft_wrap=True)
+        out.print("\n".join(_analysis_md(analysis)).strip(), highlight=False, markup=False, soft_wrap=True)
+        err.print(f"(from {src.kind} {src.where})", highlight=False, markup=False)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = report_files(rows, name, claims, analysis)
+    for f in FORMATS[:-1]:  # md csv latex json; html comes with its figures from report_files
+        (out_dir / f"comparison.{EXTENSIONS[f]}").write_text(render(rows, f, claims, analysis, title=name))
+    for key, content in files.items():
+        if key.endswith((".png", ".html")):
+            target = out_dir / Path(key).name
+            target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
+    n = sum(k.endswith(".png") for k in files)
+    err.print(f"wrote comparison.md/.csv/.tex/.json, report.html and {n} figures to {out_dir}/ "
+              f"(from {src.kind} {src.where})", highlight=False, markup=False)
 
 
 @app.command()
 def export(
-    study: Annotated[str, typer.Argument(help="Study name (its MLflow experiment) or its YAML.")],
+    study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for one YAML per cell and the index.")] = Path("exports"),
     weights: Annotated[bool, typer.Option("--weights", help="Also write each cell's trained model (the exported final seed's last checkpoint) beside its YAML.")] = False,
+    source: Annotated[str, typer.Option("--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs.")] = "auto",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write each cell's best config (re-runnable with pal-study train) and an index (JSON, CSV)."""
     from pal_study.export import export_study
-    from pal_study.tracking import Tracking
+    from pal_study.record import SOURCES, open_source
 
+    if source not in SOURCES:
+        raise UserError(f"--source: unknown {source!r}; allowed: {', '.join(SOURCES)}")
     name = _study_name(study)
-    tracking = Tracking(tracking_uri)
-    tracking.check()
-    index = export_study(tracking, name, out_dir / name, weights=weights)
+    src = open_source(name, source=source, tracking_uri=tracking_uri, runs_dir=runs_dir)
+    index = export_study(src, name, out_dir / name, weights=weights)
     err.print(f"wrote {len(index)} configs{' and models' if weights else ''} and index.json / index.csv to "
-              f"{out_dir / name}/ (also on the study's parent run)")
+              f"{out_dir / name}/" + (" (also on the study's MLflow run)" if src.kind == "mlflow" else
+                                      f" (from {src.where})"), highlight=False, markup=False)
 
 
 def public_bind_warning(host: str) -> str | None:
@@ -407,9 +428,9 @@ def ui(
     study: Annotated[Optional[str], typer.Option("--study", help="Print the runs URL of this study.")] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise)."""
-    import subprocess
-
+    """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise).
+    SIGTERM, SIGINT or SIGHUP stops the server and all its processes (exit 0)."""
+    from pal_study.servers import run_server
     from pal_study.tracking import Tracking, default_artifact_root
 
     tracking = Tracking(tracking_uri)
@@ -434,7 +455,43 @@ def ui(
         cmd += ["--default-artifact-root", root]
     # MLflow's job runner (GenAI jobs pal-study never submits) starts several worker processes.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(run_server(cmd, env=env, name="mlflow server"))
+
+
+@app.command()
+def dashboard(
+    study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
+    host: Annotated[str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the dashboard.")] = "127.0.0.1",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    journal_file: Annotated[Optional[Path], typer.Option("--journal", help="An Optuna journal file to serve instead of RUNS_DIR/<study>/optuna.journal (e.g. a copy).")] = None,
+) -> None:
+    """Serve optuna-dashboard over a study's Optuna journal, live while it runs (read-only): per cell
+    optimisation history, intermediate values and pruned trials, importances, parallel coordinates.
+    SIGTERM, SIGINT or SIGHUP stops it (exit 0)."""
+    import importlib
+
+    from pal_study.servers import run_server
+    from pal_study.study.store import JOURNAL
+
+    try:
+        importlib.import_module("optuna_dashboard")
+    except ImportError:
+        raise UserError("optuna-dashboard is not installed: pip install 'pal-study[dashboard]'") from None
+    name = _study_name(study)
+    journal = runs_dir / name / JOURNAL if journal_file is None else journal_file
+    if not journal.is_file():
+        raise UserError(f"study {name!r}: no Optuna journal at {journal} (it has not run yet: pal-study run {study})")
+    if public_bind_warning(host):
+        err.print(f"[yellow]warning:[/] --host {escape(host)} makes the dashboard (every trial of the study) reachable "
+                  "from other machines; optuna-dashboard has no authentication", highlight=False)
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"optuna-dashboard for study {name!r} ({journal}, read-only) at http://{shown}:{port}/\n"
+              f"one Optuna study per cell: {name}/cellNNN (tuning) and {name}/cellNNN/finals",
+              soft_wrap=True, highlight=False, markup=False)
+    cmd = [sys.executable, "-m", "pal_study.servers", "optuna-dashboard", str(journal.resolve()),
+           "--host", host, "--port", str(port)]
+    raise typer.Exit(run_server(cmd, name="optuna-dashboard"))
 
 
 @app.command("list")

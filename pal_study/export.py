@@ -14,21 +14,24 @@ import csv
 import io
 import json
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from pal_study.config import ConfigError
-from pal_study.report import aggregate, fetch_finals
-from pal_study.tracking import Tracking
+from pal_study.record import Source
+from pal_study.report import aggregate
 
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "_", label).strip("_")[:120]
 
 
-def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool = False) -> list[dict[str, Any]]:
-    exp_id, parent, runs = fetch_finals(tracking.client, study)
+def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = False) -> list[dict[str, Any]]:
+    """Write the export from ``source`` (the tracking store or the study's run directory: the same
+    files either way); with the tracking store, also log it on the study's run."""
+    runs, exp_id, parent = source.runs, source.experiment_id, source.parent
+    if not runs:
+        raise ConfigError(f"study {study!r}: no completed final runs in {source.where}", key="STUDY")
     rows = aggregate(runs)
     exported: dict[str, Any] = {}  # cell -> its lowest final seed's run (the one exported)
     for r in runs:
@@ -48,9 +51,7 @@ def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool
     files: dict[str, str] = {}
     for i, row in enumerate(rows):
         first = exported[row.cell]
-        with tempfile.TemporaryDirectory() as tmp:
-            local = tracking.client.download_artifacts(first.run_id, "config.yaml", tmp)
-            text = Path(local).read_text()
+        text = source.config_yaml(first, study)
         name = f"{i:03d}_{_slug(row.cell)}.yaml"
         (out_dir / name).write_text(text)
         files[name] = text
@@ -76,8 +77,10 @@ def export_study(tracking: Tracking, study: str, out_dir: Path, *, weights: bool
     for item in index:
         w.writerow({**item, "final_run_ids": " ".join(item["final_run_ids"])})
     (out_dir / "index.csv").write_text(buf.getvalue())
-    tracking.log_files(parent, {**files, "index.json": (out_dir / "index.json").read_text(),
-                                "index.csv": buf.getvalue()}, artifact_path="export")
+    if source.kind != "mlflow":
+        return index
+    source.tracking.log_files(parent, {**files, "index.json": (out_dir / "index.json").read_text(),
+                                       "index.csv": buf.getvalue()}, artifact_path="export")
     return index
 
 

@@ -107,13 +107,10 @@ def study_importances(journal: str | Path, evaluator: str = "ped_anova", seed: i
 def importance_png(items: list[CellImportance], title: str) -> bytes | None:
     """A cells × parameters heat map of the importances (blank: not searched or no estimate)."""
     rows = [i for i in items if i.importances]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if not rows or all(len(i.importances) <= 1 for i in rows):
+        return None  # one parameter per cell: nothing to compare
     import numpy as np
+    from matplotlib.figure import Figure
 
     params = sorted({p for i in rows for p in i.importances})
     grid = np.full((len(rows), len(params)), np.nan)
@@ -121,7 +118,9 @@ def importance_png(items: list[CellImportance], title: str) -> bytes | None:
         for c, p in enumerate(params):
             if p in i.importances:
                 grid[r, c] = i.importances[p]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(params), 0.9 + 0.32 * len(rows)))
+    label_w = 0.065 * max(len(f"{i.cell} (n={i.n_complete})") for i in rows)  # inches at fontsize 7
+    fig = Figure(figsize=(2.2 + label_w + 1.3 * len(params), 1.4 + 0.32 * len(rows)), layout="constrained")
+    ax = fig.subplots()
     im = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
     ax.set_xticks(range(len(params)), params, rotation=20, ha="right")
     ax.set_yticks(range(len(rows)), [f"{i.cell} (n={i.n_complete})" for i in rows], fontsize=7)
@@ -132,10 +131,8 @@ def importance_png(items: list[CellImportance], title: str) -> bytes | None:
                         color="white" if grid[r, c] < 0.6 else "black")
     fig.colorbar(im, ax=ax, label="importance (share)")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     return buf.getvalue()
 
 

@@ -33,6 +33,7 @@ class FinalRun:
     metrics: dict[str, float]
     config_path: str = "config.yaml"
     checkpoint: str | None = None  # the final's trained model, where checkpoints were on
+    config: dict[str, Any] | None = None  # the trained config, when read from the study's own record
 
 
 @dataclass
@@ -68,15 +69,21 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
     if not parents:
         raise ConfigError(f"experiment {study!r} holds no pal-study study run", key="STUDY")
     parent = parents[0].info.run_id
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id],
-                                  f"tags.`mlflow.parentRunId` = '{parent}' and tags.stage = 'final' "
-                                  "and tags.outcome = 'completed'", max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            break
+    # Finals sit under their cell run and carry the study run's id (``pal.study_run``); studies
+    # tracked before cell runs existed have them directly under the study run. Either layout,
+    # each run once.
+    runs, seen = [], set()
+    for under in ("pal.study_run", "mlflow.parentRunId"):
+        token = None
+        while True:
+            page = client.search_runs([exp.experiment_id],
+                                      f"tags.`{under}` = '{parent}' and tags.stage = 'final' "
+                                      "and tags.outcome = 'completed'", max_results=1000, page_token=token)
+            runs += [r for r in page if r.info.run_id not in seen]
+            seen.update(r.info.run_id for r in page)
+            token = page.token
+            if not token:
+                break
     out = []
     for r in runs:
         t, p = r.data.tags, r.data.params
@@ -178,13 +185,132 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
     return out
 
 
-def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = None) -> str:
-    """The comparison as md, csv, latex or json; ``claims`` (verdicts) go into json and md."""
+_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+          "±": r"$\pm$", "Δ": r"$\Delta$", "η": r"$\eta$", "ρ": r"$\rho$"}
+
+
+def latex_escape(text: str) -> str:
+    """Text safe in a LaTeX table cell: the ten special characters and the table's Greek."""
+    return "".join(_LATEX.get(ch, ch) for ch in text)
+
+
+@dataclass
+class Analysis:
+    """What a report says beyond the per-cell table: the methods ranked across conditions, each
+    PAL/FNPAL version's probability of improving on its base loss, and parameter importance."""
+
+    ranking: Any = None  # pal_study.ranking.Ranking
+    improvements: list[Any] = field(default_factory=list)  # pal_study.ranking.Improvement
+    importance: list[Any] = field(default_factory=list)  # pal_study.importance.CellImportance
+    importance_note: str | None = None
+    curves: dict[str, list[Any]] | None = None  # cell -> pal_study.figures.TrialCurve, from the journal
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ranking": self.ranking.as_dict() if self.ranking is not None else None,
+                "improvements": [i.as_dict() for i in self.improvements],
+                "importance": [i.as_dict() for i in self.importance], "importance_note": self.importance_note}
+
+
+def analyse(rows: list[CellRow], runs: list[FinalRun], *, run_dir: Any = None,
+            importance: str | None = "ped_anova") -> Analysis:
+    """Ranks over conditions (the cells' groups) on mean test accuracy, probability of improvement
+    of every X+pal / X+fnpal / X+norm over X (per-seed test accuracy, across conditions), and the
+    per-cell parameter importance from the study's Optuna journal in ``run_dir`` (when given)."""
+    from pal_study.ranking import probability_of_improvement, rank_methods
+
+    out = Analysis()
+    scores: dict[str, dict[str, float]] = {}
+    for r in rows:
+        if METRIC in r.stats:
+            scores.setdefault(r.group or "all", {})[r.method] = r.stats[METRIC][0]
+    if scores:
+        out.ranking = rank_methods(scores)
+    per_seed: dict[tuple[str, str], list[float]] = {}
+    for f in runs:
+        v = f.metrics.get(METRIC)
+        if v is not None:
+            per_seed.setdefault((f.group or "all", f.method), []).append(v)
+    pairs = sorted({(r.method, b) for r in rows if (b := baseline_method(r.method, "base"))})
+    for method, base in pairs:
+        x = {g: v for (g, m), v in per_seed.items() if m == method}
+        y = {g: v for (g, m), v in per_seed.items() if m == base}
+        if set(x) & set(y):
+            out.improvements.append(probability_of_improvement(x, y, method=method, base=base))
+    if importance:
+        from pathlib import Path
+
+        from pal_study.importance import study_importances
+        from pal_study.study.store import JOURNAL
+
+        if run_dir is not None and (Path(run_dir) / JOURNAL).is_file():
+            out.importance = study_importances(Path(run_dir) / JOURNAL, evaluator=importance)
+        else:
+            out.importance_note = "parameter importance needs the study's Optuna journal (--runs-dir)"
+    if run_dir is not None:
+        from pathlib import Path
+
+        from pal_study.figures import journal_curves
+        from pal_study.study.store import JOURNAL
+
+        out.curves = journal_curves(Path(run_dir) / JOURNAL) or None
+    return out
+
+
+def _analysis_md(a: Analysis) -> list[str]:
+    from pal_study.importance import render_importances
+
+    lines: list[str] = []
+    rk = a.ranking
+    if rk is not None:
+        lines += ["", "## Ranks across conditions", ""]
+        if rk.average_ranks:
+            lines += ["| method | average rank |", "|---|---|"]
+            lines += [f"| {m} | {rk.average_ranks[m]:.2f} |" for m in rk.methods]
+        test = (f"Friedman chi2 = {rk.friedman_stat:.3g}, p = {rk.friedman_p:.3g} over {len(rk.conditions)} conditions"
+                if rk.friedman_p is not None else "no Friedman test")
+        cd = f"; Nemenyi critical difference {rk.critical_difference:.2f}" if rk.critical_difference else ""
+        lines += ["", test + cd + (f" ({rk.note})" if rk.note else "")]
+        if rk.dropped:
+            lines += ["", "left out: " + "; ".join(f"{k}: {v}" for k, v in rk.dropped.items())]
+    if a.improvements:
+        lines += ["", "## Probability of improvement over the base loss (test accuracy, per seed)", "",
+                  "| method | base | conditions | P(method > base) [95% CI] |", "|---|---|---|---|"]
+        for i in a.improvements:
+            p = "-" if i.probability is None else f"{i.probability:.2f}"
+            if i.ci_low is not None:
+                p += f" [{i.ci_low:.2f}, {i.ci_high:.2f}]"
+            lines.append(f"| {i.method} | {i.base} | {i.n_conditions} | {p}{' (' + i.note + ')' if i.note else ''} |")
+    if a.importance or a.importance_note:
+        lines += ["", "## Parameter importance per cell", ""]
+        if a.importance and all(len(i.importances) <= 1 for i in a.importance):
+            searched = sorted({p for i in a.importance for p in i.importances})
+            lines.append(f"one parameter searched per cell ({', '.join(searched) or 'none'}): nothing to rank")
+        else:
+            lines += (["```", render_importances(a.importance), "```"] if a.importance else [a.importance_note or ""])
+    return lines
+
+
+FORMATS = ("md", "csv", "latex", "json", "html")
+EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
+
+
+def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = None,
+           analysis: Analysis | None = None, title: str = "") -> str:
+    """The comparison as md, csv, latex, json or html; ``claims`` (verdicts) and ``analysis``
+    (ranks, probability of improvement, importance) go into json, md and html (html also embeds
+    the figures: one self-contained file)."""
+    if fmt == "html":
+        from pal_study.report_html import render_html
+
+        return render_html(rows, title, claims, analysis,
+                           {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, title)})
     body = table_rows(rows)
     if fmt == "json":
         return json.dumps({"comparisons": comparisons(rows),
                            "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows],
-                           "claims": claims or []}, indent=1, default=str) + "\n"
+                           "claims": claims or [], **(analysis.as_dict() if analysis else {})},
+                          indent=1, default=str) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
@@ -200,7 +326,7 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
                         r.stats.get("ece", (None,))[0], *g, " ".join(r.run_ids)])
         return buf.getvalue()
     if fmt == "latex":
-        esc = lambda s: s.replace("_", r"\_").replace("%", r"\%").replace("±", r"$\pm$").replace("Δ", r"$\Delta$")  # noqa: E731
+        esc = latex_escape
         lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(COLUMNS) - 2) + "}", r"\toprule",
                  " & ".join(esc(c) for c in COLUMNS) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
@@ -212,6 +338,8 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
         from pal_study.claims import render_verdicts
 
         lines += ["", "## Claims", "", "```", render_verdicts(claims), "```"]
+    if analysis is not None:
+        lines += _analysis_md(analysis)
     return "\n".join(lines) + "\n"
 
 
@@ -226,60 +354,50 @@ def rich_table(rows: list[CellRow], title: str):
     return t
 
 
-def figures(rows: list[CellRow]) -> dict[str, bytes]:
-    """Accuracy vs noise rate and vs imbalance ratio per method, many/medium/few bars, and the
-    prototype/feature norms (the paper's Figure 2 style) — only where the study varies them."""
-    from pal_study.plots import grouped_bars_png, lines_png
+def figures(rows: list[CellRow], curves: dict[str, list[Any]] | None = None) -> dict[str, bytes]:
+    """The study's figures (pal_study/figures.py): accuracy vs noise / imbalance with CI bands,
+    the forest plot of every comparison, many/medium/few, prototype and feature norms, and, from
+    the Optuna journal's ``curves``, learning curves and the objective against each parameter."""
+    from pal_study.figures import study_figures
 
-    out: dict[str, bytes] = {}
-    for ds in sorted({r.dataset for r in rows}):
-        rs = [r for r in rows if r.dataset == ds and "test_acc" in r.stats]
-        if len({r.noise_rate for r in rs}) > 1:
-            series: dict[str, list] = {}
-            for r in rs:
-                label = r.method + ("" if len({x.imbalance_ratio for x in rs}) == 1 else f" ρ={r.imbalance_ratio:g}")
-                series.setdefault(label, []).append((r.noise_rate, *r.stats["test_acc"]))
-            out[f"acc_vs_noise_{ds}.png"] = lines_png(series, "symmetric noise rate", "test accuracy %",
-                                                      f"{ds}: test accuracy vs label noise (mean ± std over seeds)")
-        if len({r.imbalance_ratio for r in rs}) > 1:
-            series = {}
-            for r in rs:
-                label = r.method + ("" if len({x.noise_rate for x in rs}) == 1 else f" η={r.noise_rate:g}")
-                series.setdefault(label, []).append((r.imbalance_ratio, *r.stats["test_acc"]))
-            out[f"acc_vs_imbalance_{ds}.png"] = lines_png(series, "imbalance ratio", "test accuracy %",
-                                                          f"{ds}: test accuracy vs imbalance", log_x=True)
-        grp = {r.cell: {g: r.stats[f"test_acc_{g}"] for g in GROUPS if f"test_acc_{g}" in r.stats} for r in rs}
-        grp = {k: v for k, v in grp.items() if v}
-        if grp:
-            out[f"many_medium_few_{ds}.png"] = grouped_bars_png(grp, "test accuracy %", f"{ds}: many / medium / few classes")
-        norms = {r.cell: {k: r.stats[k] for k in ("proto_norm_min", "proto_norm_max", "feature_norm_mean") if k in r.stats}
-                 for r in rs}
-        norms = {k: v for k, v in norms.items() if v}
-        if norms:
-            wds = {r.weight_decay for r in rs if r.weight_decay is not None}
-            if len(wds) > 1:
-                series = {}
-                for r in rs:
-                    for k in ("proto_norm_max", "proto_norm_min", "feature_norm_mean"):
-                        if k in r.stats:
-                            series.setdefault(f"{r.method} {k}", []).append((r.weight_decay or 1e-6, *r.stats[k]))
-                out[f"norms_vs_weight_decay_{ds}.png"] = lines_png(
-                    {k: [(x, m / 100, s / 100) for x, m, s in v] for k, v in series.items()},
-                    "weight decay", "norm", f"{ds}: prototype and feature norms vs weight decay", log_x=True)
-            else:
-                out[f"norms_{ds}.png"] = grouped_bars_png(norms, "norm", f"{ds}: prototype and feature norms", scale=1.0)
-    return out
+    return study_figures(rows, curves)
 
 
-def report_files(rows: list[CellRow], study: str) -> dict[str, bytes | str]:
+def report_files(rows: list[CellRow], study: str, claims: list[dict[str, Any]] | None = None,
+                 analysis: Analysis | None = None) -> dict[str, bytes | str]:
     files: dict[str, bytes | str] = {
-        "report/comparison.md": f"# {study}\n\n" + render(rows, "md"),
+        "report/comparison.md": f"# {study}\n\n" + render(rows, "md", claims, analysis),
         "report/comparison.csv": render(rows, "csv"),
         "report/comparison.tex": render(rows, "latex"),
-        "report/comparison.json": render(rows, "json"),
+        "report/comparison.json": render(rows, "json", claims, analysis),
     }
-    files.update({f"report/{k}": v for k, v in figures(rows).items()})
+    pngs = {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, study)}
+    files.update({f"report/{k}": v for k, v in pngs.items()})
+    from pal_study.report_html import render_html
+
+    files["report/report.html"] = render_html(rows, study, claims, analysis, pngs)  # figures drawn once
     return files
+
+
+def analysis_figures(analysis: Analysis | None, study: str) -> dict[str, bytes]:
+    """The critical-difference diagram and the parameter-importance heat map, where there is one."""
+    out: dict[str, bytes] = {}
+    if analysis is None:
+        return out
+    if analysis.ranking is not None:
+        from pal_study.ranking import cd_diagram_png
+
+        png = cd_diagram_png(analysis.ranking, f"{study}: average rank of test accuracy over "
+                                               f"{len(analysis.ranking.conditions)} conditions")
+        if png:
+            out["critical_difference.png"] = png
+    if analysis.importance:
+        from pal_study.importance import importance_png
+
+        png = importance_png(analysis.importance, f"{study}: parameter importance per cell")
+        if png:
+            out["param_importance.png"] = png
+    return out
 
 
 def study_claims(client: Any, parent_id: str) -> tuple[list[Any], float]:

@@ -68,6 +68,7 @@ def test_importance_per_cell_matches_optuna_and_finds_the_parameter_that_matters
     png = importance_png(items, "s")
     assert png is not None and png.startswith(b"\x89PNG")
     assert importance_png([d], "s") is None
+    assert importance_png([b], "s") is None  # one parameter: nothing to compare
 
 
 def test_fanova_and_bad_evaluator(journal):

@@ -54,7 +54,9 @@ def tracked_study(tmp_path_factory):
 
 
 def children(client: MlflowClient, exp_id: str, parent: str) -> list:
-    return client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    """The study's tuning and final runs (below its cell runs, tests/test_cell_runs.py)."""
+    return client.search_runs([exp_id], f"tags.`pal.study_run` = '{parent}' and tags.stage != 'cell'",
+                              max_results=1000)
 
 
 def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
@@ -67,8 +69,8 @@ def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     kids = children(client, exp.experiment_id, parent.info.run_id)
-    # Every run of the study is a child of its parent: 4 cells x 3 trials + 4 cells x 2 seeds.
-    assert len(kids) == len(runs) - 1 == 4 * 3 + 4 * 2
+    # Every run of the study is below its study run: 4 cells x 3 trials + 4 cells x 2 seeds (and 4 cell runs).
+    assert len(kids) == len(runs) - 1 - 4 == 4 * 3 + 4 * 2
     tune = [r for r in kids if r.data.tags["stage"] == "tune"]
     final = [r for r in kids if r.data.tags["stage"] == "final"]
     assert len(tune) == 12 and len(final) == 8
@@ -116,7 +118,73 @@ def test_report_from_a_fresh_process_matches_the_study_end(tracked_study):
     assert res.returncode == 0, res.stderr
     assert (out / "comparison.csv").read_text() == logged
     assert (out / "acc_vs_noise_digits.png").read_bytes()[:4] == b"\x89PNG"
-    assert "ce+fnpal" in res.stdout
+    assert res.stdout == "" and "report.html" in res.stderr  # --out: files only, stdout stays clean
+    html = (out / "report.html").read_text()
+    # self-contained: the figures inline, nothing fetched from elsewhere
+    assert "data:image/png;base64," in html and "ce+fnpal" in html and "<script" not in html
+    assert "http://" not in html and "https://" not in html
+
+
+def _report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return subprocess.run([sys.executable, "-m", "pal_study.cli", *args], capture_output=True, text=True,
+                          timeout=180, cwd=cwd, env=env)
+
+
+def test_report_formats_go_to_stdout_and_parse(tracked_study):
+    import csv
+    import io
+
+    tmp, uri, _ = tracked_study
+    common = ["--tracking-uri", uri, "--runs-dir", str(tmp / "runs")]
+    res = _report("report", "tracked", "--format", "csv", *common)
+    assert res.returncode == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))  # plain CSV on stdout, no boxed table
+    assert len(rows) == 4 and {r["method"] for r in rows} == {"ce", "ce+fnpal"}
+    assert all(r["q"] for r in rows if r["method"] == "ce+fnpal")
+    res = _report("report", "tracked", "--format", "json", *common)
+    doc = json.loads(res.stdout)
+    assert len(doc["comparisons"]) == 2 and {"ranking", "improvements", "importance", "claims"} <= set(doc)
+    (imp,) = doc["improvements"]
+    assert imp["method"] == "ce+fnpal" and imp["base"] == "ce" and imp["n_conditions"] == 2
+    assert 0.0 <= imp["probability"] <= 1.0
+    assert {i["cell"] for i in doc["importance"]} == {r["cell"] for r in rows}  # from the journal
+    tex = _report("report", "tracked", "--format", "latex", *common).stdout
+    assert r"\begin{tabular}" in tex and r"val acc \%" in tex and r"$\pm$" in tex
+    assert "Δ" not in tex and "±" not in tex and " % " not in tex
+    html = _report("report", "tracked", "--format", "html", *common).stdout
+    assert html.startswith("<!doctype html>") and "Probability of improvement" in html
+
+
+def test_report_and_export_from_the_run_directory_equal_the_tracking_stores(tracked_study, tmp_path):
+    tmp, uri, _ = tracked_study
+    runs = str(tmp / "runs")
+    from_store = _report("report", "tracked", "--format", "md", "--source", "mlflow", "--tracking-uri", uri,
+                         "--runs-dir", runs)
+    from_runs = _report("report", "tracked", "--format", "md", "--source", "runs", "--runs-dir", runs)
+    assert from_store.returncode == from_runs.returncode == 0, from_runs.stderr
+    assert from_runs.stdout == from_store.stdout and "## Claims" in from_runs.stdout
+    # auto: a store that does not hold the study (a --no-track run) falls back to the run directory
+    auto = _report("report", "tracked", "--format", "md", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db",
+                   "--runs-dir", runs)
+    assert auto.stdout == from_store.stdout
+    # auto with no store at all (no mlruns/ in the working directory): the run directory, same table
+    (tmp_path / "cwd").mkdir()
+    auto = _report("report", "tracked", "--format", "md", "--runs-dir", runs, cwd=tmp_path / "cwd")
+    assert auto.stdout == from_store.stdout and not (tmp_path / "cwd" / "mlruns").exists()
+    # export: the same configs from either source
+    assert main(["export", "tracked", "--out", str(tmp_path / "a"), "--source", "mlflow", "--tracking-uri", uri,
+                 "--runs-dir", runs]) == 0
+    assert main(["export", "tracked", "--out", str(tmp_path / "b"), "--source", "runs", "--runs-dir", runs]) == 0
+    a, b = json.loads((tmp_path / "a/tracked/index.json").read_text()), json.loads((tmp_path / "b/tracked/index.json").read_text())
+    assert [i["config"] for i in a] == [i["config"] for i in b] and len(a) == 4
+    for x, y in zip(a, b):
+        assert (tmp_path / "a/tracked" / x["config"]).read_text() == (tmp_path / "b/tracked" / y["config"]).read_text()
+        for key in ("cell", "seed", "test_acc_mean", "test_acc_std", "val_acc_mean", "test_acc_of_exported_seed",
+                    "tune_best_value", "n_seeds"):
+            assert x[key] == y[key], key
+    missing = _report("report", "nosuch", "--runs-dir", runs, "--tracking-uri", uri)
+    assert missing.returncode == 2 and "nosuch" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def test_export_then_train_reproduces_the_metric(tracked_study):
@@ -249,9 +317,13 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     tracker2.start()
     assert tracker2.reconcile(searcher.trial_config) == 2
     client = tracking.client
-    runs = client.search_runs([tracker.exp_id], f"tags.`mlflow.parentRunId` = '{parent}'")
+    runs = client.search_runs([tracker.exp_id], f"tags.`pal.study_run` = '{parent}'")
     by_key = {r.data.tags["pal.run_key"]: r for r in runs}
-    assert set(by_key) == {"cell000/tune/0", "cell000/final/seed0"}
+    assert set(by_key) == {"cell000", "cell000/tune/0", "cell000/final/seed0"}
+    # Repaired runs hang below the cell run reconcile created (one final seed of two: still open).
+    cell_run = by_key.pop("cell000")
+    assert cell_run.data.tags["mlflow.parentRunId"] == parent and cell_run.info.status == "RUNNING"
+    assert {r.data.tags["mlflow.parentRunId"] for r in by_key.values()} == {cell_run.info.run_id}
     assert client.get_run(orphan.info.run_id).info.lifecycle_stage == "deleted"
     tune = by_key["cell000/tune/0"]
     assert tune.info.status == "KILLED" and tune.data.tags["outcome"] == "pruned"

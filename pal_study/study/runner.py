@@ -193,22 +193,36 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
 
 def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunOutcome, console: Console) -> None:
     """The study's parent run: the report (read back from the store, as ``pal-study report``
-    does, once every log is in), trial counts, failure causes, its status; what the store never
-    took is listed in ``tracking_incomplete.json``."""
-    from pal_study.report import aggregate, fetch_finals, report_files
+    does, once every log is in), trial counts, failure causes, its status; the cell runs: their
+    comparison with their baselines (q adjusted over the whole study), their status; what the
+    store never took is listed in ``tracking_incomplete.json``."""
+    from pal_study.report import aggregate, analyse, fetch_finals, report_files
 
     tracking = tracker.t
+    read: list[Any] = []
+
+    def report_rows() -> list[Any]:  # read back once, for the files and the cell runs
+        if not read:
+            finals = fetch_finals(tracking.client, study.spec.name)[2]
+            read.append((finals, aggregate(finals)))
+        return read[0][1]
 
     def make_files() -> dict[str, Any]:
         if outcome.interrupted:
             return {}
-        return report_files(aggregate(fetch_finals(tracking.client, study.spec.name)[2]), study.spec.name)
+        rows = report_rows()
+        # Ranks, probability of improvement and parameter importance (from the journal here).
+        analysis = analyse(rows, read[0][0], run_dir=store.dir)
+        files = report_files(rows, study.spec.name, outcome.claims, analysis)
+        if analysis.importance:
+            files["importance.json"] = json.dumps([i.as_dict() for i in analysis.importance], indent=1)
+        return files
 
     counts = {k: sum(c.counts[k] for c in outcome.cells) for k in ("completed", "pruned", "failed")}
     undelivered = tracker.finish(outcome.interrupted, make_files, summary={
         "study": study.spec.name, "interrupted": outcome.interrupted, "counts": counts,
         "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells],
-        "claims": outcome.claims})
+        "claims": outcome.claims}, report_rows=None if outcome.interrupted else report_rows)
     if undelivered:
         note = store.dir / "tracking_incomplete.json"
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))

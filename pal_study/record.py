@@ -1,0 +1,164 @@
+"""A study's results from its own record, ``runs/<study>/``: the Optuna journal (every final seed's
+metrics and config are user attributes of its finals trial) and ``summary.json`` (the claims).
+
+``report`` and ``export`` read the MLflow tracking store when it holds the study and this record
+otherwise (a ``--no-track`` study, or a store on a server that is gone); both give the same
+numbers: the journal's finals carry what the tracker logs as ``final_*`` metrics, and the config
+a final was trained with is the ``config.yaml`` MLflow holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pal_study.config import ConfigError
+from pal_study.report import FinalRun
+from pal_study.study.store import JOURNAL
+
+# The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
+from pal_study.study.tracker import SUMMARY_KEYS  # noqa: E402  (after FinalRun: report imports nothing of ours)
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def journal_finals(run_dir: str | Path) -> list[FinalRun]:
+    """Completed final runs of the study whose record is ``run_dir`` (``runs/<study>``), in the
+    order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from pal_study.config import TrainConfig, method_name
+    from pal_study.importance import open_journal
+    from pal_study.study.spec import cell_label
+
+    path = Path(run_dir) / JOURNAL
+    if not path.is_file():
+        raise ConfigError(f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir",
+                          key="--runs-dir")
+    storage = open_journal(path)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    out = []
+    for name in sorted(n for n in names if n.endswith("/finals")):
+        tuning_name = name.removesuffix("/finals")
+        attrs, best = {}, None
+        if tuning_name in names:
+            tuning = optuna.load_study(study_name=tuning_name, storage=storage)
+            attrs = tuning.user_attrs
+            done = [t for t in tuning.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+            if done:
+                best = tuning.best_value
+        factors = json.loads(attrs.get("factors", "{}"))
+        by_seed: dict[int, Any] = {}
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            by_seed[int(t.user_attrs["seed"])] = t  # the last record of a seed wins, as in the store
+        for seed, t in sorted(by_seed.items()):
+            if t.state != TrialState.COMPLETE:
+                continue
+            ua = t.user_attrs
+            cfg = json.loads(ua["config"])
+            data = cfg.get("data", {})
+            metrics = {k: float(ua[k]) for k in SUMMARY_KEYS if _num(ua.get(k)) is not None}
+            if best is not None:
+                metrics["tune_best_value"] = float(best)
+            wd = cfg.get("optim", {}).get("weight_decay")
+            out.append(FinalRun(
+                run_id=f"{name}#{t.number}", cell=str(attrs.get("cell", tuning_name)),
+                group=cell_label({k: v for k, v in factors.items() if k != "method"}),
+                method=str(attrs.get("method") or method_name(TrainConfig.model_validate(cfg))),
+                dataset=str(data.get("name", "?")), noise_rate=float(data.get("noise", {}).get("rate", 0.0)),
+                imbalance_ratio=float(data.get("imbalance", {}).get("ratio", 1.0)), seed=seed,
+                weight_decay=None if wd is None else float(wd), metrics=metrics,
+                checkpoint=ua.get("checkpoint_path") or None, config=cfg,
+            ))
+    out.sort(key=lambda r: (r.cell, r.seed))
+    return out
+
+
+def journal_claims(run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
+    """The study's claims (as ``summary.json`` states them) judged on ``runs``."""
+    from pal_study.claims import CellInfo, ClaimSpec, evaluate
+    from pal_study.report import _factors_of
+
+    path = Path(run_dir) / "summary.json"
+    try:
+        saved = json.loads(path.read_text()).get("claims") or []
+    except (OSError, ValueError):
+        return []
+    if not saved:
+        return []
+    claims = [ClaimSpec.model_validate(c["spec"]) for c in saved]
+    cells: dict[str, CellInfo] = {}
+    values: dict[str, dict[int, dict[str, float]]] = {}
+    for r in runs:
+        cells.setdefault(r.cell, CellInfo(r.cell, r.method, _factors_of(r.cell)))
+        values.setdefault(r.cell, {})[r.seed] = r.metrics
+    return evaluate(claims, list(cells.values()), values, alpha=float(saved[0].get("alpha", 0.05)), adjust=adjust)
+
+
+SOURCES = ("auto", "mlflow", "runs")
+
+
+class Source:
+    """Where a report or export reads a study's finals: the tracking store or the run directory."""
+
+    def __init__(self, kind: str, where: str, runs: list[FinalRun], *, tracking: Any = None, parent: str | None = None,
+                 experiment_id: str | None = None, run_dir: Path | None = None):
+        self.kind, self.where, self.runs = kind, where, runs
+        self.tracking, self.parent, self.experiment_id, self.run_dir = tracking, parent, experiment_id, run_dir
+
+    def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
+        if self.kind == "mlflow":
+            from pal_study.report import claim_results
+
+            return claim_results(self.tracking.client, self.parent, self.runs, adjust)
+        return journal_claims(self.run_dir, self.runs, adjust)
+
+    def config_yaml(self, run: FinalRun, study: str) -> str:
+        """The re-runnable ``config.yaml`` of a final run, as MLflow holds it."""
+        if self.kind == "mlflow":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.tracking.client.download_artifacts(run.run_id, "config.yaml", tmp)).read_text()
+        from pal_study.tracking import config_yaml
+
+        return config_yaml(run.config or {}, f"{study} {run.cell} final seed {run.seed}: pal-study train THIS_FILE")
+
+
+def open_source(study: str, *, source: str = "auto", tracking_uri: str | None = None,
+                runs_dir: str | Path = "runs") -> Source:
+    """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
+    ``auto``: the store when it holds the study, else the run directory."""
+    import os
+
+    from pal_study.report import fetch_finals
+    from pal_study.tracking import Tracking, resolve_uri
+
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
+    run_dir = Path(runs_dir) / study
+    has_record = (run_dir / JOURNAL).is_file()
+    uri = resolve_uri(tracking_uri)
+    store_named = bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    local_db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+    if source == "runs" or (source == "auto" and has_record and not store_named
+                            and local_db is not None and not local_db.exists()):
+        return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
+    try:
+        tracking = Tracking(tracking_uri)
+        tracking.check()
+        exp_id, parent, runs = fetch_finals(tracking.client, study)
+    except ConfigError:
+        if source == "auto" and has_record:
+            return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
+        if source == "auto":
+            raise ConfigError(f"study {study!r}: not in the tracking store {uri} and no record at {run_dir}",
+                              key="STUDY") from None
+        raise
+    return Source("mlflow", tracking.uri, runs, tracking=tracking, parent=parent, experiment_id=exp_id,
+                  run_dir=run_dir if has_record else None)
