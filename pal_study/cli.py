@@ -425,29 +425,39 @@ def public_bind_warning(host: str) -> str | None:
 def ui(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
     host: Annotated[str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the UI.")] = "127.0.0.1",
-    study: Annotated[Optional[str], typer.Option("--study", help="Print the runs URL of this study.")] = None,
+    study: Annotated[Optional[str], typer.Option("--study", help="Print the URLs of this study's cells (table and charts).")] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise).
     SIGTERM, SIGINT or SIGHUP stops the server and all its processes (exit 0)."""
     from pal_study.servers import run_server
-    from pal_study.tracking import Tracking, default_artifact_root
+    from pal_study.tracking import Tracking, cells_view_url, default_artifact_root, has_cells_view
 
     tracking = Tracking(tracking_uri)
     tracking.check()
     warning = public_bind_warning(host)
     if warning:
         err.print(f"[yellow]warning:[/] {warning}")
-    url = f"http://{host}:{port}/"
+
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{port}/"
     if study:
         exp = tracking.client.get_experiment_by_name(_study_name(study))
         if exp is None:
             raise UserError(f"--study: no experiment {study!r} in {tracking.uri}")
-        url += f"#/experiments/{exp.experiment_id}/runs"
-    err.print(f"MLflow UI for {tracking.uri} at {url}\n"
-              "compare: filter child runs by tag (e.g. tags.method = 'ce+fnpal' or tags.stage = 'final'), select "
-              "them, Compare -> Parallel Coordinates over head.scale, loss.margin, optim.weight_decay vs final_val_acc",
-              soft_wrap=True, highlight=False)
+        if has_cells_view(exp):
+            err.print(f"MLflow UI for {tracking.uri}\n"
+                      f"  cells of study {exp.name} (table): {cells_view_url(base, exp.experiment_id)}\n"
+                      f"  cells compared (charts):  {cells_view_url(base, exp.experiment_id, charts=True)}\n"
+                      "  a cell's tuning trials and final seeds: tags.cell = '<cell label>'; all runs: clear the filter",
+                      soft_wrap=True, highlight=False, markup=False)
+        else:  # tracked before cell runs existed
+            err.print(f"MLflow UI for {tracking.uri} at {base}#/experiments/{exp.experiment_id}/runs\n"
+                      "compare: filter by tag (tags.stage = 'final', tags.method = 'ce+fnpal'), select runs, Compare",
+                      soft_wrap=True, highlight=False, markup=False)
+    else:
+        err.print(f"MLflow UI for {tracking.uri} at {base} (--study S opens a study's cells)",
+                  soft_wrap=True, highlight=False, markup=False)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.uri, "--host", host,
            "--port", str(port), "--workers", "1"]
     root = default_artifact_root(tracking.uri)

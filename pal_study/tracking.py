@@ -221,3 +221,43 @@ def log_train_result(tracking: Tracking, experiment: str, result: Any) -> str:
     tracking.log_files(run.info.run_id, files)
     tracking.client.set_terminated(run.info.run_id, status=status)
     return run.info.run_id
+
+
+# -- the MLflow UI's view of a study's cells ------------------------------------------------------
+# MLflow's UI opens a "shared view" from an experiment tag ``mlflow.sharedViewState.<key>`` (JSON of
+# its search facets and table/chart state; what its own Share button writes) when the URL carries
+# ``viewStateShareKey=<key>``. pal-study writes one per study experiment: the cell runs only, their
+# headline metrics and factors as columns, charts filtered to the test accuracy.
+CELLS_VIEW_KEY = "pal-cells"
+_SHARED_VIEW_TAG = "mlflow.sharedViewState."
+# Factor keys that the runs carry as tags (trial_tags); other factors are params of the cell run.
+_FACTOR_TAGS = {"method": "method", "data.name": "dataset", "data.noise.kind": "noise_kind",
+                "data.noise.rate": "noise_rate", "data.imbalance.ratio": "imbalance_ratio"}
+CELL_METRICS = ("final_test_acc_mean", "final_test_acc_std", "delta_test_acc", "ci_low", "ci_high", "q",
+                "final_val_acc_mean", "ece_mean", "n_finals")
+
+
+def cells_view_state(factors: list[str], searched: list[str]) -> dict[str, Any]:
+    """The UI state of the cells view: search facets plus table columns (``type.`key```)."""
+    cols = [f"metrics.`{m}`" for m in CELL_METRICS]
+    cols += [f"tags.`{_FACTOR_TAGS[f]}`" if f in _FACTOR_TAGS else f"params.`{f}`" for f in factors]
+    cols += [f"params.`{p}`" for p in searched if p not in factors]
+    return {"searchFilter": "tags.stage = 'cell'", "orderByKey": "metrics.`final_test_acc_mean`",
+            "orderByAsc": False, "lifecycleFilter": "Active", "selectedColumns": cols,
+            "runsHiddenMode": "SHOW_ALL", "chartsSearchFilter": "test_acc", "hideEmptyCharts": True}
+
+
+def set_cells_view(client: Any, experiment_id: str, factors: list[str], searched: list[str]) -> None:
+    """Write (or refresh) the study experiment's cells view; the URL is ``cells_view_url``."""
+    client.set_experiment_tag(experiment_id, _SHARED_VIEW_TAG + CELLS_VIEW_KEY,
+                              json.dumps(cells_view_state(factors, searched)))
+
+
+def has_cells_view(experiment: Any) -> bool:
+    return _SHARED_VIEW_TAG + CELLS_VIEW_KEY in (experiment.tags or {})
+
+
+def cells_view_url(base: str, experiment_id: str, charts: bool = False) -> str:
+    """The runs page of the study's cells (table, or the chart view comparing them)."""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={CELLS_VIEW_KEY}"
+            + ("&compareRunsMode=CHART" if charts else ""))

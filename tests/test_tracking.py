@@ -238,18 +238,42 @@ def test_unreachable_tracking_exits_2_before_training(tmp_path, capsys):
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = env_retries
 
 
-def test_ui_serves_the_store_on_loopback_and_prints_the_runs_url(tracked_study):
-    import signal
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+
+def _read_url(proc: subprocess.Popen, label: str, deadline: float) -> str:
+    """The URL printed after ``label`` on the UI's stderr (read line by line while it serves)."""
+    import re
+    import time
+
+    seen = []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            assert proc.poll() is None, "".join(seen)
+            continue
+        seen.append(line)
+        if label in line:
+            return re.search(r"http://\S+", line).group(0)
+    raise AssertionError(f"no {label!r} line: {''.join(seen)}")
+
+
+def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
+    """`pal-study ui --study` serves on loopback only and prints the URL of the study's cells; in
+    headless Chromium, as a person would open it, that page shows every cell with its
+    final_test_acc_mean, and the chart view compares the cells. Screenshots: tests/artifacts/."""
     import time
     import urllib.request
 
     tmp, uri, _ = tracked_study
     port = _closed_port()
     proc = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked",
-                             "--tracking-uri", uri], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
-                            start_new_session=True)
+                             "--tracking-uri", uri], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     try:
         deadline = time.time() + 120
+        table_url = _read_url(proc, "(table)", deadline)
+        chart_url = _read_url(proc, "(charts)", deadline)
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
@@ -262,19 +286,57 @@ def test_ui_serves_the_store_on_loopback_and_prints_the_runs_url(tracked_study):
         listening = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True).stdout
         addrs = {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines() if line.strip()}
         assert addrs == {"127.0.0.1"}, listening
-        exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name("tracked").experiment_id
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get-by-name?"
-                                    f"experiment_name=tracked", timeout=10) as r:
-            assert json.loads(r.read())["experiment"]["experiment_id"] == exp_id
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name("tracked")
+        assert table_url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=pal-cells"
+        assert chart_url == table_url + "&compareRunsMode=CHART"
+        cells = client.search_runs([exp.experiment_id], "tags.stage = 'cell'")
+        assert len(cells) == 4
+        if not os.path.exists(CHROMIUM):
+            pytest.skip(f"{CHROMIUM} not found; install Debian's chromium package (.ci/run does)")
+        from playwright.sync_api import sync_playwright
+
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shots = {"table": ARTIFACTS / "mlflow_cells_table.png", "charts": ARTIFACTS / "mlflow_cells_charts.png"}
+        for shot in shots.values():
+            shot.unlink(missing_ok=True)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+            try:
+                page = browser.new_page(viewport={"width": 1800, "height": 1000})
+                page.set_default_timeout(60_000)
+                page.goto(table_url)
+                page.get_by_text("4 matching runs").first.wait_for()
+                page.get_by_text("final_test_acc_mean").first.wait_for()
+                page.keyboard.press("Escape")
+                text = page.inner_text("body")
+                page.screenshot(path=str(shots["table"]))
+                page.goto(chart_url)
+                page.get_by_text("4 matching runs").first.wait_for()
+                page.get_by_text("final_test_acc_mean").first.wait_for()
+                page.wait_for_timeout(1500)  # the charts draw after the runs list
+                charts = page.inner_text("body")
+                page.screenshot(path=str(shots["charts"]))
+            finally:
+                browser.close()
+        for cell in cells:
+            label, mean = cell.data.tags["cell"], cell.data.metrics["final_test_acc_mean"]
+            assert label in text, (label, text[:3000])
+            # the UI prints the full float (JavaScript's shortest repr, as Python's)
+            assert repr(mean) in text, (label, mean, text[:3000])
+            assert label in charts
+        assert "final_test_acc_mean" in charts and "delta_test_acc" in charts
+        # the chart view compares cells: no seed's or trial's run is listed
+        assert "final seed" not in charts and " #0" not in charts
+        for shot in shots.values():
+            assert shot.read_bytes()[:4] == b"\x89PNG"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(__import__("signal").SIGTERM)  # pal-study ui stops the server it started
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    err = proc.stderr.read()
-    assert f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs" in err
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_ui_warns_before_binding_publicly():

@@ -17,7 +17,8 @@ from pal_study.study.events import (EpochReported, Event, FinalEnded, FinalsSkip
                                     TrialStarted)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
-from pal_study.tracking import FLUSH_S, Tracking, code_tags, flatten, trial_artifacts, trial_tags
+from pal_study.tracking import (FLUSH_S, Tracking, code_tags, flatten, has_cells_view, set_cells_view,
+                                trial_artifacts, trial_tags)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,11 @@ class StudyTracker:
             })
             self.t.log_files(self.parent_id, {"study.yaml": self.study.path.read_text(),
                                               "study_resolved.json": json.dumps(s.model_dump(mode="json"), indent=1)})
+
+        if not has_cells_view(c.get_experiment(self.exp_id)):
+            # What `pal-study ui --study` opens: the cell runs with their headline metrics.
+            searched = sorted({p for cell in self.study.cells for p in cell.params})
+            set_cells_view(c, self.exp_id, list(self.study.spec.factors), searched)
         # Every run already logged for this study, by key: a resume reuses, never duplicates. Cell
         # runs and everything below them carry the study run's id; runs of the layout before cell
         # runs (trials directly under the study run) are its children.
