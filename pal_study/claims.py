@@ -79,7 +79,7 @@ def expand(claim: ClaimSpec, cells: list[CellInfo]) -> list[tuple[CellInfo, Cell
 
 def check(claims: list[ClaimSpec], cells: list[CellInfo], source: str) -> None:
     """Every claim must name at least one comparison the study makes (bad input otherwise)."""
-    from pal_study.config import ConfigError
+    from pal_study.errors import ConfigError
 
     factor_keys = {k for c in cells for k in c.factors}
     for i, claim in enumerate(claims):

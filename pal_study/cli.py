@@ -19,8 +19,9 @@ from rich.markup import escape
 from rich.logging import RichHandler
 from rich.table import Table
 
-from pal_study.config import ConfigError, dump_yaml, load_train_config, method_name, resolve
-from pal_study.prototypes import DEFAULT_STEPS
+# Light imports only: `--help`, `--version`, `status` and completion must not pay for torch, Ray
+# or MLflow (seconds on a small machine); each command imports what it runs.
+from pal_study.errors import ConfigError
 
 app = typer.Typer(
     name="pal-study",
@@ -102,6 +103,7 @@ def train(
     checkpoint_every: Annotated[str, typer.Option("--checkpoint-every", help="With --checkpoint-dir: save every N epochs, or auto (cost < 2 % of epoch time).")] = "auto",
 ) -> None:
     """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
+    from pal_study.config import dump_yaml, load_train_config, method_name, resolve
     from pal_study.data import DataError
     from pal_study.train import build_dataset_for, train as run_train
 
@@ -210,12 +212,13 @@ def prototypes(
     method: Annotated[str, typer.Option("--method", help="etf | optimized | auto")] = "auto",
     use_relu: Annotated[bool, typer.Option("--use-relu", help="Prototypes for non-negative (post-ReLU) features.")] = False,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimisation steps (optimized).")] = DEFAULT_STEPS,
+    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (optimized; default 40000).")] = None,
     out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write a k×d tensor: .pt or .npy")] = None,
 ) -> None:
     """Build k prototypes in R^d (simplex ETF or the paper's optimisation) and report their geometry."""
-    from pal_study.prototypes import make_prototypes, prototype_geometry, save_prototypes
+    from pal_study.prototypes import DEFAULT_STEPS, make_prototypes, prototype_geometry, save_prototypes
 
+    steps = DEFAULT_STEPS if steps is None else steps
     _setup_logging(False)
     if method not in ("etf", "optimized", "auto"):
         raise UserError(f"--method: unknown {method!r}; allowed: etf, optimized, auto")
@@ -533,7 +536,7 @@ def validate(
     set_: SetOpt = None,
 ) -> None:
     """Check a trial config or a study and say exactly what is wrong (exit 2), or what it will run."""
-    from pal_study.config import read_yaml
+    from pal_study.config import load_train_config, method_name, read_yaml, resolve
     from pal_study.resources import resolve_study
 
     file = resolve_study(file)

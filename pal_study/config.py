@@ -20,27 +20,10 @@ from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandle
 # The allowed values of the config come from the registries: data sets (data/sets/), heads
 # (heads.py), losses and their hyperparameters (losses.py), models (models.py).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
+from pal_study.errors import ConfigError, KeyedError  # noqa: F401 (re-exported: pal_study.config.ConfigError)
 from pal_study.data.sources import SYNTHETIC_DEFAULTS
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config: which file, which key, which value, what is allowed."""
-
-    def __init__(self, message: str, *, source: str | None = None, key: str | None = None):
-        self.source = source
-        self.key = key
-        where = ": ".join(p for p in (source, key) if p)
-        super().__init__(f"{where}: {message}" if where else message)
-
-
-class KeyedError(ValueError):
-    """Raised inside cross-field validators so the message can name the offending dotted key."""
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(message)
 
 
 class _Strict(BaseModel):

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.record import Source
 from pal_study.report import aggregate
 

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.report import FinalRun
 from pal_study.study.store import JOURNAL
 

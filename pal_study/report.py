@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.metrics import mean_std
 from pal_study.stats import Paired, adjust_all, paired
 

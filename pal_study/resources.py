@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 
 Kind = Literal["studies", "search_spaces"]
 KINDS: tuple[str, ...] = ("studies", "search_spaces")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 
 FLUSH_S = 30.0
 DEFAULT_DIR = "mlruns"

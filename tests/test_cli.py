@@ -105,3 +105,16 @@ def test_console_script_exit_codes(tmp_path):
     assert ok.returncode == 2 and "file not found" in ok.stderr and "Traceback" not in ok.stderr
     usage = subprocess.run([*exe, "train", "--no-such-flag"], capture_output=True, text=True)
     assert usage.returncode == 2
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["report", "--help"],
+                                  ["run", "--help"]])
+def test_help_and_version_import_no_heavy_framework(args):
+    """`pal-study --help` answers without importing torch, Ray, MLflow or Optuna (seconds each)."""
+    code = ("import sys\nfrom pal_study.cli import main\nrc = main(sys.argv[1:])\n"
+            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules]\n"
+            "print('HEAVY', heavy, file=sys.stderr)\nsys.exit(rc)")
+    res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stderr, res.stderr
+    assert "pal-study" in res.stdout or "Usage" in res.stdout

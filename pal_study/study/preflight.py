@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.study.spec import Study
 
 

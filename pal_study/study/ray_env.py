@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from pal_study._compat import keep_local_ray_on_loopback
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.device import affinity_cpus
 from pal_study.study.spec import Study
 

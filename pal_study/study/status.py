@@ -23,7 +23,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
 from pal_study.study.store import (JOURNAL, LOCK, STUDY_COPY, best_trial, failure_counts, jsonable, lock_owner,
                                    state_counts)

@@ -25,7 +25,7 @@ from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 from optuna.trial import FrozenTrial, TrialState
 
 from pal_study._compat import journal_lock_path
-from pal_study.config import ConfigError
+from pal_study.errors import ConfigError
 from pal_study.study.spec import Cell, Study
 
 JOURNAL = "optuna.journal"
