@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pal_study.study.preflight import check_data
 from pal_study.study.ray_env import (RAY_ENV, quiet_tune_summary, slots_for, slots_for_nodes, start_ray, trial_name,
-                                     trial_slots)
+                                     trial_slots, warm_workers)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore
 from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, claim_verdicts, render_table,
@@ -58,19 +58,23 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
             store.discard()
         store.check_fingerprint()
-        tracking = None
-        if track:
-            from pal_study.tracking import Tracking
-
-            tracking = Tracking(tracking_uri)
-            tracking.check()
-        if not address and not os.environ.get("RAY_ADDRESS"):
-            check_data(study)  # on a cluster the files need only exist where the trials run
-
-        # Imported here: Ray Tune is heavy and only the runner needs it.
-        timings = {"setup_s": time.perf_counter() - t0}
-        started_ray = start_ray(address)
         on_cluster = bool(address or os.environ.get("RAY_ADDRESS"))
+        if not on_cluster:
+            check_data(study)  # on a cluster the files need only exist where the trials run
+        # The tracking store is opened (MLflow imported, the store reached) in a thread while the
+        # main thread starts Ray: both are mostly waiting. An unreachable store still stops the
+        # study (exit 2) before any trial starts.
+        opening = _Background(_open_tracking, tracking_uri) if track else None
+
+        timings = {"setup_s": time.perf_counter() - t0}
+        try:
+            started_ray = start_ray(address)
+        finally:
+            tracking = opening.result() if opening is not None else None
+        # Local Ray: warm the worker processes the first trials will run in (PAL_STUDY_WARM=0: off,
+        # for benchmarks/study_slots.py's comparison).
+        warm = not on_cluster and os.environ.get("PAL_STUDY_WARM") != "0"
+        warming = warm_workers(study, trial_slots(study, max_concurrent)) if warm else []
         # A lost node costs only its running trials, which Tune runs again; on one machine a
         # failing trial fails deterministically, so retrying it would only repeat the failure.
         retries = trial_retries if trial_retries is not None else (3 if on_cluster else 0)
@@ -117,6 +121,11 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         if resumed or sum(done.values()) or finals_done:
             console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
                           f"runs finished, {resumed} interrupted trials to run again", soft_wrap=True)
+        if warming:
+            import ray
+
+            ray.wait(warming, num_returns=len(warming), timeout=60)  # a warm-up failure costs nothing
+        timings["ready_s"] = time.perf_counter() - t0
         if not searcher.done():
             t_fit = time.perf_counter()
             with display:
@@ -189,6 +198,39 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
         if searcher.done() or not searcher.session_full or searcher.jobs:
             return session + 1
     raise AssertionError("unreachable")
+
+
+class _Background:
+    """A call running in a daemon thread; ``result()`` joins it and re-raises its exception."""
+
+    def __init__(self, fn: Any, *args: Any):
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=run, daemon=True, name="pal-study-setup")
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _open_tracking(uri: str | None) -> Any:
+    from pal_study.tracking import Tracking
+
+    tracking = Tracking(uri)
+    tracking.check()
+    return tracking
 
 
 def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunOutcome, console: Console) -> None:

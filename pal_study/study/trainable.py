@@ -40,6 +40,19 @@ def _data_for(cfg: TrainConfig):
     return data
 
 
+def warm(config: dict[str, Any], threads: int) -> int:
+    """Run in a Ray worker before the first trial: import torch and the trainer, build the first
+    cell's data (cached here), so the trial actor that takes over this worker starts at once."""
+    import torch
+
+    from pal_study.config import resolve
+    from pal_study.train import train  # noqa: F401  (the import is the point)
+
+    torch.set_num_threads(max(1, threads))
+    _data_for(resolve(TrainConfig.model_validate(config)))
+    return os.getpid()
+
+
 def summarize(result) -> dict[str, Any]:
     """The closing numbers of one trained config (what Optuna and the tables keep)."""
     final = result.final or {}
