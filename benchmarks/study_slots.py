@@ -56,12 +56,13 @@ def side_pal(study_path: str, overrides: list[str], out: Path) -> dict[str, Any]
     from pal_study.study import load_study
     from pal_study.study.runner import run_study
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     study = load_study(study_path, overrides)
     runs = Path(tempfile.mkdtemp(prefix="bench-runs-"))
     outcome = run_study(study, runs_dir=runs, console=Console(stderr=True, quiet=True),
                         tracking_uri=f"sqlite:///{runs}/mlruns/mlflow.db")
     wall = time.perf_counter() - t0
+    driver_cpu = time.process_time() - cpu0  # every thread of the driver process: what it takes from trials
     records = _trial_records(runs, study.spec.name)
     # The tuning trials' configs, for the plain Tune side to re-run exactly.
     from pal_study.study.engine import StudySearcher
@@ -79,7 +80,8 @@ def side_pal(study_path: str, overrides: list[str], out: Path) -> dict[str, Any]
         cfg["optim"]["epochs"] = int(r["epochs"] or cfg["optim"]["epochs"])
         jobs.append(cfg)
     (out / "jobs.json").write_text(json.dumps(jobs))
-    return {"wall_s": wall, "slots": outcome.slots, "timings": outcome.timings, "records": records,
+    return {"wall_s": wall, "driver_cpu_s": driver_cpu, "slots": outcome.slots, "timings": outcome.timings,
+            "records": records,
             "epoch_time_s": sum(r["epoch_time_s"] or 0.0 for r in records),
             "epochs": sum(int(r["epochs"] or 0) for r in records if not r["study"].endswith("/finals")),
             "best_by_cell": {r["study"]: r["value"] for r in _best(records, study.spec.objective.mode)},
@@ -135,8 +137,9 @@ def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
     return {"wall_s": wall, "slots": slots, "epoch_time_s": spent, "trials": len(jobs), "errors": grid.num_errors}
 
 
-def _child(args: list[str]) -> dict[str, Any]:
-    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})})
     if res.returncode != 0:
         raise SystemExit(f"benchmark side {args} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -162,6 +165,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     base = ["--study", a.study, "--work", str(work)] + [x for o in a.overrides for x in ("--set", o)]
     median = _child(["--side", "pal", *base])
+    cold_work = work / "cold"
+    cold_work.mkdir()
+    # The same study with the worker warm-up off (the levers' ablation).
+    cold = _child(["--side", "pal", "--study", a.study, "--work", str(cold_work),
+                   *[x for o in a.overrides for x in ("--set", o)]], env={"PAL_STUDY_WARM": "0"})
     none_work = work / "none"
     none_work.mkdir()
     none = _child(["--side", "pal", "--study", a.study, "--work", str(none_work),
@@ -172,7 +180,8 @@ def main() -> None:
     def eff(r: dict[str, Any]) -> float:
         return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
 
-    rows = [("pal-study (median pruner)", median), ("pal-study (pruner none)", none),
+    rows = [("pal-study (median pruner)", median), ("pal-study (median, no worker warm-up)", cold),
+            ("pal-study (pruner none)", none),
             ("plain Ray Tune, defaults", plain), ("plain Ray Tune, reuse_actors + loggers off", reuse)]
     print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
     for label, r in rows:
@@ -181,9 +190,13 @@ def main() -> None:
     t = median["timings"]
     print(f"  pal-study wall: setup {t.get('setup_s', 0):.1f} s, Ray start {t.get('ray_start_s', 0):.1f} s, "
           f"fit {t.get('fit_s', 0):.1f} s, Ray shutdown {t.get('ray_shutdown_s', 0):.1f} s")
-    first = min((r for r in median["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
-    print(f"  first trial: {first['end'] - first['start']:.1f} s from ask to tell (actor start, imports, data) "
-          f"for {first['epoch_time_s'] or 0:.1f} s of epochs; MLflow logging in the driver "
+    for label, side in (("warm", median), ("no warm-up", cold)):
+        first = min((r for r in side["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
+        print(f"  first trial ({label}): {first['end'] - first['start']:.1f} s from ask to tell (actor start, "
+              f"imports, data) for {first['epoch_time_s'] or 0:.1f} s of epochs; ready after "
+              f"{side['timings'].get('ready_s', 0):.1f} s")
+    print(f"  driver process CPU {median['driver_cpu_s']:.1f} s = "
+          f"{100 * median['driver_cpu_s'] / median['epoch_time_s']:.1f} % of Σ epoch time; MLflow logging in the driver "
           f"{t.get('tracking_s', 0):.1f} s wall, {t.get('tracking_cpu_s', 0):.1f} s CPU = "
           f"{100 * t.get('tracking_cpu_s', 0) / median['epoch_time_s']:.1f} % of Σ epoch time")
 
