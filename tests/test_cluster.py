@@ -196,7 +196,9 @@ def test_study_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
         assert sorted(t.user_attrs["seed"] for t in finals) == [0, 1]
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("cluster")
-    kids = [r for r in client.search_runs([exp.experiment_id], max_results=1000) if r.data.tags.get("stage") != "study"]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    assert len([r for r in runs if r.data.tags.get("stage") == "cell"]) == 2
+    kids = [r for r in runs if r.data.tags.get("stage") in ("tune", "final")]
     assert len(kids) == 2 * 6 + 2 * 2
     node_tags = {r.data.tags.get("node") for r in kids}
     assert {c["head_ip"], c["worker_ip"]} <= node_tags, node_tags

@@ -102,7 +102,7 @@ def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
     assert {"report/comparison.md", "report/comparison.csv", "report/acc_vs_noise_digits.png"} <= report_files
     md = Path(client.download_artifacts(parent.info.run_id, "report/comparison.md", str(tmp))).read_text()
     # The FNPAL rows carry their difference to the CE cell of the same noise rate and a p-value.
-    fnpal_rows = [line for line in md.splitlines() if "| ce+fnpal |" in line]
+    fnpal_rows = [line for line in md.splitlines() if "| ce+fnpal |" in line and "method=ce+fnpal" in line]
     assert len(fnpal_rows) == 2 and all(line.split("|")[6].strip() not in ("", "-") for line in fnpal_rows)
 
 
