@@ -44,6 +44,36 @@ log = logging.getLogger(__name__)
 # 1.8-2.3x more per sample than 128-256 (benchmarks/README.md, diagnostics).
 EVAL_BATCH = {"cuda": 2048, "cpu": 256}
 
+# channels_last on the CPU, per backbone: the ones where whole training epochs through this
+# module's train_epoch measured faster than contiguous NCHW (median speed-up over interleaved
+# rounds, 1 thread / 2 threads, the latter on a loaded machine; benchmarks/README.md (i),
+# benchmarks/cpu_layout.py):
+# digits_cnn 1.30x / 1.45x, mnist_cnn 1.63x / 1.51x, cifar_cnn8 1.31x / 1.02x, resnet32
+# 1.17x / 1.32x (evaluation included: 1.35x / 1.72x / 1.32x / 1.17x at 1 thread). Not measured,
+# hence off on the CPU: the MLPs and any backbone registered later. mnist1d_cnn's (N, C, L)
+# batches have no channels_last layout. On CUDA every 4-D image batch runs channels_last.
+CPU_CHANNELS_LAST = frozenset({"digits_cnn", "mnist_cnn", "cifar_cnn8", "resnet32"})
+
+# torch.compile stays CUDA-only (cfg.compile): on the CPU it did not pay over the recipes'
+# length (README (i): 1 thread, the cold compile and eval counted, time to finish the recipe
+# against eager channels_last, median of interleaved rounds): mnist_cnn 0.76x, digits_cnn 0.14x,
+# mnist1d_cnn 0.47x, cifar_cnn8 0.99x / 1.02x (two runs); only resnet32's 200 epochs repaid it,
+# 1.12x / 1.17x. And with torch's default (automatic dynamic shapes) a compiled run is not
+# repeatable: the graph its full batches use depends on what the process compiled before
+# (static first, dynamic after the first partial batch), so a fresh and a reused worker, or a
+# resumed and an uninterrupted trial, gave different results. dynamic=True makes them equal,
+# bit for bit; so compiled, resnet32 came out at 1.11x (rounds 0.86x-1.39x), cifar_cnn8 0.97x.
+
+
+def use_channels_last(cfg: TrainConfig, device: torch.device, x: torch.Tensor) -> bool:
+    """Whether ``train()`` runs the model and its batches in channels_last: ``cfg.channels_last``,
+    4-D (N, C, H, W) batches only (a 1-D conv's (N, C, L) has no such layout), and on the CPU only
+    for the backbones in :data:`CPU_CHANNELS_LAST`. It changes the last bits of CPU results (a
+    run stays bit-for-bit repeatable; tests/test_cpu_layout.py)."""
+    if not cfg.channels_last or x.dim() != 4:
+        return False
+    return device.type == "cuda" or cfg.model.arch in CPU_CHANNELS_LAST
+
 
 @dataclass
 class EpochMetrics:
@@ -271,12 +301,13 @@ def train(
     train_counts = torch.bincount(data.train_y.cpu(), minlength=k).tolist()
 
     model = build_classifier(cfg, tuple(data.input_shape), k).to(device)
-    channels_last = on_cuda and cfg.channels_last and data.train_x.dim() == 4
-    if channels_last:
+    channels_last = use_channels_last(cfg, device, data.train_x)
+    if channels_last:  # before a checkpoint is loaded: load_state_dict copies into this layout
         model = model.to(memory_format=torch.channels_last)
     criterion = build_loss(cfg.loss.name, k, **loss_params(cfg, model.head, train_counts)).to(device)
     drw_weights = drw_class_weights(cfg, train_counts, device)
-    # The compiled module shares parameters with ``model``; the CPU path never compiles.
+    # The compiled module shares parameters with ``model``; the CPU path never compiles (it did
+    # not pay there: the torch.compile note under CPU_CHANNELS_LAST).
     net = torch.compile(model) if on_cuda and cfg.compile else model
     optimizer = make_optimizer(model, cfg)
     use_amp = on_cuda and cfg.amp

@@ -133,7 +133,8 @@ def test_threads_follow_allotment(monkeypatch):
 
 
 def test_gpu_only_switches_leave_the_cpu_path_identical():
-    """amp, channels_last and compile act on CUDA only: on the CPU the run is bit-identical."""
+    """amp and compile act on CUDA only, and channels_last on the CPU only for the conv nets in
+    train.CPU_CHANNELS_LAST (tests/test_cpu_layout.py): for digits' MLP the run is bit-identical."""
     base = {"data": {"name": "digits"}, "optim": {"epochs": 2}, "device": "cpu"}
     off = train(TrainConfig.model_validate({**base, "amp": False, "channels_last": False, "compile": False}))
     on = train(TrainConfig.model_validate({**base, "amp": True, "channels_last": True, "compile": True}))
