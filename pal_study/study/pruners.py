@@ -77,10 +77,13 @@ class MedianPrunerSpec(_Startup):
 
 @_register
 class PercentilePrunerSpec(_Startup):
-    """Stop a trial whose value is below the given percentile of earlier trials at the same epoch."""
+    """Keep the trials whose best value so far is in the top ``percentile`` % of the earlier trials'
+    values at the same epoch (Optuna's meaning): ``percentile: 25`` prunes the bottom 75 %, 50 is the
+    median pruner."""
 
     name: Literal["percentile"] = "percentile"
-    percentile: float = Field(50.0, gt=0, lt=100, description="trials below this percentile are pruned")
+    percentile: float = Field(50.0, gt=0, lt=100, description="the top this-many % of trials at an epoch go on "
+                                                                "(25: the bottom 75 % are pruned)")
 
     def build(self, epochs: int) -> optuna.pruners.BasePruner:
         import optuna
