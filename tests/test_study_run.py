@@ -476,6 +476,29 @@ def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_h
     assert configs[0]["config"] == configs[1]["config"]
 
 
+def test_an_epoch_that_lands_after_the_prune_is_not_recorded(tmp_path):
+    """Tune stops a trial asynchronously, so a pruned trial often reports one more epoch. The
+    Optuna record must end where the pruner stopped it: TPE ranks pruned trials by their last
+    step, and a record that depends on timing would make reruns and resumes sample other configs."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="late", factors={"method": ["ce+fnpal"]}))
+    searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
+    searcher.suggest("t0")
+    for epoch, value in enumerate([0.5, 0.6, 0.7, 0.8], start=1):
+        assert searcher.report("t0", {"epoch": epoch, "val_acc": value}) is False
+    searcher.jobs["t0"].closing = {"status": "completed", "val_acc": 0.8}
+    searcher.on_trial_complete("t0")
+    searcher.suggest("t1")
+    assert searcher.report("t1", {"epoch": 1, "val_acc": 0.1}) is True  # below the 90th percentile
+    assert searcher.report("t1", {"epoch": 2, "val_acc": 0.9}) is True  # the late epoch: still stopped
+    searcher.on_trial_complete("t1")
+    pruned = searcher._tuning[0].get_trials(deepcopy=False)[1]
+    assert pruned.state == TrialState.PRUNED
+    assert pruned.intermediate_values == {1: 0.1}
+    assert pruned.user_attrs["epochs_run"] == 1 and "at epoch 1" in pruned.user_attrs["reason"]
+
+
 def test_a_study_runs_as_successive_tuners_with_the_same_outcome(tmp_path):
     """Driver memory stays bounded because a long study runs as several Tuners (each keeps its
     trials until it returns); the boundaries change nothing in the results."""

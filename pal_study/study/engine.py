@@ -269,6 +269,11 @@ class StudySearcher(Searcher):
             return False
         if job.stage != "tune":
             return False
+        if job.pruned_at is not None:
+            # The stop is asynchronous: the trial has often finished another epoch before it lands.
+            # Recording that epoch would make the Optuna record depend on timing (TPE ranks pruned
+            # trials by their last step and value, so a rerun or a resume would sample other configs).
+            return True
         epoch = int(result["epoch"])
         job.last_epoch = epoch
         job.epoch_time_s += float(result.get("train_time_s", 0.0)) + float(result.get("eval_time_s", 0.0))
