@@ -1,15 +1,16 @@
 """Study engine benchmark: slot efficiency against plain Ray Tune, and what pruning saves.
 
-    .venv/bin/python benchmarks/study_slots.py                      # the quickstart, ~8 min
+    .venv/bin/python benchmarks/study_slots.py                      # the quickstart, ~6 min
     .venv/bin/python benchmarks/study_slots.py --study studies/quickstart.yaml --set budget.trials_per_cell=3
 
-Four runs, each in a fresh process (so Ray and Tune's environment start clean), in one
-invocation:
-  pal-median  ``pal-study run`` of the study as shipped (its pruner);
+Runs, each in a fresh process (so Ray and Tune's environment start clean), in one invocation:
+  pal-median  ``pal-study run`` of the study as shipped (its pruner), MLflow tracking on;
   pal-none    the same study and seeds with ``budget.pruner.name=none``;
-  tune-plain  a plain Ray Tune script running exactly pal-median's trials (same configs, each for
-              the epochs it ran) with Tune's defaults (no actor reuse, default loggers);
-  tune-reuse  the same with ``reuse_actors=True`` and Tune's loggers off.
+  tune-reuse  a plain Ray Tune script running exactly pal-median's trials (same configs, each for
+              the epochs it ran) with ``reuse_actors=True`` and Tune's loggers off: no Optuna, no
+              pruning, no tracking;
+  tune-plain  (``--tune-defaults``, ~10 min more) the same with Tune's defaults (no actor reuse,
+              default loggers).
 Slot efficiency = Σ epoch time in trials (the trainer's own per-epoch train + eval time) /
 (wall time of the whole command × concurrent slots). Writes benchmarks/results/study_slots.json.
 """
@@ -101,7 +102,7 @@ def _best(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
 
 
 def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     if reuse:
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
@@ -134,7 +135,8 @@ def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
     ray.shutdown()
     wall = time.perf_counter() - t0
     spent = sum(r.metrics.get("epoch_time_s", 0.0) for r in grid)
-    return {"wall_s": wall, "slots": slots, "epoch_time_s": spent, "trials": len(jobs), "errors": grid.num_errors}
+    return {"wall_s": wall, "driver_cpu_s": time.process_time() - cpu0, "slots": slots, "epoch_time_s": spent,
+            "trials": len(jobs), "errors": grid.num_errors}
 
 
 def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -153,6 +155,8 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--slots", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--tune-defaults", action="store_true",
+                    help="also run plain Tune with its defaults (no actor reuse, default loggers): ~10 min more")
     a = ap.parse_args()
     if a.side == "pal":
         print(json.dumps(side_pal(a.study, a.overrides, Path(a.work))))
@@ -165,36 +169,38 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
     base = ["--study", a.study, "--work", str(work)] + [x for o in a.overrides for x in ("--set", o)]
     median = _child(["--side", "pal", *base])
-    cold_work = work / "cold"
-    cold_work.mkdir()
-    # The same study with the worker warm-up off (the levers' ablation).
-    cold = _child(["--side", "pal", "--study", a.study, "--work", str(cold_work),
-                   *[x for o in a.overrides for x in ("--set", o)]], env={"PAL_STUDY_WARM": "0"})
     none_work = work / "none"
     none_work.mkdir()
     none = _child(["--side", "pal", "--study", a.study, "--work", str(none_work),
                    *[x for o in a.overrides for x in ("--set", o)], "--set", "budget.pruner.name=none"])
-    plain = _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])])
     reuse = _child(["--side", "tune", "--reuse", "--work", str(work), "--slots", str(median["slots"])])
+    plain = _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])]) if a.tune_defaults else None
 
     def eff(r: dict[str, Any]) -> float:
         return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
 
-    rows = [("pal-study (median pruner)", median), ("pal-study (median, no worker warm-up)", cold),
-            ("pal-study (pruner none)", none),
-            ("plain Ray Tune, defaults", plain), ("plain Ray Tune, reuse_actors + loggers off", reuse)]
+    rows = [("pal-study (shipped pruner)", median), ("pal-study (pruner none)", none),
+            ("plain Ray Tune, reuse_actors + loggers off", reuse)]
+    if plain is not None:
+        rows.append(("plain Ray Tune, defaults", plain))
     print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
     for label, r in rows:
         print(f"  {label:<44} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
-              f"efficiency {100 * eff(r):5.1f} %")
+              f"efficiency {100 * eff(r):5.1f} %  driver CPU {r.get('driver_cpu_s', 0):5.1f} s")
+    print(f"  the same trials' Σ epoch time in plain Tune / in pal-study: "
+          f"{reuse['epoch_time_s'] / median['epoch_time_s']:.2f} (below 1: pal-study's epochs ran slower, "
+          f"sharing the cores with its driver); wall pal-study / plain Tune {median['wall_s'] / reuse['wall_s']:.2f}")
     t = median["timings"]
     print(f"  pal-study wall: setup {t.get('setup_s', 0):.1f} s, Ray start {t.get('ray_start_s', 0):.1f} s, "
           f"fit {t.get('fit_s', 0):.1f} s, Ray shutdown {t.get('ray_shutdown_s', 0):.1f} s")
-    for label, side in (("warm", median), ("no warm-up", cold)):
-        first = min((r for r in side["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
-        print(f"  first trial ({label}): {first['end'] - first['start']:.1f} s from ask to tell (actor start, "
-              f"imports, data) for {first['epoch_time_s'] or 0:.1f} s of epochs; ready after "
-              f"{side['timings'].get('ready_s', 0):.1f} s")
+    first = min((r for r in median["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
+    print(f"  first trial: {first['end'] - first['start']:.1f} s from ask to tell (actor start, imports, data) "
+          f"for {first['epoch_time_s'] or 0:.1f} s of epochs; first trial handed out after "
+          f"{median['timings'].get('ready_s', 0):.1f} s")
+    tune = [r for r in median["records"] if not r["study"].endswith("/finals") and r["start"] and r["end"]]
+    over = sorted(r["end"] - r["start"] - (r["epoch_time_s"] or 0.0) for r in tune)
+    print(f"  tuning trials: ask to tell minus epoch time, median {over[len(over) // 2]:.3f} s, "
+          f"90th percentile {over[int(0.9 * len(over))]:.3f} s ({len(over)} trials)")
     print(f"  driver process CPU {median['driver_cpu_s']:.1f} s = "
           f"{100 * median['driver_cpu_s'] / median['epoch_time_s']:.1f} % of Σ epoch time; MLflow logging in the driver "
           f"{t.get('tracking_s', 0):.1f} s wall, {t.get('tracking_cpu_s', 0):.1f} s CPU = "

@@ -181,7 +181,7 @@ def config_yaml(cfg: dict[str, Any], header: str = "") -> str:
 
 def trial_artifacts(cfg: dict[str, Any], details: dict[str, Any] | None, header: str) -> dict[str, bytes | str]:
     """config.yaml (re-runnable with ``pal-study train``), prototype geometry, per-class accuracy,
-    the reliability diagram (rendered by the trial's worker)."""
+    the reliability diagram (rendered by the trial's worker: finals) or its bins (tuning trials)."""
     files: dict[str, bytes | str] = {"config.yaml": config_yaml(cfg, header)}
     if details:
         if details.get("prototype_geometry"):
@@ -196,6 +196,8 @@ def trial_artifacts(cfg: dict[str, Any], details: dict[str, Any] | None, header:
             import base64
 
             files["reliability.png"] = base64.b64decode(details["reliability_png"])
+        elif details.get("reliability"):
+            files["reliability.json"] = json.dumps(details["reliability"], indent=1)
     return files
 
 

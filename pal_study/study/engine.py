@@ -240,7 +240,8 @@ class StudySearcher(Searcher):
             ckpt = {"path": str(self.store.tuning_checkpoint(job.cell, job.trial.number)), "every_epochs": every}
             return {"stage": "tune", "cell": job.cell.index, "optuna_trial": job.trial.number,
                     "config": self.trial_config(job.cell, params), "details": self.details,
-                    "checkpoint": ckpt if every != 0 else None}
+                    "checkpoint": ckpt if every != 0 else None,
+                    "report": self.spec.budget.pruner.decision_epochs()}
         best = self.best(job.cell)
         ckpt = {"paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
                 "every_epochs": every}
@@ -264,11 +265,21 @@ class StudySearcher(Searcher):
                 # lost its bulky fields to DropBulkyResults.
                 if job.closing is None:
                     job.closing = result
+                    for held in result.pop("epochs", None) or []:  # epochs the trial held back
+                        self._epoch(job, held, decide=False)
             else:
                 self._record_final(job, result)
             return False
         if job.stage != "tune":
             return False
+        held = result.get("epochs_json")
+        for earlier in json.loads(held) if isinstance(held, str) else []:
+            self._epoch(job, earlier, decide=False)
+        return self._epoch(job, result, decide=True)
+
+    def _epoch(self, job: Job, result: dict[str, Any], decide: bool) -> bool:
+        """One epoch of a tuning trial: to its Optuna trial and the sinks; with ``decide``, ask the
+        pruner (True: prune). Held-back epochs come without ``decide``, before the one that has it."""
         if job.pruned_at is not None:
             # The stop is asynchronous: the trial has often finished another epoch before it lands.
             # Recording that epoch would make the Optuna record depend on timing (TPE ranks pruned
@@ -284,7 +295,7 @@ class StudySearcher(Searcher):
             job.trial.report(float(value), step=epoch)
             job.reported.add(epoch)
         self.on_event(EpochReported(job, epoch, float(value), result))
-        if job.trial.should_prune():
+        if decide and job.trial.should_prune():
             job.pruned_at = epoch
             return True
         return False

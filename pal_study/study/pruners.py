@@ -36,6 +36,13 @@ class BasePrunerSpec(_Strict):
         """The Optuna pruner; ``epochs`` is the trials' length (a step is an epoch, from 1)."""
         raise NotImplementedError
 
+    def decision_epochs(self) -> dict[str, Any]:
+        """The epochs at which this pruner can stop a trial, as ``{"from": E, "every": N}`` (E, E+N,
+        ...; ``from: None``: never). A trial reports its other epochs in batches (trainable.py):
+        each report is a round trip through Ray Tune's driver that holds the trial. Pruners
+        that do not say are asked at every epoch."""
+        return {"from": 1, "every": 1}
+
     @model_serializer(mode="wrap")
     def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
         d = handler(self)
@@ -54,6 +61,10 @@ class _Startup(BasePrunerSpec):
     n_warmup_steps: int = Field(2, ge=0,
                                 description="Optuna's: no pruning at epochs below this (steps are epochs, from 1)")
     interval_steps: int = Field(1, ge=1, description="epochs between pruning checks")
+
+    def decision_epochs(self) -> dict[str, Any]:
+        # Optuna's median/percentile: no decision below n_warmup_steps, then one per interval.
+        return {"from": self.n_warmup_steps, "every": self.interval_steps}
 
 
 class _Resource(BasePrunerSpec):
@@ -129,6 +140,9 @@ class NoPrunerSpec(BasePrunerSpec):
         import optuna
 
         return optuna.pruners.NopPruner()
+
+    def decision_epochs(self) -> dict[str, Any]:
+        return {"from": None, "every": 1}
 
 
 def _default_name(value: Any) -> Any:

@@ -72,20 +72,6 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
     return True
 
 
-def warm_workers(study: Study, slots: int) -> list[Any]:
-    """Start ``slots`` warm-up tasks (torch imported, the first cell's data built) on the local
-    Ray's idle worker processes; Tune's trial actors are then placed on those warm processes.
-    Returns the task refs (not waited for: they run while the driver sets up)."""
-    import ray
-
-    from pal_study.study.trainable import warm
-
-    res = study.spec.resources
-    task = ray.remote(num_cpus=res.cpu, num_gpus=0)(warm)  # a warm-up needs no GPU
-    cfg = study.cells[0].config.model_dump(mode="json")
-    return [task.remote(cfg, int(res.cpu)) for _ in range(max(1, slots))]
-
-
 def trial_slots(study: Study, max_concurrent: int | None) -> int:
     import ray
 

@@ -24,7 +24,7 @@ from rich.console import Console
 
 from pal_study.study.preflight import check_data
 from pal_study.study.ray_env import (RAY_ENV, quiet_tune_summary, slots_for, slots_for_nodes, start_ray, trial_name,
-                                     trial_slots, warm_workers)
+                                     trial_slots)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore
 from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, claim_verdicts, render_table,
@@ -71,10 +71,6 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             started_ray = start_ray(address)
         finally:
             tracking = opening.result() if opening is not None else None
-        # Local Ray: warm the worker processes the first trials will run in (PAL_STUDY_WARM=0: off,
-        # for benchmarks/study_slots.py's comparison).
-        warm = not on_cluster and os.environ.get("PAL_STUDY_WARM") != "0"
-        warming = warm_workers(study, trial_slots(study, max_concurrent)) if warm else []
         # A lost node costs only its running trials, which Tune runs again; on one machine a
         # failing trial fails deterministically, so retrying it would only repeat the failure.
         retries = trial_retries if trial_retries is not None else (3 if on_cluster else 0)
@@ -98,11 +94,10 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         tracker = None
         sinks: list[Any] = [display, SummaryOnFinals(study, store), status_writer]
         if tracking is not None:
-            from pal_study.study.tracker import StudyTracker
+            from pal_study.study.tracker import StudyTracker, TrackerThread
 
             tracker = StudyTracker(tracking, study, store)
             tracker.start()
-            sinks.append(tracker)
             console.print(f"tracking: {tracking.uri} (experiment {study.spec.name!r}; "
                           f"pal-study ui to browse)", soft_wrap=True, highlight=False)
 
@@ -114,6 +109,9 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         searcher.details = tracker is not None
         if tracker is not None:
             repaired = tracker.reconcile(searcher.trial_config)
+            # From here on the tracker runs on its own thread (on_event reads `sinks` at each call).
+            tracker_thread = TrackerThread(tracker)
+            sinks.append(tracker_thread)
             if repaired:
                 console.print(f"tracking: {repaired} runs a killed driver left half-logged were completed "
                               "from the Optuna record", soft_wrap=True)
@@ -121,10 +119,6 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         if resumed or sum(done.values()) or finals_done:
             console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
                           f"runs finished, {resumed} interrupted trials to run again", soft_wrap=True)
-        if warming:
-            import ray
-
-            ray.wait(warming, num_returns=len(warming), timeout=60)  # a warm-up failure costs nothing
         timings["ready_s"] = time.perf_counter() - t0
         if not searcher.done():
             t_fit = time.perf_counter()
@@ -137,6 +131,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
         if not interrupted:
             outcome.claims = claim_verdicts(study, outcome.cells)
         if tracker is not None:
+            tracker_thread.close()
             finish_tracking(tracker, study, store, outcome, console)
             timings["tracking_s"] = tracker.logging_s
             timings["tracking_cpu_s"] = tracker.logging_cpu_s

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import threading
 import time
 from typing import Any
 
@@ -238,6 +240,14 @@ class StudyTracker:
                 self._pending.append(event)
         self.logging_s += time.perf_counter() - t0
         self.logging_cpu_s += time.thread_time() - c0
+
+    def tick(self) -> None:
+        """Retry queued events if the store was unreachable and the retry is due."""
+        if self._pending and time.monotonic() >= self._retry_at:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            self._drain()
+            self.logging_s += time.perf_counter() - t0
+            self.logging_cpu_s += time.thread_time() - c0
 
     def _drain(self) -> bool:
         while self._pending:
@@ -550,3 +560,48 @@ def _group(cell: Any) -> str:
     from pal_study.study.spec import cell_label
 
     return cell_label({k: v for k, v in cell.factors.items() if k != "method"})
+
+
+class TrackerThread:
+    """Feeds a :class:`StudyTracker` from its own thread, so the MLflow writes (a run created when
+    a trial starts, its metrics, artifacts and status when it ends) are off Ray Tune's event loop:
+    the next trial is handed out without waiting for the database. Events keep their order (one
+    queue, one writer). A driver killed with events still queued leaves those runs half-logged,
+    as a kill between Optuna's record and the tracker always could: the next run's
+    ``reconcile`` completes them from the Optuna record."""
+
+    def __init__(self, tracker: StudyTracker):
+        self.tracker = tracker
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, daemon=True, name="pal-study-tracking")
+        self._thread.start()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, HANDLED) and not self._closed:
+            self._queue.put(event)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                event = self._queue.get(timeout=RETRY_S)
+            except queue.Empty:
+                self._guarded(self.tracker.tick)
+                continue
+            if event is None:
+                return
+            self._guarded(self.tracker, event)
+
+    @staticmethod
+    def _guarded(fn: Any, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:  # noqa: BLE001 - the thread must outlive a bug in one event's logging
+            log.exception("MLflow tracking: an event could not be logged")
+
+    def close(self) -> None:
+        """Deliver (or queue for ``finish``'s retries) every event handed over so far, then stop."""
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import tempfile
+import time
 import traceback
 from collections import OrderedDict
 from pathlib import Path
@@ -38,19 +39,6 @@ def _data_for(cfg: TrainConfig):
     while len(_DATA_CACHE) > _DATA_CACHE_SIZE:
         _DATA_CACHE.popitem(last=False)
     return data
-
-
-def warm(config: dict[str, Any], threads: int) -> int:
-    """Run in a Ray worker before the first trial: import torch and the trainer, build the first
-    cell's data (cached here), so the trial actor that takes over this worker starts at once."""
-    import torch
-
-    from pal_study.config import resolve
-    from pal_study.train import train  # noqa: F401  (the import is the point)
-
-    torch.set_num_threads(max(1, threads))
-    _data_for(resolve(TrainConfig.model_validate(config)))
-    return os.getpid()
 
 
 def summarize(result) -> dict[str, Any]:
@@ -83,18 +71,22 @@ def summarize(result) -> dict[str, Any]:
     return out
 
 
-def details(result) -> dict[str, Any]:
-    """What the trial's MLflow artifacts are made of; the reliability diagram is drawn here, in
-    the worker, so a driver with many trials does not render every PNG."""
-    import base64
-
-    from pal_study.plots import reliability_png
-
+def details(result, png: bool = True) -> dict[str, Any]:
+    """What the trial's MLflow artifacts are made of. The reliability diagram is drawn here, in
+    the worker, so a driver with many trials does not render every PNG; ``png=False`` (tuning
+    trials) sends its bins instead: drawing costs ~60 ms of the slot per trial, a tenth of a
+    digits trial, and the diagrams people read are the finals' (benchmarks/README.md (c))."""
     out: dict[str, Any] = {"prototype_geometry": result.prototype_geometry, "per_class_acc": result.per_class_acc,
                            "class_counts": result.class_counts}
-    if result.reliability:
-        png = reliability_png(result.reliability, (result.final or {}).get("ece"), result.method)
-        out["reliability_png"] = base64.b64encode(png).decode()
+    if result.reliability and png:
+        import base64
+
+        from pal_study.plots import reliability_png
+
+        png_bytes = reliability_png(result.reliability, (result.final or {}).get("ece"), result.method)
+        out["reliability_png"] = base64.b64encode(png_bytes).decode()
+    elif result.reliability:
+        out["reliability"] = result.reliability
     return out
 
 
@@ -148,7 +140,7 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     return on_epoch
 
 
-def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False,
+def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False, details_png: bool = True,
             with_history: bool = False, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train one config; never raises for a trial's own failure. ``checkpoint`` ({path,
     every_epochs, keep_final}) makes it save as it goes and continue from its last save."""
@@ -172,7 +164,7 @@ def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = Fal
         out = summarize(result)
         # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
         if with_details and result.status == "completed":
-            out["details_json"] = json.dumps(details(result), default=_jsonable)
+            out["details_json"] = json.dumps(details(result, png=details_png), default=_jsonable)
         if with_history:
             out["history_json"] = json.dumps(result.history, default=_jsonable)
         return out
@@ -189,13 +181,17 @@ def tune_trial(config: dict[str, Any]) -> None:
 
     job = config["pal"]
     if job["stage"] == "tune":
+        batch = EpochBatcher(job.get("report"))
+
         def on_epoch(m) -> None:
             metrics = {k: v for k, v in m.as_dict().items() if v is not None}
-            tune.report({**metrics, "stage": "tune", "closing": False})
+            out = batch.add(metrics)
+            if out is not None:
+                tune.report({**out, "stage": "tune", "closing": False})
 
-        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True),
+        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True), details_png=False,
                           checkpoint=job.get("checkpoint"))
-        tune.report({**_finite(summary), "stage": "tune", "closing": True, "node": _node()})
+        tune.report({**_finite(summary), **batch.rest(), "stage": "tune", "closing": True, "node": _node()})
         if summary.get("status") == "failed":
             raise TrialFailed(summary.get("reason", "failed"))
         return
@@ -212,6 +208,52 @@ def tune_trial(config: dict[str, Any]) -> None:
             failed.append(f"seed {seed}: {summary.get('reason', 'failed')}")
     if failed:
         raise TrialFailed("; ".join(failed))
+
+
+class EpochBatcher:
+    """Which epochs a tuning trial reports to Ray Tune at once, and which it holds back.
+
+    Every ``tune.report`` of a function trainable is a round trip: the trial's thread waits until
+    the driver has taken the result and asked for the next one, and the driver also takes every
+    other trial's results, the Optuna journal and the tracking. On short epochs (digits: 20 ms)
+    that wait is a large share of the slot. So an epoch is reported at once only where the
+    study's pruner can stop the trial (``plan``: the pruner's ``decision_epochs``; the pruner then
+    sees exactly the epochs it would have seen one by one), or when ``max_gap_s`` has passed since
+    the last report (live progress on long epochs); the epochs held back travel with the next
+    report as ``epochs_json``, in order. ``plan=None`` reports every epoch."""
+
+    def __init__(self, plan: dict[str, Any] | None, max_gap_s: float = 2.0):
+        self.plan = plan
+        self.max_gap_s = max_gap_s
+        self.held: list[dict[str, Any]] = []
+        self.last = time.monotonic()
+
+    def decides(self, epoch: int) -> bool:
+        if self.plan is None:
+            return True
+        start, every = self.plan.get("from"), max(1, int(self.plan.get("every") or 1))
+        if start is None:
+            return False
+        # Optuna's median/percentile decide at the first epoch at or after n_warmup_steps, then
+        # at the first epoch of each later interval.
+        return epoch >= start and (epoch == max(start, 1) or (epoch - start) % every == 0)
+
+    def add(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """The result to report now (with the held epochs), or None while holding this one."""
+        if not self.decides(int(metrics["epoch"])) and time.monotonic() - self.last < self.max_gap_s:
+            self.held.append(metrics)
+            return None
+        out = {**metrics, **self.rest()}
+        self.last = time.monotonic()
+        return out
+
+    def rest(self) -> dict[str, Any]:
+        """The held epochs, for the next report (the closing one at the end), then forgotten."""
+        if not self.held:
+            return {}
+        out = {"epochs_json": json.dumps(self.held, default=_jsonable)}
+        self.held = []
+        return out
 
 
 class TrialFailed(RuntimeError):
