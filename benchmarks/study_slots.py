@@ -1,11 +1,15 @@
 """Study engine benchmark: slot efficiency against plain Ray Tune, and what pruning saves.
 
-    .venv/bin/python benchmarks/study_slots.py                      # the quickstart, ~6 min
-    .venv/bin/python benchmarks/study_slots.py --study studies/quickstart.yaml --set budget.trials_per_cell=3
+    .venv/bin/python benchmarks/study_slots.py                      # the quickstart, ~8 min
+    .venv/bin/python benchmarks/study_slots.py --out study_slots_2.json             # a repeat, another file
+    .venv/bin/python benchmarks/study_slots.py --set budget.trials_per_cell=3 --no-ablations   # smoke, ~2 min
 
 Runs, each in a fresh process (so Ray and Tune's environment start clean), in one invocation:
   pal-median  ``pal-study run`` of the study as shipped (its pruner), MLflow tracking on;
   pal-none    the same study and seeds with ``budget.pruner.name=none``;
+  ablations   pal-median with one driver lever off (``--no-ablations`` skips them): every epoch
+              its own report (no batching), and the MLflow writes on Tune's event loop (no
+              tracking thread);
   tune-reuse  a plain Ray Tune script running exactly pal-median's trials (same configs, each for
               the epochs it ran) with ``reuse_actors=True`` and Tune's loggers off: no Optuna, no
               pruning, no tracking;
@@ -51,11 +55,45 @@ def _trial_records(runs: Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
-def side_pal(study_path: str, overrides: list[str], out: Path) -> dict[str, Any]:
+def _ablate(lever: str) -> None:
+    """Turn one of the driver levers off in this process (benchmark only, not a product switch)."""
+    if lever == "batching":  # every epoch its own report, as before the batching
+        from pal_study.study import engine
+
+        payload = engine.StudySearcher._payload
+
+        def every_epoch(self, job):
+            out = payload(self, job)
+            if out.get("stage") == "tune":
+                out["report"] = None
+            return out
+
+        engine.StudySearcher._payload = every_epoch
+    elif lever == "thread":  # MLflow writes on Tune's event loop, as before the tracking thread
+        from pal_study.study import tracker
+
+        class Inline:
+            def __init__(self, t):
+                self.tracker = t
+
+            def __call__(self, event):
+                self.tracker(event)
+
+            def close(self):
+                pass
+
+        tracker.TrackerThread = Inline
+    elif lever:
+        raise SystemExit(f"unknown lever {lever!r}")
+
+
+def side_pal(study_path: str, overrides: list[str], out: Path, ablate: str = "") -> dict[str, Any]:
     from rich.console import Console
 
     from pal_study.study import load_study
     from pal_study.study.runner import run_study
+
+    _ablate(ablate)
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     study = load_study(study_path, overrides)
@@ -155,11 +193,15 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--slots", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
+    ap.add_argument("--ablate", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--out", default="study_slots.json", help="file name under benchmarks/results/")
+    ap.add_argument("--no-ablations", action="store_true",
+                    help="skip the two runs with one driver lever off each (epoch batching, tracking thread)")
     ap.add_argument("--tune-defaults", action="store_true",
                     help="also run plain Tune with its defaults (no actor reuse, default loggers): ~10 min more")
     a = ap.parse_args()
     if a.side == "pal":
-        print(json.dumps(side_pal(a.study, a.overrides, Path(a.work))))
+        print(json.dumps(side_pal(a.study, a.overrides, Path(a.work), a.ablate)))
         return
     if a.side == "tune":
         print(json.dumps(side_tune(Path(a.work) / "jobs.json", a.reuse, a.slots)))
@@ -173,19 +215,27 @@ def main() -> None:
     none_work.mkdir()
     none = _child(["--side", "pal", "--study", a.study, "--work", str(none_work),
                    *[x for o in a.overrides for x in ("--set", o)], "--set", "budget.pruner.name=none"])
+    ablations = {}
+    for lever in ([] if a.no_ablations else ["batching", "thread"]):
+        lever_work = work / lever
+        lever_work.mkdir()
+        ablations[lever] = _child(["--side", "pal", "--study", a.study, "--work", str(lever_work), "--ablate", lever,
+                                   *[x for o in a.overrides for x in ("--set", o)]])
     reuse = _child(["--side", "tune", "--reuse", "--work", str(work), "--slots", str(median["slots"])])
     plain = _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])]) if a.tune_defaults else None
 
     def eff(r: dict[str, Any]) -> float:
         return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
 
-    rows = [("pal-study (shipped pruner)", median), ("pal-study (pruner none)", none),
-            ("plain Ray Tune, reuse_actors + loggers off", reuse)]
+    rows = [("pal-study (shipped pruner)", median), ("pal-study (pruner none)", none)]
+    rows += [(f"pal-study, {'one report per epoch' if k == 'batching' else 'MLflow on Tune loop'}", r)
+             for k, r in ablations.items()]
+    rows.append(("plain Ray Tune, reuse_actors + loggers off", reuse))
     if plain is not None:
         rows.append(("plain Ray Tune, defaults", plain))
     print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
     for label, r in rows:
-        print(f"  {label:<44} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
+        print(f"  {label:<46} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
               f"efficiency {100 * eff(r):5.1f} %  driver CPU {r.get('driver_cpu_s', 0):5.1f} s")
     print(f"  the same trials' Σ epoch time in plain Tune / in pal-study: "
           f"{reuse['epoch_time_s'] / median['epoch_time_s']:.2f} (below 1: pal-study's epochs ran slower, "
@@ -224,7 +274,7 @@ def main() -> None:
         "pruning": {"epochs_median": median["epochs"], "epochs_none": none["epochs"], "saved": saved,
                     "best_mean_median": mean_med, "best_mean_none": mean_none, "per_cell_diff_points": diffs},
     }
-    out = ROOT / "benchmarks" / "results" / "study_slots.json"
+    out = ROOT / "benchmarks" / "results" / a.out
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out} ({result['wall_s']:.0f} s)")
 
