@@ -177,9 +177,8 @@ def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
             "trials": len(jobs), "errors": grid.num_errors}
 
 
-def _child(args: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True,
-                         env={**os.environ, **(env or {})})
+def _child(args: list[str]) -> dict[str, Any]:
+    res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if res.returncode != 0:
         raise SystemExit(f"benchmark side {args} failed:\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -234,20 +234,23 @@ class StudyTracker:
         if isinstance(event, HANDLED):
             if self._pending:
                 self._pending.append(event)
-                if time.monotonic() >= self._retry_at:
-                    self._drain()
+                self._retry_if_due()
             elif not self._handle(event):
                 self._pending.append(event)
         self.logging_s += time.perf_counter() - t0
         self.logging_cpu_s += time.thread_time() - c0
 
     def tick(self) -> None:
-        """Retry queued events if the store was unreachable and the retry is due."""
+        """Retry queued events if the store was unreachable and the retry is due (no new event
+        needed: TrackerThread calls this when its queue stays empty)."""
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self._retry_if_due()
+        self.logging_s += time.perf_counter() - t0
+        self.logging_cpu_s += time.thread_time() - c0
+
+    def _retry_if_due(self) -> None:
         if self._pending and time.monotonic() >= self._retry_at:
-            t0, c0 = time.perf_counter(), time.thread_time()
             self._drain()
-            self.logging_s += time.perf_counter() - t0
-            self.logging_cpu_s += time.thread_time() - c0
 
     def _drain(self) -> bool:
         while self._pending:

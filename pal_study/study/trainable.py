@@ -74,8 +74,8 @@ def summarize(result) -> dict[str, Any]:
 def details(result, png: bool = True) -> dict[str, Any]:
     """What the trial's MLflow artifacts are made of. The reliability diagram is drawn here, in
     the worker, so a driver with many trials does not render every PNG; ``png=False`` (tuning
-    trials) sends its bins instead: drawing costs ~60 ms of the slot per trial, a tenth of a
-    digits trial, and the diagrams people read are the finals' (benchmarks/README.md (c))."""
+    trials) sends its bins instead: drawing costs ~50 ms of the slot per trial, a tenth of a
+    digits trial, and the diagrams people read are the finals' (benchmarks/trial_details.py)."""
     out: dict[str, Any] = {"prototype_geometry": result.prototype_geometry, "per_class_acc": result.per_class_acc,
                            "class_counts": result.class_counts}
     if result.reliability and png:
