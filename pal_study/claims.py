@@ -6,11 +6,15 @@
 
 A claim expands to comparisons: every cell whose method matches ``better`` (``*`` stands for a
 loss name, the same in ``than``) and whose factors match ``where``, against the cell with the
-same other factors and the method ``than``. Each comparison is paired by seed
-(:func:`pal_study.stats.paired`); q-values are adjusted over all claims' comparisons together;
-a comparison is ``supported`` (q < alpha, difference in the claimed direction), ``contradicted``
-(q < alpha the other way) or ``inconclusive``. A claim is supported when all its comparisons
-are, contradicted when any is, inconclusive otherwise.
+same other factors and the method ``than``. Each comparison is paired by seed and tested with
+the exact sign-flip test (:func:`pal_study.stats.paired`). A comparison is ``supported`` when
+its unadjusted p <= alpha and the difference has the claimed sign, ``contradicted`` when the
+difference has the other sign and its p, Holm-adjusted over the claim's own comparisons, is
+<= alpha, ``inconclusive`` otherwise. A claim is supported when it has comparisons and all are
+supported (an intersection-union test: no adjustment needed, since every one must reject),
+contradicted when any is contradicted (Holm keeps the chance of a false contradiction <= alpha),
+inconclusive otherwise. The report-wide q (``adjust``, BH by default) is on the rows for display
+only.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pal_study.stats import Paired, adjust_all, paired, verdict
+from pal_study.failed_finals import apply_rule
+from pal_study.stats import Paired, adjust_all, paired, power_line
+from pal_study.stats import adjust as adjust_p
 
 LOWER_IS_BETTER = ("ece", "train_loss")
+RULE = ("supported: every comparison p ≤ α in the claimed direction (intersection–union); "
+        "contradicted: any comparison against it with Holm-adjusted p ≤ α")
 
 
 class ClaimSpec(BaseModel):
@@ -93,11 +101,21 @@ def check(claims: list[ClaimSpec], cells: list[CellInfo], source: str) -> None:
                               f"{', '.join(sorted({c.method for c in cells}))})", source=source, key=f"claims[{i}]")
 
 
+def _verdict(c: Paired, q_holm: float | None, alpha: float, direction: str) -> str:
+    if c.p is None or c.delta is None or c.delta == 0:
+        return "inconclusive"
+    good = c.delta > 0 if direction == "higher" else c.delta < 0
+    if good:
+        return "supported" if c.p <= alpha else "inconclusive"
+    return "contradicted" if q_holm is not None and q_holm <= alpha else "inconclusive"
+
+
 def evaluate(claims: list[ClaimSpec], cells: list[CellInfo], values: dict[str, dict[int, dict[str, float]]],
              alpha: float = 0.05, adjust: str = "bh") -> list[dict[str, Any]]:
-    """Verdicts. ``values``: cell label -> seed -> that final run's metrics."""
-    # One family: every distinct comparison of every claim (one that two claims share counts once).
-    unique: dict[tuple[str, str, str], Paired] = {}
+    """Verdicts. ``values``: cell label -> seed -> that final run's metrics. ``adjust`` sets the
+    report-wide ``q`` shown on the rows (over all claims' distinct comparisons); the verdicts use
+    the unadjusted p (supported) and Holm within each claim (``q_holm``, contradicted)."""
+    unique: dict[tuple[str, str, str], Paired] = {}  # a comparison two claims share is computed once
     per_claim: list[list[Paired]] = []
     for claim in claims:
         comps = []
@@ -105,35 +123,56 @@ def evaluate(claims: list[ClaimSpec], cells: list[CellInfo], values: dict[str, d
             key = (cell.label, base.label, claim.metric)
             if key not in unique:
                 get = lambda label: {s: m.get(claim.metric) for s, m in values.get(label, {}).items()}  # noqa: E731
-                unique[key] = paired(cell.label, base.label, claim.metric, get(cell.label), get(base.label))
+                unique[key] = paired(cell.label, base.label, claim.metric, get(cell.label), get(base.label),
+                                     confidence=1.0 - alpha)
             comps.append(unique[key])
         per_claim.append(comps)
     adjust_all(list(unique.values()), adjust)
     out = []
     for claim, comps in zip(claims, per_claim):
         direction = "lower" if claim.metric in LOWER_IS_BETTER else "higher"
-        rows = [{**c.as_dict(), "seeds": list(c.seeds), "verdict": verdict(c, alpha, direction)} for c in comps]
+        holm = adjust_p([c.p for c in comps], "holm")
+        rows = [{**c.as_dict(), "seeds": list(c.seeds), "q_holm": q, "verdict": _verdict(c, q, alpha, direction),
+                 "power": power_line(c, alpha)} for c, q in zip(comps, holm)]
+        for row in rows:  # failed finals: counted (accuracy) or the comparison left undecided
+            apply_rule(row, values.get(row["cell"], {}), values.get(row["baseline"], {}), claim.metric)
         verdicts = {r["verdict"] for r in rows}
         overall = ("contradicted" if "contradicted" in verdicts else
                    "supported" if rows and verdicts == {"supported"} else "inconclusive")
         out.append({"claim": claim.text(), "spec": claim.model_dump(), "alpha": alpha, "adjust": adjust,
-                    "comparisons": rows, "verdict": overall})
+                    "rule": RULE, "comparisons": rows, "verdict": overall})
     return out
 
 
+def _g(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3g}"
+
+
 def render_verdicts(results: list[dict[str, Any]]) -> str:
-    """Plain lines for the console after a run's table and in the report."""
+    """Plain lines for the console after a run's table and in the report: per comparison its
+    verdict, Δ (points) with the exact interval, n, the sign-flip p, Holm's q within the claim and
+    the paired t-test's p in brackets, then what the seeds can detect."""
     lines = []
     for r in results:
         lines.append(f"claim: {r['claim']}: {r['verdict'].upper()}")
+        for note in r.get("protocol") or []:
+            lines.append(f"  protocol: {note}")
         for c in r["comparisons"]:
+            n = c["n_pairs"]
             if c["delta"] is None:
-                nums = f"n={c['n_pairs']}"
+                nums = f"n={n}"
+            elif c["p"] is None:
+                nums = f"Δ {100 * c['delta']:+.2f} points, n={n}, no test"
             else:
-                ci = "" if c["ci_low"] is None else f" [{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
-                pq = "" if c["p"] is None else f", p={c['p']:.3g}, q={c['q']:.3g}"
-                nums = f"Δ {100 * c['delta']:+.2f} points{ci}, n={c['n_pairs']}{pq}"
+                ci = (f"interval unbounded at n={n}" if c["ci_low"] is None else
+                      f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]")
+                nums = (f"Δ {100 * c['delta']:+.2f} points {ci}, n={n}, p={_g(c['p'])}, "
+                        f"q_holm={_g(c.get('q_holm'))} (t: p={_g(c.get('p_t'))})")
             lines.append(f"  {c['verdict']:<12} {c['cell']} vs {c['baseline']}: {nums}")
+            if c.get("note"):
+                lines.append(f"{'':15}{c['note']}")
+            if c.get("power"):
+                lines.append(f"{'':15}{c['power']}")
     return "\n".join(lines)
 
 

@@ -274,6 +274,10 @@ def run(
     _setup_logging(False)
     study = load_study(resolve_study(study_file), list(set_ or []))
     err.print(f"pal-study {version()} · {describe(study).splitlines()[0]}", highlight=False, soft_wrap=True)
+    from pal_study.study.spec import warnings
+
+    for line in warnings(study):
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
     outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
                         restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track,
                         trial_retries=trial_retries, progress=progress, storage=storage)
@@ -283,6 +287,10 @@ def run(
         from pal_study.claims import render_verdicts
 
         out.print(render_verdicts(outcome.claims), highlight=False, markup=False, soft_wrap=True)
+    if outcome.sensitivity:
+        from pal_study.sensitivity import render as render_sensitivity
+
+        out.print(render_sensitivity(outcome.sensitivity), highlight=False, markup=False, soft_wrap=True)
     out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
               f"{runs_dir / study.spec.name}/", highlight=False)
     if outcome.interrupted:
@@ -365,8 +373,9 @@ def report(
     rows = aggregate(src.runs, baseline=baseline, adjust=adjust)
     if not rows:
         raise UserError(f"study {name!r}: no completed final runs in {src.where}")
-    claims = src.claims(adjust)
+    claims, sensitivity = src.judge(adjust)
     analysis = analyse(rows, src.runs, run_dir=src.run_dir, importance=None if importance == "none" else importance)
+    analysis.sensitivity = sensitivity
     title = f"{name}: final seeds, mean ± std; Δ paired by seed vs {baseline}, q {adjust}"
     if out_dir is None and fmt is not None:
         sys.stdout.write(render(rows, fmt, claims, analysis, title=name))
@@ -386,7 +395,7 @@ def report(
     for f in FORMATS[:-1]:  # md csv latex json; html comes with its figures from report_files
         (out_dir / f"comparison.{EXTENSIONS[f]}").write_text(render(rows, f, claims, analysis, title=name))
     for key, content in files.items():
-        if key.endswith((".png", ".html")):
+        if key.endswith((".png", ".html", "sensitivity.csv")):
             target = out_dir / Path(key).name
             target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
     n = sum(k.endswith(".png") for k in files)
@@ -543,10 +552,13 @@ def validate(
 
     if STUDY_KEYS & set(read_yaml(file)):
         from pal_study.study import describe, load_study
+        from pal_study.study.spec import warnings
 
         study = load_study(file, list(set_ or []))
         out.print(f"[green]ok[/]: {file}")
         out.print(describe(study), highlight=False, soft_wrap=True)
+        for line in warnings(study):
+            out.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         return
     cfg = resolve(load_train_config(file, list(set_ or [])))
     out.print(f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "

@@ -29,7 +29,8 @@ def _slug(label: str) -> str:
 def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = False) -> list[dict[str, Any]]:
     """Write the export from ``source`` (the tracking store or the study's run directory: the same
     files either way); with the tracking store, also log it on the study's run."""
-    runs, exp_id, parent = source.runs, source.experiment_id, source.parent
+    # Failed finals trained no model worth exporting (the report counts them).
+    runs, exp_id, parent = [r for r in source.runs if not r.failed], source.experiment_id, source.parent
     if not runs:
         raise ConfigError(f"study {study!r}: no completed final runs in {source.where}", key="STUDY")
     rows = aggregate(runs)

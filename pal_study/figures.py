@@ -497,7 +497,8 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
     segs = [[(a, y), (b, y)] for a, b, y in zip(lo, hi, ys) if a is not None]
     seg_colors = [col for a, col in zip(lo, cs) if a is not None]
     if segs:
-        ax.add_collection(LineCollection(segs, colors=seg_colors, linewidths=1.6, label="95 % CI (paired t)"))
+        ax.add_collection(LineCollection(segs, colors=seg_colors, linewidths=1.6,
+                                         label="CI (sign-flip, over paired seeds)"))
     sig = np.array(sig, dtype=bool)
     xs_a, cs_a = np.array(xs), np.array(cs, dtype=object)
     ax.scatter(xs_a[sig], ys[sig], s=42, c=list(cs_a[sig]), edgecolors="black", linewidths=0.6, zorder=3,
@@ -518,10 +519,11 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
     vals = [v for v in [*xs, *(v for v in lo if v is not None), *(v for v in hi if v is not None)]]
     span = max(max(vals) - min(vals), 0.5)
     ax.set_xlim(min(min(vals), 0.0) - 0.06 * span, max(max(vals), 0.0) + 0.06 * span)
-    ax.set_xlabel("Δ test accuracy vs baseline (percentage points, 95 % CI over paired seeds)", fontsize=8.5)
+    ax.set_xlabel("Δ test accuracy vs baseline (percentage points; exact sign-flip CI over paired seeds, "
+                  "none where too few seeds bound it)", fontsize=8.5)
     ax.grid(axis="x", alpha=0.3)
     ax.set_title(title, fontsize=10)
-    key = [Line2D([], [], color="0.3", linewidth=1.6, label="95 % CI (paired t over seeds, not adjusted)"),
+    key = [Line2D([], [], color="0.3", linewidth=1.6, label="CI (exact sign-flip over seeds, not adjusted)"),
            Line2D([], [], linestyle="none", marker="o", markersize=7, color="0.3", markeredgecolor="black",
                   label=f"significant: q < {alpha:g}"),
            Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="white", markeredgecolor="0.3",

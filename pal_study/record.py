@@ -32,6 +32,7 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
     from optuna.trial import TrialState
 
     from pal_study.config import TrainConfig, method_name
+    from pal_study.failed_finals import num_classes
     from pal_study.importance import open_journal
     from pal_study.study.spec import cell_label
 
@@ -43,7 +44,9 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     out = []
     for name in sorted(n for n in names if n.endswith("/finals")):
-        tuning_name = name.removesuffix("/finals")
+        finals_study = optuna.load_study(study_name=name, storage=storage)
+        own = finals_study.user_attrs  # a sensitivity cell's: what it is, whose tuning picked it
+        tuning_name = str(own.get("tuning_study") or name.removesuffix("/finals"))
         attrs, best = {}, None
         if tuning_name in names:
             tuning = optuna.load_study(study_name=tuning_name, storage=storage)
@@ -51,19 +54,23 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
             done = [t for t in tuning.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
             if done:
                 best = tuning.best_value
+        variant = json.loads(own["variant"]) if own.get("variant") else None
+        parent = str(attrs.get("cell", tuning_name)) if variant else None
+        if variant:
+            attrs = own
         factors = json.loads(attrs.get("factors", "{}"))
         by_seed: dict[int, Any] = {}
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+        for t in finals_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
             by_seed[int(t.user_attrs["seed"])] = t  # the last record of a seed wins, as in the store
         for seed, t in sorted(by_seed.items()):
-            if t.state != TrialState.COMPLETE:
-                continue
             ua = t.user_attrs
             cfg = json.loads(ua["config"])
             data = cfg.get("data", {})
             metrics = {k: float(ua[k]) for k in SUMMARY_KEYS if _num(ua.get(k)) is not None}
-            if best is not None:
+            failed = t.state != TrialState.COMPLETE
+            if failed:
+                metrics = {}
+            elif best is not None:
                 metrics["tune_best_value"] = float(best)
             wd = cfg.get("optim", {}).get("weight_decay")
             out.append(FinalRun(
@@ -73,31 +80,35 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
                 dataset=str(data.get("name", "?")), noise_rate=float(data.get("noise", {}).get("rate", 0.0)),
                 imbalance_ratio=float(data.get("imbalance", {}).get("ratio", 1.0)), seed=seed,
                 weight_decay=None if wd is None else float(wd), metrics=metrics,
-                checkpoint=ua.get("checkpoint_path") or None, config=cfg,
+                checkpoint=ua.get("checkpoint_path") or None, config=cfg, failed=failed, variant=variant,
+                parent=parent, num_classes=num_classes(str(data.get("name", "?")), cfg),
             ))
     out.sort(key=lambda r: (r.cell, r.seed))
     return out
 
 
-def journal_claims(run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
-    """The study's claims (as ``summary.json`` states them) judged on ``runs``."""
-    from pal_study.claims import CellInfo, ClaimSpec, evaluate
-    from pal_study.report import _factors_of
+def journal_judge(run_dir: str | Path, runs: list[FinalRun],
+                  adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The study's claims (as ``summary.json`` and ``study.json`` state them) judged on ``runs``, and
+    across its sensitivity knobs."""
+    from pal_study.report import judge_finals, stated_claims
 
-    path = Path(run_dir) / "summary.json"
     try:
-        saved = json.loads(path.read_text()).get("claims") or []
+        saved = json.loads((Path(run_dir) / "summary.json").read_text()).get("claims") or []
     except (OSError, ValueError):
-        return []
+        return [], []
+    try:
+        spec = json.loads((Path(run_dir) / "study.json").read_text()).get("spec")
+    except (OSError, ValueError):
+        spec = None
     if not saved:
-        return []
-    claims = [ClaimSpec.model_validate(c["spec"]) for c in saved]
-    cells: dict[str, CellInfo] = {}
-    values: dict[str, dict[int, dict[str, float]]] = {}
-    for r in runs:
-        cells.setdefault(r.cell, CellInfo(r.cell, r.method, _factors_of(r.cell)))
-        values.setdefault(r.cell, {})[r.seed] = r.metrics
-    return evaluate(claims, list(cells.values()), values, alpha=float(saved[0].get("alpha", 0.05)), adjust=adjust)
+        return [], []
+    return judge_finals(stated_claims(saved, spec), runs, adjust)
+
+
+def journal_claims(run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
+    """The study's claims judged on ``runs``."""
+    return journal_judge(run_dir, runs, adjust)[0]
 
 
 SOURCES = ("auto", "mlflow", "runs")
@@ -111,12 +122,16 @@ class Source:
         self.kind, self.where, self.runs = kind, where, runs
         self.tracking, self.parent, self.experiment_id, self.run_dir = tracking, parent, experiment_id, run_dir
 
-    def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
+    def judge(self, adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(claims' verdicts, verdicts across each sensitivity knob)."""
         if self.kind == "mlflow":
-            from pal_study.report import claim_results
+            from pal_study.report import judge_finals, study_claims
 
-            return claim_results(self.tracking.client, self.parent, self.runs, adjust)
-        return journal_claims(self.run_dir, self.runs, adjust)
+            return judge_finals(study_claims(self.tracking.client, self.parent), self.runs, adjust)
+        return journal_judge(self.run_dir, self.runs, adjust)
+
+    def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
+        return self.judge(adjust)[0]
 
     def config_yaml(self, run: FinalRun, study: str) -> str:
         """The re-runnable ``config.yaml`` of a final run, as MLflow holds it."""

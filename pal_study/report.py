@@ -1,5 +1,7 @@
-"""Study reports from the tracking store alone: per cell mean ± std over the final seeds, the
-difference to the CE baseline of the same cell with Welch's t-test, and the figures.
+"""Study reports from the tracking store alone: per cell mean ± std over the final seeds (and how
+many failed), each X+head against its base loss X of the same condition paired by seed (exact
+sign-flip test and interval, the paired t-test beside it, q-values over the report), the claims'
+verdicts, the verdicts across a sensitivity knob, and the figures.
 
     pal-study report quickstart --format md --out reports/quickstart
 """
@@ -34,6 +36,10 @@ class FinalRun:
     config_path: str = "config.yaml"
     checkpoint: str | None = None  # the final's trained model, where checkpoints were on
     config: dict[str, Any] | None = None  # the trained config, when read from the study's own record
+    failed: bool = False  # a final that ended without a result (counted by the failed-finals rule)
+    variant: dict[str, Any] | None = None  # a sensitivity cell's fixed knob: value
+    parent: str | None = None  # a sensitivity cell's tuned cell (label)
+    num_classes: int | None = None
 
 
 @dataclass
@@ -50,6 +56,8 @@ class CellRow:
     run_ids: list[str]
     stats: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (mean, std)
     comparison: Paired | None = None  # test_acc against the row's baseline cell, paired by seed
+    failed_seeds: list[int] = field(default_factory=list)  # finals that ended without a result
+    variant: dict[str, Any] | None = None  # a sensitivity cell's fixed knob: value
 
 
 def _f(v: Any, default: float = 0.0) -> float:
@@ -77,25 +85,45 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
         token = None
         while True:
             page = client.search_runs([exp.experiment_id],
-                                      f"tags.`{under}` = '{parent}' and tags.stage = 'final' "
-                                      "and tags.outcome = 'completed'", max_results=1000, page_token=token)
-            runs += [r for r in page if r.info.run_id not in seen]
+                                      f"tags.`{under}` = '{parent}' and tags.stage = 'final'", max_results=1000,
+                                      page_token=token)
+            # Completed and failed finals (MLflow's filter has no IN for tags); not a run still open.
+            runs += [r for r in page if r.info.run_id not in seen
+                     and r.data.tags.get("outcome") in ("completed", "failed")]
             seen.update(r.info.run_id for r in page)
             token = page.token
             if not token:
                 break
+    from pal_study.failed_finals import num_classes
+    from pal_study.tracking import SENSITIVITY_OF_TAG, SENSITIVITY_TAG
+
     out = []
     for r in runs:
         t, p = r.data.tags, r.data.params
+        dataset = t.get("dataset", "?")
+        options = {k.split(".", 2)[2]: v for k, v in p.items() if k.startswith(f"data.{dataset}.")}
         out.append(FinalRun(
             run_id=r.info.run_id, cell=t.get("cell", "?"), group=t.get("cell_group", ""), method=t.get("method", "?"),
             dataset=t.get("dataset", "?"), noise_rate=_f(t.get("noise_rate")), imbalance_ratio=_f(t.get("imbalance_ratio"), 1.0),
             seed=int(_f(t.get("seed"))), weight_decay=_f(p["optim.weight_decay"]) if "optim.weight_decay" in p else None,
             metrics={k.removeprefix("final_"): v for k, v in r.data.metrics.items() if k.startswith("final_")},
-            checkpoint=t.get("pal.checkpoint"),
+            checkpoint=t.get("pal.checkpoint"), failed=t.get("outcome") == "failed",
+            variant=json.loads(t[SENSITIVITY_TAG]) if t.get(SENSITIVITY_TAG) else None,
+            parent=t.get(SENSITIVITY_OF_TAG),
+            num_classes=num_classes(dataset, {"data": {dataset: {k: _num_or_str(v) for k, v in options.items()}}}),
         ))
     out.sort(key=lambda r: (r.cell, r.seed))
     return exp.experiment_id, parent, out
+
+
+def _num_or_str(v: str) -> Any:
+    try:
+        return int(v)
+    except ValueError:
+        try:
+            return float(v)
+        except ValueError:
+            return v
 
 
 BASELINES = ("base", "ce")
@@ -113,19 +141,35 @@ def baseline_method(method: str, baseline: str = "base") -> str | None:
     return loss if sep and head in ("pal", "fnpal", "norm") else None
 
 
+def run_values(runs: list[FinalRun]) -> dict[str, dict[int, dict[str, Any]]]:
+    """cell -> seed -> metrics, failed finals as the failed-finals rule counts them."""
+    from pal_study.failed_finals import failed_metrics
+
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for r in runs:
+        out.setdefault(r.cell, {})[r.seed] = failed_metrics(r.num_classes) if r.failed else r.metrics
+    return out
+
+
 def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") -> list[CellRow]:
-    """Per cell: mean ± std over its final seeds, and its test accuracy against its baseline
-    cell (same other factors), paired by seed, with q-values over all the report's comparisons."""
+    """Per cell: mean ± std over its completed final seeds (and which failed), and its test
+    accuracy against its baseline cell (same other factors), paired by seed with failed finals
+    counted by the failed-finals rule, with q-values over all the report's comparisons."""
+    from pal_study.failed_finals import apply_rule
+
     cells: dict[str, list[FinalRun]] = {}
     for r in runs:
         cells.setdefault(r.cell, []).append(r)
+    values = run_values(runs)
     rows = []
-    for cell, rs in cells.items():
-        first = rs[0]
+    for cell, every in cells.items():
+        rs = [r for r in every if not r.failed]
+        first = every[0]
         row = CellRow(cell=cell, group=first.group, method=first.method, dataset=first.dataset,
                       noise_rate=first.noise_rate, imbalance_ratio=first.imbalance_ratio,
                       weight_decay=first.weight_decay, n=len(rs), seeds=[r.seed for r in rs],
-                      run_ids=[r.run_id for r in rs])
+                      run_ids=[r.run_id for r in rs], failed_seeds=[r.seed for r in every if r.failed],
+                      variant=first.variant)
         for key in sorted({k for r in rs for k in r.metrics}):
             ms = mean_std([r.metrics.get(key) for r in rs])
             if ms:
@@ -137,26 +181,40 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
         if base is None or base is row:
             continue
         row.comparison = paired(row.cell, base.cell, METRIC,
-                                {r.seed: r.metrics.get(METRIC) for r in cells[row.cell]},
-                                {r.seed: r.metrics.get(METRIC) for r in cells[base.cell]})
+                                {s: m.get(METRIC) for s, m in values[row.cell].items()},
+                                {s: m.get(METRIC) for s, m in values[base.cell].items()})
+        marks: dict[str, Any] = {}
+        apply_rule(marks, values[row.cell], values[base.cell], METRIC)
+        row.comparison.failed_cell = tuple(marks["failed_cell"])
+        row.comparison.failed_baseline = tuple(marks["failed_baseline"])
+        row.comparison.note = marks.get("note")
     adjust_all([r.comparison for r in rows if r.comparison is not None], adjust)
-    rows.sort(key=lambda r: (r.dataset, r.imbalance_ratio, r.noise_rate, r.group, r.method))
+    rows.sort(key=lambda r: (r.dataset, r.imbalance_ratio, r.noise_rate, r.variant is not None, r.group, r.method))
     return rows
 
 
 def comparisons(rows: list[CellRow]) -> list[dict[str, Any]]:
     """Every comparison's numbers (the report's JSON format)."""
-    keys = ("cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test", "p_wilcoxon")
-    return [{k: getattr(r.comparison, k) for k in keys} | {"seeds": list(r.comparison.seeds)}
+    keys = ("cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "ci_level", "p", "p_se", "min_p",
+            "q", "test", "p_t", "p_wilcoxon", "sd", "mdd", "seeds_needed", "note")
+    return [{k: getattr(r.comparison, k) for k in keys}
+            | {k: list(getattr(r.comparison, k)) for k in ("seeds", "failed_cell", "failed_baseline")}
             for r in rows if r.comparison is not None]
 
 
 def _delta(c: Paired | None) -> str:
     if c is None or c.delta is None:
         return "-"
-    if c.ci_low is None:
+    if c.p is None:
         return f"{100 * c.delta:+.2f} (n={c.n_pairs})"
+    if c.ci_low is None:
+        return f"{100 * c.delta:+.2f} (unbounded at n={c.n_pairs})"
     return f"{100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"
+
+
+def _n(row: CellRow) -> str:
+    k = len(row.failed_seeds)
+    return f"{row.n} ({k} of {row.n + k} failed)" if k else str(row.n)
 
 
 def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
@@ -166,8 +224,8 @@ def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
-COLUMNS = ["cell", "method", "n", "val acc %", "test acc %", "Δ test (points) [95% CI]", "vs", "p (paired t)", "q",
-           "ECE", "many/medium/few %"]
+COLUMNS = ["cell", "method", "n", "val acc %", "test acc %", "Δ test (points) [sign-flip CI]", "vs", "p (sign-flip)",
+           "q", "p (paired t)", "ECE", "many/medium/few %"]
 
 
 def table_rows(rows: list[CellRow]) -> list[list[str]]:
@@ -176,10 +234,11 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
         groups = " / ".join(f"{100 * r.stats[f'test_acc_{g}'][0]:.1f}" if f"test_acc_{g}" in r.stats else "-"
                             for g in GROUPS)
         out.append([
-            r.cell, r.method, str(r.n), _pm(r, "val_acc"), _pm(r, "test_acc"), _delta(r.comparison),
+            r.cell, r.method, _n(r), _pm(r, "val_acc"), _pm(r, "test_acc"), _delta(r.comparison),
             "-" if r.comparison is None else r.comparison.baseline,
             "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
             "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
+            "-" if r.comparison is None or r.comparison.p_t is None else f"{r.comparison.p_t:.3g}",
             _pm(r, "ece", 1.0, 3), groups if groups != "- / - / -" else "-",
         ])
     return out
@@ -205,11 +264,13 @@ class Analysis:
     importance: list[Any] = field(default_factory=list)  # pal_study.importance.CellImportance
     importance_note: str | None = None
     curves: dict[str, list[Any]] | None = None  # cell -> pal_study.figures.TrialCurve, from the journal
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the claims judged across each knob
 
     def as_dict(self) -> dict[str, Any]:
         return {"ranking": self.ranking.as_dict() if self.ranking is not None else None,
                 "improvements": [i.as_dict() for i in self.improvements],
-                "importance": [i.as_dict() for i in self.importance], "importance_note": self.importance_note}
+                "importance": [i.as_dict() for i in self.importance], "importance_note": self.importance_note,
+                "sensitivity": self.sensitivity}
 
 
 def analyse(rows: list[CellRow], runs: list[FinalRun], *, run_dir: Any = None,
@@ -219,6 +280,10 @@ def analyse(rows: list[CellRow], runs: list[FinalRun], *, run_dir: Any = None,
     per-cell parameter importance from the study's Optuna journal in ``run_dir`` (when given)."""
     from pal_study.ranking import probability_of_improvement, rank_methods
 
+    # Ranks and improvements are over the factor grid: sensitivity cells re-run a cell at fixed
+    # knob values and are judged in their own section.
+    rows = [r for r in rows if r.variant is None]
+    runs = [f for f in runs if not f.variant and not f.failed]
     out = Analysis()
     scores: dict[str, dict[str, float]] = {}
     for r in rows:
@@ -261,6 +326,12 @@ def _analysis_md(a: Analysis) -> list[str]:
     from pal_study.importance import render_importances
 
     lines: list[str] = []
+    if a.sensitivity:
+        from pal_study.sensitivity import SENSITIVITY_COLUMNS, render as render_sensitivity, table_cells
+
+        lines += ["", "## Verdicts across a knob (sensitivity)", "", "```", render_sensitivity(a.sensitivity), "```",
+                  "", "| " + " | ".join(SENSITIVITY_COLUMNS) + " |", "|" + "---|" * len(SENSITIVITY_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in table_cells(a.sensitivity)]
     rk = a.ranking
     if rk is not None:
         lines += ["", "## Ranks across conditions", ""]
@@ -315,14 +386,14 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
         buf = io.StringIO()
         w = csv.writer(buf)
         w.writerow(["cell", "method", "dataset", "noise_rate", "imbalance_ratio", "n", "seeds", "val_mean", "val_std",
-                    "test_mean", "test_std", "baseline", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test",
-                    "ece_mean", "many", "medium", "few", "run_ids"])
+                    "test_mean", "test_std", "baseline", "n_pairs", "delta", "ci_low", "ci_high", "ci_level", "p", "q",
+                    "p_t", "mdd", "test", "ece_mean", "many", "medium", "few", "run_ids"])
         for r in rows:
             g = [r.stats.get(f"test_acc_{x}", (None,))[0] for x in GROUPS]
             w.writerow([r.cell, r.method, r.dataset, r.noise_rate, r.imbalance_ratio, r.n, " ".join(map(str, r.seeds)),
                         *r.stats.get("val_acc", (None, None)), *r.stats.get("test_acc", (None, None)),
-                        *((c.baseline, c.n_pairs, c.delta, c.ci_low, c.ci_high, c.p, c.q, c.test)
-                          if (c := r.comparison) else (None,) * 8),
+                        *((c.baseline, c.n_pairs, c.delta, c.ci_low, c.ci_high, c.ci_level, c.p, c.q, c.p_t, c.mdd,
+                           c.test) if (c := r.comparison) else (None,) * 11),
                         r.stats.get("ece", (None,))[0], *g, " ".join(r.run_ids)])
         return buf.getvalue()
     if fmt == "latex":
@@ -331,6 +402,13 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
                  " & ".join(esc(c) for c in COLUMNS) + r" \\", r"\midrule"]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
         lines += [r"\bottomrule", r"\end{tabular}"]
+        if analysis is not None and analysis.sensitivity:
+            from pal_study.sensitivity import SENSITIVITY_COLUMNS, table_cells
+
+            lines += ["", r"\begin{tabular}{" + "l" * 4 + "r" * (len(SENSITIVITY_COLUMNS) - 4) + "}", r"\toprule",
+                      " & ".join(esc(c) for c in SENSITIVITY_COLUMNS) + r" \\", r"\midrule"]
+            lines += [" & ".join(esc(c) for c in row) + r" \\" for row in table_cells(analysis.sensitivity)]
+            lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -341,6 +419,18 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
     if analysis is not None:
         lines += _analysis_md(analysis)
     return "\n".join(lines) + "\n"
+
+
+def sensitivity_csv(results: list[dict[str, Any]]) -> str:
+    """Every comparison at every value of every sensitivity knob, one row each."""
+    from pal_study.sensitivity import table
+
+    flat = table(results)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(flat[0]) if flat else ["knob"])
+    w.writeheader()
+    w.writerows(flat)
+    return buf.getvalue()
 
 
 def rich_table(rows: list[CellRow], title: str):
@@ -360,7 +450,7 @@ def figures(rows: list[CellRow], curves: dict[str, list[Any]] | None = None) -> 
     the Optuna journal's ``curves``, learning curves and the objective against each parameter."""
     from pal_study.figures import study_figures
 
-    return study_figures(rows, curves)
+    return study_figures([r for r in rows if r.variant is None], curves)
 
 
 def report_files(rows: list[CellRow], study: str, claims: list[dict[str, Any]] | None = None,
@@ -368,9 +458,11 @@ def report_files(rows: list[CellRow], study: str, claims: list[dict[str, Any]] |
     files: dict[str, bytes | str] = {
         "report/comparison.md": f"# {study}\n\n" + render(rows, "md", claims, analysis),
         "report/comparison.csv": render(rows, "csv"),
-        "report/comparison.tex": render(rows, "latex"),
+        "report/comparison.tex": render(rows, "latex", analysis=analysis),
         "report/comparison.json": render(rows, "json", claims, analysis),
     }
+    if analysis is not None and analysis.sensitivity:
+        files["report/sensitivity.csv"] = sensitivity_csv(analysis.sensitivity)
     pngs = {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, study)}
     files.update({f"report/{k}": v for k, v in pngs.items()})
     from pal_study.report_html import render_html
@@ -384,6 +476,12 @@ def analysis_figures(analysis: Analysis | None, study: str) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     if analysis is None:
         return out
+    if analysis.sensitivity:
+        from pal_study.sensitivity import figure_png
+
+        png = figure_png(analysis.sensitivity, study)
+        if png:
+            out["sensitivity.png"] = png
     if analysis.ranking is not None:
         from pal_study.ranking import cd_diagram_png
 
@@ -400,22 +498,42 @@ def analysis_figures(analysis: Analysis | None, study: str) -> dict[str, bytes]:
     return out
 
 
-def study_claims(client: Any, parent_id: str) -> tuple[list[Any], float]:
-    """The claims the study stated (its parent run's ``claims.json``, else its resolved spec) and alpha."""
+@dataclass
+class StatedClaims:
+    """What a study stated: its claims, their α, the protocol notes beside each verdict and the
+    sensitivity knobs' values in the study's order."""
+
+    claims: list[Any] = field(default_factory=list)  # pal_study.claims.ClaimSpec
+    alpha: float = 0.05
+    notes: list[list[str]] = field(default_factory=list)
+    sensitivity: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def stated_claims(saved: list[dict[str, Any]] | None, spec: dict[str, Any] | None) -> StatedClaims:
+    """From a study's saved verdicts (claims.json / summary.json) and, where kept, its resolved spec."""
+    from pal_study.claims import ClaimSpec
+
+    spec = spec or {}
+    if saved:
+        return StatedClaims([ClaimSpec.model_validate(c["spec"]) for c in saved], float(saved[0]["alpha"]),
+                            [list(c.get("protocol") or []) for c in saved], dict(spec.get("sensitivity") or {}))
+    return StatedClaims([ClaimSpec.model_validate(c) for c in spec.get("claims") or []],
+                        float(spec.get("claims_alpha", 0.05)), [], dict(spec.get("sensitivity") or {}))
+
+
+def study_claims(client: Any, parent_id: str) -> StatedClaims:
+    """The claims the study stated (its parent run's ``claims.json`` and resolved spec)."""
     import tempfile
     from pathlib import Path
 
-    from pal_study.claims import ClaimSpec
-
     names = {a.path for a in client.list_artifacts(parent_id)}
+    saved = spec = None
     with tempfile.TemporaryDirectory() as tmp:
         if "claims.json" in names:
             saved = json.loads(Path(client.download_artifacts(parent_id, "claims.json", tmp)).read_text())
-            return [ClaimSpec.model_validate(c["spec"]) for c in saved], float(saved[0]["alpha"]) if saved else 0.05
         if "study_resolved.json" in names:
             spec = json.loads(Path(client.download_artifacts(parent_id, "study_resolved.json", tmp)).read_text())
-            return [ClaimSpec.model_validate(c) for c in spec.get("claims") or []], float(spec.get("claims_alpha", 0.05))
-    return [], 0.05
+    return stated_claims(saved, spec)
 
 
 def _factors_of(label: str) -> dict[str, Any]:
@@ -429,17 +547,32 @@ def _factors_of(label: str) -> dict[str, Any]:
     return out
 
 
+def judge_finals(stated: StatedClaims, runs: list[FinalRun],
+                 adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(claims' verdicts, their verdicts across each sensitivity knob) judged on ``runs``: the one
+    code path for the run's end, ``report`` from the tracking store and from the study's record."""
+    from pal_study.claims import CellInfo, evaluate
+    from pal_study.sensitivity import Variant, judge
+
+    if not stated.claims:
+        return [], []
+    cells: dict[str, CellInfo] = {}
+    variants: dict[str, Variant] = {}
+    for r in runs:
+        if r.variant and r.parent:
+            knob, value = next(iter(r.variant.items()))
+            variants.setdefault(r.cell, Variant(r.cell, r.parent, knob, value))
+        else:
+            cells.setdefault(r.cell, CellInfo(r.cell, r.method, _factors_of(r.cell)))
+    values = run_values(runs)
+    results = evaluate(stated.claims, list(cells.values()), values, alpha=stated.alpha, adjust=adjust)
+    for i, result in enumerate(results):
+        result["protocol"] = stated.notes[i] if i < len(stated.notes) else []
+    sens = judge(stated.claims, list(cells.values()), list(variants.values()), values, alpha=stated.alpha,
+                 order=stated.sensitivity)
+    return results, [k.as_dict() for k in sens]
+
+
 def claim_results(client: Any, parent_id: str, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
     """The study's claims judged on the final runs in the tracking store (as at the study's end)."""
-    from pal_study.claims import CellInfo, evaluate
-
-    claims, alpha = study_claims(client, parent_id)
-    if not claims:
-        return []
-    cells: dict[str, CellInfo] = {}
-    values: dict[str, dict[int, dict[str, float]]] = {}
-    for r in runs:
-        cells.setdefault(r.cell, CellInfo(r.cell, r.method, _factors_of(r.cell)))
-        values.setdefault(r.cell, {})[r.seed] = r.metrics
-    return evaluate(claims, list(cells.values()), values, alpha=alpha, adjust=adjust)
-
+    return judge_finals(study_claims(client, parent_id), runs, adjust)[0]

@@ -35,8 +35,9 @@ def render_html(rows: list[Any], title: str, claims: list[dict[str, Any]] | None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or 'pal-study report')}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title or 'pal-study report')}</h1>",
-             f"<p>Final seeds per cell, mean ± std; Δ paired by seed against the row's baseline cell, 95 % t "
-             f"interval, paired t-test, q adjusted over all comparisons. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
+             f"<p>Final seeds per cell, mean ± std (failed finals counted beside n); Δ paired by seed against "
+             f"the row's baseline cell with the exact sign-flip test and its interval (the paired t-test beside "
+             f"it), q adjusted over all comparisons. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
              "<h2>Comparison</h2>"]
     marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q < 0.05 for r in rows]
     parts.append(_table(COLUMNS, table_rows(rows), marks))
@@ -44,6 +45,12 @@ def render_html(rows: list[Any], title: str, claims: list[dict[str, Any]] | None
         from pal_study.claims import render_verdicts
 
         parts += ["<h2>Claims</h2>", f"<pre>{html.escape(render_verdicts(claims))}</pre>"]
+    if analysis is not None and getattr(analysis, "sensitivity", None):
+        from pal_study.sensitivity import SENSITIVITY_COLUMNS, render as render_sensitivity, table_cells
+
+        parts += ["<h2>Verdicts across a knob (sensitivity)</h2>",
+                  f"<pre>{html.escape(render_sensitivity(analysis.sensitivity))}</pre>",
+                  _table(SENSITIVITY_COLUMNS, table_cells(analysis.sensitivity))]
     if analysis is not None:
         rk = analysis.ranking
         if rk is not None and rk.average_ranks:

@@ -146,6 +146,12 @@ def code_tags() -> dict[str, str]:
     return {"pal_study_version": __version__, **({"git_commit": commit} if commit else {})}
 
 
+# A sensitivity cell's runs (cell and finals): the knob it fixes as JSON ({"head.scale": 5}) and
+# the label of the cell whose best config it re-runs.
+SENSITIVITY_TAG = "pal.sensitivity"
+SENSITIVITY_OF_TAG = "pal.sensitivity_of"
+
+
 def trial_tags(cfg: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The tags a child run is filtered and grouped by in the UI."""
     from pal_study.config import TrainConfig, method_name

@@ -200,7 +200,7 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
             link = {"mlflow.parentRunId": parent} | ({"pal.study_run": study} if layout == "new" else {})
             for seed in (0, 1):
                 _log_final(client, exp_id, _final_tags(cell, method, seed, **link), accs[(method, seed)])
-            # Neither a tuning run nor a failed final is a completed final.
+            # A tuning run is no final; a failed final is read as failed.
             client.create_run(exp_id, tags={**_final_tags(cell, method, 0, **link), "stage": "tune"})
             client.create_run(exp_id, tags={**_final_tags(cell, method, 2, **link), "outcome": "failed"})
         if layout == "old":
@@ -210,6 +210,12 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
         got_exp, got_study, finals = fetch_finals(client, layout)
         assert (got_exp, got_study) == (exp_id, study)
         results[layout] = finals
+    # Failed finals are read too (the report counts them), marked failed and without metrics.
+    for layout, finals in results.items():
+        failed = [f for f in finals if f.failed]
+        assert sorted((f.method, f.seed) for f in failed) == [("ce", 2), ("ce+fnpal", 2)], layout
+        assert all(f.metrics == {} for f in failed)
+        results[layout] = [f for f in finals if not f.failed]
     old, new = results["old"], results["new"]
     assert len(old) == 5 and len({f.run_id for f in old}) == 5
     old_without_extra = [f for f in old if f.seed != 3]

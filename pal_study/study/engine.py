@@ -90,6 +90,10 @@ class StudySearcher(Searcher):
         self._finals_issued: dict[int, set[int]] = {}
         self._finals_skipped: dict[int, str] = {}
         for cell in study.cells:
+            self._finals_issued[cell.index] = set(store.final_results(cell))
+            if cell.is_variant:  # a sensitivity cell: its parent's tuning picks its config
+                self._issued[cell.index] = 0
+                continue
             st = store.open_tuning(cell, build_sampler(study.spec.budget.sampler, cell.index),
                                    build_pruner(study.spec.budget.pruner, cell.config.optim.epochs or epochs))
             self._tuning[cell.index] = st
@@ -98,7 +102,6 @@ class StudySearcher(Searcher):
             running = [t for t in trials if t.state == TrialState.RUNNING]
             self._resume += [(cell, t.number) for t in running]
             self._issued[cell.index] = sum(t.state.is_finished() for t in trials) + len(running)
-            self._finals_issued[cell.index] = set(store.final_results(cell))
         n_seeds = len(study.spec.finals.seeds)
         # Few cells for many slots: one seed per trial keeps the slots busy; otherwise all seeds of
         # a cell in one trial, paying the per-trial costs once.
@@ -106,7 +109,7 @@ class StudySearcher(Searcher):
         # At most this many tuning trials of one cell at a time. With at least as many cells as
         # slots that is one: each ask and each pruning decision then sees exactly the cell's
         # earlier trials, so a study re-run with the same seeds gives the same trials and table.
-        self._per_cell = max(1, math.ceil(slots / max(1, len(study.cells))))
+        self._per_cell = max(1, math.ceil(slots / max(1, len(study.factor_cells))))
 
     # -- Tune's serialisation: the state lives in the Optuna storage, nothing to save --------
     def save_to_dir(self, checkpoint_dir: str, session_str: str = "default") -> None:
@@ -175,6 +178,7 @@ class StudySearcher(Searcher):
         st.sampler = build_sampler(self.spec.budget.sampler, cell.index, len(st.get_trials(deepcopy=False)))
         trial = st.ask()
         trial.set_user_attr("cell", cell.label)
+        trial.set_user_attr("seed", cell.config.seed)
         return Job("tune", cell, trial=trial)
 
     def _running(self, cell: Cell) -> int:
@@ -191,6 +195,7 @@ class StudySearcher(Searcher):
         return missing
 
     def _tuning_finished(self, cell: Cell) -> bool:
+        cell = self.study.tuning_cell(cell)
         if self._issued[cell.index] < self.study.budget(cell):
             return False
         if any(c.index == cell.index for c, _ in self._resume):
@@ -203,7 +208,14 @@ class StudySearcher(Searcher):
         return all(self._tuning_finished(c) and not self._missing_final_seeds(c) for c in self.study.cells)
 
     def best(self, cell: Cell) -> optuna.trial.FrozenTrial | None:
-        return best_trial(self._tuning[cell.index].get_trials(deepcopy=False), self.spec.objective.mode)
+        """The best tuning trial behind ``cell``'s finals (a sensitivity cell's: its parent's)."""
+        tuning = self.study.tuning_cell(cell)
+        return best_trial(self._tuning[tuning.index].get_trials(deepcopy=False), self.spec.objective.mode)
+
+    def final_params(self, cell: Cell, best: optuna.trial.FrozenTrial | None) -> dict[str, Any]:
+        """The searched values a final of ``cell`` runs with: the best trial's, less the knobs a
+        sensitivity cell fixes (its config holds them)."""
+        return {k: v for k, v in (best.params if best else {}).items() if k not in cell.variant}
 
     def trial_config(self, cell: Cell, params: dict[str, Any], *, seed: int | None = None,
                      epochs: int | None = None) -> dict[str, Any]:
@@ -246,7 +258,7 @@ class StudySearcher(Searcher):
         ckpt = {"paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
                 "every_epochs": every}
         return {"stage": "final", "cell": job.cell.index, "seeds": job.seeds, "best_trial": best.number,
-                "config": self.trial_config(job.cell, best.params, epochs=self.spec.finals.epochs),
+                "config": self.trial_config(job.cell, self.final_params(job.cell, best), epochs=self.spec.finals.epochs),
                 "details": self.details, "checkpoint": ckpt if every != 0 else None}
 
     # -- pruning (called by the scheduler, which sees every result first) -------------------
@@ -393,7 +405,7 @@ class StudySearcher(Searcher):
         ok = result.get("status") == "completed" and value is not None and math.isfinite(value)
         attrs = {k: jsonable(v) for k, v in result.items()
                  if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))}
-        cfg = self.trial_config(job.cell, best.params if best else {}, seed=seed, epochs=self.spec.finals.epochs)
+        cfg = self.trial_config(job.cell, self.final_params(job.cell, best), seed=seed, epochs=self.spec.finals.epochs)
         attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
         finals.add_trial(optuna.trial.create_trial(
             state=TrialState.COMPLETE if ok else TrialState.FAIL,

@@ -28,7 +28,7 @@ from pal_study.study.ray_env import (RAY_ENV, quiet_tune_summary, slots_for, slo
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore
 from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, claim_verdicts, render_table,
-                                     summarize, write_summary)
+                                     sensitivity_verdicts, summarize, write_summary)
 
 TRIALS_PER_TUNER = 250
 
@@ -130,6 +130,7 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                              resumed_trials=resumed, timings=timings)
         if not interrupted:
             outcome.claims = claim_verdicts(study, outcome.cells)
+            outcome.sensitivity = sensitivity_verdicts(study, outcome.cells)
         if tracker is not None:
             tracker_thread.close()
             finish_tracking(tracker, study, store, outcome, console)
@@ -250,6 +251,7 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
         rows = report_rows()
         # Ranks, probability of improvement and parameter importance (from the journal here).
         analysis = analyse(rows, read[0][0], run_dir=store.dir)
+        analysis.sensitivity = outcome.sensitivity
         files = report_files(rows, study.spec.name, outcome.claims, analysis)
         if analysis.importance:
             files["importance.json"] = json.dumps([i.as_dict() for i in analysis.importance], indent=1)
@@ -259,7 +261,7 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     undelivered = tracker.finish(outcome.interrupted, make_files, summary={
         "study": study.spec.name, "interrupted": outcome.interrupted, "counts": counts,
         "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells],
-        "claims": outcome.claims}, report_rows=None if outcome.interrupted else report_rows)
+        "claims": outcome.claims, "sensitivity": outcome.sensitivity}, report_rows=None if outcome.interrupted else report_rows)
     if undelivered:
         note = store.dir / "tracking_incomplete.json"
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))

@@ -32,11 +32,19 @@ from pal_study.study.samplers import SamplerSpec, default_sampler
 from pal_study.claims import CellInfo, ClaimSpec
 from pal_study.claims import check as check_claims
 from pal_study.study import pruners, samplers
+from pal_study.study.protocol import check_equal_tuning, knob_applies
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
+
+
+TUNING_SEED = 1000
 
 
 class BudgetSpec(_Strict):
     trials_per_cell: int = Field(8, ge=1, le=100_000)
+    tuning_seed: int = Field(
+        TUNING_SEED, ge=0, lt=2**32,
+        description="seed of every tuning trial (split, noisy labels, init, data order); never one of "
+                    "finals.seeds, so no final repeats a tuning run")
     epochs: int | None = Field(None, ge=1, description="epochs of each tuning trial; default: the base's")
     # One model per sampler / pruner, each with only its own options (study/samplers.py, pruners.py).
     sampler: SamplerSpec = Field(default_factory=default_sampler)
@@ -84,17 +92,38 @@ class CheckpointSpec(_Strict):
         return v
 
 
+# Objectives a real user of noisy labels does not have: the test set, and the validation split's
+# clean labels. Tuning on either selects with information the setting withholds (an oracle).
+ORACLE_OBJECTIVES = {
+    "test_acc": "tuning on test_acc leaks the test set into model selection",
+    "val_acc_clean": "tuning on val_acc_clean selects with the validation split's clean labels, which a "
+                     "study of noisy labels does not have (an oracle)",
+}
+
+
 class ObjectiveSpec(_Strict):
     metric: Literal["val_acc", "val_acc_clean", "test_acc", "train_loss", "ece", "gamma_min", "margin_mean"] = "val_acc"
     mode: Literal["max", "min"] = "max"
-    allow_test: bool = Field(False, description="tuning on test accuracy leaks the test set: opt in")
+    allow_test: bool = Field(False, description="opt in to an oracle objective (test_acc, val_acc_clean)")
 
     @model_validator(mode="after")
-    def _no_test(self) -> ObjectiveSpec:
-        if self.metric == "test_acc" and not self.allow_test:
-            raise KeyedError("metric", "tuning on test_acc leaks the test set into model selection; "
-                             "use val_acc (default), or set objective.allow_test: true knowingly")
+    def _no_oracle(self) -> ObjectiveSpec:
+        if self.metric in ORACLE_OBJECTIVES and not self.allow_test:
+            raise KeyedError("metric", f"{ORACLE_OBJECTIVES[self.metric]}; use val_acc (default), or set "
+                                       "objective.allow_test: true knowingly")
         return self
+
+
+class ProtocolSpec(_Strict):
+    """How a study with claims compares methods."""
+
+    equal_tuning: bool = Field(
+        True, description="every compared pair of cells searches the same optimiser and loss knobs with the same "
+                          "number of trials, and the head's own knobs (the scale s of fnpal/norm) are searched or "
+                          "listed in fixed")
+    fixed: list[str] = Field(default_factory=list,
+                             description="knobs the study leaves at their config value on purpose (e.g. head.scale); "
+                                         "the report names them beside the verdicts")
 
 
 class StudySpec(_Strict):
@@ -109,7 +138,11 @@ class StudySpec(_Strict):
     objective: ObjectiveSpec = ObjectiveSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     claims: list[ClaimSpec] = Field(default_factory=list, description="stated results, given verdicts at the end")
-    claims_alpha: float = Field(0.05, gt=0, lt=1, description="a comparison is decided when its q-value is below this")
+    claims_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the claims' tests")
+    protocol: ProtocolSpec = ProtocolSpec()
+    sensitivity: dict[str, list[Any]] = Field(
+        default_factory=dict, description="knob: values; each claim is judged again with the finals run at each "
+                                          "fixed value (e.g. head.scale: [2, 5, 10, 20])")
 
     @field_validator("name")
     @classmethod
@@ -128,6 +161,27 @@ class StudySpec(_Strict):
                 raise KeyedError(key, f"repeated values in {values}")
         return v
 
+    @field_validator("sensitivity")
+    @classmethod
+    def _sensitivity(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if not isinstance(values, list) or not values:
+                raise KeyedError(key, "give a non-empty list of values, e.g. [2, 5, 10, 20]")
+            if len({repr(x) for x in values}) != len(values):
+                raise KeyedError(key, f"repeated values in {values}")
+        return v
+
+    @model_validator(mode="after")
+    def _seeds_disjoint(self) -> StudySpec:
+        if self.budget.tuning_seed in self.finals.seeds:
+            raise KeyedError("budget.tuning_seed", f"{self.budget.tuning_seed} is also a final seed "
+                             f"(finals.seeds {self.finals.seeds}): a final would repeat a tuning run and carry "
+                             "the winner's luck; pick a seed outside finals.seeds (default 1000)")
+        if self.sensitivity and not self.claims:
+            raise KeyedError("sensitivity", "judges the study's claims at each value: state claims (see "
+                             "docs/statistics.md) or remove the section")
+        return self
+
 
 @dataclass
 class Cell:
@@ -138,10 +192,18 @@ class Cell:
     config: TrainConfig
     method: str
     params: dict[str, Param] = field(default_factory=dict)
+    # A sensitivity cell: the finals of cell ``parent``'s best config with ``variant`` (knob: value)
+    # fixed; it tunes nothing itself. Its factors are the parent's plus the knob.
+    parent: int | None = None
+    variant: dict[str, Any] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         return cell_label(self.factors)
+
+    @property
+    def is_variant(self) -> bool:
+        return self.parent is not None
 
 
 def cell_label(factors: dict[str, Any]) -> str:
@@ -164,12 +226,27 @@ class Study:
 
     def budget(self, cell: Cell) -> int:
         """Tuning trials of a cell: the study's budget, or 1 where nothing is searched (more
-        trials of one fixed config would only repeat it)."""
+        trials of one fixed config would only repeat it); none for a sensitivity cell."""
+        if cell.is_variant:
+            return 0
         return self.spec.budget.trials_per_cell if cell.params else 1
+
+    @property
+    def factor_cells(self) -> list[Cell]:
+        """The cells of the factor grid (without the sensitivity cells)."""
+        return [c for c in self.cells if not c.is_variant]
+
+    def tuning_cell(self, cell: Cell) -> Cell:
+        """The cell whose tuning trials pick ``cell``'s config (itself, or a sensitivity cell's parent)."""
+        return cell if cell.parent is None else self.cells[cell.parent]
 
     @property
     def tuning_trials(self) -> int:
         return sum(self.budget(c) for c in self.cells)
+
+    @property
+    def sensitivity_cells(self) -> list[Cell]:
+        return [c for c in self.cells if c.is_variant]
 
     @property
     def final_trials(self) -> int:
@@ -218,8 +295,17 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
                                   f"{cell.label} sets device: cpu; set resources.gpu: 0 or device: auto/cuda",
                                   source=src, key="resources.gpu")
     _check_params_used(spaces, cells, src)
+    for i, key in enumerate(spec.protocol.fixed):
+        try:
+            _check_key_exists(key)
+        except ValueError as e:
+            raise ConfigError(str(e), source=src, key=f"protocol.fixed[{i}]") from None
     if spec.claims:
-        check_claims(spec.claims, [CellInfo(c.label, c.method, c.factors) for c in cells], src)
+        infos = [CellInfo(c.label, c.method, c.factors) for c in cells]
+        check_claims(spec.claims, infos, src)
+        if spec.protocol.equal_tuning:
+            check_equal_tuning(spec, cells, src)
+    cells += _sensitivity_cells(spec, cells, src)
     return Study(spec=spec, path=p, base=base, spaces=spaces, cells=cells)
 
 
@@ -263,6 +349,9 @@ def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
             _check_key_exists(key)
         except ValueError as e:
             raise ConfigError(str(e), source=src, key=f"factors.{key}") from None
+        if key == "seed":
+            raise ConfigError("seeds are not a factor: tuning trials run with budget.tuning_seed and each cell's "
+                              "best config is re-run over finals.seeds", source=src, key="factors.seed")
     cells = []
     for index, values in enumerate(itertools.product(*(spec.factors[k] for k in keys))):
         factors = dict(zip(keys, values))
@@ -273,11 +362,49 @@ def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
             for section, key in (("loss", "name"), ("head", "kind")):
                 if isinstance(data.get(section), dict) and key in data[section]:
                     data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
-        data = apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in factors.items()])
+        # Tuning trials run with the tuning seed; finals replace it with each final seed.
+        data = apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in factors.items()]
+                               + [f"seed={spec.budget.tuning_seed}"])
         label = cell_label(factors)
         cfg = validate_train_config(data, f"{src}: cell {label}")
         cells.append(Cell(index=index, factors=factors, config=cfg, method=method_name(cfg)))
     return cells
+
+
+def _sensitivity_cells(spec: StudySpec, cells: list[Cell], src: str) -> list[Cell]:
+    """One cell per sensitivity knob, value and claimed cell the knob applies to: the cell's best
+    config with the knob fixed at the value, re-run over the final seeds (it tunes nothing)."""
+    from pal_study.study.protocol import claim_pairs
+
+    if not spec.sensitivity:
+        return []
+    involved = {c.index for pairs in claim_pairs(spec, cells) for pair in pairs for c in pair}
+    out: list[Cell] = []
+    for key, values in spec.sensitivity.items():
+        try:
+            _check_key_exists(key)
+        except ValueError as e:
+            raise ConfigError(str(e), source=src, key=f"sensitivity.{key}") from None
+        if key in spec.factors:
+            raise ConfigError(f"{key} is a factor already: every value of it has its own cells", source=src,
+                              key=f"sensitivity.{key}")
+        targets = [c for c in cells if c.index in involved and knob_applies(key, c.config)]
+        if not targets:
+            raise ConfigError(f"{key} applies to none of the cells the claims compare (methods: "
+                              f"{', '.join(sorted({c.method for c in cells}))})", source=src, key=f"sensitivity.{key}")
+        for value in values:
+            for parent in targets:
+                factors = {**parent.factors, key: value}
+                data = apply_overrides(parent.config.model_dump(mode="json"), [f"{key}={_yaml_value(value)}"])
+                try:
+                    cfg = validate_train_config(data, f"{src}: sensitivity {key}={value!r}")
+                except ConfigError as e:
+                    raise ConfigError(f"value {value!r} makes an invalid trial: {e}", source=src,
+                                      key=f"sensitivity.{key}") from None
+                out.append(Cell(index=len(cells) + len(out), factors=factors, config=cfg, method=parent.method,
+                                params={k: p for k, p in parent.params.items() if k != key},
+                                parent=parent.index, variant={key: value}))
+    return out
 
 
 def _yaml_value(v: Any) -> str:
@@ -324,21 +451,35 @@ def _probe_values(p: Param) -> list[Any]:
 
 
 def _fixed_note(study: Study) -> str:
-    fixed = sum(1 for c in study.cells if not c.params)
+    fixed = sum(1 for c in study.factor_cells if not c.params)
     return f" ({fixed} cells search nothing: 1 trial each)" if fixed and study.spec.budget.trials_per_cell > 1 else ""
 
 
 def describe(study: Study) -> str:
     s = study.spec
+    n_sens = len(study.sensitivity_cells)
+    sens = f" and {n_sens} sensitivity cells" if n_sens else ""
     lines = [
-        f"study {s.name!r}: {len(study.cells)} cells × {s.budget.trials_per_cell} tuning trials "
-        f"= {study.tuning_trials} trials{_fixed_note(study)}, then {len(s.finals.seeds)} final seeds per cell "
+        f"study {s.name!r}: {len(study.factor_cells)} cells × {s.budget.trials_per_cell} tuning trials "
+        f"= {study.tuning_trials} trials{_fixed_note(study)}, then {len(s.finals.seeds)} final seeds per cell{sens} "
         f"= {study.final_trials} final runs ({study.tuning_trials + study.final_trials} in all)",
         f"  objective {s.objective.metric} ({s.objective.mode}); sampler {s.budget.sampler.name} "
         f"seed {s.budget.sampler.seed}; pruner {s.budget.pruner.name}; resources cpu {s.resources.cpu:g} "
         f"gpu {s.resources.gpu:g} per trial",
+        f"  seeds: tuning trials {s.budget.tuning_seed}, finals {s.finals.seeds}",
     ]
-    for cell in study.cells:
+    for cell in study.factor_cells:
         params = ", ".join(cell.params) or "(no search: base config only)"
         lines.append(f"  [{cell.index}] {cell.label}: {params}")
+    for key, values in s.sensitivity.items():
+        parents = sorted({c.parent for c in study.sensitivity_cells if key in c.variant})
+        lines.append(f"  sensitivity {key} = {values}: finals of cells {parents} at each value")
     return "\n".join(lines)
+
+
+def warnings(study: Study) -> list[str]:
+    """What ``validate`` (and ``run``, at its start) says before compute is spent."""
+    from pal_study.study.protocol import objective_warnings, power_warnings
+
+    cells = study.factor_cells
+    return power_warnings(study.spec, cells) + objective_warnings(study.spec, cells)

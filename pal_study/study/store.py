@@ -46,7 +46,7 @@ def fingerprint(study: Study) -> str:
     """What must not change under stored results: cells, their spaces, objective, sampler, pruner,
     finals epochs. The budget (trials per cell) and the list of final seeds may grow on resume."""
     s = study.spec
-    payload = {
+    payload: dict[str, Any] = {
         "cells": [
             {"label": c.label, "config": c.config.model_dump(mode="json"),
              "params": {k: p.model_dump(mode="json") for k, p in c.params.items()}}
@@ -279,10 +279,21 @@ class StudyStore:
 
     def open_finals(self, cell: Cell) -> optuna.Study:
         direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
-        return optuna.create_study(storage=self.storage, study_name=self.finals_name(cell),
-                                   direction=direction, load_if_exists=True)
+        st = optuna.create_study(storage=self.storage, study_name=self.finals_name(cell),
+                                 direction=direction, load_if_exists=True)
+        if cell.is_variant and not st.user_attrs:
+            # A sensitivity cell has no tuning study of its own to say what it is.
+            st.set_user_attr("cell", cell.label)
+            st.set_user_attr("factors", json.dumps(cell.factors, default=str))
+            st.set_user_attr("method", cell.method)
+            st.set_user_attr("variant", json.dumps(cell.variant, default=str))
+            st.set_user_attr("tuning_study", self.tuning_name(self.study.tuning_cell(cell)))
+        return st
 
     def tuning_trials(self, cell: Cell) -> list[FrozenTrial]:
+        """The cell's own tuning trials ([] for a sensitivity cell, which tunes nothing)."""
+        if cell.is_variant:
+            return []
         return self.open_tuning(cell).get_trials(deepcopy=False)
 
     def final_results(self, cell: Cell) -> dict[int, dict[str, Any]]:

@@ -38,6 +38,8 @@ class CellSummary:
     epochs_run: int = 0
     note: str | None = None
     failures: dict[str, int] = field(default_factory=dict)  # reason -> trials
+    variant: dict[str, Any] = field(default_factory=dict)  # a sensitivity cell's fixed knob: value
+    parent: int | None = None  # a sensitivity cell's tuned cell
 
 
 @dataclass
@@ -49,6 +51,7 @@ class RunOutcome:
     resumed_trials: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)  # verdicts of the study's claims
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the claims judged across knobs
 
     def failure_causes(self) -> list[tuple[str, int]]:
         """Why trials failed, most common first (for the exit-1 summary)."""
@@ -74,7 +77,8 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
     mode = study.spec.objective.mode
     for cell in study.cells:
         trials = store.tuning_trials(cell)
-        best = best_trial(trials, mode)
+        best = best_trial(store.tuning_trials(study.tuning_cell(cell)) if cell.is_variant else trials, mode)
+        best_params = {k: v for k, v in (best.params if best else {}).items() if k not in cell.variant}
         finals = {s: r for s, r in store.final_results(cell).items() if s in study.spec.finals.seeds}
         ok = [r for r in finals.values() if r["state"] == "complete"]
         val = _mean_std([r.get("val_acc") for r in ok])
@@ -85,19 +89,20 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
         out.append(CellSummary(
             index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
             counts=state_counts(trials), best_trial=best.number if best else None,
-            best_value=best.value if best else None, best_params=dict(best.params) if best else {},
+            best_value=best.value if best else None, best_params={**best_params, **cell.variant},
             finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
             groups={g: v for g, v in groups.items() if v is not None},
             ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs, failures=failures,
             note=None if best or not trials else "no tuning trial completed: no finals",
+            variant=dict(cell.variant), parent=cell.parent,
         ))
     return out
 
 
-def _pm(mean: float | None, std: float | None, n: int) -> str:
+def _pm(mean: float | None, std: float | None, n: int, failed: int = 0) -> str:
     if mean is None:
-        return "-"
-    return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n})"
+        return f"- ({failed} failed)" if failed else "-"
+    return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n}{f', {failed} of {n + failed} failed' if failed else ''})"
 
 
 def _params(p: dict[str, Any]) -> str:
@@ -124,10 +129,11 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
     t.add_column("ECE", justify="right")
     for c in cells:
         n = sum(1 for r in c.finals.values() if r["state"] == "complete")
+        failed = sum(1 for r in c.finals.values() if r["state"] == "fail")
         t.add_row(
-            str(c.index), c.label, c.note or _params(c.best_params),
+            str(c.index), c.label + (" (sensitivity)" if c.variant else ""), c.note or _params(c.best_params),
             "-" if c.best_value is None else f"{c.best_value:.4f}",
-            _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n),
+            _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n, failed),
             f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
             + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
             *([" / ".join("-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
@@ -144,19 +150,22 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
     tmp = path.with_suffix(".json.tmp")
     # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
     tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows,
-                               "claims": outcome.claims}, indent=1, default=str))
+                               "claims": outcome.claims, "sensitivity": outcome.sensitivity}, indent=1, default=str))
     os.replace(tmp, path)
     csv_path = store.dir / "summary.csv"
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["cell", "label", "method", "best_trial", "best_value", "best_params", "val_mean", "val_std",
-                    "test_mean", "test_std", "n_finals", "completed", "pruned", "failed", "epochs_run"])
+                    "test_mean", "test_std", "n_finals", "n_finals_failed", "completed", "pruned", "failed",
+                    "epochs_run", "sensitivity_of", "sensitivity"])
         for c in outcome.cells:
             w.writerow([c.index, c.label, c.method, c.best_trial, c.best_value, json.dumps(c.best_params),
                         c.val_mean, c.val_std, c.test_mean, c.test_std,
                         sum(1 for r in c.finals.values() if r["state"] == "complete"),
-                        c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run])
+                        sum(1 for r in c.finals.values() if r["state"] == "fail"),
+                        c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run,
+                        c.parent, json.dumps(c.variant) if c.variant else ""])
     os.replace(tmp, csv_path)
     return path
 
@@ -180,14 +189,45 @@ class SummaryOnFinals:
                                                  wall_time_s=time.perf_counter() - self.t0))
 
 
+def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, dict[str, Any]]]:
+    """label -> seed -> that final's metrics, failed finals as the failed-finals rule counts them."""
+    from pal_study.failed_finals import failed_metrics, num_classes
+
+    by_index = {c.index: c for c in study.cells}
+    values: dict[str, dict[int, dict[str, Any]]] = {}
+    for c in cells:
+        k = num_classes(by_index[c.index].config.data.name, by_index[c.index].config.model_dump(mode="json"))
+        values[c.label] = {int(seed): (rec if rec.get("state") == "complete" else failed_metrics(k))
+                           for seed, rec in c.finals.items() if rec.get("state") in ("complete", "fail")}
+    return values
+
+
 def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
-    """The study's claims judged on its completed final seeds (from the Optuna journal)."""
+    """The study's claims judged on its final seeds (from the Optuna journal), with what the
+    protocol fixed beside each verdict."""
     from pal_study.claims import CellInfo, evaluate
+    from pal_study.study.protocol import protocol_notes
 
     if not study.spec.claims:
         return []
-    values = {c.label: {int(seed): rec for seed, rec in c.finals.items() if rec.get("state") == "complete"}
-              for c in cells}
-    infos = [CellInfo(c.label, c.method, c.factors) for c in study.cells]
-    return evaluate(study.spec.claims, infos, values, alpha=study.spec.claims_alpha)
+    values = final_values(study, cells)
+    infos = [CellInfo(c.label, c.method, c.factors) for c in study.factor_cells]
+    out = evaluate(study.spec.claims, infos, values, alpha=study.spec.claims_alpha)
+    for result, notes in zip(out, protocol_notes(study.spec, study.factor_cells)):
+        result["protocol"] = notes
+    return out
 
+
+def sensitivity_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
+    """The claims judged at each value of the study's sensitivity knobs (from the Optuna journal)."""
+    from pal_study.claims import CellInfo
+    from pal_study.sensitivity import Variant, judge
+
+    if not study.spec.sensitivity or not study.spec.claims:
+        return []
+    values = final_values(study, cells)
+    infos = [CellInfo(c.label, c.method, c.factors) for c in study.factor_cells]
+    variants = [Variant(c.label, study.cells[c.parent].label, *next(iter(c.variant.items())))
+                for c in study.sensitivity_cells if c.parent is not None]
+    return [r.as_dict() for r in judge(study.spec.claims, infos, variants, values, alpha=study.spec.claims_alpha,
+                                       order=study.spec.sensitivity)]

@@ -19,8 +19,8 @@ from pal_study.study.events import (EpochReported, Event, FinalEnded, FinalsSkip
                                     TrialStarted)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
-from pal_study.tracking import (FLUSH_S, Tracking, code_tags, flatten, has_cells_view, set_cells_view,
-                                trial_artifacts, trial_tags)
+from pal_study.tracking import (FLUSH_S, SENSITIVITY_OF_TAG, SENSITIVITY_TAG, Tracking, code_tags, flatten,
+                                has_cells_view, set_cells_view, trial_artifacts, trial_tags)
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,8 @@ class StudyTracker:
                 outcome, status = ("completed", "FINISHED") if rec["state"] == "complete" else ("failed", "FAILED")
                 self._repair(key, f"{cell.label} final seed {seed}", json.loads(rec["config"]), run, outcome, status,
                              rec, [], tags=dict(cell=cell.label, cell_group=_group(cell), stage="final",
-                                                optuna_study=self.store.finals_name(cell)), parent=cell_id)
+                                                optuna_study=self.store.finals_name(cell), **variant_tags(self.study, cell)),
+                             parent=cell_id)
                 repaired += 1
             # Runs logged before cell runs existed (directly under the study run) move under theirs.
             for key, run in self.children.items():
@@ -209,6 +210,11 @@ class StudyTracker:
                         # One line per claim in the runs table; every number in claims.json.
                         tags["claims"] = "; ".join(f"{c['verdict']}: {c['claim']}" for c in summary["claims"])[:5000]
                         files["claims.json"] = json.dumps(summary["claims"], indent=1, default=str)
+                    if summary.get("sensitivity"):
+                        files["sensitivity.json"] = json.dumps(summary["sensitivity"], indent=1, default=str)
+                        tags["sensitivity"] = "; ".join(
+                            f"{k['knob']}: " + ", ".join(f"{b['value']}={b['verdict']}" for b in c["by_value"])
+                            for k in summary["sensitivity"] for c in k["claims"])[:5000]
                     self.t.log_batch(self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()],
                                      tags=tags)
                 if files:
@@ -313,7 +319,8 @@ class StudyTracker:
             return info["run_id"]
         key = f"cell{cell.index:03d}"
         tags = trial_tags(cfg, cell=cell.label, cell_group=_group(cell), stage="cell",
-                          optuna_study=self.store.tuning_name(cell))
+                          optuna_study=self.store.tuning_name(self.study.tuning_cell(cell)),
+                          **variant_tags(self.study, cell))
         for trial_only in ("seed", "config_hash"):
             tags.pop(trial_only, None)
         tags["pal.stage"] = "cell"
@@ -379,7 +386,7 @@ class StudyTracker:
             if info is None or c is None:
                 continue
             metrics = [(k, v, 0) for k, v in (("delta_test_acc", c.delta), ("ci_low", c.ci_low),
-                                              ("ci_high", c.ci_high), ("p", c.p), ("q", c.q))
+                                              ("ci_high", c.ci_high), ("p", c.p), ("q", c.q), ("p_t", c.p_t))
                        if isinstance(v, (int, float)) and info["metrics"].get(k) != v]
             tags = {"baseline": c.baseline} if info["tags"].get("baseline") != c.baseline else {}
             if metrics or tags:  # a rerun of a finished study logs nothing twice
@@ -488,7 +495,7 @@ class StudyTracker:
         cfg = event.config
         outcome = "completed" if event.ok else "failed"
         tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="final", outcome=outcome,
-                          optuna_study=self.store.finals_name(job.cell))
+                          optuna_study=self.store.finals_name(job.cell), **variant_tags(self.study, job.cell))
         if event.reason:
             tags["outcome_reason"] = event.reason
         if result.get("node"):
@@ -543,7 +550,8 @@ def comparison_table(rows: list[Any]) -> dict[str, list]:
     from pal_study.report import comparisons
 
     comps = {c["cell"]: c for c in comparisons(rows)}
-    keys = ("baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test", "p_wilcoxon", "seeds")
+    keys = ("baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "p_t", "test", "p_wilcoxon",
+            "seeds")
     table: dict[str, list] = {k: [] for k in ("cell", "method", "n", "test_acc_mean", "test_acc_std", *keys)}
     for r in rows:
         mean, std = r.stats.get("test_acc", (None, None))
@@ -555,6 +563,13 @@ def comparison_table(rows: list[Any]) -> dict[str, list]:
             v = comp.get(k)
             table[k].append(" ".join(map(str, v)) if k == "seeds" and v is not None else v)
     return table
+
+
+def variant_tags(study: Any, cell: Any) -> dict[str, str]:
+    """A sensitivity cell's tags (the knob it fixes, the cell it re-runs); {} for other cells."""
+    if not cell.variant:
+        return {}
+    return {SENSITIVITY_TAG: json.dumps(cell.variant, default=str), SENSITIVITY_OF_TAG: study.cells[cell.parent].label}
 
 
 def _group(cell: Any) -> str:

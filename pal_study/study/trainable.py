@@ -96,7 +96,7 @@ FAULT_ENV = "PAL_STUDY_FAULT"
 def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     """Fault injection for tests of the harness (never set in normal use):
     ``PAL_STUDY_FAULT="raise:head.kind=pal;kill:loss.name=gce"`` makes the trials whose config
-    matches raise an exception, or be SIGKILLed like a process the OS killed;
+    matches (``key=value``, several joined by ``&``) raise an exception, or be SIGKILLed like a process the OS killed;
     ``killonce:head.kind=pal@2`` SIGKILLs the first matching trial once it has reported epoch 2, one
     time only (a marker in ``$PAL_STUDY_FAULT_DIR``), like a node lost mid-trial. Returns the
     per-epoch hook."""
@@ -110,8 +110,9 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     for rule in spec.split(";"):
         action, _, cond = rule.partition(":")
         cond, _, at = cond.partition("@")
-        key, _, value = cond.partition("=")
-        if flat.get(key.strip()) != value.strip():
+        # Conditions joined by "&" must all hold: "raise:seed=2&head.kind=fnpal".
+        pairs = [part.partition("=") for part in cond.split("&")]
+        if any(flat.get(key.strip()) != value.strip() for key, _, value in pairs):
             continue
         if action == "raise":
             raise RuntimeError(f"injected fault ({FAULT_ENV}: {rule})")

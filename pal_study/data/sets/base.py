@@ -73,6 +73,9 @@ class DatasetSpec:
     group_thresholds: tuple[float, float] = GROUP_THRESHOLDS  # many > hi >= medium >= lo > few
     group_reference_max: int = 500  # largest class the thresholds were defined for
     options_key: str | None = None  # the ``data.<key>`` config section holding its options
+    # Clean training examples before the validation split and any subsampling (validate's warnings
+    # size the validation split from it without loading the data); None: unknown.
+    train_size: Union[int, Callable[[Options], int], None] = None
 
     # -- derived ----------------------------------------------------------------------------
     def shape_for(self, options: Options | None = None) -> Shape:
@@ -82,6 +85,10 @@ class DatasetSpec:
     def classes_for(self, options: Options | None = None) -> int:
         k = self.num_classes
         return int(k(dict(options or {}))) if callable(k) else int(k)
+
+    def train_size_for(self, options: Options | None = None) -> int | None:
+        n = self.train_size
+        return int(n(dict(options or {}))) if callable(n) else n
 
     def arch_for(self, input_shape: Shape) -> str:
         a = self.default_arch

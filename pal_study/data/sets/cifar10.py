@@ -22,6 +22,7 @@ def _cifar10_class() -> type:
 
 
 SPEC = DatasetSpec(
+    train_size=50000,
     name="cifar10",
     summary="CIFAR-10 32x32 colour (50k train / 10k test), torchvision files under data.root",
     load=lambda root, download, options: load_torchvision(SPEC, root, download, dataset_class=_cifar10_class,

@@ -16,6 +16,7 @@ def _cifar100_class() -> type:
 
 
 SPEC = DatasetSpec(
+    train_size=50000,
     name="cifar100",
     summary="CIFAR-100 32x32 colour (50k train / 10k test), torchvision files under data.root",
     load=lambda root, download, options: load_torchvision(SPEC, root, download, dataset_class=_cifar100_class,

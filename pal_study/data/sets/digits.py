@@ -7,6 +7,7 @@ from pal_study.data.sets.mnist import ASYMMETRIC_MAP as MNIST_ASYMMETRIC_MAP
 from pal_study.data.sources import load_digits
 
 SPEC = DatasetSpec(
+    train_size=1437,
     name="digits",
     summary="sklearn 8x8 digits (1437 train / 360 test), in memory: small, fast, CPU-friendly",
     load=lambda root, download, options: load_digits(),

@@ -16,6 +16,7 @@ def _mnist_class() -> type:
 
 
 SPEC = DatasetSpec(
+    train_size=60000,
     name="mnist",
     summary="MNIST 28x28 digits (60k train / 10k test), torchvision files under data.root",
     load=lambda root, download, options: load_torchvision(SPEC, root, download, dataset_class=_mnist_class,

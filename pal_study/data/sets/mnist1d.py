@@ -90,6 +90,7 @@ def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
 
 
 SPEC = DatasetSpec(
+    train_size=lambda options: int(options.get("num_samples") or 5000) * 4 // 5,
     name="mnist1d",
     summary="MNIST-1D sequences of length 40 (4000 train / 1000 test), generated in memory: small, CPU-friendly",
     load=lambda root, download, options: load_mnist1d(options),

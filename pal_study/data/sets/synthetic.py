@@ -36,6 +36,8 @@ def _next_class(num_classes: int) -> dict[int, int]:
 
 
 SPEC = DatasetSpec(
+    train_size=lambda options: (int(options.get("train_per_class") or SYNTHETIC_DEFAULTS["train_per_class"])
+                                * _classes(options)),
     name="synthetic",
     summary="Gaussian classes drawn in memory; classes, dimension or image shape set by data.synthetic",
     load=lambda root, download, options: make_synthetic(options),
