@@ -99,7 +99,8 @@ class StudyProgress:
             self.progress.start()
         elif self.mode == "plain":
             s = self.study
-            self._line(f"study {s.spec.name}: {len(s.cells)} cells, {s.tuning_trials} tuning trials "
+            sens = f" (+{len(s.sensitivity_cells)} sensitivity cells)" if s.sensitivity_cells else ""
+            self._line(f"study {s.spec.name}: {len(s.factor_cells)} cells{sens}, {s.tuning_trials} tuning trials "
                        f"({self._tuning_total} finished before), {s.final_trials} final runs "
                        f"({self._finals_total} before)")
             self._last_line = self._t0

@@ -183,7 +183,7 @@ def objective_warnings(spec: StudySpec, cells: list[Cell], gap: float = 0.05) ->
                 if need and need / (m / d.val_fraction) <= 0.5 else ""
             out.append(
                 f"{d.name} at {d.noise.kind} noise {d.noise.rate:g}: a {100 * gap:.0f}-point clean gap moves noisy "
-                f"val_acc by {100 * slope * gap:.1f} points (slope {slope:.2f}), below the {m}-example validation "
+                f"val_acc by {100 * slope * gap:.1f} points (slope {slope:.2f}), below the ~{m}-example validation "
                 f"split's standard error ({100 * se:.1f} points): tuning there is close to random{frac} "
                 "(each point of val_fraction is training data the models lose)")
     return out

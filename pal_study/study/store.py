@@ -281,13 +281,15 @@ class StudyStore:
         direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
         st = optuna.create_study(storage=self.storage, study_name=self.finals_name(cell),
                                  direction=direction, load_if_exists=True)
-        if cell.is_variant and not st.user_attrs:
-            # A sensitivity cell has no tuning study of its own to say what it is.
-            st.set_user_attr("cell", cell.label)
-            st.set_user_attr("factors", json.dumps(cell.factors, default=str))
-            st.set_user_attr("method", cell.method)
-            st.set_user_attr("variant", json.dumps(cell.variant, default=str))
-            st.set_user_attr("tuning_study", self.tuning_name(self.study.tuning_cell(cell)))
+        if cell.is_variant:
+            # A sensitivity cell has no tuning study of its own to say what it is. Each attribute
+            # is written if missing, so a driver killed between two writes leaves none out.
+            have = st.user_attrs
+            for key, value in (("cell", cell.label), ("factors", json.dumps(cell.factors, default=str)),
+                               ("method", cell.method), ("variant", json.dumps(cell.variant, default=str)),
+                               ("tuning_study", self.tuning_name(self.study.tuning_cell(cell)))):
+                if have.get(key) != value:
+                    st.set_user_attr(key, value)
         return st
 
     def tuning_trials(self, cell: Cell) -> list[FrozenTrial]:

@@ -74,7 +74,8 @@ class StudyTracker:
                                      "study": s.name, **code_tags()})
             self.parent_id = run.info.run_id
             self.t.log_batch(self.parent_id, params={
-                "cells": len(self.study.cells), "trials_per_cell": s.budget.trials_per_cell,
+                "cells": len(self.study.factor_cells), "sensitivity_cells": len(self.study.sensitivity_cells),
+                "trials_per_cell": s.budget.trials_per_cell, "tuning_seed": s.budget.tuning_seed,
                 "epochs": s.budget.epochs, "sampler": s.budget.sampler.name, "sampler_seed": s.budget.sampler.seed,
                 "pruner": s.budget.pruner.name, "final_seeds": s.finals.seeds, "objective": s.objective.metric,
                 "mode": s.objective.mode, "resources_cpu": s.resources.cpu, "resources_gpu": s.resources.gpu,

@@ -2,7 +2,8 @@
 generated in memory by the ``mnist1d`` package (Apache-2.0; procedural, no download).
 
 ``make_dataset`` with the package's standard arguments (``get_dataset_args()``: 5,000 sequences,
-80/20 split, generation seed 42) gives the paper's 4,000 train / 1,000 test set. The generation
+80/20 split, generation seed 42) gives the paper's 4,000 train / 1,000 test set (a study's trial
+then trains on 3,600: a tenth of the training set, ``data.val_fraction``, is its validation split). The generation
 seed stays the standard one whatever the trial seed (like digits' fixed split): every seed and
 every cell of a study sees the same sequences; the trial seed varies corruption, split and
 training. ``data.mnist1d.num_samples`` (default 5,000, a multiple of 10 up to 1,000,000) gives
@@ -92,7 +93,7 @@ def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
 SPEC = DatasetSpec(
     train_size=lambda options: int(options.get("num_samples") or 5000) * 4 // 5,
     name="mnist1d",
-    summary="MNIST-1D sequences of length 40 (4000 train / 1000 test), generated in memory: small, CPU-friendly",
+    summary="MNIST-1D sequences of length 40 (4000 train: 3600 + 400 validation / 1000 test), generated in memory",
     load=lambda root, download, options: load_mnist1d(options),
     input_shape=(1, SEQ_LEN),
     num_classes=NUM_CLASSES,
