@@ -3,7 +3,7 @@
 * ``acc_vs_noise`` / ``acc_vs_imbalance``: how does each method's test accuracy fall with label
   noise (with the imbalance ratio)? Mean over the final seeds with the 95 % t interval of the mean.
 * ``forest``: which differences to the baseline are real? Δ test accuracy with its paired CI,
-  significant ones (q < alpha) filled.
+  significant ones (q ≤ alpha) filled.
 * ``learning_curves``: how did the tuning go, cell by cell? Every trial's validation accuracy per
   epoch; pruned trials faded and crossed where they stopped.
 * ``objective_vs_params``: where in the searched range are the good trials?
@@ -493,7 +493,7 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
         lo.append(None if c.ci_low is None else 100 * c.ci_low)
         hi.append(None if c.ci_high is None else 100 * c.ci_high)
         cs.append(colors[r.method])
-        sig.append(c.q is not None and c.q < alpha)
+        sig.append(c.q is not None and c.q <= alpha)
     segs = [[(a, y), (b, y)] for a, b, y in zip(lo, hi, ys) if a is not None]
     seg_colors = [col for a, col in zip(lo, cs) if a is not None]
     if segs:
@@ -502,9 +502,9 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
     sig = np.array(sig, dtype=bool)
     xs_a, cs_a = np.array(xs), np.array(cs, dtype=object)
     ax.scatter(xs_a[sig], ys[sig], s=42, c=list(cs_a[sig]), edgecolors="black", linewidths=0.6, zorder=3,
-               label=f"q < {alpha:g}")
+               label=f"q ≤ {alpha:g}")
     ax.scatter(xs_a[~sig], ys[~sig], s=42, facecolors="white", edgecolors=list(cs_a[~sig]), linewidths=1.4,
-               zorder=3, label=f"q ≥ {alpha:g} or no test")
+               zorder=3, label=f"q > {alpha:g} or no test")
     ax.axvline(0.0, color="black", linewidth=0.9)
     # separators between conditions (groups)
     seps = [ys[i] + 0.5 for i in range(1, n) if items[i].group != items[i - 1].group]
@@ -513,7 +513,7 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
     for r, y in zip(items, ys):
         q = r.comparison.q
         ax.annotate("q=–" if q is None else f"q={q:.2g}", (1.01, y), xycoords=("axes fraction", "data"),
-                    fontsize=7, va="center", color="black" if q is not None and q < alpha else "0.45")
+                    fontsize=7, va="center", color="black" if q is not None and q <= alpha else "0.45")
     ax.set_yticks(ys, labels, fontsize=7.5)
     ax.set_ylim(-0.7, n - 0.3)
     vals = [v for v in [*xs, *(v for v in lo if v is not None), *(v for v in hi if v is not None)]]
@@ -525,9 +525,9 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
     ax.set_title(title, fontsize=10)
     key = [Line2D([], [], color="0.3", linewidth=1.6, label="CI (exact sign-flip over seeds, not adjusted)"),
            Line2D([], [], linestyle="none", marker="o", markersize=7, color="0.3", markeredgecolor="black",
-                  label=f"significant: q < {alpha:g}"),
+                  label=f"significant: q ≤ {alpha:g}"),
            Line2D([], [], linestyle="none", marker="o", markersize=7, markerfacecolor="white", markeredgecolor="0.3",
-                  markeredgewidth=1.4, label=f"q ≥ {alpha:g} or no test")]
+                  markeredgewidth=1.4, label=f"q > {alpha:g} or no test")]
     fig.legend(handles=key, loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     return fig
 
@@ -535,7 +535,7 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
 def forest(rows, alpha: float = 0.05, *, colors: dict[str, Any] | None = None, max_rows: int = FOREST_ROWS,
            return_figures: bool = False) -> dict[str, Any]:
     """Every comparison's Δ test accuracy (points) vs its baseline with its CI, labelled
-    "method vs baseline [condition]", those with q < alpha filled, a line at 0; past ``max_rows``
+    "method vs baseline [condition]", those with q ≤ alpha filled, a line at 0; past ``max_rows``
     comparisons, several files of about equal length. {} without comparisons."""
     items = [r for r in rows if r.comparison is not None and r.comparison.delta is not None
              and math.isfinite(r.comparison.delta)]
@@ -547,11 +547,11 @@ def forest(rows, alpha: float = 0.05, *, colors: dict[str, Any] | None = None, m
     k = math.ceil(len(items) / max_rows)
     size = math.ceil(len(items) / k)
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
-    n_sig = sum(r.comparison.q is not None and r.comparison.q < alpha for r in items)
+    n_sig = sum(r.comparison.q is not None and r.comparison.q <= alpha for r in items)
     figs = []
     for i, chunk in enumerate(chunks, 1):
         dss = sorted({str(r.dataset) for r in chunk})
-        title = (f"Differences to the baseline: {n_sig} of {len(items)} significant (q < {alpha:g})"
+        title = (f"Differences to the baseline: {n_sig} of {len(items)} significant (q ≤ {alpha:g})"
                  + (f" — part {i}/{len(chunks)}" if len(chunks) > 1 else "") + f"\n{', '.join(dss)}")
         figs.append(_forest_figure(chunk, alpha, colors, method_of, title))
     return _done(_numbered("forest", figs), return_figures)

@@ -39,7 +39,7 @@ def render_html(rows: list[Any], title: str, claims: list[dict[str, Any]] | None
              f"the row's baseline cell with the exact sign-flip test and its interval (the paired t-test beside "
              f"it), q adjusted over all comparisons. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
              "<h2>Comparison</h2>"]
-    marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q < 0.05 for r in rows]
+    marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q <= 0.05 for r in rows]
     parts.append(_table(COLUMNS, table_rows(rows), marks))
     if claims:
         from pal_study.claims import render_verdicts

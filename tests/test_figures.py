@@ -223,19 +223,20 @@ def _comparison_rows(qs: list[float | None]) -> list[CellRow]:
     return rows
 
 
-def test_forest_marks_exactly_the_comparisons_with_q_below_alpha():
+def test_forest_marks_exactly_the_comparisons_with_q_at_most_alpha():
     qs = [0.001, 0.2, 0.049, 0.05, None, 0.9, 0.01]
     rows = _comparison_rows(qs)
     fig = F.forest(rows, alpha=0.05, return_figures=True)["forest.png"]
     (ax,) = fig.axes
     labels = {round(t.get_position()[1]): t.get_text() for t in ax.get_yticklabels()}
-    sig_col = next(c for c in ax.collections if c.get_label().startswith("q <"))
-    ns_col = next(c for c in ax.collections if c.get_label().startswith("q ≥"))
+    sig_col = next(c for c in ax.collections if c.get_label().startswith("q ≤"))
+    ns_col = next(c for c in ax.collections if c.get_label().startswith("q >"))
     marked = {labels[round(y)] for _, y in sig_col.get_offsets()}
     unmarked = {labels[round(y)] for _, y in ns_col.get_offsets()}
-    expect = {f"ce+fnpal vs ce  [noise={i / 100:g}]" for i, q in enumerate(qs) if q is not None and q < 0.05}
-    assert marked == expect and len(marked) == 3
-    assert len(unmarked) == 4 and not marked & unmarked
+    # Significant means q ≤ α, as for every verdict: 0.05 itself is marked.
+    expect = {f"ce+fnpal vs ce  [noise={i / 100:g}]" for i, q in enumerate(qs) if q is not None and q <= 0.05}
+    assert marked == expect and len(marked) == 4
+    assert len(unmarked) == 3 and not marked & unmarked
     # the zero line, and the CI segments of the comparisons that have one
     assert any(list(ln.get_xdata()) == [0, 0] for ln in ax.get_lines())
     ci = next(c for c in ax.collections if "CI" in c.get_label())

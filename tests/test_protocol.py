@@ -122,6 +122,11 @@ def test_sensitivity_adds_cells_that_rerun_the_tuned_cell_at_each_value(tmp_path
     assert notes == ["head.scale also judged at fixed values [2, 30] (sensitivity)"]
 
 
+def test_sensitivity_set_from_the_command_line_keeps_its_dotted_key(tmp_path):
+    study = load_study(_study(tmp_path), ["sensitivity.head.scale=[2, 5, 7]"])
+    assert study.spec.sensitivity == {"head.scale": [2, 5, 7]} and len(study.sensitivity_cells) == 3
+
+
 @pytest.mark.parametrize("section,key,text", [
     ({"head.scale": []}, "sensitivity.head.scale", "non-empty"),
     ({"head.scale": [2, 2]}, "sensitivity.head.scale", "repeated"),

@@ -5,9 +5,11 @@ and final seeds disjoint in the journal and in MLflow; a failed final visible an
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
+from contextlib import redirect_stdout
 from types import SimpleNamespace
 
 import optuna
@@ -40,22 +42,21 @@ def sens(tmp_path_factory):
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     # One final of the s = 30 sensitivity cell fails (as a diverged run would): seed 2 only.
     os.environ["PAL_STUDY_FAULT"] = "raise:seed=2&head.scale=30.0"
+    printed = io.StringIO()
     try:
-        assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri,
-                     "--progress", "none"]) == 0
+        with redirect_stdout(printed):
+            assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri,
+                         "--progress", "none"]) == 0
     finally:
         del os.environ["PAL_STUDY_FAULT"]
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.get_experiment_by_name("sens").experiment_id
     runs = client.search_runs([exp_id], max_results=1000)
     return SimpleNamespace(tmp=tmp, path=path, uri=uri, client=client, exp_id=exp_id, runs=runs,
-                           run_dir=tmp / "runs" / "sens")
+                           run_dir=tmp / "runs" / "sens", printed=printed.getvalue())
 
 
 def _report(sens, *args: str) -> str:
-    import io
-    from contextlib import redirect_stdout
-
     buf = io.StringIO()
     with redirect_stdout(buf):
         assert main(["report", "sens", "--runs-dir", str(sens.tmp / "runs"), "--tracking-uri", sens.uri, *args]) == 0
@@ -95,6 +96,8 @@ def test_sensitivity_cells_are_cell_runs_with_their_finals(sens):
         assert all(k.data.tags["stage"] == "final" and k.data.tags["pal.sensitivity"] for k in kids)
         outcomes = sorted(k.data.tags["outcome"] for k in kids)
         assert outcomes == (["completed", "completed", "failed"] if scale == 30 else ["completed"] * 3)
+        assert run.data.metrics["n_finals"] == (2 if scale == 30 else 3)
+        assert run.data.metrics["n_finals_failed"] == (1 if scale == 30 else 0)
 
 
 def _flip_p(d: list[float]) -> float:
@@ -167,11 +170,8 @@ def test_the_study_run_holds_the_sensitivity_and_its_figure(sens):
     assert study.data.tags["sensitivity"] == "head.scale: 3=inconclusive, 30=inconclusive"
 
 
-def test_the_run_prints_the_sensitivity_and_the_failed_final(sens, capsys):
-    # A rerun of the finished study prints the table and verdicts again without training.
-    assert main(["run", str(sens.path), "--runs-dir", str(sens.tmp / "runs"), "--tracking-uri", sens.uri,
-                 "--progress", "none"]) == 0
-    out = capsys.readouterr().out
+def test_the_run_prints_the_sensitivity_and_the_failed_final(sens):
+    out = sens.printed
     assert "sensitivity of ce+fnpal better than ce on test_acc to head.scale: 3: inconclusive, 30: inconclusive" in out
     assert "1 of 3 failed" in out and "(sensitivity)" in out
     assert "with 3 seeds no difference can reach α=0.05" in out

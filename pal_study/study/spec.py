@@ -260,15 +260,17 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     data = read_yaml(p)
     # A changed pruner or sampler name starts its section afresh: `--set budget.pruner.name=none`
     # must not carry over the median's options, which `none` would reject.
-    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith("factors.")],
+    keyed = ("factors.", "sensitivity.")
+    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith(keyed)],
                            reset_on_name={"budget.pruner": pruners.DEFAULT, "budget.sampler": samplers.DEFAULT})
     for item in overrides or []:
-        if item.startswith("factors."):
-            # Factor names are dotted trial-config keys themselves: factors.data.noise.rate=[0.4]
-            # sets the factor "data.noise.rate", not a nested "data" section.
+        if item.startswith(keyed):
+            # Factor and sensitivity names are dotted trial-config keys themselves:
+            # factors.data.noise.rate=[0.4] sets the factor "data.noise.rate", not a nested "data" section.
             key, value = parse_override(item)
-            factors = data.get("factors")
-            data["factors"] = {**(factors if isinstance(factors, dict) else {}), key[len("factors."):]: value}
+            section, _, name = key.partition(".")
+            current = data.get(section)
+            data[section] = {**(current if isinstance(current, dict) else {}), name: value}
     try:
         spec = StudySpec.model_validate(data)
     except ValidationError as err:

@@ -347,6 +347,8 @@ class StudyTracker:
         done = [r for r in finals.values() if r.get("state") == "complete"]
         if ended:
             metrics = [(k, v, 0) for k, v in cell_aggregates(done).items()]
+            # Never dropped silently: the failed ones count in the comparison (chance accuracy).
+            metrics.append(("n_finals_failed", float(sum(r.get("state") == "fail" for r in finals.values())), 0))
         if params or metrics:
             self.t.log_batch(info["run_id"], metrics=metrics, params=params)
             info["params"] = info["params"] or bool(params)
