@@ -183,3 +183,24 @@ def test_shipped_paper_claims_is_fair_and_decidable():
         assert all("head.scale" in c.params for c in study.factor_cells if c.method.endswith("+fnpal"))
         assert not [w for w in warnings(study) if "seeds" in w]  # every claim can be decided both ways
         assert study.sensitivity_cells
+
+
+def test_a_study_stored_before_tuning_seeds_is_told_why_it_cannot_resume(tmp_path):
+    import json
+
+    from pal_study.study.store import StudyStore
+
+    study = load_study(_study(tmp_path))
+    store = StudyStore(study, tmp_path / "runs")
+    store.dir.mkdir(parents=True)
+    spec = study.spec.model_dump(mode="json")
+    spec["budget"].pop("tuning_seed")
+    (store.dir / "study.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "spec": spec}))
+    with pytest.raises(ConfigError, match=r"before tuning trials got their own seed .* --restart"):
+        store.check_fingerprint()
+    spec["budget"]["tuning_seed"] = 1000
+    (store.dir / "study.json").write_text(json.dumps({"fingerprint": "0123456789abcdef", "spec": spec}))
+    with pytest.raises(ConfigError, match=r"search spaces, objective, sampler, pruner, final epochs or sensitivity"):
+        store.check_fingerprint()
+    store.write_fingerprint()
+    store.check_fingerprint()  # its own fingerprint resumes

@@ -194,11 +194,15 @@ class StudyStore:
         if path.exists():
             stored = json.loads(path.read_text())
             if stored.get("fingerprint") != fp:
+                budget = (stored.get("spec") or {}).get("budget") or {}
+                why = ("it was run before tuning trials got their own seed (budget.tuning_seed): its tuning "
+                       "ran on seed 0, which is also a final seed" if "tuning_seed" not in budget else
+                       "its cells, search spaces, objective, sampler, pruner, final epochs or sensitivity changed")
                 raise ConfigError(
                     f"{self.dir} holds results of a different version of study "
-                    f"{self.study.spec.name!r} (its cells, search spaces, objective, sampler, pruner "
-                    "or final epochs changed); run again with --restart to discard them, or give "
-                    "the study a new name", source=str(self.study.path), key="name")
+                    f"{self.study.spec.name!r} ({why}); run again with --restart to discard them, or give "
+                    "the study a new name (pal-study report still reads the stored results)",
+                    source=str(self.study.path), key="name")
 
     def write_fingerprint(self) -> None:
         """``study.json``: the fingerprint, the spec and each cell's budget, rewritten at every
