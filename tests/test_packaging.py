@@ -311,7 +311,7 @@ def test_readme_top_commands_and_ci():
     assert "torch==2.14.1 torchvision==0.29.1" in run_cmd and "torch==2.14.1 torchvision==0.29.1" in test_cmd
     assert "'.[test]'" in test_cmd
     pytest_cmd = test_cmd.rsplit(" && ", 1)[1]
-    assert pytest_cmd == ".venv/bin/python -m pytest -n 2 --dist loadfile"  # the whole suite, xdist
+    assert pytest_cmd == ".venv/bin/python -m pytest -n 2"  # the whole suite in two xdist workers
     ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
           if line.strip() and not line.lstrip().startswith("#")]
     assert ci[-1] == pytest_cmd, "CI's last command is not the README's test command"
