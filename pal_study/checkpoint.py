@@ -318,7 +318,7 @@ def _usable(path: str | os.PathLike[str]) -> dict[str, Any]:
 def build_model_from_checkpoint(path: str | os.PathLike[str]) -> torch.nn.Module:
     """The checkpoint's Classifier (backbone + head) with its weights, on the CPU, in eval mode."""
     from pal_study.config import TrainConfig
-    from pal_study.train import build_classifier
+    from pal_study.classifier import build_classifier
 
     state = _usable(path)
     cfg = TrainConfig.model_validate(state["config"])

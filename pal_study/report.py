@@ -374,7 +374,7 @@ def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = 
     if fmt == "html":
         from pal_study.report_html import render_html
 
-        return render_html(rows, title, claims, analysis,
+        return render_html(_html_table(rows), title, claims, analysis,
                            {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, title)})
     body = table_rows(rows)
     if fmt == "json":
@@ -433,6 +433,12 @@ def sensitivity_csv(results: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _html_table(rows: list[CellRow]) -> tuple[list[str], list[list[str]], list[bool]]:
+    """The comparison table for report.html: header, rows as text, which rows are significant."""
+    marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q <= 0.05 for r in rows]
+    return COLUMNS, table_rows(rows), marks
+
+
 def rich_table(rows: list[CellRow], title: str):
     from rich.table import Table
 
@@ -467,7 +473,7 @@ def report_files(rows: list[CellRow], study: str, claims: list[dict[str, Any]] |
     files.update({f"report/{k}": v for k, v in pngs.items()})
     from pal_study.report_html import render_html
 
-    files["report/report.html"] = render_html(rows, study, claims, analysis, pngs)  # figures drawn once
+    files["report/report.html"] = render_html(_html_table(rows), study, claims, analysis, pngs)  # figures drawn once
     return files
 
 

@@ -28,10 +28,11 @@ def _table(header: list[str], rows: list[list[str]], marks: list[bool] | None = 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def render_html(rows: list[Any], title: str, claims: list[dict[str, Any]] | None, analysis: Any,
-                figures: dict[str, bytes]) -> str:
-    from pal_study.report import COLUMNS, table_rows
-
+def render_html(table: tuple[list[str], list[list[str]], list[bool]], title: str,
+                claims: list[dict[str, Any]] | None, analysis: Any, figures: dict[str, bytes]) -> str:
+    """``table``: the comparison's header, rows as text and which rows to mark significant (the
+    report builds them; this module only lays the page out)."""
+    header, body, marks = table
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title or 'pal-study report')}</title>",
              f"<style>{STYLE}</style></head><body>",
              f"<h1>{html.escape(title or 'pal-study report')}</h1>",
@@ -39,8 +40,7 @@ def render_html(rows: list[Any], title: str, claims: list[dict[str, Any]] | None
              f"the row's baseline cell with the exact sign-flip test and its interval (the paired t-test beside "
              f"it), q adjusted over all comparisons. Generated {time.strftime('%Y-%m-%d %H:%M')}.</p>",
              "<h2>Comparison</h2>"]
-    marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q <= 0.05 for r in rows]
-    parts.append(_table(COLUMNS, table_rows(rows), marks))
+    parts.append(_table(header, body, marks))
     if claims:
         from pal_study.claims import render_verdicts
 

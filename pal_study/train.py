@@ -29,13 +29,13 @@ from torch import nn
 from pal_study import __version__
 from pal_study import checkpoint as ckpt
 from pal_study.checkpoint import CheckpointPolicy
+from pal_study.classifier import Classifier, build_classifier  # noqa: F401 (re-exported)
 from pal_study.config import TrainConfig, method_name, resolve
 from pal_study.data import DataBundle, DeviceBatches, build_dataset, get_dataset
 from pal_study.device import configure_threads, select_device
-from pal_study.heads import ANCHORED_HEADS, build_head
+from pal_study.heads import ANCHORED_HEADS
 from pal_study.losses import build_loss, class_balanced_weights, config_params, get_loss
 from pal_study.metrics import EvalAccumulator, group_accuracy
-from pal_study.models import build_model
 from pal_study.prototypes import prototype_geometry
 
 log = logging.getLogger(__name__)
@@ -134,36 +134,6 @@ def _json_default(o: Any) -> Any:
     if isinstance(o, float) and not math.isfinite(o):
         return None
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-class Classifier(nn.Module):
-    """Backbone + head; returns (features, logits)."""
-
-    def __init__(self, backbone: nn.Module, head: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.backbone(x)
-        return z, self.head(z)
-
-
-def build_classifier(cfg: TrainConfig, input_shape: tuple[int, ...], num_classes: int) -> Classifier:
-    """Build from a resolved config; model init draws from the global RNG, so seed it locally."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        backbone = build_model(cfg.model.arch, tuple(input_shape), last_relu=bool(cfg.head.last_relu))
-        head = build_head(
-            cfg.head.kind,
-            backbone.feature_dim,
-            num_classes,
-            scale=cfg.head.scale,
-            prototypes=cfg.head.prototypes,
-            use_relu_prototypes=bool(cfg.head.use_relu_prototypes),
-            seed=cfg.seed,
-        )
-    return Classifier(backbone, head)
 
 
 def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> dict[str, Any]:

@@ -11,14 +11,25 @@ one side has (the scale of a normalised head) must be searched or declared ``pro
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pal_study.errors import ConfigError
 from pal_study.heads import NORMALIZED_HEADS
 
 if TYPE_CHECKING:
     from pal_study.config import TrainConfig
-    from pal_study.study.spec import Cell, StudySpec
+
+# What these checks read of a study and its cells, as structural types: study/spec.py builds both
+# and calls in here, so naming its classes would tie the two modules in a cycle.
+StudySpec = Any  # pal_study.study.spec.StudySpec
+
+
+class Cell(Protocol):
+    label: str
+    method: str
+    factors: dict[str, Any]
+    config: TrainConfig
+    params: dict[str, Any]
 
 # Knobs of a head that have no neutral value: leaving one unsearched is a choice the study must own.
 HEAD_KNOBS = ("head.scale",)
@@ -43,19 +54,21 @@ def knob_value(key: str, cfg: TrainConfig) -> Any:
     return value
 
 
-def _budget(spec: StudySpec, cell: Cell) -> int:
+def tuning_budget(spec: StudySpec, cell: Cell) -> int:
+    """Tuning trials of a factor cell: the study's budget, or 1 where nothing is searched (more
+    trials of one fixed config would only repeat it)."""
     return spec.budget.trials_per_cell if cell.params else 1
 
 
 def _describe(spec: StudySpec, cell: Cell) -> str:
     searched = ", ".join(cell.params) or "nothing"
-    return f"{cell.label} searches {searched} ({_budget(spec, cell)} trials)"
+    return f"{cell.label} searches {searched} ({tuning_budget(spec, cell)} trials)"
 
 
 def pair_problems(spec: StudySpec, cell: Cell, base: Cell) -> list[str]:
     """Why ``cell`` and ``base`` were not tuned with equal effort ([] when they were)."""
     problems = []
-    if _budget(spec, cell) != _budget(spec, base):
+    if tuning_budget(spec, cell) != tuning_budget(spec, base):
         problems.append(f"unequal budgets: {_describe(spec, cell)}, {_describe(spec, base)}")
     for key in sorted(set(cell.params) | set(base.params)):
         a, b = knob_applies(key, cell.config), knob_applies(key, base.config)
@@ -200,4 +213,4 @@ def power_warnings(spec: StudySpec, cells: list[Cell]) -> list[str]:
 
 
 __all__ = ["HEAD_KNOBS", "check_equal_tuning", "claim_pairs", "knob_applies", "knob_value", "noisy_slope",
-           "objective_warnings", "pair_problems", "power_warnings", "protocol_notes", "validation_size"]
+           "objective_warnings", "pair_problems", "power_warnings", "protocol_notes", "tuning_budget", "validation_size"]

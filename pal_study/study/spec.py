@@ -32,7 +32,7 @@ from pal_study.study.samplers import SamplerSpec, default_sampler
 from pal_study.claims import CellInfo, ClaimSpec
 from pal_study.claims import check as check_claims
 from pal_study.study import pruners, samplers
-from pal_study.study.protocol import check_equal_tuning, knob_applies
+from pal_study.study.protocol import check_equal_tuning, knob_applies, tuning_budget
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
 
 
@@ -227,9 +227,7 @@ class Study:
     def budget(self, cell: Cell) -> int:
         """Tuning trials of a cell: the study's budget, or 1 where nothing is searched (more
         trials of one fixed config would only repeat it); none for a sensitivity cell."""
-        if cell.is_variant:
-            return 0
-        return self.spec.budget.trials_per_cell if cell.params else 1
+        return 0 if cell.is_variant else tuning_budget(self.spec, cell)
 
     @property
     def factor_cells(self) -> list[Cell]:
