@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +41,15 @@ def machine(threads: Sequence[int]) -> dict[str, Any]:
     import torchvision
 
     return {
-        "nproc": cores, "cpu_model": cpu_model(), "torch": torch.__version__,
-        "torchvision": torchvision.__version__, "numpy": np.__version__,
-        "python": platform.python_version(), "torch_threads": list(threads),
-        "cuda": torch.cuda.is_available(), "loadavg_at_start": _loadavg(),
+        "nproc": cores,
+        "cpu_model": cpu_model(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "torch_threads": list(threads),
+        "cuda": torch.cuda.is_available(),
+        "loadavg_at_start": _loadavg(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
     }
 
@@ -80,10 +85,10 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A plain-text table, right-aligned numbers, for stdout."""
     cells = [[_fmt(v) for v in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=False))
     out = [line, "  ".join("-" * w for w in widths)]
     for r in cells:
-        out.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths)))
+        out.append("  ".join(c.rjust(w) if _numeric(c) else c.ljust(w) for c, w in zip(r, widths, strict=False)))
     return "\n".join(out)
 
 
@@ -124,8 +129,8 @@ def cifar10_class() -> type:
     from torchvision.datasets import CIFAR10
 
     class CIFAR10NoMD5(CIFAR10):
-        train_list = [[f"data_batch_{i}", None] for i in range(1, 6)]
-        test_list = [["test_batch", None]]
-        meta = {"filename": "batches.meta", "key": "label_names", "md5": None}
+        train_list: ClassVar = [[f"data_batch_{i}", None] for i in range(1, 6)]
+        test_list: ClassVar = [["test_batch", None]]
+        meta: ClassVar = {"filename": "batches.meta", "key": "label_names", "md5": None}
 
     return CIFAR10NoMD5

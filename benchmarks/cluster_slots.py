@@ -35,8 +35,18 @@ def run(extra: list[str], env: dict[str, str]) -> dict:
     from optuna.storages.journal import JournalFileBackend
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
-    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(ROOT / "studies/quickstart.yaml"), "--runs-dir",
-           str(tmp / "runs"), "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pal_study.cli",
+        "run",
+        str(ROOT / "studies/quickstart.yaml"),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--tracking-uri",
+        f"sqlite:///{tmp}/mlflow.db",
+        *extra,
+    ]
     for o in OVERRIDES:
         cmd += ["--set", o]
     t0 = time.perf_counter()
@@ -50,7 +60,12 @@ def run(extra: list[str], env: dict[str, str]) -> dict:
         for t in optuna.load_study(study_name=s.study_name, storage=storage).trials:
             spent += float(t.user_attrs.get("train_time_s") or 0.0)
             nodes.add(t.user_attrs.get("node"))
-    return {"wall_s": wall, "epoch_time_s": spent, "efficiency": spent / (2 * wall), "nodes": sorted(n for n in nodes if n)}
+    return {
+        "wall_s": wall,
+        "epoch_time_s": spent,
+        "efficiency": spent / (2 * wall),
+        "nodes": sorted(n for n in nodes if n),
+    }
 
 
 def main() -> None:
@@ -62,11 +77,23 @@ def main() -> None:
     with cluster() as c:
         two = run(["--address", c["address"]], c["env"])
     for label, r in (("one node (local Ray, 2 CPUs)", single), ("two nodes (1 CPU each, veth)", two)):
-        print(f"{label:<32} wall {r['wall_s']:6.1f} s  Σ epochs {r['epoch_time_s']:6.1f} s  "
-              f"efficiency {100 * r['efficiency']:5.1f} %  nodes {r['nodes']}")
+        print(
+            f"{label:<32} wall {r['wall_s']:6.1f} s  Σ epochs {r['epoch_time_s']:6.1f} s  "
+            f"efficiency {100 * r['efficiency']:5.1f} %  nodes {r['nodes']}"
+        )
     out = ROOT / "benchmarks" / "results" / "cluster_slots.json"
-    out.write_text(json.dumps({"command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]),
-                               "overrides": OVERRIDES, "one_node": single, "two_nodes": two}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "command": " ".join([sys.executable, *sys.argv]),
+                "machine": _bench.machine([1]),
+                "overrides": OVERRIDES,
+                "one_node": single,
+                "two_nodes": two,
+            },
+            indent=1,
+        )
+    )
     print(f"wrote {out}")
 
 

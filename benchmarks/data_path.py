@@ -24,17 +24,17 @@ per-repeat ratios. Diagnostics (not part of the target): the device path without
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import _bench
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-import _bench
 
 BATCH = 128
 WARMUP = 10
@@ -77,7 +77,7 @@ def _rate(make_iter: Any, batches: int) -> tuple[float, float]:
     next(it)
     t_first = time.perf_counter() - t0
     _take(it, WARMUP - 1)
-    t = _bench.timed(lambda: _take(it, batches))
+    t = _bench.timed(functools.partial(_take, it, batches))
     del it  # shuts DataLoader workers down before the next measurement
     return batches / t, t_first
 
@@ -92,8 +92,14 @@ def run(n: int, batches: int, repeats: int, thread_counts: list[int]) -> dict[st
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
     labels = rng.integers(0, 10, n)
-    out: dict[str, Any] = {"n_images": n, "batch_size": BATCH, "timed_batches": batches, "warmup_batches": WARMUP,
-                           "repeats": repeats, "by_threads": {}}
+    out: dict[str, Any] = {
+        "n_images": n,
+        "batch_size": BATCH,
+        "timed_batches": batches,
+        "warmup_batches": WARMUP,
+        "repeats": repeats,
+        "by_threads": {},
+    }
     with _bench.temp_root("pal-bench-cifar-") as root:
         t = time.perf_counter()
         write_cifar10(root, images, labels, images[:100], labels[:100])
@@ -101,8 +107,9 @@ def run(n: int, batches: int, repeats: int, thread_counts: list[int]) -> dict[st
         out["setup_s"] = time.perf_counter() - t
         assert bundle.train_x.shape == (n, 3, 32, 32) and bundle.augment == "crop_flip"
         x, y = bundle.train_x, bundle.train_y
-        tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                        T.Normalize(bundle.mean, bundle.std)])
+        tf = T.Compose(
+            [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(bundle.mean, bundle.std)]
+        )
         ds = _bench.cifar10_class()(root, train=True, transform=tf)
         assert len(ds) == n and ds.data.dtype == np.uint8 and ds.data.shape[1:] == (32, 32, 3)
 
@@ -113,10 +120,22 @@ def run(n: int, batches: int, repeats: int, thread_counts: list[int]) -> dict[st
 
         for threads in thread_counts:
             torch.set_num_threads(threads)
-            rows: dict[str, list[float]] = {k: [] for k in (
-                "device_batches", "dataloader_w0", "dataloader_w2", "w2_first_batch_s", "speedup_vs_w0",
-                "speedup_vs_w2", "device_batches_full_epoch", "assembly_only", "gather_variant", "gather_variant_vs_w0",
-                "gather_variant_vs_w2")}
+            rows: dict[str, list[float]] = {
+                k: []
+                for k in (
+                    "device_batches",
+                    "dataloader_w0",
+                    "dataloader_w2",
+                    "w2_first_batch_s",
+                    "speedup_vs_w0",
+                    "speedup_vs_w2",
+                    "device_batches_full_epoch",
+                    "assembly_only",
+                    "gather_variant",
+                    "gather_variant_vs_w0",
+                    "gather_variant_vs_w2",
+                )
+            }
             for _ in range(repeats):
                 db, _ = _rate(lambda: iter(DeviceBatches(x, y, BATCH, generator=g, augment="crop_flip")), batches)
                 w0, _ = _rate(lambda: iter(DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=0)), batches)
@@ -129,22 +148,28 @@ def run(n: int, batches: int, repeats: int, thread_counts: list[int]) -> dict[st
                 rows["speedup_vs_w2"].append(db / w2)
                 # Whole epochs of the device path (cheap): includes the per-epoch randperm.
                 epoch = DeviceBatches(x, y, BATCH, generator=g, augment="crop_flip")
-                rows["device_batches_full_epoch"].append(len(epoch) / _bench.timed(lambda: _take(iter(epoch), len(epoch))))
+                rows["device_batches_full_epoch"].append(
+                    len(epoch) / _bench.timed(functools.partial(_take, iter(epoch), len(epoch)))
+                )
                 rows["assembly_only"].append(_rate(lambda: iter(DeviceBatches(x, y, BATCH, generator=g)), batches)[0])
                 gv, _ = _rate(lambda: _augmented(DeviceBatches(x, y, BATCH, generator=g), g), batches)
                 rows["gather_variant"].append(gv)
                 rows["gather_variant_vs_w0"].append(gv / w0)
                 rows["gather_variant_vs_w2"].append(gv / w2)
-            out["by_threads"][str(threads)] = {
-                "median": {k: _bench.median(v) for k, v in rows.items()}, "all": rows}
+            out["by_threads"][str(threads)] = {"median": {k: _bench.median(v) for k, v in rows.items()}, "all": rows}
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="4,096 images, 10 timed batches, 1 repeat, 2 threads")
-    ap.add_argument("--threads", type=int, nargs="+", default=None,
-                    help="torch intra-op thread counts to measure (default: 2 1; quick: 2)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="torch intra-op thread counts to measure (default: 2 1; quick: 2)",
+    )
     ap.add_argument("--repeats", type=int, default=None, help="default 5 (quick: 1)")
     ap.add_argument("--batches", type=int, default=None, help="timed batches per measurement (default 100)")
     args = ap.parse_args()
@@ -154,20 +179,54 @@ def main() -> None:
     batches = args.batches or (10 if args.quick else 100)
     n = 4096 if args.quick else 50_000
     t0 = time.perf_counter()
-    res = {"benchmark": "data_path", "quick": args.quick, "machine": _bench.machine(threads),
-           "command": " ".join([".venv/bin/python", "benchmarks/data_path.py", *sys.argv[1:]])}
+    res = {
+        "benchmark": "data_path",
+        "quick": args.quick,
+        "machine": _bench.machine(threads),
+        "command": " ".join([".venv/bin/python", "benchmarks/data_path.py", *sys.argv[1:]]),
+    }
     res.update(run(n, batches, repeats, threads))
     res["wall_s"] = time.perf_counter() - t0
     rows = []
     for th, r in res["by_threads"].items():
         m = r["median"]
-        rows.append([th, m["device_batches"], m["device_batches_full_epoch"], m["dataloader_w0"], m["dataloader_w2"],
-                     f"{m['speedup_vs_w0']:.1f}x", f"{m['speedup_vs_w2']:.1f}x", m["assembly_only"],
-                     m["gather_variant"], f"{m['gather_variant_vs_w0']:.1f}x", f"{m['gather_variant_vs_w2']:.1f}x"])
+        rows.append(
+            [
+                th,
+                m["device_batches"],
+                m["device_batches_full_epoch"],
+                m["dataloader_w0"],
+                m["dataloader_w2"],
+                f"{m['speedup_vs_w0']:.1f}x",
+                f"{m['speedup_vs_w2']:.1f}x",
+                m["assembly_only"],
+                m["gather_variant"],
+                f"{m['gather_variant_vs_w0']:.1f}x",
+                f"{m['gather_variant_vs_w2']:.1f}x",
+            ]
+        )
     print(f"data path: CIFAR-shaped {n}x3x32x32, batch {BATCH}, crop+flip; batches/s, median of {repeats}")
-    print(_bench.table(["threads", "DeviceBatches", "(full epoch)", "DL w0", "DL w2", "vs w0", "vs w2",
-                        "no augment", "gather variant", "vs w0", "vs w2"], rows))
-    print(f"gather variant bit-identical to crop_flip: {res['gather_variant_bit_identical']}; wall {res['wall_s']:.0f} s")
+    print(
+        _bench.table(
+            [
+                "threads",
+                "DeviceBatches",
+                "(full epoch)",
+                "DL w0",
+                "DL w2",
+                "vs w0",
+                "vs w2",
+                "no augment",
+                "gather variant",
+                "vs w0",
+                "vs w2",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"gather variant bit-identical to crop_flip: {res['gather_variant_bit_identical']}; wall {res['wall_s']:.0f} s"
+    )
     print(f"wrote {_bench.write_json('data_path', args.quick, res)}")
 
 

@@ -59,12 +59,27 @@ sys.path.insert(0, str(HERE))
 # real data set whose recipe sets the epochs (the synthetic stand-ins are sized by --scale).
 WORKLOADS: dict[str, dict[str, Any]] = {
     "mnist1d": {"data": {"name": "mnist1d"}, "arch": None, "recipe": "mnist1d", "full": None},
-    "mnist_cnn": {"data": {"name": "synthetic", "synthetic": {"input_shape": [1, 28, 28]}},
-                  "arch": "mnist_cnn", "recipe": "mnist", "full": (60_000, 10_000), "per_class": (1000, 100)},
-    "cifar_cnn8": {"data": {"name": "synthetic", "synthetic": {"input_shape": [3, 32, 32], "augment": "crop_flip"}},
-                   "arch": "cifar_cnn8", "recipe": "cifar10", "full": (50_000, 10_000), "per_class": (1000, 100)},
-    "resnet32": {"data": {"name": "synthetic", "synthetic": {"input_shape": [3, 32, 32], "augment": "crop_flip"}},
-                 "arch": "resnet32", "recipe": "cifar100", "full": (50_000, 10_000), "per_class": (1000, 100)},
+    "mnist_cnn": {
+        "data": {"name": "synthetic", "synthetic": {"input_shape": [1, 28, 28]}},
+        "arch": "mnist_cnn",
+        "recipe": "mnist",
+        "full": (60_000, 10_000),
+        "per_class": (1000, 100),
+    },
+    "cifar_cnn8": {
+        "data": {"name": "synthetic", "synthetic": {"input_shape": [3, 32, 32], "augment": "crop_flip"}},
+        "arch": "cifar_cnn8",
+        "recipe": "cifar10",
+        "full": (50_000, 10_000),
+        "per_class": (1000, 100),
+    },
+    "resnet32": {
+        "data": {"name": "synthetic", "synthetic": {"input_shape": [3, 32, 32], "augment": "crop_flip"}},
+        "arch": "resnet32",
+        "recipe": "cifar100",
+        "full": (50_000, 10_000),
+        "per_class": (1000, 100),
+    },
 }
 CONCURRENCY = (1, 2, 4, 8)
 DRY_PER_CLASS = (6, 2)
@@ -75,8 +90,9 @@ LAYOUTS = {  # the bf16 + channels_last comparison (resnet32)
 }
 
 
-def trial_config(workload: str, *, device: str, epochs: int, threads: int, dry: bool,
-                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def trial_config(
+    workload: str, *, device: str, epochs: int, threads: int, dry: bool, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The TrainConfig dict of one trial of ``workload`` (the data set's recipe, short)."""
     w = WORKLOADS[workload]
     data = json.loads(json.dumps(w["data"]))
@@ -88,8 +104,13 @@ def trial_config(workload: str, *, device: str, epochs: int, threads: int, dry: 
     from pal_study.data import get_dataset
 
     recipe = get_dataset(w["recipe"]).recipe
-    cfg: dict[str, Any] = {"method": "ce+fnpal", "device": device, "threads": threads, "data": data,
-                           "optim": {"epochs": epochs, "batch_size": recipe.batch_size}}
+    cfg: dict[str, Any] = {
+        "method": "ce+fnpal",
+        "device": device,
+        "threads": threads,
+        "data": data,
+        "optim": {"epochs": epochs, "batch_size": recipe.batch_size},
+    }
     if w["arch"]:
         cfg["model"] = {"arch": w["arch"]}
     cfg.update(extra or {})
@@ -123,12 +144,22 @@ def trial_main(spec_path: str) -> None:
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     t1 = time.time()
-    out = {"t_start": t0, "t_end": t1, "status": result.status, "reason": result.reason,
-           "history": [{k: h[k] for k in ("epoch", "train_time_s", "eval_time_s", "train_loss", "test_acc")}
-                       for h in result.history],
-           "n_train": result.data["n_train"], "n_val": result.data["n_val"], "n_test": result.data["n_test"],
-           "env": result.env, "pid": os.getpid(),
-           "max_memory_allocated": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda") else None}
+    out = {
+        "t_start": t0,
+        "t_end": t1,
+        "status": result.status,
+        "reason": result.reason,
+        "history": [
+            {k: h[k] for k in ("epoch", "train_time_s", "eval_time_s", "train_loss", "test_acc")}
+            for h in result.history
+        ],
+        "n_train": result.data["n_train"],
+        "n_val": result.data["n_val"],
+        "n_test": result.data["n_test"],
+        "env": result.env,
+        "pid": os.getpid(),
+        "max_memory_allocated": torch.cuda.max_memory_allocated() if cfg.device.startswith("cuda") else None,
+    }
     Path(spec["out"]).write_text(json.dumps(out))
 
 
@@ -141,16 +172,26 @@ def run_concurrent(configs: list[dict[str, Any]], tmp: Path, timeout_s: float) -
     procs, specs, logs = [], [], []
     t_spawn = time.time()
     for i, cfg in enumerate(configs):
-        spec = {"config": cfg, "ready": str(d / f"ready{i}"), "go": str(go), "out": str(d / f"out{i}.json"),
-                "barrier_timeout_s": timeout_s}
+        spec = {
+            "config": cfg,
+            "ready": str(d / f"ready{i}"),
+            "go": str(go),
+            "out": str(d / f"out{i}.json"),
+            "barrier_timeout_s": timeout_s,
+        }
         p = d / f"spec{i}.json"
         p.write_text(json.dumps(spec))
         specs.append(spec)
-        log = open(d / f"log{i}.txt", "w")  # a file, not a pipe: a chatty child never blocks
         logs.append(d / f"log{i}.txt")
-        procs.append(subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--trial", str(p)],
-                                      cwd=str(ROOT), stdout=log, stderr=subprocess.STDOUT))
-        log.close()
+        with open(d / f"log{i}.txt", "w") as log:  # a file, not a pipe: a chatty child never blocks
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, str(Path(__file__).resolve()), "--trial", str(p)],
+                    cwd=str(ROOT),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
     try:
         deadline = time.time() + timeout_s
         while not all(os.path.exists(s["ready"]) for s in specs):
@@ -169,7 +210,7 @@ def run_concurrent(configs: list[dict[str, Any]], tmp: Path, timeout_s: float) -
                 p.wait()
         tails = [f.read_text()[-2000:] for f in logs]
         raise RuntimeError("trial processes failed:\n" + "\n---\n".join(tails)) from None
-    for p, f in zip(procs, logs):
+    for p, f in zip(procs, logs, strict=False):
         if p.returncode != 0:
             raise RuntimeError(f"trial process exited {p.returncode}:\n{f.read_text()[-3000:]}")
     results = [json.loads(Path(s["out"]).read_text()) for s in specs]
@@ -211,13 +252,22 @@ def device_info(dry: bool) -> dict[str, Any]:
 
     import torch
 
-    info: dict[str, Any] = {"torch": torch.__version__, "cuda_runtime": torch.version.cuda,
-                            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-                            "python": platform.python_version(), "cpu_cores": os.cpu_count(), "dry_run": dry}
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "dry_run": dry,
+    }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(device=torch.cuda.get_device_name(0), device_count=torch.cuda.device_count(),
-                    memory_gib=round(props.total_memory / 2**30, 1), capability=f"{props.major}.{props.minor}")
+        info.update(
+            device=torch.cuda.get_device_name(0),
+            device_count=torch.cuda.device_count(),
+            memory_gib=round(props.total_memory / 2**30, 1),
+            capability=f"{props.major}.{props.minor}",
+        )
         try:
             query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
             smi = subprocess.run(query, capture_output=True, text=True, timeout=20)
@@ -234,8 +284,12 @@ def device_info(dry: bool) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, N in (1, 2): checks the plumbing only")
-    ap.add_argument("--budget-s", type=float, default=420.0,
-                    help="start no run that would likely end past this many seconds (default 420)")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=420.0,
+        help="start no run that would likely end past this many seconds (default 420)",
+    )
     ap.add_argument("--epochs", type=int, default=None, help="epochs per short trial (default 3; dry run 2)")
     ap.add_argument("--layout-rounds", type=int, default=1, help="rounds of the resnet32 layout comparison")
     ap.add_argument("--concurrency", nargs="+", type=int, default=None, help="trials per GPU (default 1 2 4 8)")
@@ -250,8 +304,10 @@ def main() -> None:
     import torch
 
     if not args.dry_run and not torch.cuda.is_available():
-        print("gpu_throughput: no CUDA device visible (torch.cuda.is_available() is False): nothing measured, "
-              "nothing written. Run it on a GPU machine, or add --dry-run to check the plumbing on the CPU.")
+        print(
+            "gpu_throughput: no CUDA device visible (torch.cuda.is_available() is False): nothing measured, "
+            "nothing written. Run it on a GPU machine, or add --dry-run to check the plumbing on the CPU."
+        )
         return
     t_begin = time.perf_counter()
     dry = args.dry_run
@@ -261,10 +317,17 @@ def main() -> None:
     workloads = args.workloads or list(WORKLOADS)
     cores = os.cpu_count() or 1
     budget = args.budget_s
-    res: dict[str, Any] = {"benchmark": "gpu_throughput", "device": device_info(dry), "epochs_per_trial": epochs,
-                           "command": " ".join([".venv/bin/python", "benchmarks/gpu_throughput.py", *sys.argv[1:]]),
-                           "date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "budget_s": budget,
-                           "layouts": [], "throughput": [], "skipped": []}
+    res: dict[str, Any] = {
+        "benchmark": "gpu_throughput",
+        "device": device_info(dry),
+        "epochs_per_trial": epochs,
+        "command": " ".join([".venv/bin/python", "benchmarks/gpu_throughput.py", *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "budget_s": budget,
+        "layouts": [],
+        "throughput": [],
+        "skipped": [],
+    }
     est: dict[str, float] = {}  # a workload's last run wall (s), to guess whether the next fits
 
     def remaining() -> float:
@@ -284,18 +347,27 @@ def main() -> None:
             t = time.perf_counter()
             raw: dict[str, list[dict[str, Any]]] = {}
             for r in range(args.layout_rounds):
-                names = list(LAYOUTS)[r % len(LAYOUTS):] + list(LAYOUTS)[:r % len(LAYOUTS)]
+                names = list(LAYOUTS)[r % len(LAYOUTS) :] + list(LAYOUTS)[: r % len(LAYOUTS)]
                 for name in names:
                     guess = (5.0 if dry else 30.0) + (0 if dry or not LAYOUTS[name]["compile"] else 90.0)
                     if not fits(f"layout {name} round {r + 1}", guess):
                         continue
-                    cfg = trial_config("resnet32", device=device, epochs=epochs, threads=1 if dry else cores,
-                                       dry=dry, extra={**LAYOUTS[name], "seed": 0})
+                    cfg = trial_config(
+                        "resnet32",
+                        device=device,
+                        epochs=epochs,
+                        threads=1 if dry else cores,
+                        dry=dry,
+                        extra={**LAYOUTS[name], "seed": 0},
+                    )
                     out = run_concurrent([cfg], tmp, timeout_s=max(60.0, remaining() + 60))
                     raw.setdefault(name, []).append(out["trials"][0])
             res["layouts"] = summarize_layouts(raw)
-            print(f"  resnet32 layouts ({time.perf_counter() - t:.0f} s): " + ", ".join(
-                f"{r['layout']} {r['epoch_s']:.3f} s/epoch" for r in res["layouts"]["summary"]), flush=True)
+            print(
+                f"  resnet32 layouts ({time.perf_counter() - t:.0f} s): "
+                + ", ".join(f"{r['layout']} {r['epoch_s']:.3f} s/epoch" for r in res["layouts"]["summary"]),
+                flush=True,
+            )
         # 2. N concurrent trials per GPU.
         for n in levels:
             for w in workloads:
@@ -304,27 +376,41 @@ def main() -> None:
                 if not fits(key, guess):
                     continue
                 threads = 1 if dry else max(1, cores // n)
-                cfgs = [trial_config(w, device=device, epochs=epochs, threads=threads, dry=dry, extra={"seed": i})
-                        for i in range(n)]
+                cfgs = [
+                    trial_config(w, device=device, epochs=epochs, threads=threads, dry=dry, extra={"seed": i})
+                    for i in range(n)
+                ]
                 r = run_concurrent(cfgs, tmp, timeout_s=max(30.0, remaining() + 60))
                 est[w] = r["wall_s"] + r["setup_s"]
                 tr, ev, ep = steady_epoch_s(r["trials"])
                 s_tr, s_ev = full_scale(w, r["trials"][0])
                 full_epoch = tr * s_tr + ev * s_ev
                 rec_epochs = _recipe_epochs(w)
-                row = {"workload": w, "trials_per_gpu": n, "threads_per_trial": threads, "epochs": epochs,
-                       "n_train": r["trials"][0]["n_train"], "setup_s": r["setup_s"], "wall_s": r["wall_s"],
-                       "trials_per_hour_measured": n * 3600.0 / r["wall_s"],
-                       "steady_train_epoch_s": tr, "steady_eval_s": ev, "full_epoch_s": full_epoch,
-                       "recipe_epochs": rec_epochs,
-                       "trials_per_hour_recipe": n * 3600.0 / (rec_epochs * full_epoch),
-                       "statuses": [t["status"] for t in r["trials"]],
-                       "max_memory_allocated": [t["max_memory_allocated"] for t in r["trials"]],
-                       "raw": r["trials"]}
+                row = {
+                    "workload": w,
+                    "trials_per_gpu": n,
+                    "threads_per_trial": threads,
+                    "epochs": epochs,
+                    "n_train": r["trials"][0]["n_train"],
+                    "setup_s": r["setup_s"],
+                    "wall_s": r["wall_s"],
+                    "trials_per_hour_measured": n * 3600.0 / r["wall_s"],
+                    "steady_train_epoch_s": tr,
+                    "steady_eval_s": ev,
+                    "full_epoch_s": full_epoch,
+                    "recipe_epochs": rec_epochs,
+                    "trials_per_hour_recipe": n * 3600.0 / (rec_epochs * full_epoch),
+                    "statuses": [t["status"] for t in r["trials"]],
+                    "max_memory_allocated": [t["max_memory_allocated"] for t in r["trials"]],
+                    "raw": r["trials"],
+                }
                 res["throughput"].append(row)
-                print(f"  {key}: wall {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), steady epoch "
-                      f"{ep:.3f} s, {row['trials_per_hour_measured']:.0f} short trials/h, "
-                      f"{row['trials_per_hour_recipe']:.1f} recipe-length trials/h", flush=True)
+                print(
+                    f"  {key}: wall {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), steady epoch "
+                    f"{ep:.3f} s, {row['trials_per_hour_measured']:.0f} short trials/h, "
+                    f"{row['trials_per_hour_recipe']:.1f} recipe-length trials/h",
+                    flush=True,
+                )
     res["wall_s"] = time.perf_counter() - t_begin
     _print_tables(res)
     if args.out:
@@ -355,8 +441,16 @@ def summarize_layouts(raw: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         first = [t["history"][0]["train_time_s"] for t in raw[name]]
         if name == "fp32_contiguous":
             base = tr
-        summary.append({"layout": name, **LAYOUTS[name], "epoch_s": tr, "eval_s": ev, "first_epoch_s": first,
-                        "compile_or_warmup_s": [f - tr for f in first]})
+        summary.append(
+            {
+                "layout": name,
+                **LAYOUTS[name],
+                "epoch_s": tr,
+                "eval_s": ev,
+                "first_epoch_s": first,
+                "compile_or_warmup_s": [f - tr for f in first],
+            }
+        )
     for row in summary:
         row["speedup_vs_fp32_contiguous"] = base / row["epoch_s"] if base else None
     return {"summary": summary, "raw": raw}
@@ -367,18 +461,54 @@ def _print_tables(res: dict[str, Any]) -> None:
 
     if res["layouts"] and res["layouts"]["summary"]:
         print("\nresnet32 epoch (CIFAR-shaped), median of the steady epochs")
-        print(_bench.table(["layout", "train epoch s", "eval s", "speed-up", "first epoch s"],
-                           [[r["layout"], r["epoch_s"], r["eval_s"],
-                             f"{r['speedup_vs_fp32_contiguous']:.2f}x" if r["speedup_vs_fp32_contiguous"] else "n/a",
-                             ", ".join(f"{v:.2f}" for v in r["first_epoch_s"])] for r in res["layouts"]["summary"]]))
+        print(
+            _bench.table(
+                ["layout", "train epoch s", "eval s", "speed-up", "first epoch s"],
+                [
+                    [
+                        r["layout"],
+                        r["epoch_s"],
+                        r["eval_s"],
+                        f"{r['speedup_vs_fp32_contiguous']:.2f}x" if r["speedup_vs_fp32_contiguous"] else "n/a",
+                        ", ".join(f"{v:.2f}" for v in r["first_epoch_s"]),
+                    ]
+                    for r in res["layouts"]["summary"]
+                ],
+            )
+        )
     if res["throughput"]:
         print("\ntrials per GPU: N concurrent train() processes")
-        print(_bench.table(["workload", "N", "threads", "n_train", "wall s", "short trials/h", "steady epoch s",
-                            "full epoch s", "recipe epochs", "recipe trials/h"],
-                           [[r["workload"], r["trials_per_gpu"], r["threads_per_trial"], r["n_train"], r["wall_s"],
-                             r["trials_per_hour_measured"], r["steady_train_epoch_s"] + r["steady_eval_s"],
-                             r["full_epoch_s"], r["recipe_epochs"], r["trials_per_hour_recipe"]]
-                            for r in res["throughput"]]))
+        print(
+            _bench.table(
+                [
+                    "workload",
+                    "N",
+                    "threads",
+                    "n_train",
+                    "wall s",
+                    "short trials/h",
+                    "steady epoch s",
+                    "full epoch s",
+                    "recipe epochs",
+                    "recipe trials/h",
+                ],
+                [
+                    [
+                        r["workload"],
+                        r["trials_per_gpu"],
+                        r["threads_per_trial"],
+                        r["n_train"],
+                        r["wall_s"],
+                        r["trials_per_hour_measured"],
+                        r["steady_train_epoch_s"] + r["steady_eval_s"],
+                        r["full_epoch_s"],
+                        r["recipe_epochs"],
+                        r["trials_per_hour_recipe"],
+                    ]
+                    for r in res["throughput"]
+                ],
+            )
+        )
     if res["skipped"]:
         print("\nskipped (budget): " + ", ".join(s["run"] for s in res["skipped"]))
 

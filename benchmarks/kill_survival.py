@@ -20,9 +20,9 @@ fresh study directory and a fresh MLflow store take over, so the remaining kills
 study.
 
 Random instants fall inside Optuna's journal append (the only moment a kill leaves its lock
-behind) only now and then (0 to 1 kill in 30 here); --lock-faults F makes F of the kills happen there, through the driver-fault hook
-of the tests (PAL_STUDY_DRIVER_FAULT=journal_lock@N, N random). Any launch that finds a journal
-lock at its start and then appends must say "removed a stale Optuna journal lock".
+behind) only now and then (0 to 1 kill in 30 here); --lock-faults F makes F of the kills happen there,
+through the driver-fault hook of the tests (PAL_STUDY_DRIVER_FAULT=journal_lock@N, N random).
+Any launch that finds a journal lock at its start and then appends must say "removed a stale Optuna journal lock".
 
 A HANG is a launch that makes no progress (no new finished trial in the journal, no exit) for
 more than --hang-s seconds, or that prints Optuna's "taking longer than" lock warning: it is
@@ -50,6 +50,7 @@ Ctrl-C (every process group started is killed on the way out).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -103,8 +104,16 @@ def write_study(root: Path, trials: int, epochs: int, spaces: Path) -> Path:
 
 def journal_state(journal: Path) -> dict[str, Any]:
     """Finished / running trials the journal holds, tuning and finals apart (read only)."""
-    state = {"exists": journal.exists(), "bytes": 0, "tuning_finished": 0, "finals_finished": 0, "running": 0,
-             "failed": 0, "epochs_reported": 0, "finals_trials": 0}
+    state = {
+        "exists": journal.exists(),
+        "bytes": 0,
+        "tuning_finished": 0,
+        "finals_finished": 0,
+        "running": 0,
+        "failed": 0,
+        "epochs_reported": 0,
+        "finals_trials": 0,
+    }
     if not state["exists"]:
         return state
     state["bytes"] = journal.stat().st_size
@@ -148,13 +157,13 @@ def table_of(summary: Path) -> list:
 def session_procs(sid: int) -> list[tuple[int, int, str]]:
     """(pid, pgid, name) of the live (non-zombie) processes of session ``sid``: the launch and
     everything it started (Ray's workers put themselves in process groups of their own)."""
-    out = subprocess.run(["ps", "-eo", "pid=,pgid=,sid=,stat=,ppid=,comm=,args="], capture_output=True,
-                         text=True).stdout
+    out = subprocess.run(
+        ["ps", "-eo", "pid=,pgid=,sid=,stat=,ppid=,comm=,args="], capture_output=True, text=True
+    ).stdout
     procs = []
     for line in out.splitlines():
         parts = line.split(None, 6)
-        if (len(parts) == 7 and int(parts[2]) == sid and not parts[3].startswith("Z")
-                and int(parts[0]) != os.getpid()):
+        if len(parts) == 7 and int(parts[2]) == sid and not parts[3].startswith("Z") and int(parts[0]) != os.getpid():
             procs.append((int(parts[0]), int(parts[1]), f"{parts[5]} (ppid {parts[4]}: {parts[6][:160]})"))
     return procs
 
@@ -162,10 +171,8 @@ def session_procs(sid: int) -> list[tuple[int, int, str]]:
 def end_session(sid: int, timeout: float = 20.0, observe_s: float = 0.0) -> dict[str, Any]:
     """SIGKILL the process group ``sid``; watch for ``observe_s`` which processes of the session
     outlive it on their own; then SIGKILL each one left (by pid). Returns what outlived what."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(sid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     time.sleep(0.2)
     after_killpg = session_procs(sid)
     deadline = time.monotonic() + observe_s
@@ -177,16 +184,16 @@ def end_session(sid: int, timeout: float = 20.0, observe_s: float = 0.0) -> dict
     deadline = time.monotonic() + timeout
     while left and time.monotonic() < deadline:
         for pid, _, _ in left:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         time.sleep(0.3)
         left = session_procs(sid)
     LIVE.discard(sid)
-    return {"after_killpg": [f"{pid}:{name.split(' (')[0]}" for pid, pgid, name in after_killpg],
-            "orphans": [f"{pid}:{name}" for pid, pgid, name in orphans],
-            "never_died": [f"{pid}:{name}" for pid, pgid, name in left]}
+    return {
+        "after_killpg": [f"{pid}:{name.split(' (')[0]}" for pid, pgid, name in after_killpg],
+        "orphans": [f"{pid}:{name}" for pid, pgid, name in orphans],
+        "never_died": [f"{pid}:{name}" for pid, pgid, name in left],
+    }
 
 
 def cleanup_all() -> None:
@@ -205,8 +212,9 @@ class Launch:
         self.lock_at_launch = os.path.lexists(str(journal) + ".lock")
         self.t0 = time.monotonic()
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         LIVE.add(self.proc.pid)
 
     def stderr(self) -> str:
@@ -248,7 +256,7 @@ class Launch:
                         finished, last_progress = n, now
                     if first_work is None and st["epochs_reported"] + n > work0:
                         first_work = now - self.t0
-                except Exception:  # noqa: BLE001 -- a read racing the writer: try again next poll
+                except Exception:
                     seen_size = -2
             try:
                 with self.stderr_path.open("rb") as f:
@@ -273,24 +281,23 @@ class Launch:
         # driver appends to it. After a kill, up to ORPHAN_S show which of the session's processes
         # (Ray's workers sit in process groups of their own) do not die by themselves.
         procs = end_session(self.proc.pid, observe_s=ORPHAN_S if outcome in ("killed", "hang", "self_killed") else 0.0)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            pass
         if outcome == "killed" and self.proc.returncode not in (-signal.SIGKILL, None):
             # It exited on its own between the last poll and the kill.
             outcome = "finished" if self.proc.returncode == 0 else "exited_error"
         at_end = journal_state(self.journal)
-        if first_append is None and at_end["bytes"] > max(size0, 0):
-            first_append_known = False  # it appended after the last poll: start-up time unknown
-        else:
-            first_append_known = True
+        # Unknown when it appended after the last poll: its start-up time cannot be read then.
+        first_append_known = not (first_append is None and at_end["bytes"] > max(size0, 0))
         err = self.stderr()
         return {
-            "outcome": outcome, "rc": self.proc.returncode, "elapsed_s": round(elapsed, 3),
+            "outcome": outcome,
+            "rc": self.proc.returncode,
+            "elapsed_s": round(elapsed, 3),
             "kill_at_s": None if kill_at is None else round(kill_at, 3),
             "hang_reason": hang_reason,
-            "journal_at_launch": self.at_launch, "journal_at_end": at_end,
+            "journal_at_launch": self.at_launch,
+            "journal_at_end": at_end,
             "first_append_s": None if first_append is None else round(first_append, 3),
             "first_work_s": None if first_work is None else round(first_work, 3),
             "worked": at_end["epochs_reported"] + at_end["tuning_finished"] + at_end["finals_finished"] > work0,
@@ -300,7 +307,8 @@ class Launch:
             "lock_left": os.path.lexists(str(self.journal) + ".lock"),
             "stale_lock_removed": STALE_REMOVED in err,
             "lock_warning": LOCK_WARNING in err,
-            "leftover_processes": len(procs["after_killpg"]), "processes": procs,
+            "leftover_processes": len(procs["after_killpg"]),
+            "processes": procs,
             "stderr_tail": err[-1500:],
         }
 
@@ -324,7 +332,9 @@ def check_mlflow(uri: str, expected_kids: int) -> dict[str, Any]:
     parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
     parent_ids = {r.info.run_id for r in parents}
     # Trials and finals sit under their cell's run; cell runs under the study run.
-    kids = [r for r in all_runs if r.data.tags.get("pal.study_run") in parent_ids and r.data.tags.get("stage") != "cell"]
+    kids = [
+        r for r in all_runs if r.data.tags.get("pal.study_run") in parent_ids and r.data.tags.get("stage") != "cell"
+    ]
     cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in parent_ids]
     keys = [r.data.tags.get("pal.run_key") for r in kids + cells]
     dup = sorted(k for k, n in Counter(keys).items() if n > 1 and k)
@@ -344,40 +354,70 @@ def check_mlflow(uri: str, expected_kids: int) -> dict[str, Any]:
     bad = {s: n for s, n in statuses.items() if s not in ("FINISHED", "KILLED")}
     if bad:
         problems.append(f"statuses other than FINISHED/KILLED: {bad}")
-    return {"ok": not problems, "problems": problems, "runs": len(all_runs), "parents": len(parents),
-            "children": len(kids), "expected_children": expected_kids, "statuses": dict(statuses),
-            "stages": {str(k): v for k, v in stages.items()}, "duplicate_keys": dup}
+    return {
+        "ok": not problems,
+        "problems": problems,
+        "runs": len(all_runs),
+        "parents": len(parents),
+        "children": len(kids),
+        "expected_children": expected_kids,
+        "statuses": dict(statuses),
+        "stages": {str(k): v for k, v in stages.items()},
+        "duplicate_keys": dup,
+    }
 
 
 # -- main --------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--kills", type=int, default=30, help="SIGKILLs to land (default 30)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 6 kills (unless --kills is given)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill instants (default 0)")
     ap.add_argument("--lo", type=float, default=1.0, help="shortest delay before a kill, s (default 1)")
-    ap.add_argument("--hi", type=float, default=None,
-                    help="longest delay before a kill, s (default: 1.25 x the reference run's wall time, so that "
-                         "kills land in start-up, tuning, finals and the report alike)")
+    ap.add_argument(
+        "--hi",
+        type=float,
+        default=None,
+        help="longest delay before a kill, s (default: 1.25 x the reference run's wall time, so that "
+        "kills land in start-up, tuning, finals and the report alike)",
+    )
     ap.add_argument("--trials", type=int, default=5, help="tuning trials per cell (default 5)")
     ap.add_argument("--epochs", type=int, default=8, help="epochs per trial (default 8)")
-    ap.add_argument("--hang-s", type=float, default=90.0,
-                    help="no new finished trial and no exit for this long = a hang (default 90)")
-    ap.add_argument("--max-launches", type=int, default=None, help="give up after this many launches (default 3 x kills + 10)")
-    ap.add_argument("--lock-faults", type=int, default=0,
-                    help="of the kills, this many by the driver itself inside Optuna's journal lock (the "
-                         "PAL_STUDY_DRIVER_FAULT=journal_lock@N hook, N uniform in 1..--fault-max; every "
-                         "kills/lock-faults-th launch): random instants land there only now and then (default 0)")
+    ap.add_argument(
+        "--hang-s",
+        type=float,
+        default=90.0,
+        help="no new finished trial and no exit for this long = a hang (default 90)",
+    )
+    ap.add_argument(
+        "--max-launches", type=int, default=None, help="give up after this many launches (default 3 x kills + 10)"
+    )
+    ap.add_argument(
+        "--lock-faults",
+        type=int,
+        default=0,
+        help="of the kills, this many by the driver itself inside Optuna's journal lock (the "
+        "PAL_STUDY_DRIVER_FAULT=journal_lock@N hook, N uniform in 1..--fault-max; every "
+        "kills/lock-faults-th launch): random instants land there only now and then (default 0)",
+    )
     ap.add_argument("--fault-max", type=int, default=150, help="largest N of journal_lock@N (default 150)")
-    ap.add_argument("--no-snapshot", dest="snapshot", action="store_false",
-                    help="run the working tree's pal_study as it is at each launch, not a copy taken at the start")
+    ap.add_argument(
+        "--no-snapshot",
+        dest="snapshot",
+        action="store_false",
+        help="run the working tree's pal_study as it is at each launch, not a copy taken at the start",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (kept anyway when a check fails)")
     args = ap.parse_args(argv)
     if args.quick and "--kills" not in (argv if argv is not None else sys.argv[1:]):
         args.kills = 6
     max_launches = args.max_launches or 3 * args.kills + 10
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", "benchmarks/kill_survival.py",
-                                                 *(argv if argv is not None else sys.argv[1:])])
+    command = " ".join(
+        shlex.quote(a)
+        for a in [".venv/bin/python", "benchmarks/kill_survival.py", *(argv if argv is not None else sys.argv[1:])]
+    )
 
     def on_signal(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -391,8 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k not in ("PAL_STUDY_DRIVER_FAULT", "RAY_ADDRESS")}
     env["PYTHONUNBUFFERED"] = "1"
     spaces = ROOT / "search_spaces"
-    code: dict[str, Any] = {"snapshot": args.snapshot, "git_head": _git("rev-parse", "HEAD"),
-                            "git_dirty": _git("status", "--short", "--untracked-files=no")}
+    code: dict[str, Any] = {
+        "snapshot": args.snapshot,
+        "git_head": _git("rev-parse", "HEAD"),
+        "git_dirty": _git("status", "--short", "--untracked-files=no"),
+    }
     if args.snapshot:
         # One version of the code for every launch, whatever is edited in the tree meanwhile:
         # PYTHONPATH puts the copy before the editable install (its finder comes after sys.path),
@@ -404,8 +447,12 @@ def main(argv: list[str] | None = None) -> int:
         env["PYTHONPATH"] = os.pathsep.join([str(snap), *filter(None, [os.environ.get("PYTHONPATH")])])
         code["pal_study_sha256"] = _tree_hash(snap / "pal_study")
         code["imported_from"] = subprocess.run(
-            [sys.executable, "-c", "import pal_study; print(pal_study.__file__)"], cwd=root, env=env,
-            capture_output=True, text=True).stdout.strip()
+            [sys.executable, "-c", "import pal_study; print(pal_study.__file__)"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
         if not code["imported_from"].startswith(str(snap)):
             print(f"the snapshot is not what runs: pal_study imports from {code['imported_from']}", file=sys.stderr)
             shutil.rmtree(root, ignore_errors=True)
@@ -415,13 +462,24 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     rng = random.Random(args.seed)
     t_start = time.time()
-    print(f"kill survival: {args.kills} kills at U[{args.lo:g}, {args.hi or 'auto'}] s (seed {args.seed}); "
-          f"study {budget} tuning trials + {n_finals} finals, {args.epochs} epochs; work dir {root}", flush=True)
+    print(
+        f"kill survival: {args.kills} kills at U[{args.lo:g}, {args.hi or 'auto'}] s (seed {args.seed}); "
+        f"study {budget} tuning trials + {n_finals} finals, {args.epochs} epochs; work dir {root}",
+        flush=True,
+    )
 
     payload: dict[str, Any] = {
-        "command": command, "machine": _bench.machine([1]),  # trials: resources.cpu 1 -> 1 torch thread
-        "args": vars(args), "code": code, "study": yaml_text(study_path), "work_dir": str(root),
-        "launches": [], "studies": [], "reference": None, "failures": [], "interrupted": False,
+        "command": command,
+        "machine": _bench.machine([1]),  # trials: resources.cpu 1 -> 1 torch thread
+        "args": vars(args),
+        "code": code,
+        "study": yaml_text(study_path),
+        "work_dir": str(root),
+        "launches": [],
+        "studies": [],
+        "reference": None,
+        "failures": [],
+        "interrupted": False,
     }
     failures: list[str] = payload["failures"]
     launches: list[dict[str, Any]] = payload["launches"]
@@ -430,8 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # 1. the reference: uninterrupted, untracked, its own runs dir
         t = time.monotonic()
-        ref = Launch([py, "-m", "pal_study.cli", "run", str(study_path), "--runs-dir", "straight", "--no-track"],
-                     root, logs / "reference", root / "straight" / NAME / "optuna.journal", env)
+        ref = Launch(
+            [py, "-m", "pal_study.cli", "run", str(study_path), "--runs-dir", "straight", "--no-track"],
+            root,
+            logs / "reference",
+            root / "straight" / NAME / "optuna.journal",
+            env,
+        )
         rec = ref.watch(None, args.hang_s, hard_limit_s=1800)
         payload["reference_run"] = {k: v for k, v in rec.items() if k != "journal_at_launch"}
         if rec["outcome"] != "finished":
@@ -439,8 +502,10 @@ def main(argv: list[str] | None = None) -> int:
             print(rec["stderr_tail"], file=sys.stderr)
             return 1
         if rec["journal_at_end"]["failed"]:
-            failures.append(f"reference run: {rec['journal_at_end']['failed']} trials FAILED: the code under test "
-                            "is broken (or was mid-edit when copied); nothing to compare kills against")
+            failures.append(
+                f"reference run: {rec['journal_at_end']['failed']} trials FAILED: the code under test "
+                "is broken (or was mid-edit when copied); nothing to compare kills against"
+            )
             print(rec["stderr_tail"], file=sys.stderr)
             return 1
         reference = table_of(root / "straight" / NAME / "summary.json")
@@ -449,16 +514,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.hi is None:
             args.hi = round(1.25 * payload["reference_wall_s"], 1)
         payload["kill_window_s"] = [args.lo, args.hi]
-        print(f"reference run: {payload['reference_wall_s']} s; kill instants U[{args.lo:g}, {args.hi:g}] s", flush=True)
-        print(_bench.table(["cell", "counts c/p/f", "best value", "val mean", "test mean"],
-                           [[r[0], f"{r[1]['completed']}/{r[1]['pruned']}/{r[1]['failed']}", r[3], r[4], r[5]]
-                            for r in reference]), flush=True)
+        print(
+            f"reference run: {payload['reference_wall_s']} s; kill instants U[{args.lo:g}, {args.hi:g}] s", flush=True
+        )
+        print(
+            _bench.table(
+                ["cell", "counts c/p/f", "best value", "val mean", "test mean"],
+                [[r[0], f"{r[1]['completed']}/{r[1]['pruned']}/{r[1]['failed']}", r[3], r[4], r[5]] for r in reference],
+            ),
+            flush=True,
+        )
 
         # 2. the kills
         def new_study() -> dict[str, Any]:
             k = len(studies)
-            s = {"index": k, "runs_dir": f"runs{k}", "tracking_uri": f"sqlite:///{root}/mlruns{k}/mlflow.db",
-                 "completed_in_loop": False, "launches": 0, "kills": 0}
+            s = {
+                "index": k,
+                "runs_dir": f"runs{k}",
+                "tracking_uri": f"sqlite:///{root}/mlruns{k}/mlflow.db",
+                "completed_in_loop": False,
+                "launches": 0,
+                "kills": 0,
+            }
             studies.append(s)
             return s
 
@@ -470,8 +547,17 @@ def main(argv: list[str] | None = None) -> int:
         fault_every = max(1, args.kills // max(1, args.lock_faults))
         while kills < args.kills and len(launches) < max_launches and not stop:
             journal = root / study["runs_dir"] / NAME / "optuna.journal"
-            cmd = [py, "-m", "pal_study.cli", "run", str(study_path), "--runs-dir", study["runs_dir"],
-                   "--tracking-uri", study["tracking_uri"]]
+            cmd = [
+                py,
+                "-m",
+                "pal_study.cli",
+                "run",
+                str(study_path),
+                "--runs-dir",
+                study["runs_dir"],
+                "--tracking-uri",
+                study["tracking_uri"],
+            ]
             delay = rng.uniform(args.lo, args.hi)
             n = len(launches)
             fault = None
@@ -493,35 +579,54 @@ def main(argv: list[str] | None = None) -> int:
                 rec["outcome"] = "killed"
                 rec["fault_fired"] = True
                 faults_fired += 1
-            rec.update(launch=n, study=study["index"], rerun=rec["journal_at_launch"]["exists"],
-                       phase=phase_of(rec["journal_at_end"], budget, n_finals) if rec["outcome"] == "killed" else None,
-                       driver_starting=(rec["outcome"] == "killed" and not rec["appended"]),
-                       before_training=(rec["outcome"] == "killed" and not rec["worked"]))
+            rec.update(
+                launch=n,
+                study=study["index"],
+                rerun=rec["journal_at_launch"]["exists"],
+                phase=phase_of(rec["journal_at_end"], budget, n_finals) if rec["outcome"] == "killed" else None,
+                driver_starting=(rec["outcome"] == "killed" and not rec["appended"]),
+                before_training=(rec["outcome"] == "killed" and not rec["worked"]),
+            )
             launches.append(rec)
             study["launches"] += 1
             j = rec["journal_at_end"]
-            where = (f"{j['tuning_finished']}/{budget} tuning, {j['finals_finished']}/{n_finals} finals, "
-                     f"{j['running']} running")
+            where = (
+                f"{j['tuning_finished']}/{budget} tuning, {j['finals_finished']}/{n_finals} finals, "
+                f"{j['running']} running"
+            )
             start = "-" if rec["first_append_s"] is None else f"{rec['first_append_s']:.1f}s"
             work = "-" if rec["first_work_s"] is None else f"{rec['first_work_s']:.1f}s"
-            line = (f"[{n:3d}] study {study['index']} {'rerun' if rec['rerun'] else 'first'} "
-                    f"kill@{f'{delay:5.1f}s' if fault is None else fault} -> {rec['outcome']:<12} "
-                    f"after {rec['elapsed_s']:5.1f}s")
+            line = (
+                f"[{n:3d}] study {study['index']} {'rerun' if rec['rerun'] else 'first'} "
+                f"kill@{f'{delay:5.1f}s' if fault is None else fault} -> {rec['outcome']:<12} "
+                f"after {rec['elapsed_s']:5.1f}s"
+            )
             if rec["outcome"] == "killed":
                 kills += 1
                 study["kills"] += 1
-                tag = " (no append yet)" if rec["driver_starting"] else " (no epoch yet)" if rec["before_training"] else ""
+                tag = (
+                    " (no append yet)"
+                    if rec["driver_starting"]
+                    else " (no epoch yet)"
+                    if rec["before_training"]
+                    else ""
+                )
                 if rec["phase"] == "tuning" and j["finals_trials"]:
                     tag += " (finals started)"
-                line += (f"  #{kills:<3d} phase={rec['phase']:<8}{tag}"
-                         f" [{where}]")
+                line += f"  #{kills:<3d} phase={rec['phase']:<8}{tag} [{where}]"
             else:
                 line += f"  [{where}]"
-            line += (f" first-append={start} first-epoch={work}"
-                     f"{' STALE-LOCK-REMOVED' if rec['stale_lock_removed'] else ''}"
-                     f"{' LOCK-LEFT' if rec['lock_left'] else ''}"
-                     + (f" outlived-killpg={rec['leftover_processes']}" if rec["leftover_processes"] else "")
-                     + (f" alive-{ORPHAN_S:g}s-later={len(rec['processes']['orphans'])}" if rec["processes"]["orphans"] else ""))
+            line += (
+                f" first-append={start} first-epoch={work}"
+                f"{' STALE-LOCK-REMOVED' if rec['stale_lock_removed'] else ''}"
+                f"{' LOCK-LEFT' if rec['lock_left'] else ''}"
+                + (f" outlived-killpg={rec['leftover_processes']}" if rec["leftover_processes"] else "")
+                + (
+                    f" alive-{ORPHAN_S:g}s-later={len(rec['processes']['orphans'])}"
+                    if rec["processes"]["orphans"]
+                    else ""
+                )
+            )
             print(line, flush=True)
             if rec["lock_warning"] and rec["outcome"] != "hang":
                 rec["outcome"] = "hang"
@@ -531,8 +636,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"HANG: {rec['hang_reason']}\n--- stderr tail ---\n{rec['stderr_tail']}", file=sys.stderr)
                 stop = True
             elif rec["lock_at_launch"] and rec["appended"] and not rec["stale_lock_removed"]:
-                failures.append(f"launch {n} (study {study['index']}): a journal lock was left at its start and it "
-                                f"appended to the journal without saying {STALE_REMOVED!r}")
+                failures.append(
+                    f"launch {n} (study {study['index']}): a journal lock was left at its start and it "
+                    f"appended to the journal without saying {STALE_REMOVED!r}"
+                )
                 print(f"--- stderr tail ---\n{rec['stderr_tail']}", file=sys.stderr)
                 stop = True
             elif rec["outcome"] in ("exited_error", "self_killed"):
@@ -540,8 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"--- stderr tail ---\n{rec['stderr_tail']}", file=sys.stderr)
                 stop = True
             elif rec["journal_at_end"]["failed"]:
-                failures.append(f"launch {n} (study {study['index']}): {rec['journal_at_end']['failed']} trials "
-                                "FAILED (the reference run had none)")
+                failures.append(
+                    f"launch {n} (study {study['index']}): {rec['journal_at_end']['failed']} trials "
+                    "FAILED (the reference run had none)"
+                )
                 print(f"--- stderr tail ---\n{rec['stderr_tail']}", file=sys.stderr)
                 stop = True
             elif rec["outcome"] == "finished":
@@ -561,8 +670,17 @@ def main(argv: list[str] | None = None) -> int:
         if not stop:
             for s in studies:
                 journal = root / s["runs_dir"] / NAME / "optuna.journal"
-                cmd = [py, "-m", "pal_study.cli", "run", str(study_path), "--runs-dir", s["runs_dir"],
-                       "--tracking-uri", s["tracking_uri"]]
+                cmd = [
+                    py,
+                    "-m",
+                    "pal_study.cli",
+                    "run",
+                    str(study_path),
+                    "--runs-dir",
+                    s["runs_dir"],
+                    "--tracking-uri",
+                    s["tracking_uri"],
+                ]
                 t = time.monotonic()
                 launch = Launch(cmd, root, logs / f"final{s['index']}", journal, env)
                 rec = launch.watch(None, args.hang_s, hard_limit_s=1800)
@@ -583,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
                     s["table"] = got
                     s["table_equal"] = got == reference
                     if not s["table_equal"]:
-                        s["table_diff"] = [{"reference": a, "got": b} for a, b in zip(reference, got) if a != b]
+                        s["table_diff"] = [
+                            {"reference": a, "got": b} for a, b in zip(reference, got, strict=False) if a != b
+                        ]
                         problems.append(f"table differs from the reference in {len(s['table_diff'])} cells")
                 else:
                     problems.append("no summary.json")
@@ -595,11 +715,13 @@ def main(argv: list[str] | None = None) -> int:
                     failures.append(f"study {s['index']}: {p}")
                 if problems and rec["outcome"] != "finished":
                     print(f"--- study {s['index']} final run stderr tail ---\n{rec['stderr_tail']}", file=sys.stderr)
-                print(f"study {s['index']} ({s['runs_dir']}, {s['launches']} launches, {s['kills']} kills): "
-                      f"final run {rec['outcome']} in {s['final_wall_s']} s, table "
-                      f"{'= reference' if s['table_equal'] else 'DIFFERS'}, mlflow {s['mlflow'].get('children')} "
-                      f"children {s['mlflow'].get('statuses')}{'' if s['ok'] else '  PROBLEMS: ' + '; '.join(problems)}",
-                      flush=True)
+                print(
+                    f"study {s['index']} ({s['runs_dir']}, {s['launches']} launches, {s['kills']} kills): "
+                    f"final run {rec['outcome']} in {s['final_wall_s']} s, table "
+                    f"{'= reference' if s['table_equal'] else 'DIFFERS'}, mlflow {s['mlflow'].get('children')} "
+                    f"children {s['mlflow'].get('statuses')}{'' if s['ok'] else '  PROBLEMS: ' + '; '.join(problems)}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         payload["interrupted"] = True
         failures.append("interrupted (Ctrl-C / SIGTERM)")
@@ -611,8 +733,9 @@ def main(argv: list[str] | None = None) -> int:
         payload["summary"] = summarize(payload, args)
         report(payload)
         # An interrupted run never replaces a complete run's figures.
-        path = _bench.write_json("kill_survival_interrupted" if payload["interrupted"] else "kill_survival",
-                                 args.quick, payload)
+        path = _bench.write_json(
+            "kill_survival_interrupted" if payload["interrupted"] else "kill_survival", args.quick, payload
+        )
         print(f"\nwrote {path}")
         if failures or args.keep:
             print(f"work dir kept: {root}")
@@ -662,19 +785,26 @@ def summarize(payload: dict[str, Any], args: argparse.Namespace) -> dict[str, An
         "phase": dict(Counter(r["phase"] for r in killed)),
         "driver_starting_by_phase": dict(Counter(r["phase"] for r in killed if r["driver_starting"])),
         "before_training_by_phase": dict(Counter(r["phase"] for r in killed if r["before_training"])),
-        "tuning_kills_with_finals_started": sum(r["phase"] == "tuning" and r["journal_at_end"].get("finals_trials", 0) > 0
-                                                for r in killed),
+        "tuning_kills_with_finals_started": sum(
+            r["phase"] == "tuning" and r["journal_at_end"].get("finals_trials", 0) > 0 for r in killed
+        ),
         "lock_fault_kills": sum(bool(r.get("fault_fired")) for r in killed),
         "kills_leaving_journal_lock": sum(r["lock_left"] for r in killed),
         "reruns_removing_stale_lock": sum(r["stale_lock_removed"] for r in launches)
         + sum(bool((s.get("final_run") or {}).get("stale_lock_removed")) for s in studies),
         "lock_warnings": sum(r["lock_warning"] for r in launches)
         + sum(bool((s.get("final_run") or {}).get("lock_warning")) for s in studies),
-        "rerun_startup_s": {"n": len(starts), "max": max(starts, default=None),
-                            "median": _bench.median(starts) if starts else None},
+        "rerun_startup_s": {
+            "n": len(starts),
+            "max": max(starts, default=None),
+            "median": _bench.median(starts) if starts else None,
+        },
         "first_launch_startup_s": {"n": len(first_starts), "max": max(first_starts, default=None)},
-        "rerun_to_first_epoch_s": {"n": len(works), "max": max(works, default=None),
-                                   "median": _bench.median(works) if works else None},
+        "rerun_to_first_epoch_s": {
+            "n": len(works),
+            "max": max(works, default=None),
+            "median": _bench.median(works) if works else None,
+        },
         "leftover_processes_after_killpg": sum(r["leftover_processes"] for r in killed),
         "kills_with_orphans": sum(bool(r["processes"]["orphans"]) for r in killed),
         "orphan_names": dict(Counter(o.split(":", 1)[1].split()[0] for r in killed for o in r["processes"]["orphans"])),
@@ -706,16 +836,22 @@ def report(payload: dict[str, Any]) -> None:
         ["kills leaving the journal lock", s["kills_leaving_journal_lock"]],
         ["launches removing a stale journal lock", s["reruns_removing_stale_lock"]],
         ["Optuna lock warnings", s["lock_warnings"]],
-        ["rerun start-up (to 1st journal append) max / median s",
-         f"{_bench._fmt(s['rerun_startup_s']['max'])} / {_bench._fmt(s['rerun_startup_s']['median'])}"
-         f" (n={s['rerun_startup_s']['n']})"],
-        ["rerun start-up to its first new epoch / finished trial, max / median s",
-         f"{_bench._fmt(s['rerun_to_first_epoch_s']['max'])} / {_bench._fmt(s['rerun_to_first_epoch_s']['median'])}"
-         f" (n={s['rerun_to_first_epoch_s']['n']})"],
+        [
+            "rerun start-up (to 1st journal append) max / median s",
+            f"{_bench._fmt(s['rerun_startup_s']['max'])} / {_bench._fmt(s['rerun_startup_s']['median'])}"
+            f" (n={s['rerun_startup_s']['n']})",
+        ],
+        [
+            "rerun start-up to its first new epoch / finished trial, max / median s",
+            f"{_bench._fmt(s['rerun_to_first_epoch_s']['max'])} / {_bench._fmt(s['rerun_to_first_epoch_s']['median'])}"
+            f" (n={s['rerun_to_first_epoch_s']['n']})",
+        ],
         ["first-launch start-up (to 1st journal append) max s", _bench._fmt(s["first_launch_startup_s"]["max"])],
         ["processes outliving killpg (0.2 s after; then killed by pid)", s["leftover_processes_after_killpg"]],
-        [f"kills leaving processes alive {ORPHAN_S:g} s later (then killed by pid)",
-         f"{s['kills_with_orphans']} {s['orphan_names'] or ''}"],
+        [
+            f"kills leaving processes alive {ORPHAN_S:g} s later (then killed by pid)",
+            f"{s['kills_with_orphans']} {s['orphan_names'] or ''}",
+        ],
         ["studies (completed during the kills)", f"{s['studies']} ({s['studies_completed_in_loop']})"],
         ["tables equal to the reference", s["tables_equal"]],
         ["MLflow checks", s["mlflow_ok"]],
@@ -724,12 +860,29 @@ def report(payload: dict[str, Any]) -> None:
     print(_bench.table(["", "value"], rows))
     phases = ["start-up", "tuning", "finals", "report"]
     print()
-    print(_bench.table(["kill landed in (journal at the kill)", "kills", "driver had not appended yet",
-                        "driver had not trained yet"],
-                       [[p, s["phase"].get(p, 0), s["driver_starting_by_phase"].get(p, 0),
-                         s["before_training_by_phase"].get(p, 0)] for p in phases]))
-    print(f"(tuning: {s['tuning_kills_with_finals_started']} of those kills came after some cell's finals had "
-          "started; finals: every tuning trial finished, finals not; report: everything finished)")
+    print(
+        _bench.table(
+            [
+                "kill landed in (journal at the kill)",
+                "kills",
+                "driver had not appended yet",
+                "driver had not trained yet",
+            ],
+            [
+                [
+                    p,
+                    s["phase"].get(p, 0),
+                    s["driver_starting_by_phase"].get(p, 0),
+                    s["before_training_by_phase"].get(p, 0),
+                ]
+                for p in phases
+            ],
+        )
+    )
+    print(
+        f"(tuning: {s['tuning_kills_with_finals_started']} of those kills came after some cell's finals had "
+        "started; finals: every tuning trial finished, finals not; report: everything finished)"
+    )
     if payload["failures"]:
         print("\nFAILURES:")
         for f in payload["failures"]:

@@ -31,8 +31,14 @@ import _bench  # noqa: E402
 
 from pal_study.study.runner import TRIALS_PER_TUNER  # noqa: E402
 
-OVERRIDES = ["base.optim.epochs=1", "budget.trials_per_cell=100", "factors.method=[ce, gce, sce, ce+pal, ce+fnpal]",
-             "factors.data.noise.rate=[0.4]", "finals.seeds=[0]", "budget.pruner.name=none"]
+OVERRIDES = [
+    "base.optim.epochs=1",
+    "budget.trials_per_cell=100",
+    "factors.method=[ce, gce, sce, ce+pal, ce+fnpal]",
+    "factors.data.noise.rate=[0.4]",
+    "finals.seeds=[0]",
+    "budget.pruner.name=none",
+]
 
 
 def _rss_mb() -> float:
@@ -89,8 +95,12 @@ def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials-per-tuner", type=int, default=TRIALS_PER_TUNER,
-                    help="trials per Tuner (the runner's bound on what Tune keeps in memory)")
+    ap.add_argument(
+        "--trials-per-tuner",
+        type=int,
+        default=TRIALS_PER_TUNER,
+        help="trials per Tuner (the runner's bound on what Tune keeps in memory)",
+    )
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load.json"))
     args = ap.parse_args()
     from rich.console import Console
@@ -105,8 +115,13 @@ def main() -> None:
     timeline = RssTimeline()
     timeline.start()
     t0 = time.perf_counter()
-    outcome = run_study(study, runs_dir=tmp / "runs", console=Console(stderr=True, quiet=True), tracking_uri=uri,
-                        trials_per_tuner=args.trials_per_tuner)
+    outcome = run_study(
+        study,
+        runs_dir=tmp / "runs",
+        console=Console(stderr=True, quiet=True),
+        tracking_uri=uri,
+        trials_per_tuner=args.trials_per_tuner,
+    )
     wall = time.perf_counter() - t0
     timeline.stop()
     rss_peak = _rss_mb()
@@ -115,9 +130,26 @@ def main() -> None:
 
     port = _port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
-                               "--port", str(port), "--workers", "1"], env=env, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -127,13 +159,14 @@ def main() -> None:
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise SystemExit("mlflow server did not start")
+                    raise SystemExit("mlflow server did not start") from None
                 time.sleep(0.5)
         from mlflow import MlflowClient
 
         exp_id = MlflowClient(tracking_uri=uri).get_experiment_by_name(study.spec.name).experiment_id
-        body = json.dumps({"experiment_ids": [exp_id], "max_results": 100,
-                           "order_by": ["attributes.start_time DESC"]}).encode()
+        body = json.dumps(
+            {"experiment_ids": [exp_id], "max_results": 100, "order_by": ["attributes.start_time DESC"]}
+        ).encode()
         page = [_timed_get(f"{base}/#/experiments/{exp_id}/runs") for _ in range(5)]
         search = [_timed_get(f"{base}/ajax-api/2.0/mlflow/runs/search", body) for _ in range(5)]
     finally:
@@ -141,18 +174,31 @@ def main() -> None:
         server.wait(timeout=30)
     n_runs = counts["completed"] + counts["pruned"] + counts["failed"] + finals
     result = {
-        "command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]), "overrides": OVERRIDES,
-        "trials": study.tuning_trials, "trials_per_tuner": args.trials_per_tuner, "wall_s": wall, "counts": counts, "finals": finals, "mlflow_runs": n_runs,
+        "command": " ".join([sys.executable, *sys.argv]),
+        "machine": _bench.machine([1]),
+        "overrides": OVERRIDES,
+        "trials": study.tuning_trials,
+        "trials_per_tuner": args.trials_per_tuner,
+        "wall_s": wall,
+        "counts": counts,
+        "finals": finals,
+        "mlflow_runs": n_runs,
         "driver_rss_mb": {"before_study": rss_before, "peak": rss_peak, "at_fraction_of_wall": timeline.at_fractions()},
-        "driver_rss_timeline": timeline.samples, "timings": outcome.timings,
-        "ui_page_s": page, "ui_runs_search_s": search,
+        "driver_rss_timeline": timeline.samples,
+        "timings": outcome.timings,
+        "ui_page_s": page,
+        "ui_runs_search_s": search,
     }
     print(f"{study.tuning_trials} tuning trials + {finals} finals in {wall:.0f} s on {outcome.slots} slots: {counts}")
-    print(f"driver peak RSS {rss_peak:.0f} MB ({rss_before:.0f} MB before the study, after imports); "
-          "RSS at fractions of the study's wall time: "
-          + ", ".join(f"{k} {v:.0f} MB" for k, v in timeline.at_fractions().items()))
-    print(f"UI: runs page HTML median {1000 * _bench.median(page):.0f} ms (max {1000 * max(page):.0f}); "
-          f"run search (100 of {n_runs} runs) median {1000 * _bench.median(search):.0f} ms (max {1000 * max(search):.0f})")
+    print(
+        f"driver peak RSS {rss_peak:.0f} MB ({rss_before:.0f} MB before the study, after imports); "
+        "RSS at fractions of the study's wall time: "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in timeline.at_fractions().items())
+    )
+    print(
+        f"UI: runs page HTML median {1000 * _bench.median(page):.0f} ms (max {1000 * max(page):.0f}); "
+        f"run search (100 of {n_runs} runs) median {1000 * _bench.median(search):.0f} ms (max {1000 * max(search):.0f})"
+    )
     out = Path(args.out)
     out.write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {out}")

@@ -69,8 +69,13 @@ def main() -> None:
             probe["rss_to_after_trim"] = load._current_rss_mb()
 
     progress_mod.StudyProgress.__call__ = spy
-    run_study(study, runs_dir=tmp / "runs", console=Console(stderr=True, quiet=True),
-              tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db", trials_per_tuner=args.trials_per_tuner)
+    run_study(
+        study,
+        runs_dir=tmp / "runs",
+        console=Console(stderr=True, quiet=True),
+        tracking_uri=f"sqlite:///{tmp}/mlruns/mlflow.db",
+        trials_per_tuner=args.trials_per_tuner,
+    )
 
     by_site: dict[str, int] = {}
     for stat in probe["snapshot"].statistics("traceback"):
@@ -79,15 +84,19 @@ def main() -> None:
     total = sum(by_site.values())
     n = args.stop - args.start
     result = {
-        "command": " ".join([sys.executable, *sys.argv]), "trials_per_tuner": args.trials_per_tuner,
-        "between_completions": [args.start, args.stop], "python_alive_mb": total / 1e6,
-        "python_alive_mb_per_trial": total / 1e6 / n, "rss_mb": {k: probe[k] for k in
-                                                                ("rss_from", "rss_to", "rss_to_after_trim")},
+        "command": " ".join([sys.executable, *sys.argv]),
+        "trials_per_tuner": args.trials_per_tuner,
+        "between_completions": [args.start, args.stop],
+        "python_alive_mb": total / 1e6,
+        "python_alive_mb_per_trial": total / 1e6 / n,
+        "rss_mb": {k: probe[k] for k in ("rss_from", "rss_to", "rss_to_after_trim")},
         "top_sites_mb": {k: v / 1e6 for k, v in top},
     }
-    print(f"{args.trials_per_tuner} trials per Tuner; completions {args.start} -> {args.stop}: Python allocations "
-          f"still alive {total / 1e6:.1f} MB ({1000 * total / 1e6 / n:.0f} kB per trial); RSS "
-          f"{probe['rss_from']:.0f} -> {probe['rss_to']:.0f} MB, {probe['rss_to_after_trim']:.0f} MB after malloc_trim")
+    print(
+        f"{args.trials_per_tuner} trials per Tuner; completions {args.start} -> {args.stop}: Python allocations "
+        f"still alive {total / 1e6:.1f} MB ({1000 * total / 1e6 / n:.0f} kB per trial); RSS "
+        f"{probe['rss_from']:.0f} -> {probe['rss_to']:.0f} MB, {probe['rss_to_after_trim']:.0f} MB after malloc_trim"
+    )
     for site, size in top:
         print(f"  {size / 1e6:6.2f} MB  {site}")
     suffix = "" if args.trials_per_tuner == 1000 else f"_{args.trials_per_tuner}"

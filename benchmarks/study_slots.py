@@ -46,12 +46,20 @@ def _trial_records(runs: Path, name: str) -> list[dict[str, Any]]:
     for summary in optuna.get_all_study_summaries(storage):
         st = optuna.load_study(study_name=summary.study_name, storage=storage)
         for t in st.trials:
-            out.append({"study": summary.study_name, "number": t.number, "state": t.state.name,
-                        "value": t.value, "epochs": t.user_attrs.get("epochs_run"),
-                        "epoch_time_s": t.user_attrs.get("train_time_s"), "params": t.params,
-                        "config": t.user_attrs.get("config"),
-                        "start": t.datetime_start.timestamp() if t.datetime_start else None,
-                        "end": t.datetime_complete.timestamp() if t.datetime_complete else None})
+            out.append(
+                {
+                    "study": summary.study_name,
+                    "number": t.number,
+                    "state": t.state.name,
+                    "value": t.value,
+                    "epochs": t.user_attrs.get("epochs_run"),
+                    "epoch_time_s": t.user_attrs.get("train_time_s"),
+                    "params": t.params,
+                    "config": t.user_attrs.get("config"),
+                    "start": t.datetime_start.timestamp() if t.datetime_start else None,
+                    "end": t.datetime_complete.timestamp() if t.datetime_complete else None,
+                }
+            )
     return out
 
 
@@ -98,8 +106,12 @@ def side_pal(study_path: str, overrides: list[str], out: Path, ablate: str = "")
     t0, cpu0 = time.perf_counter(), time.process_time()
     study = load_study(study_path, overrides)
     runs = Path(tempfile.mkdtemp(prefix="bench-runs-"))
-    outcome = run_study(study, runs_dir=runs, console=Console(stderr=True, quiet=True),
-                        tracking_uri=f"sqlite:///{runs}/mlruns/mlflow.db")
+    outcome = run_study(
+        study,
+        runs_dir=runs,
+        console=Console(stderr=True, quiet=True),
+        tracking_uri=f"sqlite:///{runs}/mlruns/mlflow.db",
+    )
     wall = time.perf_counter() - t0
     driver_cpu = time.process_time() - cpu0  # every thread of the driver process: what it takes from trials
     records = _trial_records(runs, study.spec.name)
@@ -119,13 +131,17 @@ def side_pal(study_path: str, overrides: list[str], out: Path, ablate: str = "")
         cfg["optim"]["epochs"] = int(r["epochs"] or cfg["optim"]["epochs"])
         jobs.append(cfg)
     (out / "jobs.json").write_text(json.dumps(jobs))
-    return {"wall_s": wall, "driver_cpu_s": driver_cpu, "slots": outcome.slots, "timings": outcome.timings,
-            "records": records,
-            "epoch_time_s": sum(r["epoch_time_s"] or 0.0 for r in records),
-            "epochs": sum(int(r["epochs"] or 0) for r in records if not r["study"].endswith("/finals")),
-            "best_by_cell": {r["study"]: r["value"] for r in _best(records, study.spec.objective.mode)},
-            "cells": [{"label": c.label, "test_mean": c.test_mean, "best_value": c.best_value}
-                      for c in outcome.cells]}
+    return {
+        "wall_s": wall,
+        "driver_cpu_s": driver_cpu,
+        "slots": outcome.slots,
+        "timings": outcome.timings,
+        "records": records,
+        "epoch_time_s": sum(r["epoch_time_s"] or 0.0 for r in records),
+        "epochs": sum(int(r["epochs"] or 0) for r in records if not r["study"].endswith("/finals")),
+        "best_by_cell": {r["study"]: r["value"] for r in _best(records, study.spec.objective.mode)},
+        "cells": [{"label": c.label, "test_mean": c.test_mean, "best_value": c.best_value} for c in outcome.cells],
+    }
 
 
 def _best(records: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
@@ -173,8 +189,14 @@ def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
     ray.shutdown()
     wall = time.perf_counter() - t0
     spent = sum(r.metrics.get("epoch_time_s", 0.0) for r in grid)
-    return {"wall_s": wall, "driver_cpu_s": time.process_time() - cpu0, "slots": slots, "epoch_time_s": spent,
-            "trials": len(jobs), "errors": grid.num_errors}
+    return {
+        "wall_s": wall,
+        "driver_cpu_s": time.process_time() - cpu0,
+        "slots": slots,
+        "epoch_time_s": spent,
+        "trials": len(jobs),
+        "errors": grid.num_errors,
+    }
 
 
 def _child(args: list[str]) -> dict[str, Any]:
@@ -194,10 +216,16 @@ def main() -> None:
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--ablate", default="", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="study_slots.json", help="file name under benchmarks/results/")
-    ap.add_argument("--no-ablations", action="store_true",
-                    help="skip the two runs with one driver lever off each (epoch batching, tracking thread)")
-    ap.add_argument("--tune-defaults", action="store_true",
-                    help="also run plain Tune with its defaults (no actor reuse, default loggers): ~10 min more")
+    ap.add_argument(
+        "--no-ablations",
+        action="store_true",
+        help="skip the two runs with one driver lever off each (epoch batching, tracking thread)",
+    )
+    ap.add_argument(
+        "--tune-defaults",
+        action="store_true",
+        help="also run plain Tune with its defaults (no actor reuse, default loggers): ~10 min more",
+    )
     a = ap.parse_args()
     if a.side == "pal":
         print(json.dumps(side_pal(a.study, a.overrides, Path(a.work), a.ablate)))
@@ -212,48 +240,86 @@ def main() -> None:
     median = _child(["--side", "pal", *base])
     none_work = work / "none"
     none_work.mkdir()
-    none = _child(["--side", "pal", "--study", a.study, "--work", str(none_work),
-                   *[x for o in a.overrides for x in ("--set", o)], "--set", "budget.pruner.name=none"])
+    none = _child(
+        [
+            "--side",
+            "pal",
+            "--study",
+            a.study,
+            "--work",
+            str(none_work),
+            *[x for o in a.overrides for x in ("--set", o)],
+            "--set",
+            "budget.pruner.name=none",
+        ]
+    )
     ablations = {}
-    for lever in ([] if a.no_ablations else ["batching", "thread"]):
+    for lever in [] if a.no_ablations else ["batching", "thread"]:
         lever_work = work / lever
         lever_work.mkdir()
-        ablations[lever] = _child(["--side", "pal", "--study", a.study, "--work", str(lever_work), "--ablate", lever,
-                                   *[x for o in a.overrides for x in ("--set", o)]])
+        ablations[lever] = _child(
+            [
+                "--side",
+                "pal",
+                "--study",
+                a.study,
+                "--work",
+                str(lever_work),
+                "--ablate",
+                lever,
+                *[x for o in a.overrides for x in ("--set", o)],
+            ]
+        )
     reuse = _child(["--side", "tune", "--reuse", "--work", str(work), "--slots", str(median["slots"])])
-    plain = _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])]) if a.tune_defaults else None
+    plain = (
+        _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])]) if a.tune_defaults else None
+    )
 
     def eff(r: dict[str, Any]) -> float:
         return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
 
     rows = [("pal-study (shipped pruner)", median), ("pal-study (pruner none)", none)]
-    rows += [(f"pal-study, {'one report per epoch' if k == 'batching' else 'MLflow on Tune loop'}", r)
-             for k, r in ablations.items()]
+    rows += [
+        (f"pal-study, {'one report per epoch' if k == 'batching' else 'MLflow on Tune loop'}", r)
+        for k, r in ablations.items()
+    ]
     rows.append(("plain Ray Tune, reuse_actors + loggers off", reuse))
     if plain is not None:
         rows.append(("plain Ray Tune, defaults", plain))
     print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
     for label, r in rows:
-        print(f"  {label:<46} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
-              f"efficiency {100 * eff(r):5.1f} %  driver CPU {r.get('driver_cpu_s', 0):5.1f} s")
-    print(f"  the same trials' Σ epoch time in plain Tune / in pal-study: "
-          f"{reuse['epoch_time_s'] / median['epoch_time_s']:.2f} (below 1: pal-study's epochs ran slower, "
-          f"sharing the cores with its driver); wall pal-study / plain Tune {median['wall_s'] / reuse['wall_s']:.2f}")
+        print(
+            f"  {label:<46} wall {r['wall_s']:7.1f} s  Σ epochs {r['epoch_time_s']:7.1f} s  "
+            f"efficiency {100 * eff(r):5.1f} %  driver CPU {r.get('driver_cpu_s', 0):5.1f} s"
+        )
+    print(
+        f"  the same trials' Σ epoch time in plain Tune / in pal-study: "
+        f"{reuse['epoch_time_s'] / median['epoch_time_s']:.2f} (below 1: pal-study's epochs ran slower, "
+        f"sharing the cores with its driver); wall pal-study / plain Tune {median['wall_s'] / reuse['wall_s']:.2f}"
+    )
     t = median["timings"]
-    print(f"  pal-study wall: setup {t.get('setup_s', 0):.1f} s, Ray start {t.get('ray_start_s', 0):.1f} s, "
-          f"fit {t.get('fit_s', 0):.1f} s, Ray shutdown {t.get('ray_shutdown_s', 0):.1f} s")
+    print(
+        f"  pal-study wall: setup {t.get('setup_s', 0):.1f} s, Ray start {t.get('ray_start_s', 0):.1f} s, "
+        f"fit {t.get('fit_s', 0):.1f} s, Ray shutdown {t.get('ray_shutdown_s', 0):.1f} s"
+    )
     first = min((r for r in median["records"] if r["start"] and r["end"]), key=lambda r: r["start"])
-    print(f"  first trial: {first['end'] - first['start']:.1f} s from ask to tell (actor start, imports, data) "
-          f"for {first['epoch_time_s'] or 0:.1f} s of epochs; first trial handed out after "
-          f"{median['timings'].get('ready_s', 0):.1f} s")
+    print(
+        f"  first trial: {first['end'] - first['start']:.1f} s from ask to tell (actor start, imports, data) "
+        f"for {first['epoch_time_s'] or 0:.1f} s of epochs; first trial handed out after "
+        f"{median['timings'].get('ready_s', 0):.1f} s"
+    )
     tune = [r for r in median["records"] if not r["study"].endswith("/finals") and r["start"] and r["end"]]
     over = sorted(r["end"] - r["start"] - (r["epoch_time_s"] or 0.0) for r in tune)
-    print(f"  tuning trials: ask to tell minus epoch time, median {over[len(over) // 2]:.3f} s, "
-          f"90th percentile {over[int(0.9 * len(over))]:.3f} s ({len(over)} trials)")
-    print(f"  driver process CPU {median['driver_cpu_s']:.1f} s = "
-          f"{100 * median['driver_cpu_s'] / median['epoch_time_s']:.1f} % of Σ epoch time; MLflow logging in the driver "
-          f"{t.get('tracking_s', 0):.1f} s wall, {t.get('tracking_cpu_s', 0):.1f} s CPU = "
-          f"{100 * t.get('tracking_cpu_s', 0) / median['epoch_time_s']:.1f} % of Σ epoch time")
+    print(
+        f"  tuning trials: ask to tell minus epoch time, median {over[len(over) // 2]:.3f} s, "
+        f"90th percentile {over[int(0.9 * len(over))]:.3f} s ({len(over)} trials)"
+    )
+    print(
+        f"  driver process CPU {median['driver_cpu_s']:.1f} s = "
+        f"{100 * median['driver_cpu_s'] / median['epoch_time_s']:.1f} % of Σ epoch time; MLflow logging in the driver "
+        f"{t.get('tracking_s', 0):.1f} s wall, {t.get('tracking_cpu_s', 0):.1f} s CPU = "
+        f"{100 * t.get('tracking_cpu_s', 0) / median['epoch_time_s']:.1f} % of Σ epoch time"
+    )
 
     b_med = median["best_by_cell"]
     b_none = none["best_by_cell"]
@@ -261,17 +327,26 @@ def main() -> None:
     mean_med = sum(b_med.values()) / len(b_med)
     mean_none = sum(b_none.values()) / len(b_none)
     saved = 1 - median["epochs"] / none["epochs"]
-    print(f"\npruning: tuning epochs {median['epochs']} (median) vs {none['epochs']} (none): "
-          f"{100 * saved:.1f} % fewer; best {('val_acc')} per cell, mean over cells "
-          f"{100 * mean_med:.2f} vs {100 * mean_none:.2f} (Δ {100 * (mean_med - mean_none):+.2f} points); "
-          f"per-cell Δ (none − median) max {max(diffs):+.2f}, min {min(diffs):+.2f} points")
+    print(
+        f"\npruning: tuning epochs {median['epochs']} (median) vs {none['epochs']} (none): "
+        f"{100 * saved:.1f} % fewer; best {('val_acc')} per cell, mean over cells "
+        f"{100 * mean_med:.2f} vs {100 * mean_none:.2f} (Δ {100 * (mean_med - mean_none):+.2f} points); "
+        f"per-cell Δ (none − median) max {max(diffs):+.2f}, min {min(diffs):+.2f} points"
+    )
     result = {
-        "command": " ".join([sys.executable, *sys.argv]), "machine": _bench.machine([1]),
+        "command": " ".join([sys.executable, *sys.argv]),
+        "machine": _bench.machine([1]),
         "wall_s": time.perf_counter() - t_all,
         "efficiency": {label: eff(r) for label, r in rows},
         "sides": {label: {k: v for k, v in r.items() if k != "records"} for label, r in rows},
-        "pruning": {"epochs_median": median["epochs"], "epochs_none": none["epochs"], "saved": saved,
-                    "best_mean_median": mean_med, "best_mean_none": mean_none, "per_cell_diff_points": diffs},
+        "pruning": {
+            "epochs_median": median["epochs"],
+            "epochs_none": none["epochs"],
+            "saved": saved,
+            "best_mean_median": mean_med,
+            "best_mean_none": mean_none,
+            "per_cell_diff_points": diffs,
+        },
     }
     out = ROOT / "benchmarks" / "results" / a.out
     out.write_text(json.dumps(result, indent=1, default=str))

@@ -39,41 +39,64 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-details-") as tmp:
         searcher = StudySearcher(study, StudyStore(study, Path(tmp)), slots=2)
         cfg = searcher.trial_config(study.cells[0], {})
-    variants = {"png (finals)": {"with_details": True, "details_png": True},
-                "bins (tuning trials now)": {"with_details": True, "details_png": False},
-                "no details": {"with_details": False}}
+    variants = {
+        "png (finals)": {"with_details": True, "details_png": True},
+        "bins (tuning trials now)": {"with_details": True, "details_png": False},
+        "no details": {"with_details": False},
+    }
     raw: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for r in range(a.rounds + 1):  # round 0 warms the process (imports, data cache, matplotlib)
-        order = list(variants)[r % 3:] + list(variants)[:r % 3]
+        order = list(variants)[r % 3 :] + list(variants)[: r % 3]
         for name in order:
             spent = [0.0]
 
-            def on_epoch(m) -> None:
+            def on_epoch(m, spent=spent) -> None:
                 spent[0] += m.train_time_s + m.eval_time_s
 
             t0 = time.perf_counter()
             out = run_one(cfg, on_epoch, **variants[name])
             wall = time.perf_counter() - t0
             if r:
-                raw[name].append({"wall_s": wall, "epoch_s": spent[0], "overhead_s": wall - spent[0],
-                                  "payload_bytes": len(out.get("details_json", ""))})
+                raw[name].append(
+                    {
+                        "wall_s": wall,
+                        "epoch_s": spent[0],
+                        "overhead_s": wall - spent[0],
+                        "payload_bytes": len(out.get("details_json", "")),
+                    }
+                )
     rows = []
     summary = {}
     for name, reps in raw.items():
         over = _bench.median([x["overhead_s"] for x in reps])
-        summary[name] = {"overhead_s": over, "epoch_s": _bench.median([x["epoch_s"] for x in reps]),
-                         "payload_bytes": reps[0]["payload_bytes"]}
-        rows.append([name, f"{1000 * over:.1f} ms", f"{summary[name]['epoch_s']:.3f} s",
-                     f"{summary[name]['payload_bytes']:,}"])
-    print(f"{study.cells[0].label}, {cfg['optim']['epochs']} epochs, {cfg['model']['arch']}, "
-          f"median of {a.rounds} interleaved rounds")
+        summary[name] = {
+            "overhead_s": over,
+            "epoch_s": _bench.median([x["epoch_s"] for x in reps]),
+            "payload_bytes": reps[0]["payload_bytes"],
+        }
+        rows.append(
+            [name, f"{1000 * over:.1f} ms", f"{summary[name]['epoch_s']:.3f} s", f"{summary[name]['payload_bytes']:,}"]
+        )
+    print(
+        f"{study.cells[0].label}, {cfg['optim']['epochs']} epochs, {cfg['model']['arch']}, "
+        f"median of {a.rounds} interleaved rounds"
+    )
     print(_bench.table(["details", "overhead around the epochs", "epoch time", "details payload (bytes)"], rows))
     png, bins = summary["png (finals)"]["overhead_s"], summary["bins (tuning trials now)"]["overhead_s"]
     print(f"drawing the PNG costs {1000 * (png - bins):.1f} ms per trial")
-    path = _bench.write_json("trial_details", a.rounds < 15, {
-        "command": " ".join([".venv/bin/python", "benchmarks/trial_details.py", *sys.argv[1:]]),
-        "machine": _bench.machine([1]), "cell": study.cells[0].label, "config": cfg,
-        "summary": summary, "png_cost_s": png - bins, "raw": raw})
+    path = _bench.write_json(
+        "trial_details",
+        a.rounds < 15,
+        {
+            "command": " ".join([".venv/bin/python", "benchmarks/trial_details.py", *sys.argv[1:]]),
+            "machine": _bench.machine([1]),
+            "cell": study.cells[0].label,
+            "config": cfg,
+            "summary": summary,
+            "png_cost_s": png - bins,
+            "raw": raw,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -42,20 +42,27 @@ def main() -> int:
     uri = f"sqlite:///{work.resolve()}/mlruns/mlflow.db"
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     if not (work / "runs" / "quickstart" / "summary.json").exists():
-        subprocess.run([*CLI, "run", "quickstart", "--progress", "plain", "--tracking-uri", uri], cwd=work, env=env,
-                       check=True)
+        subprocess.run(
+            [*CLI, "run", "quickstart", "--progress", "plain", "--tracking-uri", uri], cwd=work, env=env, check=True
+        )
     OUT.mkdir(parents=True, exist_ok=True)
     for old in OUT.glob("*.png"):
         old.unlink()
     report = work / "report"
-    subprocess.run([*CLI, "report", "quickstart", "--out", str(report), "--tracking-uri", uri], cwd=work, env=env,
-                   check=True)
+    subprocess.run(
+        [*CLI, "report", "quickstart", "--out", str(report), "--tracking-uri", uri], cwd=work, env=env, check=True
+    )
     for png in sorted(report.glob("*.png")):
         shutil.copy(png, OUT / png.name)
 
     port = _port()
-    ui = subprocess.Popen([*CLI, "ui", "--study", "quickstart", "--port", str(port), "--tracking-uri", uri],
-                          cwd=work, env=env, stderr=subprocess.PIPE, text=True)
+    ui = subprocess.Popen(
+        [*CLI, "ui", "--study", "quickstart", "--port", str(port), "--tracking-uri", uri],
+        cwd=work,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         urls: dict[str, str] = {}
         deadline = time.time() + 120
@@ -73,8 +80,9 @@ def main() -> int:
         from playwright.sync_api import sync_playwright
 
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
-                                        args=["--headless", "--no-sandbox", "--disable-gpu"])
+            browser = p.chromium.launch(
+                executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
+            )
             page = browser.new_page(viewport={"width": 1700, "height": 900})
             page.set_default_timeout(60_000)
             for kind, url in urls.items():

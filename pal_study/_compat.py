@@ -101,8 +101,11 @@ def lenient_cifar(base: type) -> type:
             if base._check_integrity(self):
                 return True
             if self._files_present():
-                log.warning("%s: files under %s differ from the official release (md5); loading them anyway",
-                            base.__name__, os.path.join(self.root, self.base_folder))
+                log.warning(
+                    "%s: files under %s differ from the official release (md5); loading them anyway",
+                    base.__name__,
+                    os.path.join(self.root, self.base_folder),
+                )
                 return True
             return False
 

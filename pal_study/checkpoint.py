@@ -34,6 +34,7 @@ removing it is the caller's decision, once the trial's result is safely stored.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -56,8 +57,18 @@ VERSION = 1
 # thread count or device, still resumes.
 HASH_EXCLUDED = ("threads", "device")
 AUTO_BUDGET = 0.02  # "auto": checkpoint time at most this share of epoch time
-REQUIRED_KEYS = ("config_hash", "config", "input_shape", "num_classes", "epoch", "model", "optimizer",
-                 "scheduler", "rng", "history")
+REQUIRED_KEYS = (
+    "config_hash",
+    "config",
+    "input_shape",
+    "num_classes",
+    "epoch",
+    "model",
+    "optimizer",
+    "scheduler",
+    "rng",
+    "history",
+)
 
 
 @dataclass(frozen=True)
@@ -95,8 +106,14 @@ class SaveSchedule:
     ``epoch_times`` is a callable giving the train+eval seconds of the epochs so far.
     """
 
-    def __init__(self, every_epochs: int | str, *, last_saved: int = 0,
-                 save_times: list[float] | None = None, epoch_times: list[float] | None = None) -> None:
+    def __init__(
+        self,
+        every_epochs: int | str,
+        *,
+        last_saved: int = 0,
+        save_times: list[float] | None = None,
+        epoch_times: list[float] | None = None,
+    ) -> None:
         self.every = every_epochs
         self.save_times: list[float] = list(save_times or [])
         self.next_auto = 1 if last_saved == 0 else last_saved + self._interval(epoch_times or [])
@@ -146,10 +163,8 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
             os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             tmp.unlink()
-        except OSError:
-            pass
         raise
     _fsync_dir(p.parent)
 
@@ -210,23 +225,36 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
     try:
         state = torch.load(p, weights_only=True, map_location="cpu")
     except Exception as e:  # zip/pickle errors, EOF, unsupported types, unreadable file
-        log.warning("ignoring checkpoint %s: unreadable (torn, truncated or not a checkpoint): %s: %s",
-                    p, type(e).__name__, _short(e))
+        log.warning(
+            "ignoring checkpoint %s: unreadable (torn, truncated or not a checkpoint): %s: %s",
+            p,
+            type(e).__name__,
+            _short(e),
+        )
         return None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         log.warning("ignoring checkpoint %s: not a pal-study checkpoint (no format key %r)", p, FORMAT)
         return None
     if state.get("version") != VERSION:
-        log.warning("ignoring checkpoint %s: format version %r, this pal-study reads version %d",
-                    p, state.get("version"), VERSION)
+        log.warning(
+            "ignoring checkpoint %s: format version %r, this pal-study reads version %d",
+            p,
+            state.get("version"),
+            VERSION,
+        )
         return None
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         log.warning("ignoring checkpoint %s: incomplete, missing %s", p, ", ".join(missing))
         return None
     if expected_hash is not None and state["config_hash"] != expected_hash:
-        log.warning("ignoring checkpoint %s: foreign checkpoint, written for another config "
-                    "(config hash %.12s, this trial's config hash %.12s)", p, state["config_hash"], expected_hash)
+        log.warning(
+            "ignoring checkpoint %s: foreign checkpoint, written for another config "
+            "(config hash %.12s, this trial's config hash %.12s)",
+            p,
+            state["config_hash"],
+            expected_hash,
+        )
         return None
     return state
 
@@ -241,8 +269,10 @@ def incompatibility(state: dict[str, Any], model: torch.nn.Module, optimizer: to
         return f"its model does not match this one (unexpected {extra[:3]}, missing {missing[:3]})"
     for key, t in have.items():
         if not isinstance(saved[key], torch.Tensor) or saved[key].shape != t.shape:
-            return f"its model does not match this one ({key}: {tuple(getattr(saved[key], 'shape', ()))} " \
-                   f"vs {tuple(t.shape)})"
+            return (
+                f"its model does not match this one ({key}: {tuple(getattr(saved[key], 'shape', ()))} "
+                f"vs {tuple(t.shape)})"
+            )
     groups = state["optimizer"].get("param_groups", []) if isinstance(state["optimizer"], dict) else []
     if [len(g.get("params", [])) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
         return "its optimizer state does not match this model's parameters"
@@ -253,7 +283,7 @@ def _short(e: BaseException, limit: int = 200) -> str:
     s = str(e)
     marker = "WeightsUnpickler error:"  # torch's long weights_only message: keep the actual reason
     if marker in s:
-        s = s[s.index(marker):].split("\n", 1)[0]
+        s = s[s.index(marker) :].split("\n", 1)[0]
     s = s.replace("\n", " ")
     return s if len(s) <= limit else s[:limit] + "..."
 
@@ -286,8 +316,11 @@ def restore_rng(rng: dict[str, Any], generator: torch.Generator, on_cuda: bool) 
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
         else:
-            log.info("checkpoint has CUDA RNG states of %d devices, this process sees %d: not restored",
-                     len(cuda), torch.cuda.device_count())
+            log.info(
+                "checkpoint has CUDA RNG states of %d devices, this process sees %d: not restored",
+                len(cuda),
+                torch.cuda.device_count(),
+            )
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,8 +350,8 @@ def _usable(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def build_model_from_checkpoint(path: str | os.PathLike[str]) -> torch.nn.Module:
     """The checkpoint's Classifier (backbone + head) with its weights, on the CPU, in eval mode."""
-    from pal_study.config import TrainConfig
     from pal_study.classifier import build_classifier
+    from pal_study.config import TrainConfig
 
     state = _usable(path)
     cfg = TrainConfig.model_validate(state["config"])

@@ -30,8 +30,10 @@ from pal_study.stats import Paired, adjust_all, paired, power_line
 from pal_study.stats import adjust as adjust_p
 
 LOWER_IS_BETTER = ("ece", "train_loss")
-RULE = ("supported: every comparison p ≤ α in the claimed direction (intersection–union); "
-        "contradicted: any comparison against it with Holm-adjusted p ≤ α")
+RULE = (
+    "supported: every comparison p ≤ α in the claimed direction (intersection–union); "
+    "contradicted: any comparison against it with Holm-adjusted p ≤ α"
+)
 
 
 class ClaimSpec(BaseModel):
@@ -40,8 +42,9 @@ class ClaimSpec(BaseModel):
     better: str = Field(..., description="method, or a pattern with * for the loss, e.g. *+fnpal")
     than: str = Field(..., description="method, or a pattern with the same * (e.g. *)")
     where: dict[str, Any] = Field(default_factory=dict, description="factor: value or list of values")
-    metric: Literal["test_acc", "val_acc", "val_acc_clean", "ece", "test_acc_many", "test_acc_medium",
-                    "test_acc_few"] = "test_acc"
+    metric: Literal[
+        "test_acc", "val_acc", "val_acc_clean", "ece", "test_acc_many", "test_acc_medium", "test_acc_few"
+    ] = "test_acc"
 
     def text(self) -> str:
         where = ", ".join(f"{k} in {v}" if isinstance(v, list) else f"{k}={v}" for k, v in self.where.items())
@@ -78,8 +81,11 @@ def expand(claim: ClaimSpec, cells: list[CellInfo]) -> list[tuple[CellInfo, Cell
         base_method = claim.than.replace("*", m.group("loss")) if "*" in claim.than else claim.than
         others = {k: v for k, v in cell.factors.items() if k != "method"}
         for base in cells:
-            if base.method == base_method and {k: v for k, v in base.factors.items() if k != "method"} == others \
-                    and base is not cell:
+            if (
+                base.method == base_method
+                and {k: v for k, v in base.factors.items() if k != "method"} == others
+                and base is not cell
+            ):
                 out.append((cell, base))
                 break
     return out
@@ -93,12 +99,19 @@ def check(claims: list[ClaimSpec], cells: list[CellInfo], source: str) -> None:
     for i, claim in enumerate(claims):
         unknown = [k for k in claim.where if k not in factor_keys]
         if unknown:
-            raise ConfigError(f"where names {unknown[0]!r}, which is not a factor of this study "
-                              f"(factors: {', '.join(sorted(factor_keys)) or 'none'})", source=source,
-                              key=f"claims[{i}].where")
+            raise ConfigError(
+                f"where names {unknown[0]!r}, which is not a factor of this study "
+                f"(factors: {', '.join(sorted(factor_keys)) or 'none'})",
+                source=source,
+                key=f"claims[{i}].where",
+            )
         if not expand(claim, cells):
-            raise ConfigError(f"claim {claim.text()!r} matches no pair of cells of this study (methods: "
-                              f"{', '.join(sorted({c.method for c in cells}))})", source=source, key=f"claims[{i}]")
+            raise ConfigError(
+                f"claim {claim.text()!r} matches no pair of cells of this study (methods: "
+                f"{', '.join(sorted({c.method for c in cells}))})",
+                source=source,
+                key=f"claims[{i}]",
+            )
 
 
 def _verdict(c: Paired, q_holm: float | None, alpha: float, direction: str) -> str:
@@ -110,8 +123,17 @@ def _verdict(c: Paired, q_holm: float | None, alpha: float, direction: str) -> s
     return "contradicted" if q_holm is not None and q_holm <= alpha else "inconclusive"
 
 
-def evaluate(claims: list[ClaimSpec], cells: list[CellInfo], values: dict[str, dict[int, dict[str, float]]],
-             alpha: float = 0.05, adjust: str = "bh") -> list[dict[str, Any]]:
+def _metric_by_seed(values: dict[str, dict[int, dict[str, float]]], label: str, metric: str) -> dict[int, Any]:
+    return {s: m.get(metric) for s, m in values.get(label, {}).items()}
+
+
+def evaluate(
+    claims: list[ClaimSpec],
+    cells: list[CellInfo],
+    values: dict[str, dict[int, dict[str, float]]],
+    alpha: float = 0.05,
+    adjust: str = "bh",
+) -> list[dict[str, Any]]:
     """Verdicts. ``values``: cell label -> seed -> that final run's metrics. ``adjust`` sets the
     report-wide ``q`` shown on the rows (over all claims' distinct comparisons); the verdicts use
     the unadjusted p (supported) and Holm within each claim (``q_holm``, contradicted)."""
@@ -122,25 +144,52 @@ def evaluate(claims: list[ClaimSpec], cells: list[CellInfo], values: dict[str, d
         for cell, base in expand(claim, cells):
             key = (cell.label, base.label, claim.metric)
             if key not in unique:
-                get = lambda label: {s: m.get(claim.metric) for s, m in values.get(label, {}).items()}  # noqa: E731
-                unique[key] = paired(cell.label, base.label, claim.metric, get(cell.label), get(base.label),
-                                     confidence=1.0 - alpha)
+                unique[key] = paired(
+                    cell.label,
+                    base.label,
+                    claim.metric,
+                    _metric_by_seed(values, cell.label, claim.metric),
+                    _metric_by_seed(values, base.label, claim.metric),
+                    confidence=1.0 - alpha,
+                )
             comps.append(unique[key])
         per_claim.append(comps)
     adjust_all(list(unique.values()), adjust)
     out = []
-    for claim, comps in zip(claims, per_claim):
+    for claim, comps in zip(claims, per_claim, strict=False):
         direction = "lower" if claim.metric in LOWER_IS_BETTER else "higher"
         holm = adjust_p([c.p for c in comps], "holm")
-        rows = [{**c.as_dict(), "seeds": list(c.seeds), "q_holm": q, "verdict": _verdict(c, q, alpha, direction),
-                 "power": power_line(c, alpha)} for c, q in zip(comps, holm)]
+        rows = [
+            {
+                **c.as_dict(),
+                "seeds": list(c.seeds),
+                "q_holm": q,
+                "verdict": _verdict(c, q, alpha, direction),
+                "power": power_line(c, alpha),
+            }
+            for c, q in zip(comps, holm, strict=False)
+        ]
         for row in rows:  # failed finals: counted (accuracy) or the comparison left undecided
             apply_rule(row, values.get(row["cell"], {}), values.get(row["baseline"], {}), claim.metric)
         verdicts = {r["verdict"] for r in rows}
-        overall = ("contradicted" if "contradicted" in verdicts else
-                   "supported" if rows and verdicts == {"supported"} else "inconclusive")
-        out.append({"claim": claim.text(), "spec": claim.model_dump(), "alpha": alpha, "adjust": adjust,
-                    "rule": RULE, "comparisons": rows, "verdict": overall})
+        overall = (
+            "contradicted"
+            if "contradicted" in verdicts
+            else "supported"
+            if rows and verdicts == {"supported"}
+            else "inconclusive"
+        )
+        out.append(
+            {
+                "claim": claim.text(),
+                "spec": claim.model_dump(),
+                "alpha": alpha,
+                "adjust": adjust,
+                "rule": RULE,
+                "comparisons": rows,
+                "verdict": overall,
+            }
+        )
     return out
 
 
@@ -164,10 +213,15 @@ def render_verdicts(results: list[dict[str, Any]]) -> str:
             elif c["p"] is None:
                 nums = f"Δ {100 * c['delta']:+.2f} points, n={n}, no test"
             else:
-                ci = (f"interval unbounded at n={n}" if c["ci_low"] is None else
-                      f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]")
-                nums = (f"Δ {100 * c['delta']:+.2f} points {ci}, n={n}, p={_g(c['p'])}, "
-                        f"q_holm={_g(c.get('q_holm'))} (t: p={_g(c.get('p_t'))})")
+                ci = (
+                    f"interval unbounded at n={n}"
+                    if c["ci_low"] is None
+                    else f"[{100 * c['ci_low']:+.2f}, {100 * c['ci_high']:+.2f}]"
+                )
+                nums = (
+                    f"Δ {100 * c['delta']:+.2f} points {ci}, n={n}, p={_g(c['p'])}, "
+                    f"q_holm={_g(c.get('q_holm'))} (t: p={_g(c.get('p_t'))})"
+                )
             lines.append(f"  {c['verdict']:<12} {c['cell']} vs {c['baseline']}: {nums}")
             if c.get("note"):
                 lines.append(f"{'':15}{c['note']}")

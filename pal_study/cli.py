@@ -11,12 +11,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 # Light imports only: `--help`, `--version`, `status` and completion must not pay for torch, Ray
@@ -39,7 +39,8 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 def version() -> str:
     """The installed distribution's version, else the package's own (a source checkout)."""
-    from importlib.metadata import PackageNotFoundError, version as dist_version
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
 
     try:
         return dist_version("pal-study")
@@ -57,8 +58,9 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _app_options(
-    show_version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
-                                               help="Print the version and exit.")] = False,
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     pass
 
@@ -77,35 +79,56 @@ def _setup_logging(verbose: bool) -> None:
 
 
 TrackingOpt = Annotated[
-    Optional[str],
-    typer.Option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns/)."),
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns/)."
+    ),
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
 
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Override a config key, e.g. --set optim.epochs=5 (repeatable)."),
 ]
 
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="Trial config YAML; omit for the built-in defaults.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="Trial config YAML; omit for the built-in defaults.")] = None,
     set_: SetOpt = None,
-    out_path: Annotated[Optional[Path], typer.Option("--out", "-o", help="Result JSON path.")] = None,
-    download: Annotated[bool, typer.Option("--download", help="Let torchvision download the data set (needs a network).")] = False,
+    out_path: Annotated[Path | None, typer.Option("--out", "-o", help="Result JSON path.")] = None,
+    download: Annotated[
+        bool, typer.Option("--download", help="Let torchvision download the data set (needs a network).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log info messages.")] = False,
     tracking_uri: TrackingOpt = None,
     no_track: NoTrackOpt = False,
-    experiment: Annotated[str, typer.Option("--experiment", help="MLflow experiment of single trainings.")] = "pal-study-train",
-    checkpoint_dir: Annotated[Optional[Path], typer.Option("--checkpoint-dir", help="Save the trial's state in DIR/checkpoint.pt as it trains and continue from it when run again (a preempted batch job re-runs the same command).")] = None,
-    checkpoint_every: Annotated[str, typer.Option("--checkpoint-every", help="With --checkpoint-dir: save every N epochs, or auto (cost < 2 % of epoch time).")] = "auto",
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="MLflow experiment of single trainings.")
+    ] = "pal-study-train",
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint-dir",
+            help=(
+                "Save the trial's state in DIR/checkpoint.pt as it trains and continue from it when run again "
+                "(a preempted batch job re-runs the same command)."
+            ),
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        str,
+        typer.Option(
+            "--checkpoint-every", help="With --checkpoint-dir: save every N epochs, or auto (cost < 2 % of epoch time)."
+        ),
+    ] = "auto",
 ) -> None:
     """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
     from pal_study.config import dump_yaml, load_train_config, method_name, resolve
     from pal_study.data import DataError
-    from pal_study.train import build_dataset_for, train as run_train
+    from pal_study.train import build_dataset_for
+    from pal_study.train import train as run_train
 
     _setup_logging(verbose)
     overrides = list(set_ or [])
@@ -143,8 +166,10 @@ def train(
         policy = CheckpointPolicy(path=checkpoint_dir / "checkpoint.pt", every_epochs=every, keep_final=True)
         # The trainer logs "resumed from epoch k (checkpoint ...)" when it loads one: show it.
         logging.getLogger("pal_study.train").setLevel(logging.INFO)
-    err.print(f"[bold]{method}[/] on {cfg.data.name} · noise {cfg.data.noise.kind} {cfg.data.noise.rate:g} · "
-              f"imbalance {cfg.data.imbalance.ratio:g} · {cfg.model.arch} · {cfg.optim.epochs} epochs · seed {cfg.seed}")
+    err.print(
+        f"[bold]{method}[/] on {cfg.data.name} · noise {cfg.data.noise.kind} {cfg.data.noise.rate:g} · "
+        f"imbalance {cfg.data.imbalance.ratio:g} · {cfg.model.arch} · {cfg.optim.epochs} epochs · seed {cfg.seed}"
+    )
     from pal_study.study.trainable import inject_fault
 
     fault = inject_fault(cfg.model_dump(mode="json"))  # tests' kill hook; inert unless PAL_STUDY_FAULT is set
@@ -163,23 +188,40 @@ def train(
 
 
 def _train_with_progress(run_train, cfg, data, quiet: bool, policy=None, fault=None):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     if quiet:
+
         def silent(m) -> None:
             if fault is not None:
                 fault(m.epoch)
 
         return run_train(cfg, silent, data=data, checkpoint=policy)
-    columns = [TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-               TextColumn("{task.fields[info]}")]
+    columns = [
+        TextColumn("epoch"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
     with Progress(*columns, console=err, transient=False) as progress:
         task = progress.add_task("train", total=cfg.optim.epochs, info="")
 
         def on_epoch(m) -> None:
             val = "n/a" if m.val_acc is None else f"{m.val_acc:.3f}"
-            progress.update(task, completed=m.epoch,
-                            info=f"loss {m.train_loss:.4f} · val {val} · test {m.test_acc:.3f} · ece {m.ece:.3f}")
+            progress.update(
+                task,
+                completed=m.epoch,
+                info=f"loss {m.train_loss:.4f} · val {val} · test {m.test_acc:.3f} · ece {m.ece:.3f}",
+            )
             if fault is not None:
                 fault(m.epoch)
 
@@ -210,10 +252,14 @@ def prototypes(
     classes: Annotated[int, typer.Option("--classes", "-k", min=2, help="Number of classes k.")],
     dim: Annotated[int, typer.Option("--dim", "-d", min=1, help="Feature dimension d.")],
     method: Annotated[str, typer.Option("--method", help="etf | optimized | auto")] = "auto",
-    use_relu: Annotated[bool, typer.Option("--use-relu", help="Prototypes for non-negative (post-ReLU) features.")] = False,
+    use_relu: Annotated[
+        bool, typer.Option("--use-relu", help="Prototypes for non-negative (post-ReLU) features.")
+    ] = False,
     seed: Annotated[int, typer.Option("--seed", min=0)] = 0,
-    steps: Annotated[Optional[int], typer.Option("--steps", min=1, help="Optimisation steps (optimized; default 40000).")] = None,
-    out_file: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write a k×d tensor: .pt or .npy")] = None,
+    steps: Annotated[
+        int | None, typer.Option("--steps", min=1, help="Optimisation steps (optimized; default 40000).")
+    ] = None,
+    out_file: Annotated[Path | None, typer.Option("--out", "-o", help="Write a k×d tensor: .pt or .npy")] = None,
 ) -> None:
     """Build k prototypes in R^d (simplex ETF or the paper's optimisation) and report their geometry."""
     from pal_study.prototypes import DEFAULT_STEPS, make_prototypes, prototype_geometry, save_prototypes
@@ -250,17 +296,62 @@ def _complete_study(incomplete: str) -> list[str]:
 
 @app.command()
 def run(
-    study_file: Annotated[Path, typer.Argument(metavar="STUDY", autocompletion=_complete_study, help="The study to run or resume: a YAML file, or the name of a shipped study (quickstart, noisy_labels, ...).")],
-    address: Annotated[Optional[str], typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: a local Ray on 127.0.0.1.")] = None,
-    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=1, help="At most N trials at once (default: what the resources allow).")] = None,
-    restart: Annotated[bool, typer.Option("--restart", help="Discard the stored state of this study and start afresh.")] = False,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    study_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="STUDY",
+            autocompletion=_complete_study,
+            help=(
+                "The study to run or resume: a YAML file, or the name of a shipped study "
+                "(quickstart, noisy_labels, ...)."
+            ),
+        ),
+    ],
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="Ray cluster HOST:PORT (or RAY_ADDRESS); default: a local Ray on 127.0.0.1."),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option("--max-concurrent", min=1, help="At most N trials at once (default: what the resources allow)."),
+    ] = None,
+    restart: Annotated[
+        bool, typer.Option("--restart", help="Discard the stored state of this study and start afresh.")
+    ] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
+        "runs"
+    ),
     set_: SetOpt = None,
     tracking_uri: TrackingOpt = None,
     no_track: NoTrackOpt = False,
-    trial_retries: Annotated[Optional[int], typer.Option("--trial-retries", min=0, help="Re-run a trial whose process or node died up to N times (default: 3 on a cluster, 0 locally).")] = None,
-    storage: Annotated[Optional[Path], typer.Option("--storage", help="Directory for trial checkpoints, DIR/<study>/checkpoints (default: beside the study's state in the runs dir); on a cluster, a path every node can reach.")] = None,
-    progress: Annotated[str, typer.Option("--progress", help="auto | rich | plain | none: live bars, timestamped lines (logs), or nothing; auto = rich on a terminal, else plain.")] = "auto",
+    trial_retries: Annotated[
+        int | None,
+        typer.Option(
+            "--trial-retries",
+            min=0,
+            help="Re-run a trial whose process or node died up to N times (default: 3 on a cluster, 0 locally).",
+        ),
+    ] = None,
+    storage: Annotated[
+        Path | None,
+        typer.Option(
+            "--storage",
+            help=(
+                "Directory for trial checkpoints, DIR/<study>/checkpoints (default: beside the study's state "
+                "in the runs dir); on a cluster, a path every node can reach."
+            ),
+        ),
+    ] = None,
+    progress: Annotated[
+        str,
+        typer.Option(
+            "--progress",
+            help=(
+                "auto | rich | plain | none: live bars, timestamped lines (logs), or nothing; "
+                "auto = rich on a terminal, else plain."
+            ),
+        ),
+    ] = "auto",
 ) -> None:
     """Run a study on Ray Tune with Optuna sampling and pruning, then the finals; rerun to resume."""
     from pal_study.study.progress import MODES as PROGRESS_MODES
@@ -278,9 +369,19 @@ def run(
 
     for line in warnings(study):
         err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
-    outcome = run_study(study, runs_dir=runs_dir, address=address, max_concurrent=max_concurrent,
-                        restart=restart, console=err, tracking_uri=tracking_uri, track=not no_track,
-                        trial_retries=trial_retries, progress=progress, storage=storage)
+    outcome = run_study(
+        study,
+        runs_dir=runs_dir,
+        address=address,
+        max_concurrent=max_concurrent,
+        restart=restart,
+        console=err,
+        tracking_uri=tracking_uri,
+        track=not no_track,
+        trial_retries=trial_retries,
+        progress=progress,
+        storage=storage,
+    )
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
     if outcome.claims:
@@ -291,8 +392,11 @@ def run(
         from pal_study.sensitivity import render as render_sensitivity
 
         out.print(render_sensitivity(outcome.sensitivity), highlight=False, markup=False, soft_wrap=True)
-    out.print(f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
-              f"{runs_dir / study.spec.name}/", highlight=False)
+    out.print(
+        f"{outcome.wall_time_s:.0f} s on {outcome.slots} trial slots; state and summary in "
+        f"{runs_dir / study.spec.name}/",
+        highlight=False,
+    )
     if outcome.interrupted:
         err.print("[yellow]interrupted[/]: run the same command again to resume")
         raise typer.Exit(130)
@@ -320,8 +424,12 @@ def _study_name(study: str) -> str:
 @app.command()
 def status(
     study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (the whole status) and nothing else.")] = False,
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object (the whole status) and nothing else.")
+    ] = False,
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
+        "runs"
+    ),
 ) -> None:
     """Where a study stands, from its run directory alone: per cell trials done/pruned/failed/running/left,
     best value and params, finals; running or not, elapsed, ETA, failures. Never locks or writes."""
@@ -344,13 +452,38 @@ def status(
 @app.command()
 def report(
     study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
-    fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="md | csv | latex | json | html, printed on stdout (pipe-able); default: a table for the terminal.")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write every format, the figures and report.html here.")] = None,
-    baseline: Annotated[str, typer.Option("--baseline", help="base: X+pal / X+fnpal / X+norm against X; ce: every method against CE.")] = "base",
-    adjust: Annotated[str, typer.Option("--adjust", help="q-values over all comparisons: bh (Benjamini-Hochberg) | holm.")] = "bh",
-    importance: Annotated[str, typer.Option("--importance", help="Parameter importance per cell from the Optuna journal: ped_anova | fanova | none.")] = "ped_anova",
-    source: Annotated[str, typer.Option("--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs.")] = "auto",
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            "-f",
+            help="md | csv | latex | json | html, printed on stdout (pipe-able); default: a table for the terminal.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write every format, the figures and report.html here.")
+    ] = None,
+    baseline: Annotated[
+        str, typer.Option("--baseline", help="base: X+pal / X+fnpal / X+norm against X; ce: every method against CE.")
+    ] = "base",
+    adjust: Annotated[
+        str, typer.Option("--adjust", help="q-values over all comparisons: bh (Benjamini-Hochberg) | holm.")
+    ] = "bh",
+    importance: Annotated[
+        str,
+        typer.Option(
+            "--importance", help="Parameter importance per cell from the Optuna journal: ped_anova | fanova | none."
+        ),
+    ] = "ped_anova",
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs."
+        ),
+    ] = "auto",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
+        "runs"
+    ),
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """A study's comparison (paired by seed, CIs, q-values), claims, ranks across conditions,
@@ -359,13 +492,16 @@ def report(
     from pal_study.claims import render_verdicts
     from pal_study.importance import EVALUATORS
     from pal_study.record import SOURCES, open_source
-    from pal_study.report import (BASELINES, EXTENSIONS, FORMATS, aggregate, analyse, render, report_files,
-                                  rich_table)
+    from pal_study.report import BASELINES, EXTENSIONS, FORMATS, aggregate, analyse, render, report_files, rich_table
     from pal_study.stats import ADJUSTMENTS
 
-    for opt, value, allowed in (("--format", fmt or "md", FORMATS), ("--baseline", baseline, BASELINES),
-                                ("--adjust", adjust, ADJUSTMENTS), ("--importance", importance, (*EVALUATORS, "none")),
-                                ("--source", source, SOURCES)):
+    for opt, value, allowed in (
+        ("--format", fmt or "md", FORMATS),
+        ("--baseline", baseline, BASELINES),
+        ("--adjust", adjust, ADJUSTMENTS),
+        ("--importance", importance, (*EVALUATORS, "none")),
+        ("--source", source, SOURCES),
+    ):
         if value not in allowed:
             raise UserError(f"{opt}: unknown {value!r}; allowed: {', '.join(allowed)}")
     name = _study_name(study)
@@ -399,17 +535,35 @@ def report(
             target = out_dir / Path(key).name
             target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
     n = sum(k.endswith(".png") for k in files)
-    err.print(f"wrote comparison.md/.csv/.tex/.json, report.html and {n} figures to {out_dir}/ "
-              f"(from {src.kind} {src.where})", highlight=False, markup=False)
+    err.print(
+        f"wrote comparison.md/.csv/.tex/.json, report.html and {n} figures to {out_dir}/ (from {src.kind} {src.where})",
+        highlight=False,
+        markup=False,
+    )
 
 
 @app.command()
 def export(
     study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
-    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for one YAML per cell and the index.")] = Path("exports"),
-    weights: Annotated[bool, typer.Option("--weights", help="Also write each cell's trained model (the exported final seed's last checkpoint) beside its YAML.")] = False,
-    source: Annotated[str, typer.Option("--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs.")] = "auto",
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Directory for one YAML per cell and the index.")] = Path(
+        "exports"
+    ),
+    weights: Annotated[
+        bool,
+        typer.Option(
+            "--weights",
+            help="Also write each cell's trained model (the exported final seed's last checkpoint) beside its YAML.",
+        ),
+    ] = False,
+    source: Annotated[
+        str,
+        typer.Option(
+            "--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs."
+        ),
+    ] = "auto",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
+        "runs"
+    ),
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write each cell's best config (re-runnable with pal-study train) and an index (JSON, CSV)."""
@@ -421,23 +575,33 @@ def export(
     name = _study_name(study)
     src = open_source(name, source=source, tracking_uri=tracking_uri, runs_dir=runs_dir)
     index = export_study(src, name, out_dir / name, weights=weights)
-    err.print(f"wrote {len(index)} configs{' and models' if weights else ''} and index.json / index.csv to "
-              f"{out_dir / name}/" + (" (also on the study's MLflow run)" if src.kind == "mlflow" else
-                                      f" (from {src.where})"), highlight=False, markup=False)
+    err.print(
+        f"wrote {len(index)} configs{' and models' if weights else ''} and index.json / index.csv to "
+        f"{out_dir / name}/"
+        + (" (also on the study's MLflow run)" if src.kind == "mlflow" else f" (from {src.where})"),
+        highlight=False,
+        markup=False,
+    )
 
 
 def public_bind_warning(host: str) -> str | None:
     if host in ("127.0.0.1", "localhost", "::1"):
         return None
-    return (f"--host {host} makes the UI (and every run's data) reachable from other machines; "
-            "MLflow's UI has no authentication by default")
+    return (
+        f"--host {host} makes the UI (and every run's data) reachable from other machines; "
+        "MLflow's UI has no authentication by default"
+    )
 
 
 @app.command()
 def ui(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 5000,
-    host: Annotated[str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the UI.")] = "127.0.0.1",
-    study: Annotated[Optional[str], typer.Option("--study", help="Print the URLs of this study's cells (table and charts).")] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the UI.")
+    ] = "127.0.0.1",
+    study: Annotated[
+        str | None, typer.Option("--study", help="Print the URLs of this study's cells (table and charts).")
+    ] = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise).
@@ -458,20 +622,44 @@ def ui(
         if exp is None:
             raise UserError(f"--study: no experiment {study!r} in {tracking.uri}")
         if has_cells_view(exp):
-            err.print(f"MLflow UI for {tracking.uri}\n"
-                      f"  cells of study {exp.name} (table): {cells_view_url(base, exp.experiment_id)}\n"
-                      f"  cells compared (charts):  {cells_view_url(base, exp.experiment_id, charts=True)}\n"
-                      "  a cell's tuning trials and final seeds: tags.cell = '<cell label>'; all runs: clear the filter",
-                      soft_wrap=True, highlight=False, markup=False)
+            err.print(
+                f"MLflow UI for {tracking.uri}\n"
+                f"  cells of study {exp.name} (table): {cells_view_url(base, exp.experiment_id)}\n"
+                f"  cells compared (charts):  {cells_view_url(base, exp.experiment_id, charts=True)}\n"
+                "  a cell's tuning trials and final seeds: tags.cell = '<cell label>'; all runs: clear the filter",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
         else:  # tracked before cell runs existed
-            err.print(f"MLflow UI for {tracking.uri} at {base}#/experiments/{exp.experiment_id}/runs\n"
-                      "compare: filter by tag (tags.stage = 'final', tags.method = 'ce+fnpal'), select runs, Compare",
-                      soft_wrap=True, highlight=False, markup=False)
+            err.print(
+                f"MLflow UI for {tracking.uri} at {base}#/experiments/{exp.experiment_id}/runs\n"
+                "compare: filter by tag (tags.stage = 'final', tags.method = 'ce+fnpal'), select runs, Compare",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
     else:
-        err.print(f"MLflow UI for {tracking.uri} at {base} (--study S opens a study's cells)",
-                  soft_wrap=True, highlight=False, markup=False)
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking.uri, "--host", host,
-           "--port", str(port), "--workers", "1"]
+        err.print(
+            f"MLflow UI for {tracking.uri} at {base} (--study S opens a study's cells)",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        tracking.uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     root = default_artifact_root(tracking.uri)
     if root:
         cmd += ["--default-artifact-root", root]
@@ -484,9 +672,19 @@ def ui(
 def dashboard(
     study: Annotated[str, typer.Argument(help="Study name or its YAML.")],
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8080,
-    host: Annotated[str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the dashboard.")] = "127.0.0.1",
-    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path("runs"),
-    journal_file: Annotated[Optional[Path], typer.Option("--journal", help="An Optuna journal file to serve instead of RUNS_DIR/<study>/optuna.journal (e.g. a copy).")] = None,
+    host: Annotated[
+        str, typer.Option("--host", help="Bind address; anything but 127.0.0.1 exposes the dashboard.")
+    ] = "127.0.0.1",
+    runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
+        "runs"
+    ),
+    journal_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--journal",
+            help="An Optuna journal file to serve instead of RUNS_DIR/<study>/optuna.journal (e.g. a copy).",
+        ),
+    ] = None,
 ) -> None:
     """Serve optuna-dashboard over a study's Optuna journal, live while it runs (read-only): per cell
     optimisation history, intermediate values and pruned trials, importances, parallel coordinates.
@@ -505,20 +703,38 @@ def dashboard(
     if not journal.is_file():
         raise UserError(f"study {name!r}: no Optuna journal at {journal} (it has not run yet: pal-study run {study})")
     if public_bind_warning(host):
-        err.print(f"[yellow]warning:[/] --host {escape(host)} makes the dashboard (every trial of the study) reachable "
-                  "from other machines; optuna-dashboard has no authentication", highlight=False)
+        err.print(
+            f"[yellow]warning:[/] --host {escape(host)} makes the dashboard (every trial of the study) reachable "
+            "from other machines; optuna-dashboard has no authentication",
+            highlight=False,
+        )
     shown = f"[{host}]" if ":" in host else host
-    err.print(f"optuna-dashboard for study {name!r} ({journal}, read-only) at http://{shown}:{port}/\n"
-              f"one Optuna study per cell: {name}/cellNNN (tuning) and {name}/cellNNN/finals",
-              soft_wrap=True, highlight=False, markup=False)
-    cmd = [sys.executable, "-m", "pal_study.servers", "optuna-dashboard", str(journal.resolve()),
-           "--host", host, "--port", str(port)]
+    err.print(
+        f"optuna-dashboard for study {name!r} ({journal}, read-only) at http://{shown}:{port}/\n"
+        f"one Optuna study per cell: {name}/cellNNN (tuning) and {name}/cellNNN/finals",
+        soft_wrap=True,
+        highlight=False,
+        markup=False,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "pal_study.servers",
+        "optuna-dashboard",
+        str(journal.resolve()),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     raise typer.Exit(run_server(cmd, name="optuna-dashboard"))
 
 
 @app.command("list")
 def list_(
-    what: Annotated[str, typer.Argument(help="datasets | models | losses | methods | pruners | samplers | studies | spaces")] = "methods",
+    what: Annotated[
+        str, typer.Argument(help="datasets | models | losses | methods | pruners | samplers | studies | spaces")
+    ] = "methods",
     as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON.")] = False,
 ) -> None:
     """What pal-study knows: data sets, models, losses, methods, pruners, samplers, shipped studies and spaces."""
@@ -541,7 +757,13 @@ STUDY_KEYS = {"factors", "search", "budget", "finals", "resources", "objective",
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(autocompletion=_complete_study, help="A trial config or a study YAML, or the name of a shipped study (quickstart, ...).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            autocompletion=_complete_study,
+            help="A trial config or a study YAML, or the name of a shipped study (quickstart, ...).",
+        ),
+    ],
     set_: SetOpt = None,
 ) -> None:
     """Check a trial config or a study and say exactly what is wrong (exit 2), or what it will run."""
@@ -561,11 +783,13 @@ def validate(
             out.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
         return
     cfg = resolve(load_train_config(file, list(set_ or [])))
-    out.print(f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "
-              f"(noise {cfg.data.noise.kind} {cfg.data.noise.rate:g}, imbalance {cfg.data.imbalance.ratio:g}), "
-              f"{cfg.model.arch}, head {cfg.head.kind}"
-              + (f" s={cfg.head.scale:g}" if cfg.head.scale else "")
-              + f", {cfg.optim.epochs} epochs, lr {cfg.optim.lr:g}, wd {cfg.optim.weight_decay:g}")
+    out.print(
+        f"[green]ok[/]: {file}: {method_name(cfg)} on {cfg.data.name} "
+        f"(noise {cfg.data.noise.kind} {cfg.data.noise.rate:g}, imbalance {cfg.data.imbalance.ratio:g}), "
+        f"{cfg.model.arch}, head {cfg.head.kind}"
+        + (f" s={cfg.head.scale:g}" if cfg.head.scale else "")
+        + f", {cfg.optim.epochs} epochs, lr {cfg.optim.lr:g}, wd {cfg.optim.weight_decay:g}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,14 +14,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, create_model,
-                      field_validator, model_serializer, model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 # The allowed values of the config come from the registries: data sets (data/sets/), heads
 # (heads.py), losses and their hyperparameters (losses.py), models (models.py).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
-from pal_study.errors import ConfigError, KeyedError  # noqa: F401 (re-exported: pal_study.config.ConfigError)
 from pal_study.data.sources import SYNTHETIC_DEFAULTS
+from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
 
@@ -58,8 +67,9 @@ class SyntheticConfig(_Strict):
     test_per_class: int = Field(_SYN["test_per_class"], ge=1, le=1_000_000)
     separation: float = Field(_SYN["separation"], gt=0.0)
     input_shape: list[int] | None = Field(_SYN["input_shape"], description="e.g. [3, 32, 32] for image-shaped data")
-    data_seed: int = Field(_SYN["data_seed"], ge=0,
-                           description="draws the data; the trial seed varies noise and splits")
+    data_seed: int = Field(
+        _SYN["data_seed"], ge=0, description="draws the data; the trial seed varies noise and splits"
+    )
     augment: Literal["none", "crop_flip"] = _SYN["augment"]
 
     @field_validator("input_shape")
@@ -77,8 +87,9 @@ class SyntheticConfig(_Strict):
 
 
 class Mnist1dConfig(_Strict):
-    num_samples: int = Field(5000, ge=100, le=1_000_000,
-                             description="sequences generated (80/20 train/test); 5000 is the standard set")
+    num_samples: int = Field(
+        5000, ge=100, le=1_000_000, description="sequences generated (80/20 train/test); 5000 is the standard set"
+    )
 
     @field_validator("num_samples")
     @classmethod
@@ -143,12 +154,17 @@ class _LossConfigBase(_Strict):
     margin: float = Field(0.0, ge=0.0, lt=2.0, description="additive cosine margin (normalised heads)")
     # Deferred re-weighting (DRW, Cao et al. 2019), for losses with LossSpec.supports_weights (ce, ldam).
     drw_epoch: int | bool | None = Field(
-        None, description="DRW: class-balanced weights apply once this many epochs are done (as "
+        None,
+        description="DRW: class-balanced weights apply once this many epochs are done (as "
         "optim.milestones count: 160 = from the 161st epoch); false: off; unset: the long-tail recipe's "
-        "value for ldam (LDAM-DRW), else off")
+        "value for ldam (LDAM-DRW), else off",
+    )
     drw_beta: float | None = Field(
-        None, ge=0.0, lt=1.0, description=f"DRW's β: w_c ∝ (1 − β)/(1 − β^n_c); unset: {DRW_BETA} "
-        "(LDAM-DRW, Cui et al. 2019)")
+        None,
+        ge=0.0,
+        lt=1.0,
+        description=f"DRW's β: w_c ∝ (1 − β)/(1 − β^n_c); unset: {DRW_BETA} (LDAM-DRW, Cui et al. 2019)",
+    )
 
     _fin = field_validator("margin", "drw_beta")(_finite)
 
@@ -196,7 +212,9 @@ def _param_field(p: LossParam) -> tuple[Any, Any]:
 # loss.<hyperparameter> for every loss hyperparameter the registry marks ``config`` (q, gamma, alpha,
 # beta, max_m): unset (None) takes the data set's documented value in :func:`resolve`.
 LossConfig = create_model(
-    "LossConfig", __base__=_LossConfigBase, __module__=__name__,
+    "LossConfig",
+    __base__=_LossConfigBase,
+    __module__=__name__,
     __validators__={"_fin_params": field_validator(*config_params())(_finite)},
     **{name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()},
 )
@@ -231,8 +249,11 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads; default: CPUs allotted")
     amp: bool = Field(True, description="bf16 autocast on CUDA (ignored on CPU)")
-    channels_last: bool = Field(True, description="channels_last layout for image (N, C, H, W) batches: on CUDA; "
-                                "on the CPU for the conv nets where it measured faster (train.CPU_CHANNELS_LAST)")
+    channels_last: bool = Field(
+        True,
+        description="channels_last layout for image (N, C, H, W) batches: on CUDA; "
+        "on the CPU for the conv nets where it measured faster (train.CPU_CHANNELS_LAST)",
+    )
     compile: bool = Field(False, description="torch.compile the model on CUDA (ignored on CPU)")
 
     @field_validator("device")
@@ -265,7 +286,7 @@ class TrainConfig(_Strict):
                 raise KeyedError(
                     f"{section}.{key}",
                     f"method {method!r} sets {section}.{key}={value!r} but {section}.{key}={given!r} "
-                    f"is also given; drop one of them"
+                    f"is also given; drop one of them",
                 )
             sub[key] = value
             data[section] = sub
@@ -278,32 +299,34 @@ class TrainConfig(_Strict):
             raise KeyedError(
                 "head.kind",
                 f"loss {self.loss.name!r} needs bounded logits: head.kind must be one of "
-                f"{', '.join(NORMALIZED_HEADS)}, not {self.head.kind!r} (try method={self.loss.name}+fnpal)"
+                f"{', '.join(NORMALIZED_HEADS)}, not {self.head.kind!r} (try method={self.loss.name}+fnpal)",
             )
         unused = [k for k in config_params() if getattr(self.loss, k) is not None and k not in spec.params]
         if unused:
             users = {k: [s.name for s in LOSS_REGISTRY.entries() if k in s.params] for k in unused}
             detail = "; ".join(f"loss.{k} is used by {', '.join(v) or 'no loss'}" for k, v in users.items())
-            raise KeyedError(f"loss.{unused[0]}", f"loss {self.loss.name!r} takes none of {', '.join(unused)} ({detail})")
+            raise KeyedError(
+                f"loss.{unused[0]}", f"loss {self.loss.name!r} takes none of {', '.join(unused)} ({detail})"
+            )
         drw_set = [k for k in DRW_KEYS if getattr(self.loss, k) is not None]
         if drw_set and not spec.supports_weights:
             users = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
             raise KeyedError(
                 f"loss.{drw_set[0]}",
                 f"loss {self.loss.name!r} takes no class weights: loss.{drw_set[0]} (deferred re-weighting) "
-                f"is accepted by {users}"
+                f"is accepted by {users}",
             )
         if self.loss.margin > 0 and self.head.kind not in NORMALIZED_HEADS:
             raise KeyedError(
                 "loss.margin",
                 f"loss.margin is a cosine margin: it needs head.kind in {', '.join(NORMALIZED_HEADS)}, "
-                f"not {self.head.kind!r}"
+                f"not {self.head.kind!r}",
             )
         if get_dataset(self.data.name).needs_files and not self.data.root and not self.data.download:
             raise KeyedError(
                 "data.root",
                 f"data.root is required for {self.data.name!r} (a directory with the torchvision files); "
-                f"or pass --download / data.download=true where a network exists"
+                f"or pass --download / data.download=true where a network exists",
             )
         return self
 
@@ -422,8 +445,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str],
-                    reset_on_name: Mapping[str, str] | None = None) -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], reset_on_name: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """``data`` with the ``key=value`` overrides applied in order (a new dict).
 
     ``reset_on_name``: {section: its default name} of sections that choose among variants with

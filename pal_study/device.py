@@ -30,8 +30,9 @@ def visible_gpu_ids(environ: dict[str, str] | None = None) -> list[str] | None:
     return out
 
 
-def select_device(requested: str = "auto", *, cuda_available: bool | None = None,
-                  environ: dict[str, str] | None = None) -> torch.device:
+def select_device(
+    requested: str = "auto", *, cuda_available: bool | None = None, environ: dict[str, str] | None = None
+) -> torch.device:
     """Resolve ``auto|cpu|cuda|cuda:N`` to a torch device.
 
     ``auto`` takes ``cuda:0`` when a GPU is visible to this process (Ray's allocation shows as
@@ -47,10 +48,14 @@ def select_device(requested: str = "auto", *, cuda_available: bool | None = None
         return torch.device("cuda:0") if has_gpu else torch.device("cpu")
     if not has_gpu:
         shown = "unset" if visible is None else repr(",".join(visible))
-        raise ValueError(f"device {requested!r} requested but no CUDA GPU is visible "
-                         f"(CUDA_VISIBLE_DEVICES {shown}); use device=cpu or auto")
+        raise ValueError(
+            f"device {requested!r} requested but no CUDA GPU is visible "
+            f"(CUDA_VISIBLE_DEVICES {shown}); use device=cpu or auto"
+        )
     index = int(requested.split(":", 1)[1]) if ":" in requested else 0
-    count = len(visible) if visible is not None else (torch.cuda.device_count() if cuda_available is None else index + 1)
+    count = (
+        len(visible) if visible is not None else (torch.cuda.device_count() if cuda_available is None else index + 1)
+    )
     if index >= count:
         raise ValueError(f"device {requested!r} requested but only {count} GPU(s) are visible")
     return torch.device(f"cuda:{index}")

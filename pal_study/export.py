@@ -40,13 +40,19 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
             exported[r.cell] = r
     if weights:
         # Checked before anything is written: all of the export or none of it.
-        missing = [f"{row.cell} (seed {exported[row.cell].seed}: {exported[row.cell].checkpoint or 'no checkpoint recorded'})"
-                   for row in rows if not _readable(exported[row.cell].checkpoint)]
+        missing = [
+            f"{row.cell} (seed {exported[row.cell].seed}: {exported[row.cell].checkpoint or 'no checkpoint recorded'})"
+            for row in rows
+            if not _readable(exported[row.cell].checkpoint)
+        ]
         if missing:
             raise ConfigError(
                 f"--weights: no trained model for {len(missing)} of {len(rows)} cells: {'; '.join(missing[:3])}"
-                f"{' ...' if len(missing) > 3 else ''}; the finals ran with checkpoints off (checkpoint.every_epochs: 0) "
-                "or their files are not reachable from here (--storage on another machine)", key="--weights")
+                f"{' ...' if len(missing) > 3 else ''}; the finals ran with checkpoints off "
+                "(checkpoint.every_epochs: 0) "
+                "or their files are not reachable from here (--storage on another machine)",
+                key="--weights",
+            )
     out_dir.mkdir(parents=True, exist_ok=True)
     index = []
     files: dict[str, str] = {}
@@ -62,15 +68,26 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
 
             weights_name = name.removesuffix(".yaml") + ".pt"
             export_weights(first.checkpoint, out_dir / weights_name)
-        index.append({
-            "cell": row.cell, "method": row.method, "config": name, "weights": weights_name, "seed": first.seed,
-            "tune_best_value": first.metrics.get("tune_best_value"),
-            "val_acc_mean": row.stats.get("val_acc", (None, None))[0], "val_acc_std": row.stats.get("val_acc", (None, None))[1],
-            "test_acc_mean": row.stats.get("test_acc", (None, None))[0], "test_acc_std": row.stats.get("test_acc", (None, None))[1],
-            "n_seeds": row.n, "test_acc_of_exported_seed": first.metrics.get("test_acc"),
-            "run_of_exported_seed": first.run_id, "final_run_ids": row.run_ids, "parent_run_id": parent,
-            "experiment_id": exp_id,
-        })
+        index.append(
+            {
+                "cell": row.cell,
+                "method": row.method,
+                "config": name,
+                "weights": weights_name,
+                "seed": first.seed,
+                "tune_best_value": first.metrics.get("tune_best_value"),
+                "val_acc_mean": row.stats.get("val_acc", (None, None))[0],
+                "val_acc_std": row.stats.get("val_acc", (None, None))[1],
+                "test_acc_mean": row.stats.get("test_acc", (None, None))[0],
+                "test_acc_std": row.stats.get("test_acc", (None, None))[1],
+                "n_seeds": row.n,
+                "test_acc_of_exported_seed": first.metrics.get("test_acc"),
+                "run_of_exported_seed": first.run_id,
+                "final_run_ids": row.run_ids,
+                "parent_run_id": parent,
+                "experiment_id": exp_id,
+            }
+        )
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(index[0]) if index else ["cell"])
@@ -80,8 +97,11 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
     (out_dir / "index.csv").write_text(buf.getvalue())
     if source.kind != "mlflow":
         return index
-    source.tracking.log_files(parent, {**files, "index.json": (out_dir / "index.json").read_text(),
-                                       "index.csv": buf.getvalue()}, artifact_path="export")
+    source.tracking.log_files(
+        parent,
+        {**files, "index.json": (out_dir / "index.json").read_text(), "index.csv": buf.getvalue()},
+        artifact_path="export",
+    )
     return index
 
 

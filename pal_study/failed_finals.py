@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 ACCURACY_METRICS = ("test_acc", "val_acc", "val_acc_clean", "test_acc_many", "test_acc_medium", "test_acc_few")
-RULE = ("a failed final counts as chance accuracy (1/k) on accuracy metrics; on other metrics a comparison with "
-        "a failed final is not decided")
+RULE = (
+    "a failed final counts as chance accuracy (1/k) on accuracy metrics; on other metrics a comparison with "
+    "a failed final is not decided"
+)
 FAILED = "failed"  # key in a seed's metrics marking a failed final
 
 
@@ -45,8 +47,9 @@ def is_failed(metrics: dict[str, Any] | None) -> bool:
     return bool(metrics and metrics.get(FAILED))
 
 
-def apply_rule(comparison: dict[str, Any], cell: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]],
-               metric: str) -> None:
+def apply_rule(
+    comparison: dict[str, Any], cell: dict[int, dict[str, Any]], baseline: dict[int, dict[str, Any]], metric: str
+) -> None:
     """Record on a comparison row (``Paired.as_dict()`` + verdict) which seeds failed on each side,
     and, for a metric with no chance value, make it undecided."""
     seeds = set(cell) & set(baseline)
@@ -56,8 +59,9 @@ def apply_rule(comparison: dict[str, Any], cell: dict[int, dict[str, Any]], base
     if not (fc or fb):
         return
     if metric in ACCURACY_METRICS:
-        comparison["note"] = (f"{len(fc)} failed final(s) of the cell and {len(fb)} of the baseline count as "
-                              "chance accuracy")
+        comparison["note"] = (
+            f"{len(fc)} failed final(s) of the cell and {len(fb)} of the baseline count as chance accuracy"
+        )
     else:
         comparison["note"] = f"not decided: {len(fc) + len(fb)} failed final(s) and no chance value for {metric}"
         comparison["verdict"] = "inconclusive"

@@ -203,12 +203,11 @@ def build_head(
     if isinstance(prototypes, torch.Tensor):
         if tuple(prototypes.shape) != (num_classes, in_dim):
             raise ValueError(
-                f"prototypes tensor has shape {tuple(prototypes.shape)}; head {kind!r} needs "
-                f"({num_classes}, {in_dim})"
+                f"prototypes tensor has shape {tuple(prototypes.shape)}; head {kind!r} needs ({num_classes}, {in_dim})"
             )
         w = prototypes
     else:
-        w = make_prototypes(num_classes, in_dim, prototypes, use_relu=use_relu_prototypes,
-                            seed=seed, steps=prototype_steps)
-    return AnchoredHead(w, normalize_features=kind == "fnpal",
-                        scale=float(scale) if kind == "fnpal" else 1.0)
+        w = make_prototypes(
+            num_classes, in_dim, prototypes, use_relu=use_relu_prototypes, seed=seed, steps=prototype_steps
+        )
+    return AnchoredHead(w, normalize_features=kind == "fnpal", scale=float(scale) if kind == "fnpal" else 1.0)

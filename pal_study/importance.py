@@ -68,17 +68,23 @@ def study_importances(journal: str | Path, evaluator: str = "ped_anova", seed: i
     _evaluator(evaluator, seed)  # a bad name fails before the journal is read
     storage = open_journal(Path(journal))
     out = []
-    for summary in sorted(optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name):
+    for summary in sorted(
+        optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name
+    ):
         if summary.study_name.endswith("/finals"):
             continue
         st = optuna.load_study(study_name=summary.study_name, storage=storage)
         trials = st.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         searched = sorted({p for t in done for p in t.params})
-        item = CellImportance(cell=str(st.user_attrs.get("cell", summary.study_name)),
-                              method=str(st.user_attrs.get("method", "?")), optuna_study=summary.study_name,
-                              n_trials=sum(t.state.is_finished() for t in trials), n_complete=len(done),
-                              evaluator=evaluator)
+        item = CellImportance(
+            cell=str(st.user_attrs.get("cell", summary.study_name)),
+            method=str(st.user_attrs.get("method", "?")),
+            optuna_study=summary.study_name,
+            n_trials=sum(t.state.is_finished() for t in trials),
+            n_complete=len(done),
+            evaluator=evaluator,
+        )
         varied = [p for p in searched if len({repr(t.params.get(p)) for t in done}) > 1]
         if not searched:
             item.note = "nothing searched in this cell"
@@ -93,8 +99,9 @@ def study_importances(journal: str | Path, evaluator: str = "ped_anova", seed: i
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # ExperimentalWarning and the forest's own chatter
-                    imp = optuna.importance.get_param_importances(st, evaluator=_evaluator(evaluator, seed),
-                                                                  params=varied)
+                    imp = optuna.importance.get_param_importances(
+                        st, evaluator=_evaluator(evaluator, seed), params=varied
+                    )
                 item.importances = {k: float(v) for k, v in imp.items()}
                 if len(done) < FEW_TRIALS:
                     item.note = f"only {len(done)} completed trials: a hint, not a measurement"
@@ -127,8 +134,15 @@ def importance_png(items: list[CellImportance], title: str) -> bytes | None:
     for r in range(len(rows)):
         for c in range(len(params)):
             if not np.isnan(grid[r, c]):
-                ax.text(c, r, f"{grid[r, c]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if grid[r, c] < 0.6 else "black")
+                ax.text(
+                    c,
+                    r,
+                    f"{grid[r, c]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if grid[r, c] < 0.6 else "black",
+                )
     fig.colorbar(im, ax=ax, label="importance (share)")
     ax.set_title(title, fontsize=9)
     buf = io.BytesIO()
@@ -141,6 +155,8 @@ def render_importances(items: list[CellImportance]) -> str:
     lines = []
     for i in items:
         body = ", ".join(f"{p} {v:.2f}" for p, v in i.importances.items()) or "-"
-        lines.append(f"{i.cell}: {body} ({i.evaluator}, {i.n_complete} of {i.n_trials} trials complete)"
-                     + (f" — {i.note}" if i.note else ""))
+        lines.append(
+            f"{i.cell}: {body} ({i.evaluator}, {i.n_complete} of {i.n_trials} trials complete)"
+            + (f" — {i.note}" if i.note else "")
+        )
     return "\n".join(lines)

@@ -1,7 +1,7 @@
 """What the registries hold, as rows for ``pal-study list <what> [--json]``.
 
-    listing("losses")                 # [{"name": "ce", "formula": "−log p_y", ...}, ...]
-    render_listing("losses", rows)    # a rich Table of the same rows
+listing("losses")                 # [{"name": "ce", "formula": "−log p_y", ...}, ...]
+render_listing("losses", rows)    # a rich Table of the same rows
 """
 
 from __future__ import annotations
@@ -31,30 +31,38 @@ def _datasets() -> list[dict[str, Any]]:
     for spec in DATASET_REGISTRY.entries():
         options = getattr(DataConfig(), spec.options_key).model_dump() if spec.options_key else {}
         shape = spec.shape_for(options)
-        rows.append({
-            "name": spec.name,
-            "classes": spec.classes_for(options),
-            "input_shape": list(shape),
-            "default_arch": spec.arch_for(shape),
-            "options": f"data.{spec.options_key}" if spec.options_key else None,
-            "files": f"{spec.files[0]}/" if spec.files else None,
-            "recipe": spec.recipe.as_optim(),
-            "long_tail_recipe": spec.long_tail_recipe.as_optim() if spec.long_tail_recipe else None,
-            "loss_defaults": spec.loss_defaults,
-            "augment": spec.augment,
-            "asymmetric_noise": spec.asymmetric_map is not None,
-            "group_thresholds": list(spec.group_thresholds),
-            "summary": spec.summary,
-        })
+        rows.append(
+            {
+                "name": spec.name,
+                "classes": spec.classes_for(options),
+                "input_shape": list(shape),
+                "default_arch": spec.arch_for(shape),
+                "options": f"data.{spec.options_key}" if spec.options_key else None,
+                "files": f"{spec.files[0]}/" if spec.files else None,
+                "recipe": spec.recipe.as_optim(),
+                "long_tail_recipe": spec.long_tail_recipe.as_optim() if spec.long_tail_recipe else None,
+                "loss_defaults": spec.loss_defaults,
+                "augment": spec.augment,
+                "asymmetric_noise": spec.asymmetric_map is not None,
+                "group_thresholds": list(spec.group_thresholds),
+                "summary": spec.summary,
+            }
+        )
     return rows
 
 
 def _models() -> list[dict[str, Any]]:
     from pal_study.models import MODEL_REGISTRY
 
-    return [{"name": m.name, "feature_dim": m.feature_dim,
-             "input": "any shape (flattened)" if m.min_side is None else f"C×H×W with H, W ≥ {m.min_side}",
-             "summary": m.summary} for m in MODEL_REGISTRY.entries()]
+    return [
+        {
+            "name": m.name,
+            "feature_dim": m.feature_dim,
+            "input": "any shape (flattened)" if m.min_side is None else f"C×H×W with H, W ≥ {m.min_side}",
+            "summary": m.summary,
+        }
+        for m in MODEL_REGISTRY.entries()
+    ]
 
 
 def _losses() -> list[dict[str, Any]]:
@@ -62,12 +70,21 @@ def _losses() -> list[dict[str, Any]]:
 
     rows = []
     for s in LOSS_REGISTRY.entries():
-        params = {k: s.generic.get(k, PARAM_REGISTRY.get(k).default) for k in s.params
-                  if not PARAM_REGISTRY.get(k).required}
+        params = {
+            k: s.generic.get(k, PARAM_REGISTRY.get(k).default) for k in s.params if not PARAM_REGISTRY.get(k).required
+        }
         params.update({k: "required" for k in s.params if PARAM_REGISTRY.get(k).required})
-        rows.append({"name": s.name, "formula": s.summary, "params": params,
-                     "defaults": {ref: dict(v) for ref, v in s.defaults.items()}, "symmetric": s.symmetric,
-                     "normalized_only": s.normalized_only, "default_head": s.default_head})
+        rows.append(
+            {
+                "name": s.name,
+                "formula": s.summary,
+                "params": params,
+                "defaults": {ref: dict(v) for ref, v in s.defaults.items()},
+                "symmetric": s.symmetric,
+                "normalized_only": s.normalized_only,
+                "default_head": s.default_head,
+            }
+        )
     return rows
 
 
@@ -84,8 +101,14 @@ def _methods() -> list[dict[str, Any]]:
                 cfg = validate_train_config({"method": method}, "(listing)")
             except ConfigError:
                 continue
-            rows.append({"method": method, "loss": cfg.loss.name, "head": cfg.head.kind,
-                         "canonical": method_name(cfg) == method})
+            rows.append(
+                {
+                    "method": method,
+                    "loss": cfg.loss.name,
+                    "head": cfg.head.kind,
+                    "canonical": method_name(cfg) == method,
+                }
+            )
     return rows
 
 
@@ -163,15 +186,30 @@ def _leading_comment(path: Path) -> str:
 
 
 _LISTERS = {
-    "datasets": _datasets, "models": _models, "losses": _losses, "methods": _methods, "pruners": _pruners,
-    "samplers": _samplers, "studies": lambda: _shipped("studies"), "spaces": lambda: _shipped("search_spaces"),
+    "datasets": _datasets,
+    "models": _models,
+    "losses": _losses,
+    "methods": _methods,
+    "pruners": _pruners,
+    "samplers": _samplers,
+    "studies": lambda: _shipped("studies"),
+    "spaces": lambda: _shipped("search_spaces"),
 }
 
 
 # The columns a table shows where rows hold more than fits a terminal (--json has them all).
 _TABLE_COLUMNS = {
-    "datasets": ("name", "classes", "input_shape", "default_arch", "files", "recipe", "loss_defaults", "augment",
-                 "summary"),
+    "datasets": (
+        "name",
+        "classes",
+        "input_shape",
+        "default_arch",
+        "files",
+        "recipe",
+        "loss_defaults",
+        "augment",
+        "summary",
+    ),
     "studies": ("name", "description", "factors", "search"),
     "spaces": ("name", "description", "params"),
 }

@@ -72,16 +72,16 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "DATASET_DEFAULTS",
+    "DRW_BETA",
     "LOSSES",
     "LOSS_PARAMS",
     "LOSS_REGISTRY",
     "NORMALIZED_ONLY",
     "PARAM_REGISTRY",
+    "LDAMLoss",
     "Loss",
     "LossParam",
     "LossSpec",
-    "LDAMLoss",
-    "DRW_BETA",
     "build_loss",
     "class_balanced_weights",
     "config_params",
@@ -176,8 +176,9 @@ for _p in (
     LossParam("margin", 0.0, "additive cosine margin subtracted from the target logit as s·margin", low=0.0),
     LossParam("q", 0.7, "GCE's exponent; q → 0 is CE, q = 1 is MAE", low=0.0, low_open=True, high=1.0, config=True),
     LossParam("gamma", 0.5, "focusing exponent of FL/NFL", low=0.0, config=True),
-    LossParam("alpha", 1.0, "weight of the first (active) term; of nce and nfl alone: APL's scale", low=0.0,
-              config=True),
+    LossParam(
+        "alpha", 1.0, "weight of the first (active) term; of nce and nfl alone: APL's scale", low=0.0, config=True
+    ),
     LossParam("beta", 1.0, "weight of the second (passive) term", low=0.0, config=True),
     LossParam("max_m", 0.5, "LDAM's largest per-class margin", low=0.0, low_open=True, config=True),
     LossParam("class_counts", None, "training images per class, all > 0", required=True, check=_class_counts),
@@ -335,9 +336,7 @@ class Loss(nn.Module):
 
     def extra_repr(self) -> str:
         shown = {k: v for k, v in self.params.items() if k not in ("class_counts", "weight")}
-        return f"name={self.name!r}, num_classes={self.num_classes}, " + ", ".join(
-            f"{k}={v}" for k, v in shown.items()
-        )
+        return f"name={self.name!r}, num_classes={self.num_classes}, " + ", ".join(f"{k}={v}" for k, v in shown.items())
 
     def _target_shift(self, targets: Tensor, dtype: torch.dtype) -> Tensor | float:
         """What to subtract from each target logit: scale · margin (per sample or a scalar)."""
@@ -465,57 +464,108 @@ def _all(**values: float) -> dict[str, dict[str, float]]:
 # 1e-3, 50 epochs) is ALFs', not APL's (wd 1e-2, nesterov). CIFAR-100 NCE+RCE and NFL+RCE: APL's
 # (10, 0.1); ALFs use (10, 1). CIFAR-100 NCE+MAE: (10, 1), APL's configs/cifar100/sym/nce+mae.yaml
 # and ALFs alike. CIFAR-10's (1, 1) are also the generic values.
-_COMBINATION = {"mnist": {"alpha": 1.0, "beta": 100.0}, "cifar10": {"alpha": 1.0, "beta": 1.0},
-                "cifar100": {"alpha": 10.0, "beta": 0.1}}
+_COMBINATION = {
+    "mnist": {"alpha": 1.0, "beta": 100.0},
+    "cifar10": {"alpha": 1.0, "beta": 1.0},
+    "cifar100": {"alpha": 10.0, "beta": 0.1},
+}
 _NCE_MAE = {**_COMBINATION, "cifar100": {"alpha": 10.0, "beta": 1.0}}
 
 LOSS_REGISTRY: Registry[LossSpec] = Registry("loss")
 for _spec in (
     # CE-DRW: ce with loss.drw_epoch set (Cao et al. 2019's CE baseline with deferred re-weighting).
     LossSpec("ce", "−log p_y", terms=lambda p: [(1.0, _ce)], supports_weights=True),
-    LossSpec("fl", "−(1 − p_y)^γ · log p_y, p_y detached in the factor", params=("gamma",),
-             terms=lambda p: [(1.0, partial(_fl, gamma=p["gamma"]))],
-             defaults=_all(gamma=0.5)),  # APL and ALFs, every data set
-    LossSpec("gce", "(1 − p_y^q) / q", params=("q",), terms=lambda p: [(1.0, partial(_gce, q=p["q"]))],
-             defaults=_all(q=0.7)),  # APL and ALFs, every data set
-    LossSpec("sce", "α·CE + β·RCE", params=("alpha", "beta"),
-             terms=lambda p: [(p["alpha"], _ce), (p["beta"], _rce)],
-             generic={"alpha": 0.1, "beta": 1.0},
-             # APL throughout (ALFs call SCE with a = b = 1 on every data set).
-             defaults={"mnist": {"alpha": 0.01, "beta": 1.0}, "cifar10": {"alpha": 0.1, "beta": 1.0},
-                       "cifar100": {"alpha": 6.0, "beta": 0.1}}),
+    LossSpec(
+        "fl",
+        "−(1 − p_y)^γ · log p_y, p_y detached in the factor",
+        params=("gamma",),
+        terms=lambda p: [(1.0, partial(_fl, gamma=p["gamma"]))],
+        defaults=_all(gamma=0.5),
+    ),  # APL and ALFs, every data set
+    LossSpec(
+        "gce", "(1 − p_y^q) / q", params=("q",), terms=lambda p: [(1.0, partial(_gce, q=p["q"]))], defaults=_all(q=0.7)
+    ),  # APL and ALFs, every data set
+    LossSpec(
+        "sce",
+        "α·CE + β·RCE",
+        params=("alpha", "beta"),
+        terms=lambda p: [(p["alpha"], _ce), (p["beta"], _rce)],
+        generic={"alpha": 0.1, "beta": 1.0},
+        # APL throughout (ALFs call SCE with a = b = 1 on every data set).
+        defaults={
+            "mnist": {"alpha": 0.01, "beta": 1.0},
+            "cifar10": {"alpha": 0.1, "beta": 1.0},
+            "cifar100": {"alpha": 6.0, "beta": 0.1},
+        },
+    ),
     LossSpec("mae", "1 − p_y", terms=lambda p: [(1.0, _mae)], symmetric=True),
     # α = APL's ``scale`` of NormalizedCrossEntropy: 10 on MNIST (configs/mnist/{sym,asym}/nce.yaml),
     # 1 on CIFAR-10 and CIFAR-100 (configs/cifar10/*/nce.yaml, configs/cifar100/sym/nce.yaml).
-    LossSpec("nce", "α·(−log p_y) / (−Σ_k log p_k)", params=("alpha",), terms=lambda p: [(p["alpha"], _nce)],
-             defaults={"mnist": {"alpha": 10.0}, "cifar10": {"alpha": 1.0}, "cifar100": {"alpha": 1.0}},
-             symmetric=True),
+    LossSpec(
+        "nce",
+        "α·(−log p_y) / (−Σ_k log p_k)",
+        params=("alpha",),
+        terms=lambda p: [(p["alpha"], _nce)],
+        defaults={"mnist": {"alpha": 10.0}, "cifar10": {"alpha": 1.0}, "cifar100": {"alpha": 1.0}},
+        symmetric=True,
+    ),
     LossSpec("rce", "−Σ_k p_k log q_k, q the clamped one-hot target", terms=lambda p: [(1.0, _rce)], symmetric=True),
     # γ = 0.5: APL and ALFs. α = APL's ``scale`` of NormalizedFocalLoss: 10 on CIFAR-10 with symmetric
     # noise (configs/cifar10/sym/nfl.yaml; its asym/nfl.yaml uses 1: the defaults are per data set,
     # not per noise kind, so asymmetric CIFAR-10 runs take 10 too unless loss.alpha is set), 1 on
     # MNIST (configs/mnist/sym/nfl.yaml) and CIFAR-100 (configs/cifar100/sym/nfl.yaml).
-    LossSpec("nfl", "α·FL_y / Σ_k FL_k", params=("alpha", "gamma"),
-             terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"]))],
-             defaults={"mnist": {"alpha": 1.0, "gamma": 0.5}, "cifar10": {"alpha": 10.0, "gamma": 0.5},
-                       "cifar100": {"alpha": 1.0, "gamma": 0.5}}, symmetric=True),
-    LossSpec("nce+mae", "α·NCE + β·MAE", params=("alpha", "beta"),
-             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _mae)], defaults=_NCE_MAE, symmetric=True),
-    LossSpec("nce+rce", "α·NCE + β·RCE", params=("alpha", "beta"),
-             terms=lambda p: [(p["alpha"], _nce), (p["beta"], _rce)], defaults=_COMBINATION, symmetric=True),
-    LossSpec("nfl+rce", "α·NFL + β·RCE", params=("alpha", "beta", "gamma"),
-             terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"])), (p["beta"], _rce)],
-             defaults={ref: {**v, "gamma": 0.5} for ref, v in _COMBINATION.items()}, symmetric=True),
+    LossSpec(
+        "nfl",
+        "α·FL_y / Σ_k FL_k",
+        params=("alpha", "gamma"),
+        terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"]))],
+        defaults={
+            "mnist": {"alpha": 1.0, "gamma": 0.5},
+            "cifar10": {"alpha": 10.0, "gamma": 0.5},
+            "cifar100": {"alpha": 1.0, "gamma": 0.5},
+        },
+        symmetric=True,
+    ),
+    LossSpec(
+        "nce+mae",
+        "α·NCE + β·MAE",
+        params=("alpha", "beta"),
+        terms=lambda p: [(p["alpha"], _nce), (p["beta"], _mae)],
+        defaults=_NCE_MAE,
+        symmetric=True,
+    ),
+    LossSpec(
+        "nce+rce",
+        "α·NCE + β·RCE",
+        params=("alpha", "beta"),
+        terms=lambda p: [(p["alpha"], _nce), (p["beta"], _rce)],
+        defaults=_COMBINATION,
+        symmetric=True,
+    ),
+    LossSpec(
+        "nfl+rce",
+        "α·NFL + β·RCE",
+        params=("alpha", "beta", "gamma"),
+        terms=lambda p: [(p["alpha"], partial(_nfl, gamma=p["gamma"])), (p["beta"], _rce)],
+        defaults={ref: {**v, "gamma": 0.5} for ref, v in _COMBINATION.items()},
+        symmetric=True,
+    ),
     # NSL is unbounded below on raw logits (it just pushes z_y up), so it needs a normalised head;
     # it is symmetric only with bounded, anchored logits (docs/method.md §3).
-    LossSpec("nsl", "−z_y", terms=lambda p: [(1.0, _nsl)], symmetric=True, normalized_only=True,
-             default_head="fnpal"),
+    LossSpec("nsl", "−z_y", terms=lambda p: [(1.0, _nsl)], symmetric=True, normalized_only=True, default_head="fnpal"),
     # LDAM-DRW: a normalised classifier with s = 30; max_m 0.5 on every data set (Cao et al. 2019);
     # deferred re-weighting from the long-tail recipe's drw_epoch (LDAM-DRW's train.py, train_rule DRW).
-    LossSpec("ldam", "CE(z − s·m_y·e_y), m_j ∝ n_j^(−1/4), max m_j = max_m",
-             params=("class_counts", "max_m", "weight"), module=lambda k, p: LDAMLoss(k, p),
-             defaults=_all(max_m=0.5), default_head="norm", head_scale=30.0, supports_weights=True,
-             recipe_drw=True),
+    LossSpec(
+        "ldam",
+        "CE(z − s·m_y·e_y), m_j ∝ n_j^(−1/4), max m_j = max_m",
+        params=("class_counts", "max_m", "weight"),
+        module=lambda k, p: LDAMLoss(k, p),
+        defaults=_all(max_m=0.5),
+        default_head="norm",
+        head_scale=30.0,
+        supports_weights=True,
+        recipe_drw=True,
+    ),
 ):
     LOSS_REGISTRY.add(_spec.name, _spec)
 
@@ -583,8 +633,9 @@ def build_loss(name: str, num_classes: int, **params: Any) -> Loss:
             f"unknown keyword{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
             f"for loss {name!r}; accepted: {', '.join(accepted)}"
         )
-    p: dict[str, Any] = {k: spec.generic.get(k, PARAM_REGISTRY.get(k).default) for k in accepted
-                         if not PARAM_REGISTRY.get(k).required}
+    p: dict[str, Any] = {
+        k: spec.generic.get(k, PARAM_REGISTRY.get(k).default) for k in accepted if not PARAM_REGISTRY.get(k).required
+    }
     p.update(params)
     for param in PARAM_REGISTRY.entries():  # checked in the registry's order
         if param.name not in accepted:

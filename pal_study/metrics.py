@@ -51,8 +51,9 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
     return out
 
 
-def scaled_thresholds(class_counts: list[int], reference_max: int = 500,
-                      thresholds: tuple[float, float] = GROUP_THRESHOLDS) -> tuple[float, float]:
+def scaled_thresholds(
+    class_counts: list[int], reference_max: int = 500, thresholds: tuple[float, float] = GROUP_THRESHOLDS
+) -> tuple[float, float]:
     """Many/medium/few thresholds (default 100, 20 training images), scaled down for small data sets.
 
     The thresholds were defined on CIFAR-100-LT / ImageNet-LT, whose largest class has ~500-1280
@@ -73,8 +74,9 @@ def mean_std(values: list[float | None]) -> tuple[float, float] | None:
     return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else 0.0)
 
 
-def group_accuracy(per_class_acc: list[float | None], class_counts: list[int],
-                   thresholds: tuple[float, float] = GROUP_THRESHOLDS) -> dict[str, Any]:
+def group_accuracy(
+    per_class_acc: list[float | None], class_counts: list[int], thresholds: tuple[float, float] = GROUP_THRESHOLDS
+) -> dict[str, Any]:
     """Mean per-class accuracy of classes with > hi (many), in [lo, hi] (medium), < lo (few)
     training images; ``None`` for an empty group. Classes without test samples are left out.
 
@@ -86,7 +88,7 @@ def group_accuracy(per_class_acc: list[float | None], class_counts: list[int],
     if lo > hi:
         raise ValueError(f"thresholds must be (hi, lo) with lo <= hi, got {tuple(thresholds)}")
     groups: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
-    for acc, n in zip(per_class_acc, class_counts):
+    for acc, n in zip(per_class_acc, class_counts, strict=False):
         if acc is not None:
             groups["many" if n > hi else "few" if n < lo else "medium"].append(acc)
     out: dict[str, Any] = {g: (sum(v) / len(v) if v else None) for g, v in groups.items()}
@@ -105,22 +107,31 @@ def _bin_index(conf: torch.Tensor, n_bins: int) -> torch.Tensor:
     return (torch.ceil(conf.double() * n_bins) - 1).clamp(0, n_bins - 1).long()
 
 
-def _reliability(counts: list[int], conf_sums: list[float], correct_sums: list[float],
-                 n_bins: int) -> tuple[float, list[dict[str, Any]]]:
+def _reliability(
+    counts: list[int], conf_sums: list[float], correct_sums: list[float], n_bins: int
+) -> tuple[float, list[dict[str, Any]]]:
     total = sum(counts)
     ece, bins = 0.0, []
-    for i, (c, conf, corr) in enumerate(zip(counts, conf_sums, correct_sums)):
+    for i, (c, conf, corr) in enumerate(zip(counts, conf_sums, correct_sums, strict=False)):
         bin_acc = corr / c if c else None
         bin_conf = conf / c if c else None
         if c:
             ece += c / total * abs(bin_acc - bin_conf)  # type: ignore[operator]
-        bins.append({"lower": i / n_bins, "upper": (i + 1) / n_bins, "count": int(c),
-                     "accuracy": bin_acc, "confidence": bin_conf})
+        bins.append(
+            {
+                "lower": i / n_bins,
+                "upper": (i + 1) / n_bins,
+                "count": int(c),
+                "accuracy": bin_acc,
+                "confidence": bin_conf,
+            }
+        )
     return ece, bins
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor,
-                               n_bins: int = N_BINS) -> tuple[float, list[dict[str, Any]]]:
+def expected_calibration_error(
+    logits: torch.Tensor, labels: torch.Tensor, n_bins: int = N_BINS
+) -> tuple[float, list[dict[str, Any]]]:
     """ECE = Σ_b |B_b|/N · |acc(B_b) − conf(B_b)| over ``n_bins`` equal-width bins of the max
     softmax probability, and the reliability bins (lower, upper, count, accuracy, confidence;
     accuracy and confidence are ``None`` for an empty bin)."""
@@ -166,8 +177,12 @@ def feature_norm_stats(features: torch.Tensor, labels: torch.Tensor, num_classes
         mine = norms[labels == c]
         mean.append(mine.mean().item() if mine.numel() else None)
         std.append(mine.std(unbiased=False).item() if mine.numel() else None)
-    return {"per_class_mean": mean, "per_class_std": std,
-            "overall_mean": norms.mean().item(), "overall_std": norms.std(unbiased=False).item()}
+    return {
+        "per_class_mean": mean,
+        "per_class_std": std,
+        "overall_mean": norms.mean().item(),
+        "overall_std": norms.std(unbiased=False).item(),
+    }
 
 
 class EvalAccumulator:
@@ -194,16 +209,22 @@ class EvalAccumulator:
                 return torch.zeros(n, dtype=dtype, device=device)
 
             self._s = {
-                "count": zeros(k, torch.long), "correct": zeros(k, torch.long),
-                "bin_count": zeros(b, torch.long), "bin_conf": zeros(b), "bin_correct": zeros(b),
-                "margin_sum": zeros(1), "margin_min": torch.full((k,), float("inf"), dtype=torch.float64, device=device),
-                "norm_sum": zeros(k), "norm_sq": zeros(k),
+                "count": zeros(k, torch.long),
+                "correct": zeros(k, torch.long),
+                "bin_count": zeros(b, torch.long),
+                "bin_conf": zeros(b),
+                "bin_correct": zeros(b),
+                "margin_sum": zeros(1),
+                "margin_min": torch.full((k,), float("inf"), dtype=torch.float64, device=device),
+                "norm_sum": zeros(k),
+                "norm_sq": zeros(k),
             }
         return self._s
 
     @torch.no_grad()
-    def update(self, features: torch.Tensor, logits: torch.Tensor, cos_logits: torch.Tensor,
-               labels: torch.Tensor) -> None:
+    def update(
+        self, features: torch.Tensor, logits: torch.Tensor, cos_logits: torch.Tensor, labels: torch.Tensor
+    ) -> None:
         """Add a batch: backbone features (b × d), the head's logits and cosine logits (b × k),
         and the labels to score against (b)."""
         s = self._state(labels.device)
@@ -237,10 +258,10 @@ class EvalAccumulator:
         if total == 0:
             raise ValueError("EvalAccumulator.compute(): the batches held no samples")
         ece, bins = _reliability(s["bin_count"], s["bin_conf"], s["bin_correct"], self.n_bins)
-        per_class_min = [m if n else None for m, n in zip(s["margin_min"], count)]
+        per_class_min = [m if n else None for m, n in zip(s["margin_min"], count, strict=False)]
         return {
             "acc": sum(s["correct"]) / total,
-            "per_class_acc": [c / n if n else None for c, n in zip(s["correct"], count)],
+            "per_class_acc": [c / n if n else None for c, n in zip(s["correct"], count, strict=False)],
             "ece": ece,
             "reliability": bins,
             "margin_mean": s["margin_sum"][0] / total,
@@ -255,7 +276,11 @@ def _norm_stats(sums: list[float], squares: list[float], counts: list[int]) -> d
         mean = s / n
         return mean, max(sq / n - mean * mean, 0.0) ** 0.5
 
-    per_class = [mean_std(s, sq, n) if n else (None, None) for s, sq, n in zip(sums, squares, counts)]
+    per_class = [mean_std(s, sq, n) if n else (None, None) for s, sq, n in zip(sums, squares, counts, strict=False)]
     overall = mean_std(sum(sums), sum(squares), sum(counts))
-    return {"per_class_mean": [m for m, _ in per_class], "per_class_std": [sd for _, sd in per_class],
-            "overall_mean": overall[0], "overall_std": overall[1]}
+    return {
+        "per_class_mean": [m for m, _ in per_class],
+        "per_class_std": [sd for _, sd in per_class],
+        "overall_mean": overall[0],
+        "overall_std": overall[1],
+    }

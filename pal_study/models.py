@@ -46,8 +46,9 @@ MODEL_REGISTRY: Registry[ModelSpec] = Registry("model")
 MODELS = MODEL_REGISTRY  # names: iterate, ``in``, ``MODELS.get(name)``
 
 
-def register_model(name: str, *, feature_dim: int, min_side: int | None, summary: str
-                   ) -> Callable[[Callable[[tuple[int, ...], bool], nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str, *, feature_dim: int, min_side: int | None, summary: str
+) -> Callable[[Callable[[tuple[int, ...], bool], nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register ``build(input_shape, last_relu) -> nn.Module`` as backbone ``name``."""
 
     def deco(build: Callable[[tuple[int, ...], bool], nn.Module]) -> Callable[..., nn.Module]:
@@ -75,8 +76,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
 
 def _fc_bn(cin: int, cout: int, last_relu: bool) -> nn.Sequential:
     """The feature layer: FC → BN → [ReLU] (APL's ``fc1``)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout),
-                         _feature_relu(last_relu))
+    return nn.Sequential(nn.Flatten(), nn.Linear(cin, cout, bias=False), nn.BatchNorm1d(cout), _feature_relu(last_relu))
 
 
 def _apl_init(model: nn.Module) -> None:
@@ -95,8 +95,7 @@ class DigitsMLP(nn.Module):
     before the feature output matches the CNNs' FC-BN-ReLU feature layer.
     """
 
-    def __init__(self, in_features: int, *, hidden: int = 256, feature_dim: int = 128,
-                 last_relu: bool = True):
+    def __init__(self, in_features: int, *, hidden: int = 256, feature_dim: int = 128, last_relu: bool = True):
         super().__init__()
         self.feature_dim = feature_dim
         self.net = nn.Sequential(
@@ -230,8 +229,13 @@ class Mnist1dMLP(nn.Module):
     def __init__(self, in_features: int, *, hidden: int = 100, last_relu: bool = True):
         super().__init__()
         self.feature_dim = hidden
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(hidden, hidden), _feature_relu(last_relu))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, hidden),
+            _feature_relu(last_relu),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -253,8 +257,11 @@ class Mnist1dCNN(nn.Module):
         self.feature_dim = 128
         self.in_channels, self.length = in_channels, length
         self.features = nn.Sequential(
-            *_conv1d_bn_relu(in_channels, 32, 5), *_conv1d_bn_relu(32, 64, 3), nn.MaxPool1d(2),
-            *_conv1d_bn_relu(64, 64, 3), nn.MaxPool1d(2),
+            *_conv1d_bn_relu(in_channels, 32, 5),
+            *_conv1d_bn_relu(32, 64, 3),
+            nn.MaxPool1d(2),
+            *_conv1d_bn_relu(64, 64, 3),
+            nn.MaxPool1d(2),
         )
         self.fc = _fc_bn(64 * (length // 4), self.feature_dim, last_relu)
         for m in self.modules():  # as _apl_init, for Conv1d
@@ -276,8 +283,12 @@ def _as_sequence(shape: tuple[int, ...]) -> tuple[int, int]:
 # The registry, in listing order.
 
 
-@register_model("digits_mlp", feature_dim=128, min_side=None,
-                summary="MLP 256-128 with BN, any input shape (flattened); digits' default")
+@register_model(
+    "digits_mlp",
+    feature_dim=128,
+    min_side=None,
+    summary="MLP 256-128 with BN, any input shape (flattened); digits' default",
+)
 def _digits_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     return DigitsMLP(math.prod(shape), last_relu=last_relu)
 
@@ -302,19 +313,26 @@ def _resnet32(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     return ResNet32(shape[0], last_relu=last_relu)
 
 
-@register_model("mnist1d_mlp", feature_dim=100, min_side=None,
-                summary="MNIST-1D paper's MLP 100-100 (no BN), any input shape (flattened)")
+@register_model(
+    "mnist1d_mlp",
+    feature_dim=100,
+    min_side=None,
+    summary="MNIST-1D paper's MLP 100-100 (no BN), any input shape (flattened)",
+)
 def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     return Mnist1dMLP(math.prod(shape), last_relu=last_relu)
 
 
-@register_model("mnist1d_cnn", feature_dim=128, min_side=None,
-                summary="3 conv1d + 2 max-pools + FC128, for sequences (C, L >= 4); MNIST-1D's default")
+@register_model(
+    "mnist1d_cnn",
+    feature_dim=128,
+    min_side=None,
+    summary="3 conv1d + 2 max-pools + FC128, for sequences (C, L >= 4); MNIST-1D's default",
+)
 def _mnist1d_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     c, length = _as_sequence(shape)
     if length < 4:
-        raise ValueError(f"arch 'mnist1d_cnn' expects sequences of length >= 4 (two 2x max-pools), "
-                         f"got shape {shape}")
+        raise ValueError(f"arch 'mnist1d_cnn' expects sequences of length >= 4 (two 2x max-pools), got shape {shape}")
     return Mnist1dCNN(c, length, last_relu=last_relu)
 
 
@@ -328,12 +346,15 @@ def _check_shape(spec: ModelSpec, shape: tuple[int, ...]) -> None:
         raise ValueError(f"arch {arch!r} expects image inputs (C, H, W) with H, W >= {need}, got shape {shape}")
     _, h, w = shape
     if h < need or w < need:
-        raise ValueError(f"arch {arch!r} expects H, W >= {need} (one pixel after its {int(math.log2(need))} "
-                         f"downsamplings), got {h}x{w} in shape {shape}")
+        raise ValueError(
+            f"arch {arch!r} expects H, W >= {need} (one pixel after its {int(math.log2(need))} "
+            f"downsamplings), got {h}x{w} in shape {shape}"
+        )
 
 
-def build_model(arch: str, input_shape: tuple[int, ...], *, last_relu: bool = True,
-                seed: int | None = None) -> nn.Module:
+def build_model(
+    arch: str, input_shape: tuple[int, ...], *, last_relu: bool = True, seed: int | None = None
+) -> nn.Module:
     """Backbone ``arch`` for per-sample inputs of ``input_shape`` (e.g. (1, 8, 8) or (32,)).
 
     With ``seed`` the initial weights come from a forked RNG seeded with it (the global RNG is

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def _png(fig) -> bytes:
@@ -37,15 +38,16 @@ def reliability_png(bins: Sequence[dict[str, Any]], ece: float | None = None, ti
     return _png(fig)
 
 
-def lines_png(series: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str, title: str,
-              log_x: bool = False) -> bytes:
+def lines_png(
+    series: dict[str, list[tuple[float, float, float]]], xlabel: str, ylabel: str, title: str, log_x: bool = False
+) -> bytes:
     """One line per key through (x, mean, std) points, with error bars."""
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for label, pts in sorted(series.items()):
         pts = sorted(pts)
         if not pts:
             continue
-        xs, ms, ss = zip(*pts)
+        xs, ms, ss = zip(*pts, strict=False)
         ax.errorbar(xs, [100 * m for m in ms], yerr=[100 * s for s in ss], marker="o", capsize=3, label=label)
     if log_x:
         ax.set_xscale("log")
@@ -55,8 +57,9 @@ def lines_png(series: dict[str, list[tuple[float, float, float]]], xlabel: str, 
     return _png(fig)
 
 
-def grouped_bars_png(groups: dict[str, dict[str, tuple[float, float]]], ylabel: str, title: str,
-                     scale: float = 100.0) -> bytes:
+def grouped_bars_png(
+    groups: dict[str, dict[str, tuple[float, float]]], ylabel: str, title: str, scale: float = 100.0
+) -> bytes:
     """Bars per (outer label → inner label) with std error bars, e.g. method → many/medium/few."""
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(groups)), 4.2))
     outer = list(groups)

@@ -181,11 +181,19 @@ def _warn_if_collapsed(w: torch.Tensor, use_relu: bool) -> None:
     i, j = divmod(int(cos.argmax()), w.shape[0])
     if float(cos[i, j]) > _COLLAPSE_COS:
         n_pairs = int((cos > _COLLAPSE_COS).sum()) // 2
-        why = (" (with use_relu, samples whose ReLU'd coordinates died can get stuck on one "
-               "direction; more dims or another seed help)" if use_relu else "")
+        why = (
+            " (with use_relu, samples whose ReLU'd coordinates died can get stuck on one "
+            "direction; more dims or another seed help)"
+            if use_relu
+            else ""
+        )
         log.warning(
-            "optimized prototypes collapsed: %d pair(s) of classes share a direction, e.g. %d and %d "
-            "(cos %.4f)%s", n_pairs, i, j, float(cos[i, j]), why,
+            "optimized prototypes collapsed: %d pair(s) of classes share a direction, e.g. %d and %d (cos %.4f)%s",
+            n_pairs,
+            i,
+            j,
+            float(cos[i, j]),
+            why,
         )
 
 
@@ -218,15 +226,18 @@ def make_prototypes(
         if reasons:
             log.warning(
                 "prototypes: using optimized prototypes (%d steps) instead of a simplex ETF: %s",
-                steps, "; ".join(reasons),
+                steps,
+                "; ".join(reasons),
             )
             method = "optimized"
         else:
             method = "etf"
     if method == "etf":
         if use_relu:
-            log.warning("prototypes: method='etf' with use_relu=True: non-negative features "
-                        "cannot reach these prototypes (cosine ceiling well below 1)")
+            log.warning(
+                "prototypes: method='etf' with use_relu=True: non-negative features "
+                "cannot reach these prototypes (cosine ceiling well below 1)"
+            )
         return simplex_etf(k, dim, seed=seed)
     return optimized_prototypes(k, dim, use_relu=use_relu, seed=seed, steps=steps)
 

@@ -39,8 +39,9 @@ import inspect
 import io
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from scipy import stats
@@ -97,8 +98,7 @@ def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
     return q_alpha * math.sqrt(k * (k + 1) / (6.0 * n))
 
 
-def _complete_table(scores: Mapping[str, Mapping[str, Any]]
-                    ) -> tuple[list[str], list[str], dict[str, str]]:
+def _complete_table(scores: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[str], dict[str, str]]:
     """The conditions and methods of the largest of the candidate complete tables, and what was dropped."""
     dropped: dict[str, str] = {}
     conditions = [str(c) for c in scores]
@@ -161,8 +161,9 @@ def _complete_table(scores: Mapping[str, Mapping[str, Any]]
     return best_cs, best_ms, dropped
 
 
-def rank_methods(scores: dict[str, dict[str, float]], alpha: float = 0.05,
-                 posthoc: Literal["nemenyi", "conover-holm"] = "nemenyi") -> Ranking:
+def rank_methods(
+    scores: dict[str, dict[str, float]], alpha: float = 0.05, posthoc: Literal["nemenyi", "conover-holm"] = "nemenyi"
+) -> Ranking:
     """scores: condition -> method -> the condition's mean metric (higher is better).
 
     Uses only methods present in every kept condition (drop incomplete conditions or methods,
@@ -173,9 +174,19 @@ def rank_methods(scores: dict[str, dict[str, float]], alpha: float = 0.05,
         raise ValueError(f"posthoc must be one of {POSTHOCS}, not {posthoc!r}")
     conditions, methods, dropped = _complete_table(scores)
     notes: list[str] = []
-    empty = Ranking(methods=[], conditions=conditions, average_ranks={}, friedman_stat=None,
-                    friedman_p=None, posthoc=posthoc, pairwise_p={}, critical_difference=None,
-                    dropped=dropped, note=None, alpha=alpha)
+    empty = Ranking(
+        methods=[],
+        conditions=conditions,
+        average_ranks={},
+        friedman_stat=None,
+        friedman_p=None,
+        posthoc=posthoc,
+        pairwise_p={},
+        critical_difference=None,
+        dropped=dropped,
+        note=None,
+        alpha=alpha,
+    )
     if not conditions or not methods:
         empty.conditions = []
         empty.note = "no complete condition × method table: nothing to rank"
@@ -186,10 +197,19 @@ def rank_methods(scores: dict[str, dict[str, float]], alpha: float = 0.05,
     mean_ranks = ranks.mean(axis=0)
     order = sorted(range(len(methods)), key=lambda j: (mean_ranks[j], j))
     average_ranks = {methods[j]: float(mean_ranks[j]) for j in order}
-    ranking = Ranking(methods=[methods[j] for j in order], conditions=conditions,
-                      average_ranks=average_ranks, friedman_stat=None, friedman_p=None,
-                      posthoc=posthoc, pairwise_p={}, critical_difference=None, dropped=dropped,
-                      note=None, alpha=alpha)
+    ranking = Ranking(
+        methods=[methods[j] for j in order],
+        conditions=conditions,
+        average_ranks=average_ranks,
+        friedman_stat=None,
+        friedman_p=None,
+        posthoc=posthoc,
+        pairwise_p={},
+        critical_difference=None,
+        dropped=dropped,
+        note=None,
+        alpha=alpha,
+    )
     n, k = values.shape
     if k < 3 or n < 2:
         parts = []
@@ -197,8 +217,7 @@ def rank_methods(scores: dict[str, dict[str, float]], alpha: float = 0.05,
             parts.append(f"{k} method(s)")
         if n < 2:
             parts.append(f"{n} condition(s)")
-        ranking.note = (f"no Friedman test: {' and '.join(parts)} "
-                        "(it needs at least 3 methods and 2 conditions)")
+        ranking.note = f"no Friedman test: {' and '.join(parts)} (it needs at least 3 methods and 2 conditions)"
         return ranking
     if np.all(ranks == ranks[:, :1]):
         ranking.note = "all methods tied in every condition: the Friedman statistic is undefined"
@@ -226,13 +245,12 @@ def rank_methods(scores: dict[str, dict[str, float]], alpha: float = 0.05,
             else:
                 pmat = sp.posthoc_conover_friedman(frame, p_adjust="holm")
         pmat = pmat.reindex(index=methods, columns=methods)
-        pairwise = {a: {b: float(pmat.loc[a, b]) for b in ranking.methods if b != a}
-                    for a in ranking.methods}
+        pairwise = {a: {b: float(pmat.loc[a, b]) for b in ranking.methods if b != a} for a in ranking.methods}
         if all(math.isfinite(v) for row in pairwise.values() for v in row.values()):
             ranking.pairwise_p = pairwise
         else:
             notes.append(f"{posthoc} p-values undefined")
-    except Exception as exc:  # noqa: BLE001 - a failing post-hoc must not sink the report
+    except Exception as exc:
         notes.append(f"{posthoc} post-hoc failed: {exc}")
     if posthoc == "nemenyi":
         ranking.critical_difference = nemenyi_cd(k, n, alpha)
@@ -257,9 +275,14 @@ def cd_diagram_png(ranking: Ranking, title: str) -> bytes | None:
     ax = fig.subplots()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sp.critical_difference_diagram(pd.Series(ranking.average_ranks), sig, ax=ax,
-                                       alpha=ranking.alpha, label_fmt_left="{label} ({rank:.2f})",
-                                       label_fmt_right="({rank:.2f}) {label}")
+        sp.critical_difference_diagram(
+            pd.Series(ranking.average_ranks),
+            sig,
+            ax=ax,
+            alpha=ranking.alpha,
+            label_fmt_left="{label} ({rank:.2f})",
+            label_fmt_right="({rank:.2f}) {label}",
+        )
     cd = ranking.critical_difference
     if cd is not None:  # drawn here, clear of the tick labels (scikit-posthocs' cd= overlaps them)
         x0 = min(ranking.average_ranks.values())
@@ -307,8 +330,15 @@ def _rng_kw(seed: int) -> dict[str, Any]:
     return {name: np.random.default_rng(seed)}
 
 
-def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[float]], *, method: str,
-                               base: str, seed: int = 0, n_resamples: int = 2000) -> Improvement:
+def probability_of_improvement(
+    x: dict[str, list[float]],
+    y: dict[str, list[float]],
+    *,
+    method: str,
+    base: str,
+    seed: int = 0,
+    n_resamples: int = 2000,
+) -> Improvement:
     """x, y: condition -> per-seed values of the method and of its base in that condition.
 
     Only conditions present in both are used (after dropping NaN/None values).
@@ -326,8 +356,16 @@ def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[floa
             continue
         used.append(str(c))
         samples += [xs, ys]
-    result = Improvement(method=method, base=base, n_conditions=len(used), probability=None,
-                         ci_low=None, ci_high=None, note=None, conditions=used)
+    result = Improvement(
+        method=method,
+        base=base,
+        n_conditions=len(used),
+        probability=None,
+        ci_low=None,
+        ci_high=None,
+        note=None,
+        conditions=used,
+    )
     if not used:
         notes.insert(0, "no condition with values for both the method and its base")
         result.note = "; ".join(notes)
@@ -335,8 +373,7 @@ def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[floa
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        per_condition = [float(_u_fraction(samples[i], samples[i + 1]))
-                         for i in range(0, len(samples), 2)]
+        per_condition = [float(_u_fraction(samples[i], samples[i + 1])) for i in range(0, len(samples), 2)]
     result.probability = float(np.mean(per_condition))
 
     # A sample of one value always resamples to itself: hold it fixed, resample the others.
@@ -348,7 +385,7 @@ def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[floa
 
     def statistic(*resampled: np.ndarray, axis: int = -1) -> np.ndarray:
         full = list(samples)
-        for i, s in zip(varying, resampled):
+        for i, s in zip(varying, resampled, strict=False):
             full[i] = s
         parts = [_u_fraction(full[i], full[i + 1], axis=axis) for i in range(0, len(full), 2)]
         return np.mean(np.broadcast_arrays(*parts), axis=0)  # fixed conditions give scalars
@@ -356,10 +393,16 @@ def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[floa
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            boot = stats.bootstrap(tuple(samples[i] for i in varying), statistic,
-                                   n_resamples=n_resamples, method="percentile",
-                                   confidence_level=0.95, vectorized=True, paired=False,
-                                   **_rng_kw(seed))
+            boot = stats.bootstrap(
+                tuple(samples[i] for i in varying),
+                statistic,
+                n_resamples=n_resamples,
+                method="percentile",
+                confidence_level=0.95,
+                vectorized=True,
+                paired=False,
+                **_rng_kw(seed),
+            )
         lo, hi = float(boot.confidence_interval.low), float(boot.confidence_interval.high)
         if math.isfinite(lo) and math.isfinite(hi):
             result.ci_low, result.ci_high = lo, hi
@@ -367,7 +410,7 @@ def probability_of_improvement(x: dict[str, list[float]], y: dict[str, list[floa
             notes.append("bootstrap interval undefined")
         if any(issubclass(w.category, stats.DegenerateDataWarning) for w in caught):
             notes.append("bootstrap distribution degenerate")
-    except Exception as exc:  # noqa: BLE001 - scipy's refusals become a note
+    except Exception as exc:
         notes.append(f"bootstrap failed: {exc}")
     result.note = "; ".join(notes) or None
     return result

@@ -18,7 +18,7 @@ from pal_study.report import FinalRun
 from pal_study.study.store import JOURNAL
 
 # The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
-from pal_study.study.tracker import SUMMARY_KEYS  # noqa: E402  (after FinalRun: report imports nothing of ours)
+from pal_study.study.tracker import SUMMARY_KEYS
 
 
 def _num(v: Any) -> float | None:
@@ -38,8 +38,9 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
 
     path = Path(run_dir) / JOURNAL
     if not path.is_file():
-        raise ConfigError(f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir",
-                          key="--runs-dir")
+        raise ConfigError(
+            f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir", key="--runs-dir"
+        )
     storage = open_journal(path)
     names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     out = []
@@ -73,22 +74,33 @@ def journal_finals(run_dir: str | Path) -> list[FinalRun]:
             elif best is not None:
                 metrics["tune_best_value"] = float(best)
             wd = cfg.get("optim", {}).get("weight_decay")
-            out.append(FinalRun(
-                run_id=f"{name}#{t.number}", cell=str(attrs.get("cell", tuning_name)),
-                group=cell_label({k: v for k, v in factors.items() if k != "method"}),
-                method=str(attrs.get("method") or method_name(TrainConfig.model_validate(cfg))),
-                dataset=str(data.get("name", "?")), noise_rate=float(data.get("noise", {}).get("rate", 0.0)),
-                imbalance_ratio=float(data.get("imbalance", {}).get("ratio", 1.0)), seed=seed,
-                weight_decay=None if wd is None else float(wd), metrics=metrics,
-                checkpoint=ua.get("checkpoint_path") or None, config=cfg, failed=failed, variant=variant,
-                parent=parent, num_classes=num_classes(str(data.get("name", "?")), cfg),
-            ))
+            out.append(
+                FinalRun(
+                    run_id=f"{name}#{t.number}",
+                    cell=str(attrs.get("cell", tuning_name)),
+                    group=cell_label({k: v for k, v in factors.items() if k != "method"}),
+                    method=str(attrs.get("method") or method_name(TrainConfig.model_validate(cfg))),
+                    dataset=str(data.get("name", "?")),
+                    noise_rate=float(data.get("noise", {}).get("rate", 0.0)),
+                    imbalance_ratio=float(data.get("imbalance", {}).get("ratio", 1.0)),
+                    seed=seed,
+                    weight_decay=None if wd is None else float(wd),
+                    metrics=metrics,
+                    checkpoint=ua.get("checkpoint_path") or None,
+                    config=cfg,
+                    failed=failed,
+                    variant=variant,
+                    parent=parent,
+                    num_classes=num_classes(str(data.get("name", "?")), cfg),
+                )
+            )
     out.sort(key=lambda r: (r.cell, r.seed))
     return out
 
 
-def journal_judge(run_dir: str | Path, runs: list[FinalRun],
-                  adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def journal_judge(
+    run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The study's claims (as ``summary.json`` and ``study.json`` state them) judged on ``runs``, and
     across its sensitivity knobs."""
     from pal_study.report import judge_finals, stated_claims
@@ -117,8 +129,17 @@ SOURCES = ("auto", "mlflow", "runs")
 class Source:
     """Where a report or export reads a study's finals: the tracking store or the run directory."""
 
-    def __init__(self, kind: str, where: str, runs: list[FinalRun], *, tracking: Any = None, parent: str | None = None,
-                 experiment_id: str | None = None, run_dir: Path | None = None):
+    def __init__(
+        self,
+        kind: str,
+        where: str,
+        runs: list[FinalRun],
+        *,
+        tracking: Any = None,
+        parent: str | None = None,
+        experiment_id: str | None = None,
+        run_dir: Path | None = None,
+    ):
         self.kind, self.where, self.runs = kind, where, runs
         self.tracking, self.parent, self.experiment_id, self.run_dir = tracking, parent, experiment_id, run_dir
 
@@ -145,8 +166,9 @@ class Source:
         return config_yaml(run.config or {}, f"{study} {run.cell} final seed {run.seed}: pal-study train THIS_FILE")
 
 
-def open_source(study: str, *, source: str = "auto", tracking_uri: str | None = None,
-                runs_dir: str | Path = "runs") -> Source:
+def open_source(
+    study: str, *, source: str = "auto", tracking_uri: str | None = None, runs_dir: str | Path = "runs"
+) -> Source:
     """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
     ``auto``: the store when it holds the study, else the run directory."""
     import os
@@ -160,9 +182,10 @@ def open_source(study: str, *, source: str = "auto", tracking_uri: str | None = 
     has_record = (run_dir / JOURNAL).is_file()
     uri = resolve_uri(tracking_uri)
     store_named = bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
-    local_db = Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
-    if source == "runs" or (source == "auto" and has_record and not store_named
-                            and local_db is not None and not local_db.exists()):
+    local_db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if source == "runs" or (
+        source == "auto" and has_record and not store_named and local_db is not None and not local_db.exists()
+    ):
         return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
     try:
         tracking = Tracking(tracking_uri)
@@ -172,8 +195,16 @@ def open_source(study: str, *, source: str = "auto", tracking_uri: str | None = 
         if source == "auto" and has_record:
             return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
         if source == "auto":
-            raise ConfigError(f"study {study!r}: not in the tracking store {uri} and no record at {run_dir}",
-                              key="STUDY") from None
+            raise ConfigError(
+                f"study {study!r}: not in the tracking store {uri} and no record at {run_dir}", key="STUDY"
+            ) from None
         raise
-    return Source("mlflow", tracking.uri, runs, tracking=tracking, parent=parent, experiment_id=exp_id,
-                  run_dir=run_dir if has_record else None)
+    return Source(
+        "mlflow",
+        tracking.uri,
+        runs,
+        tracking=tracking,
+        parent=parent,
+        experiment_id=exp_id,
+        run_dir=run_dir if has_record else None,
+    )

@@ -72,8 +72,9 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
     exp = client.get_experiment_by_name(study)
     if exp is None:
         raise ConfigError(f"no MLflow experiment named {study!r} in this tracking store", key="STUDY")
-    parents = client.search_runs([exp.experiment_id], "tags.`pal.stage` = 'study'", max_results=1,
-                                 order_by=["attributes.start_time DESC"])
+    parents = client.search_runs(
+        [exp.experiment_id], "tags.`pal.stage` = 'study'", max_results=1, order_by=["attributes.start_time DESC"]
+    )
     if not parents:
         raise ConfigError(f"experiment {study!r} holds no pal-study study run", key="STUDY")
     parent = parents[0].info.run_id
@@ -84,12 +85,16 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
     for under in ("pal.study_run", "mlflow.parentRunId"):
         token = None
         while True:
-            page = client.search_runs([exp.experiment_id],
-                                      f"tags.`{under}` = '{parent}' and tags.stage = 'final'", max_results=1000,
-                                      page_token=token)
+            page = client.search_runs(
+                [exp.experiment_id],
+                f"tags.`{under}` = '{parent}' and tags.stage = 'final'",
+                max_results=1000,
+                page_token=token,
+            )
             # Completed and failed finals (MLflow's filter has no IN for tags); not a run still open.
-            runs += [r for r in page if r.info.run_id not in seen
-                     and r.data.tags.get("outcome") in ("completed", "failed")]
+            runs += [
+                r for r in page if r.info.run_id not in seen and r.data.tags.get("outcome") in ("completed", "failed")
+            ]
             seen.update(r.info.run_id for r in page)
             token = page.token
             if not token:
@@ -102,16 +107,25 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
         t, p = r.data.tags, r.data.params
         dataset = t.get("dataset", "?")
         options = {k.split(".", 2)[2]: v for k, v in p.items() if k.startswith(f"data.{dataset}.")}
-        out.append(FinalRun(
-            run_id=r.info.run_id, cell=t.get("cell", "?"), group=t.get("cell_group", ""), method=t.get("method", "?"),
-            dataset=t.get("dataset", "?"), noise_rate=_f(t.get("noise_rate")), imbalance_ratio=_f(t.get("imbalance_ratio"), 1.0),
-            seed=int(_f(t.get("seed"))), weight_decay=_f(p["optim.weight_decay"]) if "optim.weight_decay" in p else None,
-            metrics={k.removeprefix("final_"): v for k, v in r.data.metrics.items() if k.startswith("final_")},
-            checkpoint=t.get("pal.checkpoint"), failed=t.get("outcome") == "failed",
-            variant=json.loads(t[SENSITIVITY_TAG]) if t.get(SENSITIVITY_TAG) else None,
-            parent=t.get(SENSITIVITY_OF_TAG),
-            num_classes=num_classes(dataset, {"data": {dataset: {k: _num_or_str(v) for k, v in options.items()}}}),
-        ))
+        out.append(
+            FinalRun(
+                run_id=r.info.run_id,
+                cell=t.get("cell", "?"),
+                group=t.get("cell_group", ""),
+                method=t.get("method", "?"),
+                dataset=t.get("dataset", "?"),
+                noise_rate=_f(t.get("noise_rate")),
+                imbalance_ratio=_f(t.get("imbalance_ratio"), 1.0),
+                seed=int(_f(t.get("seed"))),
+                weight_decay=_f(p["optim.weight_decay"]) if "optim.weight_decay" in p else None,
+                metrics={k.removeprefix("final_"): v for k, v in r.data.metrics.items() if k.startswith("final_")},
+                checkpoint=t.get("pal.checkpoint"),
+                failed=t.get("outcome") == "failed",
+                variant=json.loads(t[SENSITIVITY_TAG]) if t.get(SENSITIVITY_TAG) else None,
+                parent=t.get(SENSITIVITY_OF_TAG),
+                num_classes=num_classes(dataset, {"data": {dataset: {k: _num_or_str(v) for k, v in options.items()}}}),
+            )
+        )
     out.sort(key=lambda r: (r.cell, r.seed))
     return exp.experiment_id, parent, out
 
@@ -165,11 +179,20 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
     for cell, every in cells.items():
         rs = [r for r in every if not r.failed]
         first = every[0]
-        row = CellRow(cell=cell, group=first.group, method=first.method, dataset=first.dataset,
-                      noise_rate=first.noise_rate, imbalance_ratio=first.imbalance_ratio,
-                      weight_decay=first.weight_decay, n=len(rs), seeds=[r.seed for r in rs],
-                      run_ids=[r.run_id for r in rs], failed_seeds=[r.seed for r in every if r.failed],
-                      variant=first.variant)
+        row = CellRow(
+            cell=cell,
+            group=first.group,
+            method=first.method,
+            dataset=first.dataset,
+            noise_rate=first.noise_rate,
+            imbalance_ratio=first.imbalance_ratio,
+            weight_decay=first.weight_decay,
+            n=len(rs),
+            seeds=[r.seed for r in rs],
+            run_ids=[r.run_id for r in rs],
+            failed_seeds=[r.seed for r in every if r.failed],
+            variant=first.variant,
+        )
         for key in sorted({k for r in rs for k in r.metrics}):
             ms = mean_std([r.metrics.get(key) for r in rs])
             if ms:
@@ -180,9 +203,13 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
         base = by_group.get((row.group, baseline_method(row.method, baseline)))
         if base is None or base is row:
             continue
-        row.comparison = paired(row.cell, base.cell, METRIC,
-                                {s: m.get(METRIC) for s, m in values[row.cell].items()},
-                                {s: m.get(METRIC) for s, m in values[base.cell].items()})
+        row.comparison = paired(
+            row.cell,
+            base.cell,
+            METRIC,
+            {s: m.get(METRIC) for s, m in values[row.cell].items()},
+            {s: m.get(METRIC) for s, m in values[base.cell].items()},
+        )
         marks: dict[str, Any] = {}
         apply_rule(marks, values[row.cell], values[base.cell], METRIC)
         row.comparison.failed_cell = tuple(marks["failed_cell"])
@@ -195,11 +222,33 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
 
 def comparisons(rows: list[CellRow]) -> list[dict[str, Any]]:
     """Every comparison's numbers (the report's JSON format)."""
-    keys = ("cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "ci_level", "p", "p_se", "min_p",
-            "q", "test", "p_t", "p_wilcoxon", "sd", "mdd", "seeds_needed", "note")
-    return [{k: getattr(r.comparison, k) for k in keys}
-            | {k: list(getattr(r.comparison, k)) for k in ("seeds", "failed_cell", "failed_baseline")}
-            for r in rows if r.comparison is not None]
+    keys = (
+        "cell",
+        "baseline",
+        "metric",
+        "n_pairs",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "ci_level",
+        "p",
+        "p_se",
+        "min_p",
+        "q",
+        "test",
+        "p_t",
+        "p_wilcoxon",
+        "sd",
+        "mdd",
+        "seeds_needed",
+        "note",
+    )
+    return [
+        {k: getattr(r.comparison, k) for k in keys}
+        | {k: list(getattr(r.comparison, k)) for k in ("seeds", "failed_cell", "failed_baseline")}
+        for r in rows
+        if r.comparison is not None
+    ]
 
 
 def _delta(c: Paired | None) -> str:
@@ -224,29 +273,63 @@ def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
     return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
 
 
-COLUMNS = ["cell", "method", "n", "val acc %", "test acc %", "Δ test (points) [sign-flip CI]", "vs", "p (sign-flip)",
-           "q", "p (paired t)", "ECE", "many/medium/few %"]
+COLUMNS = [
+    "cell",
+    "method",
+    "n",
+    "val acc %",
+    "test acc %",
+    "Δ test (points) [sign-flip CI]",
+    "vs",
+    "p (sign-flip)",
+    "q",
+    "p (paired t)",
+    "ECE",
+    "many/medium/few %",
+]
 
 
 def table_rows(rows: list[CellRow]) -> list[list[str]]:
     out = []
     for r in rows:
-        groups = " / ".join(f"{100 * r.stats[f'test_acc_{g}'][0]:.1f}" if f"test_acc_{g}" in r.stats else "-"
-                            for g in GROUPS)
-        out.append([
-            r.cell, r.method, _n(r), _pm(r, "val_acc"), _pm(r, "test_acc"), _delta(r.comparison),
-            "-" if r.comparison is None else r.comparison.baseline,
-            "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
-            "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
-            "-" if r.comparison is None or r.comparison.p_t is None else f"{r.comparison.p_t:.3g}",
-            _pm(r, "ece", 1.0, 3), groups if groups != "- / - / -" else "-",
-        ])
+        groups = " / ".join(
+            f"{100 * r.stats[f'test_acc_{g}'][0]:.1f}" if f"test_acc_{g}" in r.stats else "-" for g in GROUPS
+        )
+        out.append(
+            [
+                r.cell,
+                r.method,
+                _n(r),
+                _pm(r, "val_acc"),
+                _pm(r, "test_acc"),
+                _delta(r.comparison),
+                "-" if r.comparison is None else r.comparison.baseline,
+                "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
+                "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
+                "-" if r.comparison is None or r.comparison.p_t is None else f"{r.comparison.p_t:.3g}",
+                _pm(r, "ece", 1.0, 3),
+                groups if groups != "- / - / -" else "-",
+            ]
+        )
     return out
 
 
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-          "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-          "±": r"$\pm$", "Δ": r"$\Delta$", "η": r"$\eta$", "ρ": r"$\rho$"}
+_LATEX = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "Δ": r"$\Delta$",
+    "η": r"$\eta$",
+    "ρ": r"$\rho$",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -267,14 +350,18 @@ class Analysis:
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the claims judged across each knob
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ranking": self.ranking.as_dict() if self.ranking is not None else None,
-                "improvements": [i.as_dict() for i in self.improvements],
-                "importance": [i.as_dict() for i in self.importance], "importance_note": self.importance_note,
-                "sensitivity": self.sensitivity}
+        return {
+            "ranking": self.ranking.as_dict() if self.ranking is not None else None,
+            "improvements": [i.as_dict() for i in self.improvements],
+            "importance": [i.as_dict() for i in self.importance],
+            "importance_note": self.importance_note,
+            "sensitivity": self.sensitivity,
+        }
 
 
-def analyse(rows: list[CellRow], runs: list[FinalRun], *, run_dir: Any = None,
-            importance: str | None = "ped_anova") -> Analysis:
+def analyse(
+    rows: list[CellRow], runs: list[FinalRun], *, run_dir: Any = None, importance: str | None = "ped_anova"
+) -> Analysis:
     """Ranks over conditions (the cells' groups) on mean test accuracy, probability of improvement
     of every X+pal / X+fnpal / X+norm over X (per-seed test accuracy, across conditions), and the
     per-cell parameter importance from the study's Optuna journal in ``run_dir`` (when given)."""
@@ -327,10 +414,20 @@ def _analysis_md(a: Analysis) -> list[str]:
 
     lines: list[str] = []
     if a.sensitivity:
-        from pal_study.sensitivity import SENSITIVITY_COLUMNS, render as render_sensitivity, table_cells
+        from pal_study.sensitivity import SENSITIVITY_COLUMNS, table_cells
+        from pal_study.sensitivity import render as render_sensitivity
 
-        lines += ["", "## Verdicts across a knob (sensitivity)", "", "```", render_sensitivity(a.sensitivity), "```",
-                  "", "| " + " | ".join(SENSITIVITY_COLUMNS) + " |", "|" + "---|" * len(SENSITIVITY_COLUMNS)]
+        lines += [
+            "",
+            "## Verdicts across a knob (sensitivity)",
+            "",
+            "```",
+            render_sensitivity(a.sensitivity),
+            "```",
+            "",
+            "| " + " | ".join(SENSITIVITY_COLUMNS) + " |",
+            "|" + "---|" * len(SENSITIVITY_COLUMNS),
+        ]
         lines += ["| " + " | ".join(row) + " |" for row in table_cells(a.sensitivity)]
     rk = a.ranking
     if rk is not None:
@@ -338,15 +435,23 @@ def _analysis_md(a: Analysis) -> list[str]:
         if rk.average_ranks:
             lines += ["| method | average rank |", "|---|---|"]
             lines += [f"| {m} | {rk.average_ranks[m]:.2f} |" for m in rk.methods]
-        test = (f"Friedman chi2 = {rk.friedman_stat:.3g}, p = {rk.friedman_p:.3g} over {len(rk.conditions)} conditions"
-                if rk.friedman_p is not None else "no Friedman test")
+        test = (
+            f"Friedman chi2 = {rk.friedman_stat:.3g}, p = {rk.friedman_p:.3g} over {len(rk.conditions)} conditions"
+            if rk.friedman_p is not None
+            else "no Friedman test"
+        )
         cd = f"; Nemenyi critical difference {rk.critical_difference:.2f}" if rk.critical_difference else ""
         lines += ["", test + cd + (f" ({rk.note})" if rk.note else "")]
         if rk.dropped:
             lines += ["", "left out: " + "; ".join(f"{k}: {v}" for k, v in rk.dropped.items())]
     if a.improvements:
-        lines += ["", "## Probability of improvement over the base loss (test accuracy, per seed)", "",
-                  "| method | base | conditions | P(method > base) [95% CI] |", "|---|---|---|---|"]
+        lines += [
+            "",
+            "## Probability of improvement over the base loss (test accuracy, per seed)",
+            "",
+            "| method | base | conditions | P(method > base) [95% CI] |",
+            "|---|---|---|---|",
+        ]
         for i in a.improvements:
             p = "-" if i.probability is None else f"{i.probability:.2f}"
             if i.ci_low is not None:
@@ -358,7 +463,7 @@ def _analysis_md(a: Analysis) -> list[str]:
             searched = sorted({p for i in a.importance for p in i.importances})
             lines.append(f"one parameter searched per cell ({', '.join(searched) or 'none'}): nothing to rank")
         else:
-            lines += (["```", render_importances(a.importance), "```"] if a.importance else [a.importance_note or ""])
+            lines += ["```", render_importances(a.importance), "```"] if a.importance else [a.importance_note or ""]
     return lines
 
 
@@ -366,47 +471,131 @@ FORMATS = ("md", "csv", "latex", "json", "html")
 EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
 
 
-def render(rows: list[CellRow], fmt: str, claims: list[dict[str, Any]] | None = None,
-           analysis: Analysis | None = None, title: str = "") -> str:
+def render(
+    rows: list[CellRow],
+    fmt: str,
+    claims: list[dict[str, Any]] | None = None,
+    analysis: Analysis | None = None,
+    title: str = "",
+) -> str:
     """The comparison as md, csv, latex, json or html; ``claims`` (verdicts) and ``analysis``
     (ranks, probability of improvement, importance) go into json, md and html (html also embeds
     the figures: one self-contained file)."""
     if fmt == "html":
         from pal_study.report_html import render_html
 
-        return render_html(_html_table(rows), title, claims, analysis,
-                           {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, title)})
+        return render_html(
+            _html_table(rows),
+            title,
+            claims,
+            analysis,
+            {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, title)},
+        )
     body = table_rows(rows)
     if fmt == "json":
-        return json.dumps({"comparisons": comparisons(rows),
-                           "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows],
-                           "claims": claims or [], **(analysis.as_dict() if analysis else {})},
-                          indent=1, default=str) + "\n"
+        return (
+            json.dumps(
+                {
+                    "comparisons": comparisons(rows),
+                    "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows],
+                    "claims": claims or [],
+                    **(analysis.as_dict() if analysis else {}),
+                },
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow(["cell", "method", "dataset", "noise_rate", "imbalance_ratio", "n", "seeds", "val_mean", "val_std",
-                    "test_mean", "test_std", "baseline", "n_pairs", "delta", "ci_low", "ci_high", "ci_level", "p", "q",
-                    "p_t", "mdd", "test", "ece_mean", "many", "medium", "few", "run_ids"])
+        w.writerow(
+            [
+                "cell",
+                "method",
+                "dataset",
+                "noise_rate",
+                "imbalance_ratio",
+                "n",
+                "seeds",
+                "val_mean",
+                "val_std",
+                "test_mean",
+                "test_std",
+                "baseline",
+                "n_pairs",
+                "delta",
+                "ci_low",
+                "ci_high",
+                "ci_level",
+                "p",
+                "q",
+                "p_t",
+                "mdd",
+                "test",
+                "ece_mean",
+                "many",
+                "medium",
+                "few",
+                "run_ids",
+            ]
+        )
         for r in rows:
             g = [r.stats.get(f"test_acc_{x}", (None,))[0] for x in GROUPS]
-            w.writerow([r.cell, r.method, r.dataset, r.noise_rate, r.imbalance_ratio, r.n, " ".join(map(str, r.seeds)),
-                        *r.stats.get("val_acc", (None, None)), *r.stats.get("test_acc", (None, None)),
-                        *((c.baseline, c.n_pairs, c.delta, c.ci_low, c.ci_high, c.ci_level, c.p, c.q, c.p_t, c.mdd,
-                           c.test) if (c := r.comparison) else (None,) * 11),
-                        r.stats.get("ece", (None,))[0], *g, " ".join(r.run_ids)])
+            w.writerow(
+                [
+                    r.cell,
+                    r.method,
+                    r.dataset,
+                    r.noise_rate,
+                    r.imbalance_ratio,
+                    r.n,
+                    " ".join(map(str, r.seeds)),
+                    *r.stats.get("val_acc", (None, None)),
+                    *r.stats.get("test_acc", (None, None)),
+                    *(
+                        (
+                            c.baseline,
+                            c.n_pairs,
+                            c.delta,
+                            c.ci_low,
+                            c.ci_high,
+                            c.ci_level,
+                            c.p,
+                            c.q,
+                            c.p_t,
+                            c.mdd,
+                            c.test,
+                        )
+                        if (c := r.comparison)
+                        else (None,) * 11
+                    ),
+                    r.stats.get("ece", (None,))[0],
+                    *g,
+                    " ".join(r.run_ids),
+                ]
+            )
         return buf.getvalue()
     if fmt == "latex":
         esc = latex_escape
-        lines = [r"\begin{tabular}{" + "l" * 2 + "r" * (len(COLUMNS) - 2) + "}", r"\toprule",
-                 " & ".join(esc(c) for c in COLUMNS) + r" \\", r"\midrule"]
+        lines = [
+            r"\begin{tabular}{" + "l" * 2 + "r" * (len(COLUMNS) - 2) + "}",
+            r"\toprule",
+            " & ".join(esc(c) for c in COLUMNS) + r" \\",
+            r"\midrule",
+        ]
         lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
         lines += [r"\bottomrule", r"\end{tabular}"]
         if analysis is not None and analysis.sensitivity:
             from pal_study.sensitivity import SENSITIVITY_COLUMNS, table_cells
 
-            lines += ["", r"\begin{tabular}{" + "l" * 4 + "r" * (len(SENSITIVITY_COLUMNS) - 4) + "}", r"\toprule",
-                      " & ".join(esc(c) for c in SENSITIVITY_COLUMNS) + r" \\", r"\midrule"]
+            lines += [
+                "",
+                r"\begin{tabular}{" + "l" * 4 + "r" * (len(SENSITIVITY_COLUMNS) - 4) + "}",
+                r"\toprule",
+                " & ".join(esc(c) for c in SENSITIVITY_COLUMNS) + r" \\",
+                r"\midrule",
+            ]
             lines += [" & ".join(esc(c) for c in row) + r" \\" for row in table_cells(analysis.sensitivity)]
             lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
@@ -459,8 +648,9 @@ def figures(rows: list[CellRow], curves: dict[str, list[Any]] | None = None) -> 
     return study_figures([r for r in rows if r.variant is None], curves)
 
 
-def report_files(rows: list[CellRow], study: str, claims: list[dict[str, Any]] | None = None,
-                 analysis: Analysis | None = None) -> dict[str, bytes | str]:
+def report_files(
+    rows: list[CellRow], study: str, claims: list[dict[str, Any]] | None = None, analysis: Analysis | None = None
+) -> dict[str, bytes | str]:
     files: dict[str, bytes | str] = {
         "report/comparison.md": f"# {study}\n\n" + render(rows, "md", claims, analysis),
         "report/comparison.csv": render(rows, "csv"),
@@ -491,8 +681,10 @@ def analysis_figures(analysis: Analysis | None, study: str) -> dict[str, bytes]:
     if analysis.ranking is not None:
         from pal_study.ranking import cd_diagram_png
 
-        png = cd_diagram_png(analysis.ranking, f"{study}: average rank of test accuracy over "
-                                               f"{len(analysis.ranking.conditions)} conditions")
+        png = cd_diagram_png(
+            analysis.ranking,
+            f"{study}: average rank of test accuracy over {len(analysis.ranking.conditions)} conditions",
+        )
         if png:
             out["critical_difference.png"] = png
     if analysis.importance:
@@ -521,10 +713,18 @@ def stated_claims(saved: list[dict[str, Any]] | None, spec: dict[str, Any] | Non
 
     spec = spec or {}
     if saved:
-        return StatedClaims([ClaimSpec.model_validate(c["spec"]) for c in saved], float(saved[0]["alpha"]),
-                            [list(c.get("protocol") or []) for c in saved], dict(spec.get("sensitivity") or {}))
-    return StatedClaims([ClaimSpec.model_validate(c) for c in spec.get("claims") or []],
-                        float(spec.get("claims_alpha", 0.05)), [], dict(spec.get("sensitivity") or {}))
+        return StatedClaims(
+            [ClaimSpec.model_validate(c["spec"]) for c in saved],
+            float(saved[0]["alpha"]),
+            [list(c.get("protocol") or []) for c in saved],
+            dict(spec.get("sensitivity") or {}),
+        )
+    return StatedClaims(
+        [ClaimSpec.model_validate(c) for c in spec.get("claims") or []],
+        float(spec.get("claims_alpha", 0.05)),
+        [],
+        dict(spec.get("sensitivity") or {}),
+    )
 
 
 def study_claims(client: Any, parent_id: str) -> StatedClaims:
@@ -553,8 +753,9 @@ def _factors_of(label: str) -> dict[str, Any]:
     return out
 
 
-def judge_finals(stated: StatedClaims, runs: list[FinalRun],
-                 adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def judge_finals(
+    stated: StatedClaims, runs: list[FinalRun], adjust: str = "bh"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(claims' verdicts, their verdicts across each sensitivity knob) judged on ``runs``: the one
     code path for the run's end, ``report`` from the tracking store and from the study's record."""
     from pal_study.claims import CellInfo, evaluate
@@ -574,8 +775,14 @@ def judge_finals(stated: StatedClaims, runs: list[FinalRun],
     results = evaluate(stated.claims, list(cells.values()), values, alpha=stated.alpha, adjust=adjust)
     for i, result in enumerate(results):
         result["protocol"] = stated.notes[i] if i < len(stated.notes) else []
-    sens = judge(stated.claims, list(cells.values()), list(variants.values()), values, alpha=stated.alpha,
-                 order=stated.sensitivity)
+    sens = judge(
+        stated.claims,
+        list(cells.values()),
+        list(variants.values()),
+        values,
+        alpha=stated.alpha,
+        order=stated.sensitivity,
+    )
     return results, [k.as_dict() for k in sens]
 
 

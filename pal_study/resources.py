@@ -99,8 +99,11 @@ def _resolve(kind: Kind, arg: str | Path) -> Path:
     looked = repr(text) if path.is_absolute() else f"{text!r} in {Path.cwd()}"
     if _bare(text):
         looked += f" and {_stem(text) + '.yaml'!r} in {shipped_dir(kind)}"
-    raise ConfigError(f"file not found, and no shipped {_WHAT[kind]} of that name (looked for {looked}); "
-                      f"shipped {kind.replace('_', ' ')}: {names}", source=text)
+    raise ConfigError(
+        f"file not found, and no shipped {_WHAT[kind]} of that name (looked for {looked}); "
+        f"shipped {kind.replace('_', ' ')}: {names}",
+        source=text,
+    )
 
 
 def resolve_study(arg: str | Path) -> Path:

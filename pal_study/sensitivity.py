@@ -50,9 +50,14 @@ def _values_in_order(variants: list[Variant], knob: str, order: list[Any] | None
         return seen
 
 
-def judge(claims: list[ClaimSpec], cells: list[CellInfo], variants: list[Variant],
-          values: dict[str, dict[int, dict[str, Any]]], alpha: float = 0.05,
-          order: dict[str, list[Any]] | None = None) -> list[KnobResult]:
+def judge(
+    claims: list[ClaimSpec],
+    cells: list[CellInfo],
+    variants: list[Variant],
+    values: dict[str, dict[int, dict[str, Any]]],
+    alpha: float = 0.05,
+    order: dict[str, list[Any]] | None = None,
+) -> list[KnobResult]:
     """The claims judged at each value of each knob. ``cells``: the factor grid's cells (no
     sensitivity cells); ``values``: label -> seed -> metrics, for factor and sensitivity cells."""
     if not claims or not variants:
@@ -66,13 +71,18 @@ def judge(claims: list[ClaimSpec], cells: list[CellInfo], variants: list[Variant
             swap = {v.parent: v for v in variants if v.knob == knob and v.value == value}
             # The sensitivity cell stands where its parent stood: same method and factors, so a
             # claim pairs it with the same baseline; its label points at its own finals.
-            pool = [CellInfo(swap[c.label].label, c.method, c.factors) if c.label in swap else c
-                    for c in cells if c.label in by_label]
+            pool = [
+                CellInfo(swap[c.label].label, c.method, c.factors) if c.label in swap else c
+                for c in cells
+                if c.label in by_label
+            ]
             for i, r in enumerate(evaluate(claims, pool, values, alpha=alpha)):
                 for comp in r["comparisons"]:
                     comp["parent"] = next((v.parent for v in swap.values() if v.label == comp["cell"]), comp["cell"])
                 per_claim[i].append({"value": value, "verdict": r["verdict"], "comparisons": r["comparisons"]})
-        result.claims = [{"claim": claim.text(), "by_value": rows} for claim, rows in zip(claims, per_claim)]
+        result.claims = [
+            {"claim": claim.text(), "by_value": rows} for claim, rows in zip(claims, per_claim, strict=False)
+        ]
         out.append(result)
     return out
 
@@ -111,11 +121,23 @@ def table(results: list[KnobResult] | list[dict[str, Any]]) -> list[dict[str, An
         for c in d["claims"]:
             for b in c["by_value"]:
                 for comp in b["comparisons"]:
-                    out.append({"knob": d["knob"], "value": b["value"], "claim": c["claim"],
-                                "claim_verdict": b["verdict"], "cell": comp.get("parent", comp["cell"]),
-                                "sensitivity_cell": comp["cell"], "baseline": comp["baseline"],
-                                "n_pairs": comp["n_pairs"], "delta": comp["delta"], "ci_low": comp["ci_low"],
-                                "ci_high": comp["ci_high"], "p": comp["p"], "verdict": comp["verdict"]})
+                    out.append(
+                        {
+                            "knob": d["knob"],
+                            "value": b["value"],
+                            "claim": c["claim"],
+                            "claim_verdict": b["verdict"],
+                            "cell": comp.get("parent", comp["cell"]),
+                            "sensitivity_cell": comp["cell"],
+                            "baseline": comp["baseline"],
+                            "n_pairs": comp["n_pairs"],
+                            "delta": comp["delta"],
+                            "ci_low": comp["ci_low"],
+                            "ci_high": comp["ci_high"],
+                            "p": comp["p"],
+                            "verdict": comp["verdict"],
+                        }
+                    )
     return out
 
 
@@ -126,11 +148,26 @@ def table_cells(results: list[KnobResult] | list[dict[str, Any]]) -> list[list[s
     """The flat rows as text, in SENSITIVITY_COLUMNS order (md, html, latex)."""
     out = []
     for r in table(results):
-        pct = (lambda v: "-" if v is None else f"{100 * v:+.2f}")  # noqa: E731
-        interval = "-" if r["delta"] is None else (
-            f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["ci_low"] is not None else "unbounded")
-        out.append([r["knob"], _fmt(r["value"]), r["cell"], r["baseline"], str(r["n_pairs"]), pct(r["delta"]),
-                    interval, "-" if r["p"] is None else f"{r['p']:.3g}", r["verdict"], r["claim_verdict"]])
+        pct = lambda v: "-" if v is None else f"{100 * v:+.2f}"  # noqa: E731
+        interval = (
+            "-"
+            if r["delta"] is None
+            else (f"[{pct(r['ci_low'])}, {pct(r['ci_high'])}]" if r["ci_low"] is not None else "unbounded")
+        )
+        out.append(
+            [
+                r["knob"],
+                _fmt(r["value"]),
+                r["cell"],
+                r["baseline"],
+                str(r["n_pairs"]),
+                pct(r["delta"]),
+                interval,
+                "-" if r["p"] is None else f"{r['p']:.3g}",
+                r["verdict"],
+                r["claim_verdict"],
+            ]
+        )
     return out
 
 
@@ -150,13 +187,14 @@ def figure_png(results: list[KnobResult] | list[dict[str, Any]], title: str = ""
         return None
     fig = _figure((8.5, 3.6 * len(panels) + 0.6))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
-    for ax, (knob, claim) in zip(axes, panels):
+    for ax, (knob, claim) in zip(axes, panels, strict=False):
         series: dict[str, list[tuple[Any, Any, Any, Any, str]]] = {}
         for b in claim["by_value"]:
             for comp in b["comparisons"]:
                 name = f"{comp.get('parent', comp['cell'])} vs {comp['baseline']}"
-                series.setdefault(name, []).append((b["value"], comp["delta"], comp["ci_low"], comp["ci_high"],
-                                                    comp["verdict"]))
+                series.setdefault(name, []).append(
+                    (b["value"], comp["delta"], comp["ci_low"], comp["ci_high"], comp["verdict"])
+                )
         xs_all = [x for pts in series.values() for x, *_ in pts if isinstance(x, (int, float))]
         numeric = len(xs_all) == sum(len(p) for p in series.values())
         log = numeric and min(xs_all) > 0 and max(xs_all) / min(xs_all) >= 8
@@ -172,16 +210,29 @@ def figure_png(results: list[KnobResult] | list[dict[str, Any]], title: str = ""
                 else:
                     xs.append(cats.index(str(x)) + off * 3)
             ys = [None if dl is None else 100 * dl for _, dl, _, _, _ in pts]
-            line = ax.plot([x for x, y in zip(xs, ys) if y is not None], [y for y in ys if y is not None],
-                           marker="o", linewidth=1.2, markersize=4, label=name)[0]
-            for x, (_, dl, lo, hi, verdict) in zip(xs, pts):
+            line = ax.plot(
+                [x for x, y in zip(xs, ys, strict=False) if y is not None],
+                [y for y in ys if y is not None],
+                marker="o",
+                linewidth=1.2,
+                markersize=4,
+                label=name,
+            )[0]
+            for x, (_, dl, lo, hi, verdict) in zip(xs, pts, strict=False):
                 if dl is None:
                     continue
                 if lo is not None and hi is not None:
                     ax.plot([x, x], [100 * lo, 100 * hi], color=line.get_color(), linewidth=1.0, alpha=0.7)
                 if verdict != "inconclusive":
-                    ax.plot([x], [100 * dl], marker="o", markersize=7, color=line.get_color(),
-                            markeredgecolor="black", linestyle="none")
+                    ax.plot(
+                        [x],
+                        [100 * dl],
+                        marker="o",
+                        markersize=7,
+                        color=line.get_color(),
+                        markeredgecolor="black",
+                        linestyle="none",
+                    )
         ax.axhline(0.0, color="black", linewidth=0.8)
         if log:
             ax.set_xscale("log")
@@ -197,9 +248,11 @@ def figure_png(results: list[KnobResult] | list[dict[str, Any]], title: str = ""
         ax.set_ylabel("Δ (points) vs baseline", fontsize=8.5)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best", frameon=False)
-    fig.suptitle((title + ": " if title else "") + "verdicts across the knob (bars: exact 95 % intervals; "
-                 "filled dots: decided)", fontsize=9)
+    fig.suptitle(
+        (title + ": " if title else "") + "verdicts across the knob (bars: exact 95 % intervals; filled dots: decided)",
+        fontsize=9,
+    )
     return _png(fig)
 
 
-__all__ = ["SENSITIVITY_COLUMNS", "table_cells", "KnobResult", "Variant", "figure_png", "judge", "render", "table"]
+__all__ = ["SENSITIVITY_COLUMNS", "KnobResult", "Variant", "figure_png", "judge", "render", "table", "table_cells"]

@@ -21,6 +21,7 @@ child: optuna-dashboard over an Optuna journal file opened read-only (see :func:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import signal
@@ -53,7 +54,7 @@ def _group_members(pgid: int) -> list[int] | None:
         except OSError:
             continue  # gone meanwhile
         # pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses, so split after its last ')'.
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
             members.append(int(entry))
     return members
@@ -74,10 +75,8 @@ def group_alive(pgid: int) -> bool:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_group(pgid: int, grace_s: float = GRACE_S) -> bool:
@@ -98,8 +97,9 @@ def stop_group(pgid: int, grace_s: float = GRACE_S) -> bool:
     return False
 
 
-def run_server(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, grace_s: float = GRACE_S,
-               name: str = "server") -> int:
+def run_server(
+    cmd: Sequence[str], *, env: Mapping[str, str] | None = None, grace_s: float = GRACE_S, name: str = "server"
+) -> int:
     """Run ``cmd`` until it exits or the CLI is told to stop (SIGTERM, SIGINT, SIGHUP); never leaves
     a process of its group behind. Returns the exit code described in the module docstring.
 
@@ -136,8 +136,9 @@ def run_server(cmd: Sequence[str], *, env: Mapping[str, str] | None = None, grac
     guard: Callable[[], object] | None = None
     done = False
     try:
-        proc = subprocess.Popen(list(cmd), env=None if env is None else dict(env), stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            list(cmd), env=None if env is None else dict(env), stdin=subprocess.DEVNULL, start_new_session=True
+        )
         # The CLI ending without coming back here (an exception raised past the finally below, an
         # interpreter shutdown) still stops the group.
         guard = atexit.register(functools.partial(stop_group, proc.pid, grace_s))  # unique: unregister by identity

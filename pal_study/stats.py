@@ -32,8 +32,9 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -121,7 +122,7 @@ def snap(d: Sequence[float], tol: float = TIE_TOL) -> list[float]:
 
 def min_p(n: int) -> float:
     """The smallest two-sided p of the exact sign-flip test with ``n`` pairs: 2 / 2^n."""
-    return 1.0 if n < 1 else min(1.0, 2.0 / 2.0 ** n)
+    return 1.0 if n < 1 else min(1.0, 2.0 / 2.0**n)
 
 
 def min_seeds(alpha: float) -> int:
@@ -137,7 +138,7 @@ def min_seeds(alpha: float) -> int:
 @functools.lru_cache(maxsize=EXACT_MAX_N + 1)
 def _masks(n: int) -> np.ndarray:
     """All 2^n subsets of range(n) as rows of 0/1 (row 0 is the empty set); cached, read-only."""
-    out = ((np.arange(2 ** n, dtype=np.int64)[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(np.float64)
+    out = ((np.arange(2**n, dtype=np.int64)[:, None] >> np.arange(n, dtype=np.int64)) & 1).astype(np.float64)
     out.flags.writeable = False
     return out
 
@@ -147,8 +148,7 @@ def _mc_masks(n: int, draws: int, seed: int) -> np.ndarray:
     return (rng.random((draws, n)) < 0.5).astype(np.float64)
 
 
-def sign_flip(d: Sequence[float], confidence: float = 0.95, *, draws: int = MC_DRAWS,
-              seed: int = MC_SEED) -> SignFlip:
+def sign_flip(d: Sequence[float], confidence: float = 0.95, *, draws: int = MC_DRAWS, seed: int = MC_SEED) -> SignFlip:
     """Two-sided sign-flip test of mean(d) = 0 and its subset-means interval.
 
     Flipping the signs of a set A of differences changes the sum from T to T - 2 S_A
@@ -197,8 +197,11 @@ def _mdd(n: int, sd: float | None, alpha: float, power: float = POWER) -> float 
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        es = float(np.asarray(TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power,
-                                                       alternative="two-sided")).item())
+        es = float(
+            np.asarray(
+                TTestPower().solve_power(effect_size=None, nobs=n, alpha=alpha, power=power, alternative="two-sided")
+            ).item()
+        )
     return es * sd if math.isfinite(es) else None
 
 
@@ -215,8 +218,9 @@ def _seeds_needed(delta: float | None, sd: float | None, alpha: float, power: fl
     def enough(n: int) -> bool:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            got = float(np.asarray(TTestPower().power(effect_size=es, nobs=n, alpha=alpha,
-                                                      alternative="two-sided")).item())
+            got = float(
+                np.asarray(TTestPower().power(effect_size=es, nobs=n, alpha=alpha, alternative="two-sided")).item()
+            )
         # The noncentral t gives nan at a very large noncentrality es * sqrt(n), where power is 1.
         return math.isnan(got) or got >= power
 
@@ -234,19 +238,36 @@ def _seeds_needed(delta: float | None, sd: float | None, alpha: float, power: fl
     return hi
 
 
-def paired(cell: str, baseline: str, metric: str, a: dict[int, float], b: dict[int, float],
-           confidence: float = 0.95) -> Paired:
+def paired(
+    cell: str, baseline: str, metric: str, a: dict[int, float], b: dict[int, float], confidence: float = 0.95
+) -> Paired:
     """Compare ``a`` (seed -> value of the cell) with ``b`` (the baseline's) on their common seeds."""
     from scipy import stats
 
-    seeds = tuple(sorted(s for s in set(a) & set(b)
-                         if a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])))
+    seeds = tuple(
+        sorted(
+            s
+            for s in set(a) & set(b)
+            if a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])
+        )
+    )
     n = len(seeds)
     if n < 2:
         delta = None if n == 0 else snap([a[seeds[0]] - b[seeds[0]]])[0]
-        return Paired(cell, baseline, metric, n, delta, None, None, None,
-                      None, f"n={n}: no test with fewer than 2 paired seeds", seeds=seeds,
-                      min_p=None if n == 0 else 1.0)
+        return Paired(
+            cell,
+            baseline,
+            metric,
+            n,
+            delta,
+            None,
+            None,
+            None,
+            None,
+            f"n={n}: no test with fewer than 2 paired seeds",
+            seeds=seeds,
+            min_p=None if n == 0 else 1.0,
+        )
     alpha = round(1.0 - confidence, 12)
     d = snap([a[s] - b[s] for s in seeds])
     mean = math.fsum(d) / n
@@ -254,10 +275,24 @@ def paired(cell: str, baseline: str, metric: str, a: dict[int, float], b: dict[i
     if sd <= TIE_TOL:
         sd = 0.0  # the same difference on every seed
     sf = sign_flip(d, confidence)
-    test = (f"sign-flip exact, 2^{n} assignments" if sf.exact
-            else f"sign-flip Monte Carlo, {sf.assignments} draws")
-    out = Paired(cell, baseline, metric, n, mean, sf.ci_low, sf.ci_high, sf.p, None, test, seeds=seeds,
-                 p_se=sf.p_se, ci_level=sf.ci_level, min_p=min_p(n), sd=sd)
+    test = f"sign-flip exact, 2^{n} assignments" if sf.exact else f"sign-flip Monte Carlo, {sf.assignments} draws"
+    out = Paired(
+        cell,
+        baseline,
+        metric,
+        n,
+        mean,
+        sf.ci_low,
+        sf.ci_high,
+        sf.p,
+        None,
+        test,
+        seeds=seeds,
+        p_se=sf.p_se,
+        ci_level=sf.ci_level,
+        min_p=min_p(n),
+        sd=sd,
+    )
     if sd == 0.0:
         out.test += "; t undefined: no spread"
     else:
@@ -281,16 +316,22 @@ def power_line(c: Paired, alpha: float = 0.05) -> str:
     n = c.n_pairs
     need = min_seeds(alpha)
     if n < need:
-        return (f"with {n} seed{'s' if n != 1 else ''} no difference can reach α={alpha:g} "
-                f"(smallest exact p {min_p(n):.3g}): at least {need} seeds")
+        return (
+            f"with {n} seed{'s' if n != 1 else ''} no difference can reach α={alpha:g} "
+            f"(smallest exact p {min_p(n):.3g}): at least {need} seeds"
+        )
     if c.delta is None or c.sd is None:
         return f"with {n} seeds: no test"
     if c.sd == 0.0:
-        return (f"with {n} seeds: the same difference on every seed (no spread), so the exact p is the "
-                f"smallest {n} seeds allow ({min_p(n):.3g}); the detectable |Δ| is undefined")
+        return (
+            f"with {n} seeds: the same difference on every seed (no spread), so the exact p is the "
+            f"smallest {n} seeds allow ({min_p(n):.3g}); the detectable |Δ| is undefined"
+        )
     mdd = _mdd(n, c.sd, alpha)
-    line = (f"with {n} seeds: detectable |Δ| ≥ {_pts(mdd)} points at {round(100 * POWER)} % power "
-            f"(sd of differences {_pts(c.sd)} points)")
+    line = (
+        f"with {n} seeds: detectable |Δ| ≥ {_pts(mdd)} points at {round(100 * POWER)} % power "
+        f"(sd of differences {_pts(c.sd)} points)"
+    )
     if c.delta == 0:
         return line + "; Δ is 0"
     k = _seeds_needed(c.delta, c.sd, alpha)
@@ -305,12 +346,16 @@ def underpowered(n_seeds: int, comparisons_per_claim: list[int], alpha: float = 
     out = []
     need = min_seeds(alpha)
     if n_seeds < need:
-        out.append(f"with {n_seeds} final seeds no comparison can reach α={alpha:g}: the exact test's smallest "
-                   f"two-sided p is {min_p(n_seeds):.3g}; give finals.seeds at least {need}")
+        out.append(
+            f"with {n_seeds} final seeds no comparison can reach α={alpha:g}: the exact test's smallest "
+            f"two-sided p is {min_p(n_seeds):.3g}; give finals.seeds at least {need}"
+        )
     for i, m in enumerate(comparisons_per_claim):
         if m > 1 and min_p(n_seeds) > alpha / m:
-            out.append(f"claims[{i}] ({m} comparisons): to contradict it, Holm needs p ≤ α/m = {alpha / m:.3g}, "
-                       f"which needs at least {min_seeds(alpha / m)} seeds")
+            out.append(
+                f"claims[{i}] ({m} comparisons): to contradict it, Holm needs p ≤ α/m = {alpha / m:.3g}, "
+                f"which needs at least {min_seeds(alpha / m)} seeds"
+            )
     return out
 
 
@@ -336,14 +381,14 @@ def adjust(pvalues: Sequence[float | None], method: Literal["bh", "holm"] = "bh"
         for rank, i in enumerate(order):
             running = max(running, min(1.0, (m - rank) * ps[i]))
             qs[i] = running
-    for i, q in zip(idx, qs):
+    for i, q in zip(idx, qs, strict=False):
         out[i] = q
     return out
 
 
 def adjust_all(comparisons: list[Paired], method: Literal["bh", "holm"] = "bh") -> list[Paired]:
     """Set each comparison's ``q`` (in place; returned for chaining)."""
-    for c, q in zip(comparisons, adjust([c.p for c in comparisons], method)):
+    for c, q in zip(comparisons, adjust([c.p for c in comparisons], method), strict=False):
         c.q = q
     return comparisons
 
@@ -358,6 +403,22 @@ def verdict(c: Paired, alpha: float = 0.05, direction: Literal["higher", "lower"
     return "supported" if good else "contradicted"
 
 
-__all__ = ["ADJUSTMENTS", "EXACT_MAX_N", "MC_DRAWS", "MC_SEED", "Paired", "SignFlip", "TIE_TOL", "adjust",
-           "adjust_all", "min_p", "min_seeds", "paired", "power_line", "sign_flip", "snap", "underpowered",
-           "verdict"]
+__all__ = [
+    "ADJUSTMENTS",
+    "EXACT_MAX_N",
+    "MC_DRAWS",
+    "MC_SEED",
+    "TIE_TOL",
+    "Paired",
+    "SignFlip",
+    "adjust",
+    "adjust_all",
+    "min_p",
+    "min_seeds",
+    "paired",
+    "power_line",
+    "sign_flip",
+    "snap",
+    "underpowered",
+    "verdict",
+]

@@ -39,7 +39,7 @@ def resolve_uri(uri: str | None = None) -> str:
 def default_artifact_root(uri: str) -> str | None:
     """Artifacts beside a local SQLite store (MLflow's own default is ./mlartifacts of the cwd)."""
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         return (db.parent / "artifacts").resolve().as_uri()
     return None
 
@@ -75,7 +75,7 @@ class Tracking:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
         import logging
 
         from mlflow import MlflowClient
@@ -90,10 +90,12 @@ class Tracking:
         """Reach the store now: an unreachable tracking server is bad input, before any training."""
         try:
             self.client.search_experiments(max_results=1)
-        except Exception as e:  # noqa: BLE001 - any failure here means "cannot track"
+        except Exception as e:
             msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise ConfigError(f"cannot reach the MLflow tracking store {self.uri!r}: {msg}",
-                              key="--tracking-uri / MLFLOW_TRACKING_URI") from None
+            raise ConfigError(
+                f"cannot reach the MLflow tracking store {self.uri!r}: {msg}",
+                key="--tracking-uri / MLFLOW_TRACKING_URI",
+            ) from None
 
     def experiment_id(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -105,15 +107,16 @@ class Tracking:
         location = f"{root}/{name}" if root else None
         try:
             return self.client.create_experiment(name, artifact_location=location)
-        except Exception:  # noqa: BLE001 - created concurrently by another process
+        except Exception:
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
                 raise
             return exp.experiment_id
 
     # -- batched writes ---------------------------------------------------------------------
-    def log_batch(self, run_id: str, metrics=(), params: dict[str, Any] | None = None,
-                  tags: dict[str, Any] | None = None) -> None:
+    def log_batch(
+        self, run_id: str, metrics=(), params: dict[str, Any] | None = None, tags: dict[str, Any] | None = None
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag
 
         now = int(time.time() * 1000)
@@ -125,7 +128,7 @@ class Tracking:
             take_p = ps[:100]
             take_t = ts[: 100 - len(take_p)]
             self.client.log_batch(run_id, metrics=ms[:1000], params=take_p, tags=take_t)
-            ms, ps, ts = ms[1000:], ps[len(take_p):], ts[len(take_t):]
+            ms, ps, ts = ms[1000:], ps[len(take_p) :], ts[len(take_t) :]
 
     def log_files(self, run_id: str, files: dict[str, bytes | str], artifact_path: str | None = None) -> None:
         """Write files to the run's artifact store in one upload."""
@@ -135,6 +138,7 @@ class Tracking:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_bytes(content if isinstance(content, bytes) else content.encode())
             self.client.log_artifacts(run_id, tmp, artifact_path)
+
 
 def code_tags() -> dict[str, str]:
     """Which code made a run: the package version and, in a git checkout, the commit."""
@@ -159,10 +163,15 @@ def trial_tags(cfg: dict[str, Any], **extra: Any) -> dict[str, Any]:
     data = cfg.get("data", {})
     tags = {
         "method": method_name(TrainConfig.model_validate(cfg)),
-        "loss": cfg.get("loss", {}).get("name"), "head": cfg.get("head", {}).get("kind"),
-        "dataset": data.get("name"), "noise_kind": data.get("noise", {}).get("kind"),
-        "noise_rate": data.get("noise", {}).get("rate"), "imbalance_ratio": data.get("imbalance", {}).get("ratio"),
-        "seed": cfg.get("seed"), "config_hash": config_hash(cfg), **code_tags(),
+        "loss": cfg.get("loss", {}).get("name"),
+        "head": cfg.get("head", {}).get("kind"),
+        "dataset": data.get("name"),
+        "noise_kind": data.get("noise", {}).get("kind"),
+        "noise_rate": data.get("noise", {}).get("rate"),
+        "imbalance_ratio": data.get("imbalance", {}).get("ratio"),
+        "seed": cfg.get("seed"),
+        "config_hash": config_hash(cfg),
+        **code_tags(),
     }
     tags.update(extra)
     # Strings: an MLflow server rejects other tag types (SQLite stores would take them).
@@ -195,8 +204,10 @@ def trial_artifacts(cfg: dict[str, Any], details: dict[str, Any] | None, header:
         pca = details.get("per_class_acc")
         if pca:
             counts = details.get("class_counts") or [None] * len(pca)
-            rows = ["class,train_count,test_acc"] + [f"{i},{n if n is not None else ''},{'' if a is None else a}"
-                                                     for i, (a, n) in enumerate(zip(pca, counts))]
+            rows = ["class,train_count,test_acc"] + [
+                f"{i},{n if n is not None else ''},{'' if a is None else a}"
+                for i, (a, n) in enumerate(zip(pca, counts, strict=False))
+            ]
             files["per_class_acc.csv"] = "\n".join(rows) + "\n"
         if details.get("reliability_png"):
             import base64
@@ -214,14 +225,30 @@ def log_train_result(tracking: Tracking, experiment: str, result: Any) -> str:
     cfg = result.config
     exp_id = tracking.experiment_id(experiment)
     status = {"completed": "FINISHED", "stopped": "KILLED"}.get(result.status, "FAILED")
-    run = tracking.client.create_run(exp_id, run_name=f"{result.method} seed {cfg.get('seed')}", tags=trial_tags(
-        cfg, stage="train", outcome=result.status if result.status != "stopped" else "pruned"))
-    keys = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr",
-            "train_time_s", "eval_time_s")
+    run = tracking.client.create_run(
+        exp_id,
+        run_name=f"{result.method} seed {cfg.get('seed')}",
+        tags=trial_tags(cfg, stage="train", outcome=result.status if result.status != "stopped" else "pruned"),
+    )
+    keys = (
+        "train_loss",
+        "val_acc",
+        "val_acc_clean",
+        "test_acc",
+        "ece",
+        "gamma_min",
+        "margin_mean",
+        "lr",
+        "train_time_s",
+        "eval_time_s",
+    )
     metrics = [(k, h[k], int(h["epoch"])) for h in result.history for k in keys if isinstance(h.get(k), (int, float))]
     tracking.log_batch(run.info.run_id, metrics=metrics, params=flatten(cfg))
-    details = {"prototype_geometry": result.prototype_geometry, "per_class_acc": result.per_class_acc,
-               "class_counts": result.class_counts}
+    details = {
+        "prototype_geometry": result.prototype_geometry,
+        "per_class_acc": result.per_class_acc,
+        "class_counts": result.class_counts,
+    }
     files = trial_artifacts(cfg, details, "pal-study train THIS_FILE reproduces this run")
     if result.reliability:
         files["reliability.png"] = reliability_png(result.reliability, result.final.get("ece"), result.method)
@@ -239,10 +266,24 @@ def log_train_result(tracking: Tracking, experiment: str, result: Any) -> str:
 CELLS_VIEW_KEY = "pal-cells"
 _SHARED_VIEW_TAG = "mlflow.sharedViewState."
 # Factor keys that the runs carry as tags (trial_tags); other factors are params of the cell run.
-_FACTOR_TAGS = {"method": "method", "data.name": "dataset", "data.noise.kind": "noise_kind",
-                "data.noise.rate": "noise_rate", "data.imbalance.ratio": "imbalance_ratio"}
-CELL_METRICS = ("final_test_acc_mean", "final_test_acc_std", "delta_test_acc", "ci_low", "ci_high", "q",
-                "final_val_acc_mean", "ece_mean", "n_finals")
+_FACTOR_TAGS = {
+    "method": "method",
+    "data.name": "dataset",
+    "data.noise.kind": "noise_kind",
+    "data.noise.rate": "noise_rate",
+    "data.imbalance.ratio": "imbalance_ratio",
+}
+CELL_METRICS = (
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "delta_test_acc",
+    "ci_low",
+    "ci_high",
+    "q",
+    "final_val_acc_mean",
+    "ece_mean",
+    "n_finals",
+)
 
 
 def cells_view_state(factors: list[str], searched: list[str]) -> dict[str, Any]:
@@ -250,15 +291,23 @@ def cells_view_state(factors: list[str], searched: list[str]) -> dict[str, Any]:
     cols = [f"metrics.`{m}`" for m in CELL_METRICS]
     cols += [f"tags.`{_FACTOR_TAGS[f]}`" if f in _FACTOR_TAGS else f"params.`{f}`" for f in factors]
     cols += [f"params.`{p}`" for p in searched if p not in factors]
-    return {"searchFilter": "tags.stage = 'cell'", "orderByKey": "metrics.`final_test_acc_mean`",
-            "orderByAsc": False, "lifecycleFilter": "Active", "selectedColumns": cols,
-            "runsHiddenMode": "SHOW_ALL", "chartsSearchFilter": "test_acc", "hideEmptyCharts": True}
+    return {
+        "searchFilter": "tags.stage = 'cell'",
+        "orderByKey": "metrics.`final_test_acc_mean`",
+        "orderByAsc": False,
+        "lifecycleFilter": "Active",
+        "selectedColumns": cols,
+        "runsHiddenMode": "SHOW_ALL",
+        "chartsSearchFilter": "test_acc",
+        "hideEmptyCharts": True,
+    }
 
 
 def set_cells_view(client: Any, experiment_id: str, factors: list[str], searched: list[str]) -> None:
     """Write (or refresh) the study experiment's cells view; the URL is ``cells_view_url``."""
-    client.set_experiment_tag(experiment_id, _SHARED_VIEW_TAG + CELLS_VIEW_KEY,
-                              json.dumps(cells_view_state(factors, searched)))
+    client.set_experiment_tag(
+        experiment_id, _SHARED_VIEW_TAG + CELLS_VIEW_KEY, json.dumps(cells_view_state(factors, searched))
+    )
 
 
 def has_cells_view(experiment: Any) -> bool:
@@ -267,5 +316,6 @@ def has_cells_view(experiment: Any) -> bool:
 
 def cells_view_url(base: str, experiment_id: str, charts: bool = False) -> str:
     """The runs page of the study's cells (table, or the chart view comparing them)."""
-    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={CELLS_VIEW_KEY}"
-            + ("&compareRunsMode=CHART" if charts else ""))
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={CELLS_VIEW_KEY}" + (
+        "&compareRunsMode=CHART" if charts else ""
+    )

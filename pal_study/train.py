@@ -18,10 +18,11 @@ import logging
 import math
 import platform
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ from torch import nn
 from pal_study import __version__
 from pal_study import checkpoint as ckpt
 from pal_study.checkpoint import CheckpointPolicy
-from pal_study.classifier import Classifier, build_classifier  # noqa: F401 (re-exported)
+from pal_study.classifier import Classifier, build_classifier
 from pal_study.config import TrainConfig, method_name, resolve
 from pal_study.data import DataBundle, DeviceBatches, build_dataset, get_dataset
 from pal_study.device import configure_threads, select_device
@@ -160,15 +161,17 @@ def drw_applies(cfg: TrainConfig, epoch: int) -> bool:
     return cfg.loss.drw_active and epoch > cfg.loss.drw_epoch
 
 
-def drw_class_weights(cfg: TrainConfig, class_counts: list[int],
-                      device: torch.device | str = "cpu") -> torch.Tensor | None:
+def drw_class_weights(
+    cfg: TrainConfig, class_counts: list[int], device: torch.device | str = "cpu"
+) -> torch.Tensor | None:
     """DRW's class-balanced weights of a resolved config, from the training split's observed class
     counts (the ones LDAM's margins use), or None when deferred re-weighting is off."""
     if not cfg.loss.drw_active:
         return None
     if cfg.loss.drw_epoch >= cfg.optim.epochs:
-        log.warning("loss.drw_epoch=%d >= optim.epochs=%d: the class weights never apply",
-                    cfg.loss.drw_epoch, cfg.optim.epochs)
+        log.warning(
+            "loss.drw_epoch=%d >= optim.epochs=%d: the class weights never apply", cfg.loss.drw_epoch, cfg.optim.epochs
+        )
     if min(class_counts) < 1:
         empty = [c for c, n in enumerate(class_counts) if n < 1]
         raise ValueError(f"deferred re-weighting needs every class in the training split; empty: {empty}")
@@ -217,8 +220,9 @@ def _forward_batches(model: Classifier, x: torch.Tensor, autocast: Any, channels
 
 
 @torch.no_grad()
-def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int,
-              autocast: Any, channels_last: bool) -> dict[str, Any]:
+def _evaluate(
+    model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int, autocast: Any, channels_last: bool
+) -> dict[str, Any]:
     acc = EvalAccumulator(num_classes)
     for sl, z, logits in _forward_batches(model, x, autocast, channels_last):
         acc.update(z, logits, model.head.cosine_logits(z), y[sl])
@@ -226,8 +230,9 @@ def _evaluate(model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: 
 
 
 @torch.no_grad()
-def _accuracy(model: Classifier, x: torch.Tensor, labels: list[torch.Tensor], autocast: Any,
-              channels_last: bool) -> list[float | None]:
+def _accuracy(
+    model: Classifier, x: torch.Tensor, labels: list[torch.Tensor], autocast: Any, channels_last: bool
+) -> list[float | None]:
     if x.shape[0] == 0:
         return [None for _ in labels]
     correct = [torch.zeros((), dtype=torch.long, device=x.device) for _ in labels]
@@ -284,12 +289,11 @@ def train(
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    batches = DeviceBatches(data.train_x, data.train_y, cfg.optim.batch_size, shuffle=True,
-                            generator=gen, augment=data.augment)
-    steps_per_epoch = len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+    batches = DeviceBatches(
+        data.train_x, data.train_y, cfg.optim.batch_size, shuffle=True, generator=gen, augment=data.augment
     )
+    steps_per_epoch = len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
     clip = cfg.optim.grad_clip or 0.0
 
     history: list[dict[str, Any]] = []
@@ -319,27 +323,37 @@ def train(
             model.eval()
             last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
         schedule = ckpt.SaveSchedule(
-            checkpoint.every_epochs, last_saved=resumed_from or 0,
+            checkpoint.every_epochs,
+            last_saved=resumed_from or 0,
             save_times=list(state.get("save_times", [])) if state is not None else None,
-            epoch_times=_epoch_times(history))
+            epoch_times=_epoch_times(history),
+        )
 
     def save(epoch: int) -> None:
         t = time.perf_counter()
         state = {
-            "config_hash": config_hash, "config": cfg.model_dump(mode="json"),
-            "input_shape": list(data.input_shape), "num_classes": k, "epoch": epoch,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": ckpt.capture_rng(gen, on_cuda),
-            "history": history, "save_times": list(schedule.save_times),
+            "config_hash": config_hash,
+            "config": cfg.model_dump(mode="json"),
+            "input_shape": list(data.input_shape),
+            "num_classes": k,
+            "epoch": epoch,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": ckpt.capture_rng(gen, on_cuda),
+            "history": history,
+            "save_times": list(schedule.save_times),
             "wall_time_s": wall_before + (t - t_start),
-            "pal_study": str(__version__), "torch": str(torch.__version__),
+            "pal_study": str(__version__),
+            "torch": str(torch.__version__),
         }
         try:
             ckpt.save_checkpoint(checkpoint.path, state)
         except OSError as e:
             # The trial's result matters more than its checkpoint: warn and keep training.
-            log.warning("could not write checkpoint %s after epoch %d (training continues): %s",
-                        checkpoint.path, epoch, e)
+            log.warning(
+                "could not write checkpoint %s after epoch %d (training continues): %s", checkpoint.path, epoch, e
+            )
             return
         dt = time.perf_counter() - t
         schedule.saved(epoch, dt, _epoch_times(history))
@@ -358,8 +372,17 @@ def train(
         if drw_weights is not None:
             # Set at the start of every epoch (idempotent): a resumed trial gets the weights too.
             criterion.set_weight(drw_weights if drw_applies(cfg, epoch) else None)
-        train_loss = train_epoch(model, net, batches, criterion, optimizer, scheduler, clip=clip,
-                                 autocast=autocast, channels_last=channels_last)
+        train_loss = train_epoch(
+            model,
+            net,
+            batches,
+            criterion,
+            optimizer,
+            scheduler,
+            clip=clip,
+            autocast=autocast,
+            channels_last=channels_last,
+        )
         t1 = time.perf_counter()
         if not math.isfinite(train_loss):
             status, reason = "failed", f"non-finite training loss ({train_loss}) in epoch {epoch}"
@@ -367,14 +390,20 @@ def train(
             break
 
         model.eval()
-        val_acc, val_clean = _accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast,
-                                       channels_last)
+        val_acc, val_clean = _accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast, channels_last)
         last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
         t2 = time.perf_counter()
         metrics = EpochMetrics(
-            epoch=epoch, train_loss=train_loss, val_acc=val_acc, val_acc_clean=val_clean,
-            test_acc=last_eval["acc"], ece=last_eval["ece"], gamma_min=last_eval["gamma_min"],
-            margin_mean=last_eval["margin_mean"], lr=lr_now, train_time_s=t1 - t0,
+            epoch=epoch,
+            train_loss=train_loss,
+            val_acc=val_acc,
+            val_acc_clean=val_clean,
+            test_acc=last_eval["acc"],
+            ece=last_eval["ece"],
+            gamma_min=last_eval["gamma_min"],
+            margin_mean=last_eval["margin_mean"],
+            lr=lr_now,
+            train_time_s=t1 - t0,
             eval_time_s=t2 - t1,
         )
         history.append(metrics.as_dict())
@@ -401,10 +430,19 @@ def _epoch_times(history: list[dict[str, Any]]) -> list[float]:
 PHASES = ("data", "forward", "backward", "optimizer", "metrics")
 
 
-def train_epoch(model: Classifier, net: nn.Module, batches: DeviceBatches, criterion: nn.Module,
-                optimizer: torch.optim.Optimizer, scheduler: Any, *, clip: float = 0.0,
-                autocast: Any = nullcontext, channels_last: bool = False,
-                phases: dict[str, float] | None = None) -> float:
+def train_epoch(
+    model: Classifier,
+    net: nn.Module,
+    batches: DeviceBatches,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    *,
+    clip: float = 0.0,
+    autocast: Any = nullcontext,
+    channels_last: bool = False,
+    phases: dict[str, float] | None = None,
+) -> float:
     """One pass over the training batches; returns the mean training loss (one host sync).
 
     ``net`` is ``model`` or its compiled form. ``phases``: a dict to which the seconds spent in
@@ -470,15 +508,31 @@ def build_dataset_for(cfg: TrainConfig) -> DataBundle:
     d = cfg.data
     key = get_dataset(d.name).options_key
     return build_dataset(
-        d.name, root=d.root, download=d.download, noise_kind=d.noise.kind, noise_rate=d.noise.rate,
-        imbalance_ratio=d.imbalance.ratio, imbalance_profile=d.imbalance.profile,
-        val_fraction=d.val_fraction, seed=cfg.seed, options=getattr(d, key).model_dump() if key else None,
+        d.name,
+        root=d.root,
+        download=d.download,
+        noise_kind=d.noise.kind,
+        noise_rate=d.noise.rate,
+        imbalance_ratio=d.imbalance.ratio,
+        imbalance_profile=d.imbalance.profile,
+        val_fraction=d.val_fraction,
+        seed=cfg.seed,
+        options=getattr(d, key).model_dump() if key else None,
     )
 
 
-def _result(cfg: TrainConfig, status: str, reason: str | None, history: list[dict[str, Any]],
-            last_eval: dict[str, Any], data: DataBundle, model: Classifier, device: torch.device,
-            threads: int, t_start: float) -> TrialResult:
+def _result(
+    cfg: TrainConfig,
+    status: str,
+    reason: str | None,
+    history: list[dict[str, Any]],
+    last_eval: dict[str, Any],
+    data: DataBundle,
+    model: Classifier,
+    device: torch.device,
+    threads: int,
+    t_start: float,
+) -> TrialResult:
     final = dict(history[-1]) if history else {}
     groups = None
     if last_eval and cfg.data.imbalance.ratio > 1:
@@ -501,8 +555,11 @@ def _result(cfg: TrainConfig, status: str, reason: str | None, history: list[dic
         reliability=last_eval.get("reliability", []),
         data=data.summary(),
         env={
-            "pal_study": __version__, "torch": torch.__version__, "python": platform.python_version(),
-            "device": str(device), "threads": threads,
+            "pal_study": __version__,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "device": str(device),
+            "threads": threads,
             "anchored": cfg.head.kind in ANCHORED_HEADS,
         },
         wall_time_s=time.perf_counter() - t_start,

@@ -67,7 +67,7 @@ def _match(out: torch.Tensor, padded: torch.Tensor, h: int, w: int, span: int) -
     found = []
     for oy in range(span):
         for ox in range(span):
-            window = padded[:, oy:oy + h, ox:ox + w]
+            window = padded[:, oy : oy + h, ox : ox + w]
             for flip in (False, True):
                 cand = window.flip(-1) if flip else window
                 if torch.equal(out, cand):
@@ -110,19 +110,22 @@ def test_device_batches_augment_keeps_pairs() -> None:
     batches = DeviceBatches(x.contiguous(), y, 16, augment="crop_flip", generator=torch.Generator().manual_seed(0))
     changed = False
     for xb, yb in batches:
-        for img, label in zip(xb, yb):
+        for img, label in zip(xb, yb, strict=False):
             vals = set(img.unique().tolist())
             assert vals <= {0.0, float(label) + 1.0}, "an image only holds its own pixels and zero padding"
             changed |= 0.0 in vals
     assert changed
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(batch_size=4, augment="mixup"), "mixup"),
-    (dict(batch_size=4, augment="crop_flip"), "image"),
-    (dict(batch_size=4, generator=7), "generator"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(batch_size=4, augment="mixup"), "mixup"),
+        (dict(batch_size=4, augment="crop_flip"), "image"),
+        (dict(batch_size=4, generator=7), "generator"),
+    ],
+)
 def test_bad_arguments(kwargs: dict, match: str) -> None:
     x, y = make(10)
     with pytest.raises(ValueError, match=match):
@@ -142,6 +145,6 @@ def test_cuda_batches_match_cpu() -> None:
     cpu = list(DeviceBatches(x, y, 16, augment="crop_flip", generator=torch.Generator().manual_seed(1)))
     gpu = list(DeviceBatches(x.cuda(), y.cuda(), 16, augment="crop_flip", generator=torch.Generator().manual_seed(1)))
     assert len(cpu) == len(gpu)
-    for (xc, yc), (xg, yg) in zip(cpu, gpu):
+    for (xc, yc), (xg, yg) in zip(cpu, gpu, strict=False):
         assert xg.is_cuda and yg.is_cuda
         assert torch.equal(yc, yg.cpu()) and torch.equal(xc, xg.cpu())

@@ -36,9 +36,18 @@ def cells(tmp_path_factory):
     runs = _all_runs(client, exp_id)
     [study_run] = [r for r in runs if r.data.tags.get("pal.stage") == "study"]
     cell_runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
-    return SimpleNamespace(tmp=tmp, uri=uri, path=path, client=client, exp_id=exp_id, runs=runs, study=study_run,
-                           cells={r.data.tags["cell"]: r for r in cell_runs}, cell_runs=cell_runs,
-                           spec=load_study(path))
+    return SimpleNamespace(
+        tmp=tmp,
+        uri=uri,
+        path=path,
+        client=client,
+        exp_id=exp_id,
+        runs=runs,
+        study=study_run,
+        cells={r.data.tags["cell"]: r for r in cell_runs},
+        cell_runs=cell_runs,
+        spec=load_study(path),
+    )
 
 
 def _trials_and_finals(cells) -> list:
@@ -80,8 +89,13 @@ def test_one_cell_run_per_cell_parents_its_tuning_and_final_runs(cells):
 def test_cell_metrics_aggregate_its_completed_finals(cells):
     kids = _trials_and_finals(cells)
     for label, run in cells.cells.items():
-        finals = [r for r in kids if r.data.tags["cell"] == label and r.data.tags["stage"] == "final"
-                  and r.data.tags["outcome"] == "completed"]
+        finals = [
+            r
+            for r in kids
+            if r.data.tags["cell"] == label
+            and r.data.tags["stage"] == "final"
+            and r.data.tags["outcome"] == "completed"
+        ]
         assert len(finals) == len(SEEDS)
         m = run.data.metrics
         assert m["n_finals"] == len(finals)
@@ -120,9 +134,22 @@ def test_comparison_table_is_an_mlflow_table_on_the_study_run(cells, capsys):
     assert {"path": TABLE, "type": "table"} in logged
     path = Path(c.download_artifacts(study_id, TABLE, str(cells.tmp / "table")))
     doc = json.loads(path.read_text())
-    assert {"cell", "method", "n", "test_acc_mean", "test_acc_std", "baseline", "n_pairs", "delta", "ci_low",
-            "ci_high", "p", "q", "test"} <= set(doc["columns"])
-    rows = [dict(zip(doc["columns"], row)) for row in doc["data"]]
+    assert {
+        "cell",
+        "method",
+        "n",
+        "test_acc_mean",
+        "test_acc_std",
+        "baseline",
+        "n_pairs",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p",
+        "q",
+        "test",
+    } <= set(doc["columns"])
+    rows = [dict(zip(doc["columns"], row, strict=False)) for row in doc["data"]]
     assert sorted(r["cell"] for r in rows) == sorted(cells.cells)
     for r in rows:
         m = cells.cells[r["cell"]].data.metrics
@@ -158,19 +185,35 @@ def test_rerunning_the_finished_study_adds_nothing(cells):
 
 # -- without training --------------------------------------------------------------------------------
 
+
 def _final_tags(cell: str, method: str, seed: int, **extra: str) -> dict[str, str]:
-    return {"stage": "final", "outcome": "completed", "cell": cell, "cell_group": "data.noise.rate=0.4",
-            "method": method, "dataset": "digits", "noise_rate": "0.4", "imbalance_ratio": "1.0",
-            "seed": str(seed), **extra}
+    return {
+        "stage": "final",
+        "outcome": "completed",
+        "cell": cell,
+        "cell_group": "data.noise.rate=0.4",
+        "method": method,
+        "dataset": "digits",
+        "noise_rate": "0.4",
+        "imbalance_ratio": "1.0",
+        "seed": str(seed),
+        **extra,
+    }
 
 
 def _log_final(client: MlflowClient, exp_id: str, tags: dict[str, str], acc: float) -> str:
     from mlflow.entities import Metric, Param
 
     run = client.create_run(exp_id, run_name=f"{tags['cell']} final seed {tags['seed']}", tags=tags)
-    client.log_batch(run.info.run_id, metrics=[Metric("final_test_acc", acc, 0, 0),
-                                               Metric("final_val_acc", acc - .01, 0, 0), Metric("test_acc", acc, 0, 2)],
-                     params=[Param("optim.weight_decay", "0.0005"), Param("seed", str(tags["seed"]))])
+    client.log_batch(
+        run.info.run_id,
+        metrics=[
+            Metric("final_test_acc", acc, 0, 0),
+            Metric("final_val_acc", acc - 0.01, 0, 0),
+            Metric("test_acc", acc, 0, 2),
+        ],
+        params=[Param("optim.weight_decay", "0.0005"), Param("seed", str(tags["seed"]))],
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -194,9 +237,18 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
             cell = f"method={method},data.noise.rate=0.4"
             parent = study
             if layout == "new":
-                parent = client.create_run(exp_id, run_name=cell, tags={
-                    "mlflow.parentRunId": study, "pal.study_run": study, "stage": "cell", "pal.stage": "cell",
-                    "cell": cell, "method": method}).info.run_id
+                parent = client.create_run(
+                    exp_id,
+                    run_name=cell,
+                    tags={
+                        "mlflow.parentRunId": study,
+                        "pal.study_run": study,
+                        "stage": "cell",
+                        "pal.stage": "cell",
+                        "cell": cell,
+                        "method": method,
+                    },
+                ).info.run_id
             link = {"mlflow.parentRunId": parent} | ({"pal.study_run": study} if layout == "new" else {})
             for seed in (0, 1):
                 _log_final(client, exp_id, _final_tags(cell, method, seed, **link), accs[(method, seed)])
@@ -205,8 +257,14 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
             client.create_run(exp_id, tags={**_final_tags(cell, method, 2, **link), "outcome": "failed"})
         if layout == "old":
             # A final carrying both the old parent link and the new tag is one final, not two.
-            _log_final(client, exp_id, _final_tags("method=ce,data.noise.rate=0.4", "ce", 3, **{
-                "mlflow.parentRunId": study, "pal.study_run": study}), 0.81)
+            _log_final(
+                client,
+                exp_id,
+                _final_tags(
+                    "method=ce,data.noise.rate=0.4", "ce", 3, **{"mlflow.parentRunId": study, "pal.study_run": study}
+                ),
+                0.81,
+            )
         got_exp, got_study, finals = fetch_finals(client, layout)
         assert (got_exp, got_study) == (exp_id, study)
         results[layout] = finals
@@ -224,8 +282,9 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
     assert [(f.cell, f.seed) for f in new] == [(fnpal, 0), (fnpal, 1), (ce, 0), (ce, 1)]
     assert new[0].metrics == {"test_acc": 0.85, "val_acc": pytest.approx(0.84)} and new[0].weight_decay == 5e-4
     a, b = aggregate(old_without_extra), aggregate(new)
-    assert [(r.cell, r.stats, r.comparison.delta if r.comparison else None) for r in a] == \
-        [(r.cell, r.stats, r.comparison.delta if r.comparison else None) for r in b]
+    assert [(r.cell, r.stats, r.comparison.delta if r.comparison else None) for r in a] == [
+        (r.cell, r.stats, r.comparison.delta if r.comparison else None) for r in b
+    ]
 
 
 def test_resume_reuses_or_creates_cell_runs_and_moves_old_runs_below_them(tmp_path):
@@ -248,14 +307,27 @@ def test_resume_reuses_or_creates_cell_runs_and_moves_old_runs_below_them(tmp_pa
     finals = store.open_finals(cell)
 
     def record(seed: int, acc: float) -> None:
-        finals.add_trial(optuna.trial.create_trial(value=acc + .01, user_attrs={
-            "seed": seed, "val_acc": acc + .01, "test_acc": acc, "ece": 0.1,
-            "config": json.dumps({**cfg, "seed": seed})}))
+        finals.add_trial(
+            optuna.trial.create_trial(
+                value=acc + 0.01,
+                user_attrs={
+                    "seed": seed,
+                    "val_acc": acc + 0.01,
+                    "test_acc": acc,
+                    "ece": 0.1,
+                    "config": json.dumps({**cfg, "seed": seed}),
+                },
+            )
+        )
 
     # The old layout: a finished final directly under the study run, no cell run, no pal.study_run.
     record(0, 0.80)
-    old = _log_final(client, tracker.exp_id, _final_tags(cell.label, "ce", 0, **{
-        "mlflow.parentRunId": study_id, "pal.run_key": "cell000/final/seed0"}), 0.80)
+    old = _log_final(
+        client,
+        tracker.exp_id,
+        _final_tags(cell.label, "ce", 0, **{"mlflow.parentRunId": study_id, "pal.run_key": "cell000/final/seed0"}),
+        0.80,
+    )
 
     def resume() -> tuple[int, list]:
         t = StudyTracker(tracking, study, store)

@@ -18,8 +18,16 @@ import pytest
 import torch
 
 import pal_study.checkpoint as ckpt
-from pal_study.checkpoint import (CheckpointPolicy, SaveSchedule, auto_interval, build_model_from_checkpoint,
-                                  checkpoint_config_hash, load_checkpoint, load_model_weights, save_checkpoint)
+from pal_study.checkpoint import (
+    CheckpointPolicy,
+    SaveSchedule,
+    auto_interval,
+    build_model_from_checkpoint,
+    checkpoint_config_hash,
+    load_checkpoint,
+    load_model_weights,
+    save_checkpoint,
+)
 from pal_study.config import TrainConfig, resolve
 from pal_study.train import build_dataset_for, train
 
@@ -38,8 +46,15 @@ def assert_same_trial(a: dict, b: dict) -> None:
     assert strip(a["history"]) == strip(b["history"])
     fa, fb = ({k: v for k, v in d["final"].items() if not k.endswith("time_s")} for d in (a, b))
     assert fa == fb
-    for key in ("status", "epochs_completed", "per_class_acc", "prototype_geometry", "feature_norm",
-                "reliability", "config"):
+    for key in (
+        "status",
+        "epochs_completed",
+        "per_class_acc",
+        "prototype_geometry",
+        "feature_norm",
+        "reliability",
+        "config",
+    ):
         assert a[key] == b[key], key
 
 
@@ -55,8 +70,7 @@ def stopped(tmp_path_factory):
     epoch 2 (the stopped epoch is never saved)."""
     path = tmp_path_factory.mktemp("stopped") / "trial.pt"
     seen = []
-    r = train(CFG, lambda m: seen.append(m.epoch) or m.epoch == 3,
-              checkpoint=CheckpointPolicy(path, every_epochs=1))
+    r = train(CFG, lambda m: seen.append(m.epoch) or m.epoch == 3, checkpoint=CheckpointPolicy(path, every_epochs=1))
     assert r.status == "stopped" and seen == [1, 2, 3]
     return path
 
@@ -82,9 +96,18 @@ def copy_of(path: Path, tmp_path: Path) -> Path:
 
 def test_save_load_roundtrip_is_atomic_and_leaves_no_tmp(tmp_path):
     path = tmp_path / "deep" / "dir" / "c.pt"
-    state = {"config_hash": "h", "config": {"a": 1}, "input_shape": [1, 8, 8], "num_classes": 10, "epoch": 3,
-             "model": {"w": torch.arange(6.0).view(2, 3)}, "optimizer": {}, "scheduler": {"last_epoch": 9},
-             "rng": {"python": (3, (1, 2), None)}, "history": [{"epoch": 1, "val_acc": None}]}
+    state = {
+        "config_hash": "h",
+        "config": {"a": 1},
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "epoch": 3,
+        "model": {"w": torch.arange(6.0).view(2, 3)},
+        "optimizer": {},
+        "scheduler": {"last_epoch": 9},
+        "rng": {"python": (3, (1, 2), None)},
+        "history": [{"epoch": 1, "val_acc": None}],
+    }
     save_checkpoint(path, state)
     assert os.listdir(path.parent) == ["c.pt"]
     got = load_checkpoint(path, "h")
@@ -111,8 +134,9 @@ def test_failed_save_keeps_the_old_file_and_removes_its_tmp(tmp_path, monkeypatc
 
 
 def test_stale_tmp_of_a_dead_writer_is_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale = tmp_path / f"c.pt.tmp-{dead.stdout.strip()}"
     stale.write_bytes(b"torn")
     live = tmp_path / f"c.pt.tmp-{os.getppid()}"  # a live process's: left alone
@@ -233,10 +257,10 @@ def test_sigkilled_trial_resumes_exactly(tmp_path, base):
     path, out = tmp_path / "ckpt" / "trial.pt", tmp_path / "result.json"
     args = [sys.executable, str(script), json.dumps(CFG.model_dump(mode="json")), str(path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run(args + ["4", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    killed = subprocess.run([*args, "4", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not out.exists() and os.listdir(path.parent) == ["trial.pt"]
-    rerun = subprocess.run(args + ["0", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    rerun = subprocess.run([*args, "0", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     got = json.loads(out.read_text())
     assert got["resumed_from_epoch"] == 3 and got["status"] == "completed"
@@ -246,8 +270,7 @@ def test_sigkilled_trial_resumes_exactly(tmp_path, base):
 
 
 def test_failed_epoch_is_not_saved(tmp_path):
-    cfg = TrainConfig(method="ce", optim={"lr": 1e30, "grad_clip": 0.0, "epochs": 5, "warmup_epochs": 0},
-                      threads=1)
+    cfg = TrainConfig(method="ce", optim={"lr": 1e30, "grad_clip": 0.0, "epochs": 5, "warmup_epochs": 0}, threads=1)
     path = tmp_path / "c.pt"
     r = train(cfg, checkpoint=CheckpointPolicy(path, every_epochs=1))
     assert r.status == "failed"
@@ -270,7 +293,7 @@ def test_kept_final_model_scores_the_trial_test_acc(finished):
     model = build_model_from_checkpoint(path)
     data = build_dataset_for(resolve(CFG))
     with torch.no_grad():
-        pred = torch.cat([model(data.test_x[i:i + 256])[1].argmax(1) for i in range(0, len(data.test_y), 256)])
+        pred = torch.cat([model(data.test_x[i : i + 256])[1].argmax(1) for i in range(0, len(data.test_y), 256)])
     assert (pred == data.test_y).sum().item() / len(data.test_y) == r.final["test_acc"]
 
 
@@ -296,8 +319,10 @@ def test_final_epoch_is_saved_only_with_keep_final(tmp_path, monkeypatch):
     saves.clear()
     r = train(cfg.model_copy(update={"seed": 1}), checkpoint=CheckpointPolicy(tmp_path / "b.pt", every_epochs=5))
     assert saves == [] and r.checkpoint_path is None  # 5 divides the final epoch: still not saved
-    r = train(cfg.model_copy(update={"seed": 2}),
-              checkpoint=CheckpointPolicy(tmp_path / "c.pt", every_epochs=2, keep_final=True))
+    r = train(
+        cfg.model_copy(update={"seed": 2}),
+        checkpoint=CheckpointPolicy(tmp_path / "c.pt", every_epochs=2, keep_final=True),
+    )
     assert saves == [2, 4, 5]
 
 
@@ -341,8 +366,9 @@ def test_auto_policy_in_a_real_20_epoch_trial(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_trial_resumes_and_its_model_loads_on_the_cpu(tmp_path):
-    cfg = TrainConfig.model_validate({"method": "ce+fnpal", "optim": {"epochs": 3}, "device": "cuda",
-                                      "amp": True, "compile": False})
+    cfg = TrainConfig.model_validate(
+        {"method": "ce+fnpal", "optim": {"epochs": 3}, "device": "cuda", "amp": True, "compile": False}
+    )
     path = tmp_path / "c.pt"
     first = train(cfg, lambda m: m.epoch == 2, checkpoint=CheckpointPolicy(path, every_epochs=1))
     assert first.status == "stopped"
@@ -356,13 +382,33 @@ def test_train_command_killed_and_rerun_continues_from_its_checkpoint(tmp_path):
     """`pal-study train --checkpoint-dir DIR`, SIGKILLed while reporting epoch 4 (a fault hook:
     the instant is certain), then the same command again: it says where it resumed and ends with
     the numbers of an uninterrupted run."""
-    base = [sys.executable, "-m", "pal_study.cli", "train", "--set", "data.name=digits", "--set", "optim.epochs=6",
-            "--set", "method=ce+fnpal", "--no-track", "--quiet"]
-    straight = subprocess.run(base + ["--out", str(tmp_path / "straight.json")], capture_output=True, text=True,
-                              timeout=300)
+    base = [
+        sys.executable,
+        "-m",
+        "pal_study.cli",
+        "train",
+        "--set",
+        "data.name=digits",
+        "--set",
+        "optim.epochs=6",
+        "--set",
+        "method=ce+fnpal",
+        "--no-track",
+        "--quiet",
+    ]
+    straight = subprocess.run(
+        [*base, "--out", str(tmp_path / "straight.json")], capture_output=True, text=True, timeout=300
+    )
     assert straight.returncode == 0, straight.stderr[-2000:]
-    cmd = base + ["--checkpoint-dir", str(tmp_path / "ck"), "--checkpoint-every", "1",
-                  "--out", str(tmp_path / "resumed.json")]
+    cmd = [
+        *base,
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--checkpoint-every",
+        "1",
+        "--out",
+        str(tmp_path / "resumed.json"),
+    ]
     env = {**os.environ, "PAL_STUDY_FAULT": "killonce:seed=0@4", "PAL_STUDY_FAULT_DIR": str(tmp_path)}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -374,14 +420,28 @@ def test_train_command_killed_and_rerun_continues_from_its_checkpoint(tmp_path):
     b = json.loads((tmp_path / "resumed.json").read_text())
     assert b["resumed_from_epoch"] == 3 and a["resumed_from_epoch"] is None
     timing = ("train_time_s", "eval_time_s")
-    assert [{k: v for k, v in h.items() if k not in timing} for h in a["history"]] == \
-           [{k: v for k, v in h.items() if k not in timing} for h in b["history"]]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in a["history"]] == [
+        {k: v for k, v in h.items() if k not in timing} for h in b["history"]
+    ]
     assert b["checkpoint_path"] == str(tmp_path / "ck" / "checkpoint.pt")
 
 
 def test_train_command_rejects_a_bad_checkpoint_interval(tmp_path, capsys):
     from pal_study.cli import main
 
-    assert main(["train", "--set", "data.name=digits", "--checkpoint-dir", str(tmp_path), "--checkpoint-every",
-                 "often", "--no-track"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--set",
+                "data.name=digits",
+                "--checkpoint-dir",
+                str(tmp_path),
+                "--checkpoint-every",
+                "often",
+                "--no-track",
+            ]
+        )
+        == 2
+    )
     assert "--checkpoint-every" in capsys.readouterr().err

@@ -10,16 +10,24 @@ from pal_study.claims import CellInfo, ClaimSpec, evaluate, expand, render_verdi
 from pal_study.cli import main
 
 METHODS = ["ce", "gce", "ce+fnpal", "gce+fnpal", "nce+rce", "nce+rce+fnpal"]
-CELLS = [CellInfo(f"method={m},data.noise.rate={r:g}", m, {"method": m, "data.noise.rate": r})
-         for m in METHODS for r in (0.2, 0.6)]
+CELLS = [
+    CellInfo(f"method={m},data.noise.rate={r:g}", m, {"method": m, "data.noise.rate": r})
+    for m in METHODS
+    for r in (0.2, 0.6)
+]
 
 
 def test_a_pattern_expands_to_each_fnpal_cell_against_its_base_loss():
     claim = ClaimSpec(better="*+fnpal", than="*", where={"data.noise.rate": [0.6]})
-    pairs = [(a.method, b.method, a.factors["data.noise.rate"], b.factors["data.noise.rate"])
-             for a, b in expand(claim, CELLS)]
-    assert pairs == [("ce+fnpal", "ce", 0.6, 0.6), ("gce+fnpal", "gce", 0.6, 0.6),
-                     ("nce+rce+fnpal", "nce+rce", 0.6, 0.6)]
+    pairs = [
+        (a.method, b.method, a.factors["data.noise.rate"], b.factors["data.noise.rate"])
+        for a, b in expand(claim, CELLS)
+    ]
+    assert pairs == [
+        ("ce+fnpal", "ce", 0.6, 0.6),
+        ("gce+fnpal", "gce", 0.6, 0.6),
+        ("nce+rce+fnpal", "nce+rce", 0.6, 0.6),
+    ]
     fixed = ClaimSpec(better="gce+fnpal", than="ce", where={"data.noise.rate": 0.2})
     assert [(a.method, b.method) for a, b in expand(fixed, CELLS)] == [("gce+fnpal", "ce")]
 
@@ -35,9 +43,14 @@ def _values(shift: dict[str, float], seeds: int = 6, flat: tuple[str, ...] = ())
     out = {}
     for c in CELLS:
         k = METHODS.index(c.method)
-        out[c.label] = {s: {"test_acc": 0.8 + shift.get(c.method, 0.0)
-                            + (0.01 * (-1) ** s * (1 + s % 3) if c.method in flat else NOISE[s] * (1 + k))}
-                        for s in range(seeds)}
+        out[c.label] = {
+            s: {
+                "test_acc": 0.8
+                + shift.get(c.method, 0.0)
+                + (0.01 * (-1) ** s * (1 + s % 3) if c.method in flat else NOISE[s] * (1 + k))
+            }
+            for s in range(seeds)
+        }
     return out
 
 
@@ -109,25 +122,38 @@ def test_a_shared_comparison_is_computed_once_with_holm_per_claim():
 
 
 def test_lower_is_better_for_ece():
-    values = {c.label: {s: {"ece": 0.1 - (0.05 if c.method == "ce+fnpal" else 0.0) + 0.001 * s * (c.method == "ce")}
-                        for s in range(6)} for c in CELLS}
+    values = {
+        c.label: {
+            s: {"ece": 0.1 - (0.05 if c.method == "ce+fnpal" else 0.0) + 0.001 * s * (c.method == "ce")}
+            for s in range(6)
+        }
+        for c in CELLS
+    }
     out = evaluate([ClaimSpec(better="ce+fnpal", than="ce", metric="ece")], CELLS, values)
     assert [c["p"] for c in out[0]["comparisons"]] == [0.03125, 0.03125] and out[0]["verdict"] == "supported"
     four = {label: {s: m for s, m in per.items() if s < 4} for label, per in values.items()}
-    assert evaluate([ClaimSpec(better="ce+fnpal", than="ce", metric="ece")], CELLS, four)[0]["verdict"] == \
-        "inconclusive"  # 4 seeds: p >= 0.125
+    assert (
+        evaluate([ClaimSpec(better="ce+fnpal", than="ce", metric="ece")], CELLS, four)[0]["verdict"] == "inconclusive"
+    )  # 4 seeds: p >= 0.125
 
 
-@pytest.mark.parametrize("claim, fragment", [
-    ({"better": "*+fnpal", "than": "*", "where": {"data.noise.rte": 0.6}}, "claims[0].where"),
-    ({"better": "mae+fnpal", "than": "mae"}, "matches no pair of cells"),
-    ({"better": "ce+fnpal"}, "claims"),
-    ({"better": "ce+fnpal", "than": "ce", "metric": "accuracy"}, "claims"),
-])
+@pytest.mark.parametrize(
+    "claim, fragment",
+    [
+        ({"better": "*+fnpal", "than": "*", "where": {"data.noise.rte": 0.6}}, "claims[0].where"),
+        ({"better": "mae+fnpal", "than": "mae"}, "matches no pair of cells"),
+        ({"better": "ce+fnpal"}, "claims"),
+        ({"better": "ce+fnpal", "than": "ce", "metric": "accuracy"}, "claims"),
+    ],
+)
 def test_bad_claims_exit_2_naming_the_claim(tmp_path, capsys, claim, fragment):
-    spec = {"name": "bad", "base": {"data": {"name": "digits"}, "optim": {"epochs": 1}},
-            "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.6]},
-            "budget": {"trials_per_cell": 1}, "claims": [claim]}
+    spec = {
+        "name": "bad",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 1}},
+        "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.6]},
+        "budget": {"trials_per_cell": 1},
+        "claims": [claim],
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(path)]) == 2

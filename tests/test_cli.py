@@ -28,8 +28,20 @@ def test_help_lists_subcommands(capsys):
 
 def test_train_writes_result_json(tmp_path, capsys):
     out_file = tmp_path / "res" / "result.json"
-    rc, out, err = run(["train", "--set", "method=nce+rce+fnpal", "--set", "optim.epochs=2",
-                        "--set", "data.noise.rate=0.4", "--out", str(out_file)], capsys)
+    rc, out, err = run(
+        [
+            "train",
+            "--set",
+            "method=nce+rce+fnpal",
+            "--set",
+            "optim.epochs=2",
+            "--set",
+            "data.noise.rate=0.4",
+            "--out",
+            str(out_file),
+        ],
+        capsys,
+    )
     assert rc == 0, err
     d = json.loads(out_file.read_text())
     assert d["status"] == "completed" and d["method"] == "nce+rce+fnpal"
@@ -100,20 +112,24 @@ def test_prototypes_bad_method_exits_2(capsys):
 
 def test_console_script_exit_codes(tmp_path):
     exe = [sys.executable, "-m", "pal_study.cli"]
-    ok = subprocess.run([*exe, "validate", "--set", "seed=1", str(tmp_path / "nope.yaml")],
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        [*exe, "validate", "--set", "seed=1", str(tmp_path / "nope.yaml")], capture_output=True, text=True
+    )
     assert ok.returncode == 2 and "file not found" in ok.stderr and "Traceback" not in ok.stderr
     usage = subprocess.run([*exe, "train", "--no-such-flag"], capture_output=True, text=True)
     assert usage.returncode == 2
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["status", "--help"], ["report", "--help"],
-                                  ["run", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["status", "--help"], ["report", "--help"], ["run", "--help"]]
+)
 def test_help_and_version_import_no_heavy_framework(args):
     """`pal-study --help` answers without importing torch, Ray, MLflow or Optuna (seconds each)."""
-    code = ("import sys\nfrom pal_study.cli import main\nrc = main(sys.argv[1:])\n"
-            "heavy = [m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules]\n"
-            "print('HEAVY', heavy, file=sys.stderr)\nsys.exit(rc)")
+    code = (
+        "import sys\nfrom pal_study.cli import main\nrc = main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'ray', 'mlflow', 'optuna') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\nsys.exit(rc)"
+    )
     res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stderr, res.stderr

@@ -84,19 +84,45 @@ def cluster(head_cpus: int = 1, worker_cpus: int = 1):
         _run("ip", "netns", "exec", ns, "ip", "link", "set", v_ns, "up")
         _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         head = subprocess.Popen(
-            [RAY, "start", "--head", f"--node-ip-address={head_ip}", f"--port={port}", f"--num-cpus={head_cpus}",
-             "--include-dashboard=false", f"--temp-dir={temp}", "--block"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--node-ip-address={head_ip}",
+                f"--port={port}",
+                f"--num-cpus={head_cpus}",
+                "--include-dashboard=false",
+                f"--temp-dir={temp}",
+                "--block",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         procs.append(head)
         _wait_for_port(head_ip, port, head)
         worker = subprocess.Popen(
-            ["ip", "netns", "exec", ns, RAY, "start", f"--address={head_ip}:{port}", f"--node-ip-address={worker_ip}",
-             f"--num-cpus={worker_cpus}", "--block"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                RAY,
+                "start",
+                f"--address={head_ip}:{port}",
+                f"--node-ip-address={worker_ip}",
+                f"--num-cpus={worker_cpus}",
+                "--block",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
         procs.append(worker)
         _wait_for_nodes(f"{head_ip}:{port}", env, 2)
-        yield {"address": f"{head_ip}:{port}", "env": env, "head_ip": head_ip, "worker_ip": worker_ip,
-               "worker": worker}
+        yield {"address": f"{head_ip}:{port}", "env": env, "head_ip": head_ip, "worker_ip": worker_ip, "worker": worker}
     finally:
         for p in reversed(procs):
             for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -130,8 +156,10 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, timeout: float 
 
 
 def _wait_for_nodes(address: str, env: dict[str, str], n: int, timeout: float = 120) -> None:
-    code = (f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
-            "print(sum(1 for x in ray.nodes() if x['Alive']))")
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR'); "
+        "print(sum(1 for x in ray.nodes() if x['Alive']))"
+    )
     deadline = time.time() + timeout
     while time.time() < deadline:
         res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -163,9 +191,25 @@ def test_study_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
     runs = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     driver = subprocess.Popen(
-        [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--address", c["address"],
-         "--tracking-uri", uri], env=c["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "pal_study.cli",
+            "run",
+            str(path),
+            "--runs-dir",
+            str(runs),
+            "--address",
+            c["address"],
+            "--tracking-uri",
+            uri,
+        ],
+        env=c["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         # Wait until the worker node has finished a trial, then take it away mid-study.
         journal = runs / "cluster" / "optuna.journal"
@@ -176,12 +220,15 @@ def test_study_on_two_nodes_survives_losing_the_worker(two_node_cluster, tmp_pat
             assert time.time() < deadline, f"no trial finished on the worker node (nodes seen: {nodes})"
             if journal.exists():
                 storage = JournalStorage(JournalFileBackend(str(journal)))
-                nodes = {t.user_attrs.get("node") for s in optuna.get_all_study_summaries(storage)
-                         for t in optuna.load_study(study_name=s.study_name, storage=storage).trials}
+                nodes = {
+                    t.user_attrs.get("node")
+                    for s in optuna.get_all_study_summaries(storage)
+                    for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+                }
             time.sleep(0.5)
         os.killpg(c["worker"].pid, signal.SIGKILL)
         subprocess.run(["pkill", "-9", "-f", f"node-ip-address={c['worker_ip']}"], capture_output=True)
-        out, err = driver.communicate(timeout=600)
+        _out, err = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

@@ -50,8 +50,12 @@ def test_a_tune_callback_can_drop_bulky_fields_from_what_tune_keeps(tmp_path):
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        grid = tune.Tuner(trainable, run_config=tune.RunConfig(
-            storage_path=str(tmp_path), verbose=0, callbacks=[_compat.drop_bulky_results_callback()])).fit()
+        grid = tune.Tuner(
+            trainable,
+            run_config=tune.RunConfig(
+                storage_path=str(tmp_path), verbose=0, callbacks=[_compat.drop_bulky_results_callback()]
+            ),
+        ).fit()
     finally:
         ray.shutdown()
     last = grid[0].metrics
@@ -126,8 +130,11 @@ def test_no_private_library_name_and_no_outside_path_outside_compat():
             continue
         text = path.read_text()
         for n, line in enumerate(text.splitlines(), 1):
-            if PRIVATE.search(line) or re.search(r"(?<!self)\._(trial_id|study_id|metric|mode)\b", line) \
-                    or re.search(r"\b_(check_integrity|load_meta)\b", line):
+            if (
+                PRIVATE.search(line)
+                or re.search(r"(?<!self)\._(trial_id|study_id|metric|mode)\b", line)
+                or re.search(r"\b_(check_integrity|load_meta)\b", line)
+            ):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     for path in [*(ROOT / "pal_study").rglob("*.py"), ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
         for n, line in enumerate(path.read_text().splitlines(), 1):

@@ -65,10 +65,16 @@ def test_cifar_lt_recipe():
 
 
 def test_overrides_parse_yaml_values():
-    d = apply_overrides({"optim": {"lr": 0.1}}, ["optim.epochs=5", "head.scale=8", "data.noise.rate=0.4",
-                                                "amp=false", "optim.milestones=[3, 4]"])
-    assert d == {"optim": {"lr": 0.1, "epochs": 5, "milestones": [3, 4]}, "head": {"scale": 8},
-                 "data": {"noise": {"rate": 0.4}}, "amp": False}
+    d = apply_overrides(
+        {"optim": {"lr": 0.1}},
+        ["optim.epochs=5", "head.scale=8", "data.noise.rate=0.4", "amp=false", "optim.milestones=[3, 4]"],
+    )
+    assert d == {
+        "optim": {"lr": 0.1, "epochs": 5, "milestones": [3, 4]},
+        "head": {"scale": 8},
+        "data": {"noise": {"rate": 0.4}},
+        "amp": False,
+    }
 
 
 def _err(path=None, overrides=()):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pal_study.data import (DATASETS, DataBundle, DataError, DeviceBatches, build_dataset, long_tail_counts)
+from pal_study.data import DATASETS, DataBundle, DataError, DeviceBatches, build_dataset, long_tail_counts
 from pal_study.data.formats import write_cifar10, write_cifar100, write_mnist
 from pal_study.data.sources import load_digits
 
@@ -107,21 +107,25 @@ def test_bundle_to_and_summary() -> None:
 
 def test_batches_over_a_bundle() -> None:
     b = build_dataset("digits", val_fraction=0.0)
-    seen = torch.cat([yb for _, yb in DeviceBatches(b.train_x, b.train_y, 128,
-                                                    generator=torch.Generator().manual_seed(0))])
+    seen = torch.cat(
+        [yb for _, yb in DeviceBatches(b.train_x, b.train_y, 128, generator=torch.Generator().manual_seed(0))]
+    )
     assert torch.equal(seen.sort().values, b.train_y.sort().values)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(name="imagenet"), "imagenet.*digits, mnist, cifar10, cifar100, synthetic"),
-    (dict(name="digits", noise_kind="pairflip"), "pairflip"),
-    (dict(name="digits", noise_rate=1.0), "noise rate"),
-    (dict(name="digits", imbalance_ratio=0.5), "imbalance ratio.*0.5"),
-    (dict(name="digits", imbalance_profile="linear"), "linear"),
-    (dict(name="digits", val_fraction=1.0), "val_fraction"),
-    (dict(name="synthetic", synthetic=dict(classes=3)), "classes.*allowed"),
-    (dict(name="synthetic", synthetic=dict(num_classes=1)), "num_classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="imagenet"), "imagenet.*digits, mnist, cifar10, cifar100, synthetic"),
+        (dict(name="digits", noise_kind="pairflip"), "pairflip"),
+        (dict(name="digits", noise_rate=1.0), "noise rate"),
+        (dict(name="digits", imbalance_ratio=0.5), "imbalance ratio.*0.5"),
+        (dict(name="digits", imbalance_profile="linear"), "linear"),
+        (dict(name="digits", val_fraction=1.0), "val_fraction"),
+        (dict(name="synthetic", synthetic=dict(classes=3)), "classes.*allowed"),
+        (dict(name="synthetic", synthetic=dict(num_classes=1)), "num_classes"),
+    ],
+)
 def test_bad_arguments_raise(kwargs: dict, match: str) -> None:
     name = kwargs.pop("name")
     with pytest.raises(ValueError, match=match):
@@ -148,8 +152,11 @@ def test_synthetic_determinism_shape_and_overrides() -> None:
     means = torch.stack([a.train_x[a.train_y_clean == c].mean(0) for c in range(4)])
     pred = torch.cdist(a.test_x, means).argmin(1)
     assert (pred == a.test_y).double().mean() > 0.9
-    img = build_dataset("synthetic", synthetic=dict(num_classes=3, train_per_class=8, test_per_class=2,
-                                                    input_shape=(3, 32, 32)), val_fraction=0.0)
+    img = build_dataset(
+        "synthetic",
+        synthetic=dict(num_classes=3, train_per_class=8, test_per_class=2, input_shape=(3, 32, 32)),
+        val_fraction=0.0,
+    )
     assert img.input_shape == (3, 32, 32) and img.train_x.shape == (24, 3, 32, 32)
     assert img.test_x.shape == (6, 3, 32, 32)
     other = build_dataset("synthetic", synthetic=dict(opts, data_seed=1), noise_rate=0.2, seed=0)
@@ -218,8 +225,7 @@ def test_cifar100_from_pickle_files(tmp_path: Path) -> None:
     tr_y = np.arange(400) % 100
     te_y = np.arange(100)
     write_cifar100(tmp_path, tr_x, tr_y, te_x, te_y)
-    b = build_dataset("cifar100", root=str(tmp_path), noise_kind="asymmetric", noise_rate=0.5,
-                      val_fraction=0.0, seed=0)
+    b = build_dataset("cifar100", root=str(tmp_path), noise_kind="asymmetric", noise_rate=0.5, val_fraction=0.0, seed=0)
     assert b.num_classes == 100 and b.input_shape == (3, 32, 32)
     assert torch.equal(b.train_y_clean, torch.as_tensor(tr_y))
     assert torch.equal(b.test_y, torch.as_tensor(te_y))
@@ -229,11 +235,14 @@ def test_cifar100_from_pickle_files(tmp_path: Path) -> None:
     assert torch.equal(b.train_y[changed], 5 * (c // 5) + (c + 1) % 5)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("mnist", ["MNIST/raw/train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
-    ("cifar10", ["cifar-10-batches-py", "data_batch_1", "data_batch_5", "test_batch"]),
-    ("cifar100", ["cifar-100-python", "train", "test", "meta"]),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("mnist", ["MNIST/raw/train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]),
+        ("cifar10", ["cifar-10-batches-py", "data_batch_1", "data_batch_5", "test_batch"]),
+        ("cifar100", ["cifar-100-python", "train", "test", "meta"]),
+    ],
+)
 def test_missing_root_names_files_and_download(tmp_path: Path, name: str, expected: list[str]) -> None:
     with pytest.raises(DataError) as info:
         build_dataset(name, root=tmp_path / "nowhere")

@@ -94,14 +94,17 @@ def image_problem(ref: str, where: str) -> str | None:
         return f"{where}: image {ref!r} uses the floating tag 'latest'"
     parts = 3 if name.removeprefix("docker.io/").removeprefix("library/") in THREE_PART_VERSION_IMAGES else 2
     if not re.match(r"^v?\d+" + r"\.\d+" * (parts - 1) + r"(?!\d)", tag):
-        return (f"{where}: image {ref!r} is not pinned to an exact version tag "
-                f"(want {parts} version components, e.g. {'3.11.13' if parts == 3 else '15.13'})")
+        return (
+            f"{where}: image {ref!r} is not pinned to an exact version tag "
+            f"(want {parts} version components, e.g. {'3.11.13' if parts == 3 else '15.13'})"
+        )
     return None
 
 
 # --------------------------------------------------------------------------------------------
 # Compose checks
 # --------------------------------------------------------------------------------------------
+
 
 def load_compose() -> dict[str, Any]:
     return yaml.safe_load(COMPOSE.read_text())
@@ -163,23 +166,29 @@ def check_ports(c: dict[str, Any]) -> list[str]:
     problems = []
     for name, svc in (c.get("services") or {}).items():
         if svc.get("network_mode") == "host":
-            problems.append(f"compose: service {name!r} uses network_mode: host (publishes every port on every interface)")
+            problems.append(
+                f"compose: service {name!r} uses network_mode: host (publishes every port on every interface)"
+            )
         for entry in svc.get("ports") or []:
             if isinstance(entry, dict):
                 host_ip = interpolate(str(entry.get("host_ip", "")))[0]
                 if host_ip not in LOOPBACK:
-                    problems.append(f"compose: service {name!r} port {entry} binds host_ip {host_ip or '(all interfaces)'!r}, "
-                                    "not 127.0.0.1")
+                    problems.append(
+                        f"compose: service {name!r} port {entry} binds host_ip {host_ip or '(all interfaces)'!r}, "
+                        "not 127.0.0.1"
+                    )
                 continue
             raw = str(entry)
             resolved = interpolate(raw)[0]
             host_ip = next((lb for lb in LOOPBACK if resolved.startswith(lb + ":")), None)
             if host_ip is None:
                 first = resolved.split(":")[0] if resolved.count(":") >= 2 else ""
-                problems.append(f"compose: service {name!r} port {raw!r} binds "
-                                f"{first or 'all interfaces (no host address)'!s}; publish it as "
-                                "'127.0.0.1:HOST:CONTAINER' or '${BIND_ADDRESS:-127.0.0.1}:HOST:CONTAINER'")
-            elif resolved[len(host_ip) + 1:].count(":") != 1:
+                problems.append(
+                    f"compose: service {name!r} port {raw!r} binds "
+                    f"{first or 'all interfaces (no host address)'!s}; publish it as "
+                    "'127.0.0.1:HOST:CONTAINER' or '${BIND_ADDRESS:-127.0.0.1}:HOST:CONTAINER'"
+                )
+            elif resolved[len(host_ip) + 1 :].count(":") != 1:
                 problems.append(f"compose: service {name!r} port {raw!r} is not HOST_IP:HOST_PORT:CONTAINER_PORT")
     return problems
 
@@ -197,15 +206,19 @@ def check_secrets(c: dict[str, Any]) -> list[str]:
             if value is None:
                 continue  # passed through from the caller's environment
             if not _is_required_ref(value):
-                problems.append(f"compose: service {name!r} environment {key}={value!r} is not a bare "
-                                "${VAR:?message} reference (a literal or a default would put a secret in the file)")
+                problems.append(
+                    f"compose: service {name!r} environment {key}={value!r} is not a bare "
+                    "${VAR:?message} reference (a literal or a default would put a secret in the file)"
+                )
         build = svc.get("build")
         if isinstance(build, dict):
             args = build.get("args") or {}
             keys = [str(a).partition("=")[0] for a in args] if isinstance(args, list) else list(args)
             for key in keys:
                 if any(w in key.upper() for w in SECRET_WORDS):
-                    problems.append(f"compose: service {name!r} passes build arg {key} (build args stay in the image history)")
+                    problems.append(
+                        f"compose: service {name!r} passes build arg {key} (build args stay in the image history)"
+                    )
     for path, s in _strings(c):
         # scheme://user:password@host with a literal password
         for m in re.finditer(r"[a-z][a-z0-9+.-]*://[^\s/@:]+:([^\s/@]+)@", s):
@@ -291,7 +304,9 @@ def check_wiring(c: dict[str, Any]) -> list[str]:
             problems.append(f"compose: {name} does not set RAY_AUTH_MODE=token")
         if not _is_required_ref(str(env.get("RAY_AUTH_TOKEN"))):
             problems.append(f"compose: {name} RAY_AUTH_TOKEN is not ${{RAY_AUTH_TOKEN:?message}}")
-    head_cmd = _cmd((services.get("ray-head") or {}).get("entrypoint")) + _cmd((services.get("ray-head") or {}).get("command"))
+    head_cmd = _cmd((services.get("ray-head") or {}).get("entrypoint")) + _cmd(
+        (services.get("ray-head") or {}).get("command")
+    )
     if not {"start", "--head", "--block"} <= set(head_cmd) or "--port=6379" not in head_cmd:
         problems.append(f"compose: ray-head does not run 'ray start --head --port=6379 --block': {head_cmd}")
     worker_cmd = _cmd((services.get("ray-worker") or {}).get("command"))
@@ -302,7 +317,7 @@ def check_wiring(c: dict[str, Any]) -> list[str]:
         problems.append("compose: study is not one-shot (no profile, restart not 'no')")
     scmd = _cmd(study.get("command"))
     for want in (["--address", "ray-head:6379"], ["--tracking-uri", "http://mlflow:5000"]):
-        if not any(scmd[i:i + 2] == want for i in range(len(scmd))):
+        if not any(scmd[i : i + 2] == want for i in range(len(scmd))):
             problems.append(f"compose: study command {scmd} lacks {' '.join(want)}")
     if "run" not in scmd or not any(a.startswith("studies/") for a in scmd):
         problems.append(f"compose: study command {scmd} does not run a study from studies/")
@@ -316,8 +331,15 @@ def check_wiring(c: dict[str, Any]) -> list[str]:
     return problems
 
 
-COMPOSE_CHECKS = (check_services, check_images, check_ports, check_secrets, check_gpu_workers,
-                  check_healthchecks, check_wiring)
+COMPOSE_CHECKS = (
+    check_services,
+    check_images,
+    check_ports,
+    check_secrets,
+    check_gpu_workers,
+    check_healthchecks,
+    check_wiring,
+)
 
 
 def compose_problems(c: dict[str, Any]) -> list[str]:
@@ -327,6 +349,7 @@ def compose_problems(c: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # Dockerfile checks
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Instr:
@@ -376,11 +399,15 @@ def parse_dockerfile(text: str) -> tuple[dict[str, str], list[Stage]]:
     return global_args, stages
 
 
-def resolve_from(stage: Stage, global_args: dict[str, str], overrides: dict[str, str] | None = None) -> tuple[str, list[str]]:
+def resolve_from(
+    stage: Stage, global_args: dict[str, str], overrides: dict[str, str] | None = None
+) -> tuple[str, list[str]]:
     return interpolate(stage.base, {**global_args, **(overrides or {})})
 
 
-def stage_chain(stages: list[Stage], stage: Stage, global_args: dict[str, str], overrides: dict[str, str] | None = None) -> list[Stage]:
+def stage_chain(
+    stages: list[Stage], stage: Stage, global_args: dict[str, str], overrides: dict[str, str] | None = None
+) -> list[Stage]:
     """The stage and the earlier stages it is built FROM, base first."""
     names = {s.name: s for s in stages if s.name}
     chain = [stage]
@@ -423,8 +450,11 @@ def _env_keys(ins: Instr) -> list[str]:
 
 def check_dockerfile_secrets(text: str) -> list[str]:
     global_args, stages = parse_dockerfile(text)
-    problems = [f"Dockerfile: global ARG {k} looks like a secret (build args stay in the image history)"
-                for k in global_args if any(w in k.upper() for w in SECRET_WORDS)]
+    problems = [
+        f"Dockerfile: global ARG {k} looks like a secret (build args stay in the image history)"
+        for k in global_args
+        if any(w in k.upper() for w in SECRET_WORDS)
+    ]
     for st in stages:
         for ins in st.instrs:
             if ins.cmd in ("ENV", "ARG"):
@@ -461,8 +491,10 @@ def check_dockerfile_copies(text: str) -> list[str]:
             for src in sources:
                 norm = src.removeprefix("./").rstrip("/")
                 if ".env" in Path(norm).name or norm not in ALLOWED_COPY_SOURCES:
-                    problems.append(f"Dockerfile line {ins.line}: copies {src!r} from the build context; "
-                                    f"only {sorted(ALLOWED_COPY_SOURCES)} belong in the image")
+                    problems.append(
+                        f"Dockerfile line {ins.line}: copies {src!r} from the build context; "
+                        f"only {sorted(ALLOWED_COPY_SOURCES)} belong in the image"
+                    )
     return problems
 
 
@@ -476,8 +508,11 @@ def check_dockerfile_user(text: str, targets: tuple[str, ...] = ()) -> list[str]
     problems = []
     if not stages:
         return ["Dockerfile: no FROM"]
-    problems += [f"Dockerfile: compose builds target {t!r}, which is not a stage"
-                 for t in targets if t not in {s.name for s in stages}]
+    problems += [
+        f"Dockerfile: compose builds target {t!r}, which is not a stage"
+        for t in targets
+        if t not in {s.name for s in stages}
+    ]
     for st in _final_and_targets(stages, targets):
         users = [i.args for s in stage_chain(stages, st, global_args) for i in s.instrs if i.cmd == "USER"]
         label = st.name or f"line {st.line}"
@@ -485,8 +520,11 @@ def check_dockerfile_user(text: str, targets: tuple[str, ...] = ()) -> list[str]
             problems.append(f"Dockerfile stage {label}: no USER, so it runs as root")
         elif users[-1].split(":")[0] in ("root", "0"):
             problems.append(f"Dockerfile stage {label}: USER {users[-1]} is root")
-        elif not any(i.cmd == "RUN" and re.search(r"useradd\b.*--uid 1000\b|useradd\b.*-u 1000\b", i.args)
-                     for s in stage_chain(stages, st, global_args) for i in s.instrs):
+        elif not any(
+            i.cmd == "RUN" and re.search(r"useradd\b.*--uid 1000\b|useradd\b.*-u 1000\b", i.args)
+            for s in stage_chain(stages, st, global_args)
+            for i in s.instrs
+        ):
             problems.append(f"Dockerfile stage {label}: USER {users[-1]} is not created with useradd --uid 1000")
     return sorted(set(problems))
 
@@ -527,9 +565,9 @@ def check_dockerfile_install(text: str) -> list[str]:
     entry = [i.args for i in last if i.cmd == "ENTRYPOINT"]
     cmd = [i.args for i in last if i.cmd == "CMD"]
     if not entry or json.loads(entry[-1]) != ["pal-study"]:
-        problems.append(f"Dockerfile: final ENTRYPOINT is {entry[-1] if entry else None}, want [\"pal-study\"]")
+        problems.append(f'Dockerfile: final ENTRYPOINT is {entry[-1] if entry else None}, want ["pal-study"]')
     if not cmd or json.loads(cmd[-1]) != ["--help"]:
-        problems.append(f"Dockerfile: final CMD is {cmd[-1] if cmd else None}, want [\"--help\"]")
+        problems.append(f'Dockerfile: final CMD is {cmd[-1] if cmd else None}, want ["--help"]')
     return problems
 
 
@@ -550,10 +588,15 @@ def check_dockerfile_pins(text: str) -> list[str]:
     """The image's pins satisfy pyproject.toml, and the MLflow server matches the client."""
     global_args, stages = parse_dockerfile(text)
     app = _pins(stage_chain(stages, stages[-1], global_args))
-    deps = {Requirement(d).name.lower(): Requirement(d) for d in
-            tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
-    problems = [f"Dockerfile pins {name}=={ver}, outside pyproject.toml's {deps[name]}"
-                for name, ver in app.items() if name in deps and not deps[name].specifier.contains(ver)]
+    deps = {
+        Requirement(d).name.lower(): Requirement(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    }
+    problems = [
+        f"Dockerfile pins {name}=={ver}, outside pyproject.toml's {deps[name]}"
+        for name, ver in app.items()
+        if name in deps and not deps[name].specifier.contains(ver)
+    ]
     server = {s.name: _pins([s]) for s in stages if s.name}.get("mlflow-server", {})
     if server.get("mlflow") != app.get("mlflow"):
         problems.append(f"Dockerfile: MLflow server {server.get('mlflow')} != client {app.get('mlflow')}")
@@ -574,18 +617,28 @@ def check_torch_indexes(text: str) -> list[str]:
                     for tok in shlex.split(ins.args):
                         k, _, v = tok.partition("=")
                         env[k] = interpolate(v, env)[0]
-        torch_runs = [i for st in stage_chain(stages, stages[-1], global_args, {"VARIANT": variant})
-                      for i in st.instrs if i.cmd == "RUN" and "torch==" in i.args]
-        urls = [interpolate(m.group(1), env)[0] for i in torch_runs
-                for m in re.finditer(r"--(?:index-url|extra-index-url)[= ]\"?([^\s\"]+)", i.args)]
+        torch_runs = [
+            i
+            for st in stage_chain(stages, stages[-1], global_args, {"VARIANT": variant})
+            for i in st.instrs
+            if i.cmd == "RUN" and "torch==" in i.args
+        ]
+        urls = [
+            interpolate(m.group(1), env)[0]
+            for i in torch_runs
+            for m in re.finditer(r"--(?:index-url|extra-index-url)[= ]\"?([^\s\"]+)", i.args)
+        ]
         if not urls or not all(re.search(want, u) for u in urls):
-            problems.append(f"Dockerfile: VARIANT={variant} installs torch from {urls or 'PyPI'}, want an index matching {want}")
+            problems.append(
+                f"Dockerfile: VARIANT={variant} installs torch from {urls or 'PyPI'}, want an index matching {want}"
+            )
     return problems
 
 
 # --------------------------------------------------------------------------------------------
 # Build context and .env.example
 # --------------------------------------------------------------------------------------------
+
 
 def _ignore_regex(pattern: str) -> re.Pattern[str]:
     out, i = "", 0
@@ -620,12 +673,27 @@ def dockerignore_excludes(text: str, path: str) -> bool:
 
 def check_dockerignore(text: str) -> list[str]:
     problems = []
-    for path in (".git/HEAD", ".venv/bin/python", "runs/quickstart/optuna.journal", "mlruns/mlflow.db",
-                 "tests/artifacts/x.png", ".env", "docker/.env", "pal_study/.env", "pal_study/__pycache__/cli.cpython-311.pyc"):
+    for path in (
+        ".git/HEAD",
+        ".venv/bin/python",
+        "runs/quickstart/optuna.journal",
+        "mlruns/mlflow.db",
+        "tests/artifacts/x.png",
+        ".env",
+        "docker/.env",
+        "pal_study/.env",
+        "pal_study/__pycache__/cli.cpython-311.pyc",
+    ):
         if not dockerignore_excludes(text, path):
             problems.append(f"Dockerfile.dockerignore lets {path!r} into the build context")
-    for path in ("pyproject.toml", "README.md", "pal_study/cli.py", "pal_study/study/runner.py",
-                 "studies/quickstart.yaml", "search_spaces/margin.yaml"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "pal_study/cli.py",
+        "pal_study/study/runner.py",
+        "studies/quickstart.yaml",
+        "search_spaces/margin.yaml",
+    ):
         if dockerignore_excludes(text, path):
             problems.append(f"Dockerfile.dockerignore keeps {path!r} out, but the image copies it")
     return problems
@@ -647,10 +715,13 @@ def check_env_example(text: str, compose: dict[str, Any]) -> list[str]:
     for key, value in env.items():
         if any(w in key.upper() for w in SECRET_WORDS) and value not in PLACEHOLDER_SECRETS:
             problems.append(f".env.example: {key} has a value ({value!r}); leave it empty or 'change-me'")
-        elif re.fullmatch(r"[A-Za-z0-9+/=_-]{20,}", value) and re.search(r"\d", value) and re.search(r"[A-Za-z]", value):
+        elif (
+            re.fullmatch(r"[A-Za-z0-9+/=_-]{20,}", value) and re.search(r"\d", value) and re.search(r"[A-Za-z]", value)
+        ):
             problems.append(f".env.example: {key}={value!r} looks like a real secret")
-    required = sorted({m.group(1) for _, s in _strings(compose)
-                       for m in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", s)})
+    required = sorted(
+        {m.group(1) for _, s in _strings(compose) for m in re.finditer(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?\?", s)}
+    )
     problems += [f".env.example does not list {name}, which compose requires" for name in required if name not in env]
     bind = env.get("BIND_ADDRESS", "127.0.0.1")
     if bind not in LOOPBACK:
@@ -663,6 +734,7 @@ def check_env_example(text: str, compose: dict[str, Any]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 # The real files
 # --------------------------------------------------------------------------------------------
+
 
 def _fmt(problems: list[str]) -> str:
     return "\n".join(problems)
@@ -679,12 +751,17 @@ def dockerfile() -> str:
 
 
 def _build_targets(c: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(svc["build"]["target"] for svc in c["services"].values()
-                 if isinstance(svc.get("build"), dict) and svc["build"].get("target"))
+    return tuple(
+        svc["build"]["target"]
+        for svc in c["services"].values()
+        if isinstance(svc.get("build"), dict) and svc["build"].get("target")
+    )
 
 
 def test_compose_parses_with_the_required_services(compose):
-    assert isinstance(compose, dict) and isinstance(compose.get("services"), dict), "compose.yaml has no services mapping"
+    assert isinstance(compose, dict) and isinstance(compose.get("services"), dict), (
+        "compose.yaml has no services mapping"
+    )
     assert not check_services(compose), _fmt(check_services(compose))
 
 
@@ -707,9 +784,18 @@ def test_compose_builds_from_this_dockerfile(compose):
             assert variant in ("cuda", "cpu"), f"service {name!r}: VARIANT defaults to {variant!r}"
 
 
-@pytest.mark.parametrize("check", [check_dockerfile_bases, check_dockerfile_secrets, check_dockerfile_copies,
-                                   check_dockerfile_install, check_dockerfile_pins, check_torch_indexes],
-                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_dockerfile_bases,
+        check_dockerfile_secrets,
+        check_dockerfile_copies,
+        check_dockerfile_install,
+        check_dockerfile_pins,
+        check_torch_indexes,
+    ],
+    ids=lambda f: f.__name__,
+)
 def test_dockerfile(dockerfile, check):
     problems = check(dockerfile)
     assert not problems, _fmt(problems)
@@ -735,14 +821,24 @@ def test_env_example(compose):
 
 def test_readme_documents_the_stack():
     text = (DOCKER / "README.md").read_text()
-    for needle in ("docker/.env.example", "up -d --wait", "run --rm study", "http://127.0.0.1:5000",
-                   "--address", "--tracking-uri", "KubeRay", "--max-concurrent", "test_docker_static.py"):
+    for needle in (
+        "docker/.env.example",
+        "up -d --wait",
+        "run --rm study",
+        "http://127.0.0.1:5000",
+        "--address",
+        "--tracking-uri",
+        "KubeRay",
+        "--max-concurrent",
+        "test_docker_static.py",
+    ):
         assert needle in text, f"docker/README.md does not mention {needle!r}"
 
 
 # --------------------------------------------------------------------------------------------
 # The checkers reject what they should (mutated copies of the real files)
 # --------------------------------------------------------------------------------------------
+
 
 def _set(path: str, value: Any):
     def mutate(c: dict[str, Any]) -> None:
@@ -756,6 +852,7 @@ def _set(path: str, value: Any):
             node[int(last)] = value
         else:
             node[last] = value
+
     return mutate
 
 
@@ -765,30 +862,69 @@ COMPOSE_MUTATIONS = {
     "port without host address": (_set("services/mlflow/ports/0", "5000:5000"), check_ports, "all interfaces"),
     "port bare number": (_set("services/mlflow/ports/0", 5000), check_ports, "all interfaces"),
     "port on 0.0.0.0": (_set("services/ray-head/ports/0", "0.0.0.0:8265:8265"), check_ports, "0.0.0.0"),
-    "bind default 0.0.0.0": (_set("services/mlflow/ports/0", "${BIND_ADDRESS:-0.0.0.0}:5000:5000"), check_ports, "0.0.0.0"),
-    "bind var without default": (_set("services/mlflow/ports/0", "${BIND_ADDRESS}:5000:5000"), check_ports, "all interfaces"),
-    "long port syntax without host_ip": (_set("services/mlflow/ports/0", {"target": 5000, "published": 5000}), check_ports, "host_ip"),
+    "bind default 0.0.0.0": (
+        _set("services/mlflow/ports/0", "${BIND_ADDRESS:-0.0.0.0}:5000:5000"),
+        check_ports,
+        "0.0.0.0",
+    ),
+    "bind var without default": (
+        _set("services/mlflow/ports/0", "${BIND_ADDRESS}:5000:5000"),
+        check_ports,
+        "all interfaces",
+    ),
+    "long port syntax without host_ip": (
+        _set("services/mlflow/ports/0", {"target": 5000, "published": 5000}),
+        check_ports,
+        "host_ip",
+    ),
     "host networking": (_set("services/ray-head/network_mode", "host"), check_ports, "network_mode"),
     "image latest": (_set("services/postgres/image", "postgres:latest"), check_images, "latest"),
     "image bare name": (_set("services/postgres/image", "postgres"), check_images, "no tag"),
     "image major only": (_set("services/postgres/image", "postgres:15"), check_images, "exact version"),
     "image tag from variable": (_set("services/ray-head/image", "pal-study:${TAG}"), check_images, "no default"),
-    "password literal": (_set("services/postgres/environment/POSTGRES_PASSWORD", "hunter2"), check_secrets, "POSTGRES_PASSWORD"),
-    "password default": (_set("services/postgres/environment/POSTGRES_PASSWORD", "${POSTGRES_PASSWORD:-hunter2}"),
-                         check_secrets, "default"),
-    "token optional": (_set("services/ray-head/environment/RAY_AUTH_TOKEN", "${RAY_AUTH_TOKEN}"), check_secrets, "RAY_AUTH_TOKEN"),
-    "password in URL": (_set("services/mlflow/command/2", "postgresql+psycopg2://mlflow:hunter2@postgres:5432/mlflow"),
-                        check_secrets, "password in a URL"),
-    "secret build arg": (_set("services/ray-head/build/args/RAY_AUTH_TOKEN", "${RAY_AUTH_TOKEN:?x}"), check_secrets, "build arg"),
+    "password literal": (
+        _set("services/postgres/environment/POSTGRES_PASSWORD", "hunter2"),
+        check_secrets,
+        "POSTGRES_PASSWORD",
+    ),
+    "password default": (
+        _set("services/postgres/environment/POSTGRES_PASSWORD", "${POSTGRES_PASSWORD:-hunter2}"),
+        check_secrets,
+        "default",
+    ),
+    "token optional": (
+        _set("services/ray-head/environment/RAY_AUTH_TOKEN", "${RAY_AUTH_TOKEN}"),
+        check_secrets,
+        "RAY_AUTH_TOKEN",
+    ),
+    "password in URL": (
+        _set("services/mlflow/command/2", "postgresql+psycopg2://mlflow:hunter2@postgres:5432/mlflow"),
+        check_secrets,
+        "password in a URL",
+    ),
+    "secret build arg": (
+        _set("services/ray-head/build/args/RAY_AUTH_TOKEN", "${RAY_AUTH_TOKEN:?x}"),
+        check_secrets,
+        "build arg",
+    ),
     "worker without GPU": (_set("services/ray-worker/deploy/resources", _DELETE), check_gpu_workers, "no GPU"),
-    "GPU without capability": (_set("services/ray-worker/deploy/resources/reservations/devices/0/capabilities", ["compute"]),
-                               check_gpu_workers, "no GPU"),
+    "GPU without capability": (
+        _set("services/ray-worker/deploy/resources/reservations/devices/0/capabilities", ["compute"]),
+        check_gpu_workers,
+        "no GPU",
+    ),
     "no study service": (_set("services/study", _DELETE), check_services, "'study'"),
     "no postgres healthcheck": (_set("services/postgres/healthcheck", _DELETE), check_healthchecks, "postgres"),
-    "study without tracking server": (_set("services/study/command", ["run", "studies/quickstart.yaml", "--address", "ray-head:6379"]),
-                                      check_wiring, "--tracking-uri"),
-    "worker without token auth": (_set("services/ray-worker/environment", {"RAY_AUTH_TOKEN": "${RAY_AUTH_TOKEN:?x}"}),
-                                  check_wiring, "RAY_AUTH_MODE"),
+    "study without tracking server": (
+        _set("services/study/command", ["run", "studies/quickstart.yaml", "--address", "ray-head:6379"]),
+        check_wiring,
+        "--tracking-uri",
+    ),
+    "worker without token auth": (
+        _set("services/ray-worker/environment", {"RAY_AUTH_TOKEN": "${RAY_AUTH_TOKEN:?x}"}),
+        check_wiring,
+        "RAY_AUTH_MODE",
+    ),
     "runs volume not shared": (_set("services/ray-worker/volumes", []), check_wiring, "runs/"),
 }
 
@@ -812,6 +948,7 @@ def _replace(old: str, new: str, count: int = 1):
     def mutate(text: str) -> str:
         assert old in text, f"mutation target {old!r} not in the Dockerfile"
         return text.replace(old, new, count)
+
     return mutate
 
 
@@ -819,31 +956,74 @@ DOCKERFILE_MUTATIONS = {
     "no USER": (_replace("USER pal\n", ""), check_dockerfile_user, "runs as root"),
     "USER root": (_replace("USER pal\n", "USER root\n"), check_dockerfile_user, "is root"),
     "mlflow server as root": (_replace("USER mlflow\n", ""), check_dockerfile_user, "mlflow-server"),
-    "token in ENV": (_replace("    RAY_USAGE_STATS_ENABLED=0\n", "    RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_TOKEN=abc\n"),
-                     check_dockerfile_secrets, "RAY_AUTH_TOKEN"),
-    "password ARG": (_replace("USER pal\n", "ARG POSTGRES_PASSWORD=x\nUSER pal\n"), check_dockerfile_secrets, "POSTGRES_PASSWORD"),
-    "floating python tag": (_replace("ARG CPU_BASE_IMAGE=python:3.11.13-slim-bookworm", "ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm"),
-                            check_dockerfile_bases, "exact version"),
-    "latest cuda base": (_replace("ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04", "ARG CUDA_BASE_IMAGE=nvidia/cuda:latest"),
-                         check_dockerfile_bases, "latest"),
-    "untagged FROM": (_replace("FROM ${PYTHON_IMAGE} AS mlflow-server", "FROM ubuntu AS mlflow-server"),
-                      check_dockerfile_bases, "no tag"),
-    "FROM an undefined ARG": (_replace("FROM ${CPU_BASE_IMAGE} AS base-cpu", "FROM ${BASE} AS base-cpu"),
-                              check_dockerfile_bases, "BASE"),
+    "token in ENV": (
+        _replace("    RAY_USAGE_STATS_ENABLED=0\n", "    RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_TOKEN=abc\n"),
+        check_dockerfile_secrets,
+        "RAY_AUTH_TOKEN",
+    ),
+    "password ARG": (
+        _replace("USER pal\n", "ARG POSTGRES_PASSWORD=x\nUSER pal\n"),
+        check_dockerfile_secrets,
+        "POSTGRES_PASSWORD",
+    ),
+    "floating python tag": (
+        _replace("ARG CPU_BASE_IMAGE=python:3.11.13-slim-bookworm", "ARG CPU_BASE_IMAGE=python:3.11-slim-bookworm"),
+        check_dockerfile_bases,
+        "exact version",
+    ),
+    "latest cuda base": (
+        _replace("ARG CUDA_BASE_IMAGE=nvidia/cuda:12.8.1-base-ubuntu24.04", "ARG CUDA_BASE_IMAGE=nvidia/cuda:latest"),
+        check_dockerfile_bases,
+        "latest",
+    ),
+    "untagged FROM": (
+        _replace("FROM ${PYTHON_IMAGE} AS mlflow-server", "FROM ubuntu AS mlflow-server"),
+        check_dockerfile_bases,
+        "no tag",
+    ),
+    "FROM an undefined ARG": (
+        _replace("FROM ${CPU_BASE_IMAGE} AS base-cpu", "FROM ${BASE} AS base-cpu"),
+        check_dockerfile_bases,
+        "BASE",
+    ),
     "COPY everything": (_replace("COPY studies/ studies/", "COPY . ."), check_dockerfile_copies, "'.'"),
-    "COPY .env": (_replace("COPY studies/ studies/", "COPY studies/ studies/\nCOPY docker/.env /app/.env"),
-                  check_dockerfile_copies, ".env"),
-    "torch unpinned": (_replace("torch==2.14.1 torchvision==0.29.1", "torch torchvision"), check_dockerfile_install, "torch==2.14.1"),
-    "project not installed": (_replace("install --no-cache-dir . ", "install --no-cache-dir "), check_dockerfile_install, "pip install ."),
+    "COPY .env": (
+        _replace("COPY studies/ studies/", "COPY studies/ studies/\nCOPY docker/.env /app/.env"),
+        check_dockerfile_copies,
+        ".env",
+    ),
+    "torch unpinned": (
+        _replace("torch==2.14.1 torchvision==0.29.1", "torch torchvision"),
+        check_dockerfile_install,
+        "torch==2.14.1",
+    ),
+    "project not installed": (
+        _replace("install --no-cache-dir . ", "install --no-cache-dir "),
+        check_dockerfile_install,
+        "pip install .",
+    ),
     "pip cache kept": (_replace("install --no-cache-dir . ", "install . "), check_dockerfile_install, "--no-cache-dir"),
     "no entrypoint": (_replace('ENTRYPOINT ["pal-study"]\n', ""), check_dockerfile_install, "ENTRYPOINT"),
-    "server/client MLflow differ": (_replace("mlflow==3.17.2 psycopg2-binary==2.9.13\nRUN useradd",
-                                             "mlflow==3.16.0 psycopg2-binary==2.9.13\nRUN useradd"),
-                                    check_dockerfile_pins, "MLflow server"),
-    "torch outside pyproject": (_replace("torch==2.14.1 torchvision", "torch==3.0.0 torchvision"), check_dockerfile_pins, "torch"),
-    "cuda variant on CPU wheels": (_replace("ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu128",
-                                            "ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cpu"),
-                                   check_torch_indexes, "VARIANT=cuda"),
+    "server/client MLflow differ": (
+        _replace(
+            "mlflow==3.17.2 psycopg2-binary==2.9.13\nRUN useradd", "mlflow==3.16.0 psycopg2-binary==2.9.13\nRUN useradd"
+        ),
+        check_dockerfile_pins,
+        "MLflow server",
+    ),
+    "torch outside pyproject": (
+        _replace("torch==2.14.1 torchvision", "torch==3.0.0 torchvision"),
+        check_dockerfile_pins,
+        "torch",
+    ),
+    "cuda variant on CPU wheels": (
+        _replace(
+            "ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cu128",
+            "ARG CUDA_TORCH_INDEX=https://download.pytorch.org/whl/cpu",
+        ),
+        check_torch_indexes,
+        "VARIANT=cuda",
+    ),
 }
 
 
@@ -862,7 +1042,9 @@ def test_env_example_check_rejects_secrets(compose, value):
     text = ENV_EXAMPLE.read_text().replace("POSTGRES_PASSWORD=\n", f"POSTGRES_PASSWORD={value}\n")
     assert text != ENV_EXAMPLE.read_text(), "mutation target POSTGRES_PASSWORD= not in .env.example"
     problems = check_env_example(text, compose)
-    assert any("POSTGRES_PASSWORD" in p for p in problems), f"check_env_example accepted POSTGRES_PASSWORD={value}: {problems}"
+    assert any("POSTGRES_PASSWORD" in p for p in problems), (
+        f"check_env_example accepted POSTGRES_PASSWORD={value}: {problems}"
+    )
 
 
 def test_env_example_check_rejects_an_exposed_bind_address(compose):
@@ -875,12 +1057,16 @@ def test_env_example_check_rejects_an_exposed_bind_address(compose):
 def test_env_example_check_wants_every_required_variable(compose):
     text = ENV_EXAMPLE.read_text().replace("RAY_AUTH_TOKEN=\n", "")
     problems = check_env_example(text, compose)
-    assert any("RAY_AUTH_TOKEN" in p for p in problems), f"check_env_example missed the absent RAY_AUTH_TOKEN: {problems}"
+    assert any("RAY_AUTH_TOKEN" in p for p in problems), (
+        f"check_env_example missed the absent RAY_AUTH_TOKEN: {problems}"
+    )
 
 
 def test_dockerignore_check_rejects_a_leaky_filter():
     text = DOCKERIGNORE.read_text()
-    leaky = "\n".join(line for line in text.splitlines() if line.strip() not in ("*", ".venv", "**/.env", "**/*.env", "docker/.env"))
+    leaky = "\n".join(
+        line for line in text.splitlines() if line.strip() not in ("*", ".venv", "**/.env", "**/*.env", "docker/.env")
+    )
     problems = check_dockerignore(leaky)
     assert any(".venv" in p for p in problems), f"check_dockerignore accepted a filter without .venv: {problems}"
     assert any(".env" in p for p in problems), f"check_dockerignore accepted a filter that lets .env in: {problems}"

@@ -36,7 +36,7 @@ def test_class_balanced_weights_match_the_formula(counts, beta):
     np.testing.assert_allclose(w.numpy(), _cb_reference(counts, beta), rtol=1e-12)
     assert float(w.sum()) == pytest.approx(len(counts), rel=1e-12)
     # Rarer classes weigh more (every list here is sorted largest first); equal classes weigh 1.
-    assert all(a <= b for a, b in zip(w.tolist(), w.tolist()[1:]))
+    assert all(a <= b for a, b in zip(w.tolist(), w.tolist()[1:], strict=False))
     if len(set(counts)) == 1:
         np.testing.assert_allclose(w.numpy(), 1.0, rtol=1e-12)
 
@@ -90,7 +90,7 @@ def test_weighted_loss_is_the_weighted_mean(name):
 def test_losses_without_weights_reject_them():
     loss = build_loss("nce", 3)
     loss.set_weight(None)  # idempotent "off" is fine
-    with pytest.raises(ValueError, match="takes no class weights.*ce, ldam"):
+    with pytest.raises(ValueError, match=r"takes no class weights.*ce, ldam"):
         loss.set_weight([1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="unknown keyword 'weight'"):
         build_loss("nce", 3, weight=[1.0, 2.0, 3.0])
@@ -114,9 +114,9 @@ def test_drw_keys_rejected_for_losses_without_weights():
 
 @pytest.mark.parametrize("bad", [-1, True, 2.5, "160"])
 def test_drw_epoch_values(bad):
-    with pytest.raises(ConfigError, match="loss.drw_epoch"):
+    with pytest.raises(ConfigError, match=r"loss.drw_epoch"):
         _cfg(method="ce", loss={"drw_epoch": bad})
-    with pytest.raises(ConfigError, match="loss.drw_beta"):
+    with pytest.raises(ConfigError, match=r"loss.drw_beta"):
         _cfg(method="ce", loss={"drw_epoch": 3, "drw_beta": 1.0})
 
 

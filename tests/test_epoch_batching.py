@@ -44,13 +44,16 @@ def _optuna_decision_epochs(spec, epochs: int) -> set[int]:
     return hits
 
 
-@pytest.mark.parametrize("pruner", [
-    {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
-    {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 3},
-    {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2, "interval_steps": 3},
-    {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0, "interval_steps": 4},
-    {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 5, "interval_steps": 2},
-])
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+        {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 3},
+        {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2, "interval_steps": 3},
+        {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 0, "interval_steps": 4},
+        {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 5, "interval_steps": 2},
+    ],
+)
 def test_the_held_back_epochs_are_those_where_optuna_cannot_prune(pruner):
     from pal_study.study.spec import BudgetSpec
 
@@ -84,16 +87,26 @@ def test_held_epochs_travel_in_order_and_a_gap_flushes_them():
 
 
 # Validation curves of 6 trials: some rise late, some fall after an early peak (noisy labels).
-CURVES = [[0.1 * e for e in range(1, 9)], [0.5, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.2],
-          [0.2, 0.3, 0.45, 0.5, 0.9, 0.9, 0.9, 0.95], [0.05] * 8, [0.3, 0.6, 0.6, 0.62, 0.63, 0.64, 0.65, 0.66],
-          [0.9, 0.1, 0.1, 0.1, 0.85, 0.86, 0.87, 0.88]]
+CURVES = [
+    [0.1 * e for e in range(1, 9)],
+    [0.5, 0.5, 0.4, 0.3, 0.3, 0.2, 0.2, 0.2],
+    [0.2, 0.3, 0.45, 0.5, 0.9, 0.9, 0.9, 0.95],
+    [0.05] * 8,
+    [0.3, 0.6, 0.6, 0.62, 0.63, 0.64, 0.65, 0.66],
+    [0.9, 0.1, 0.1, 0.1, 0.85, 0.86, 0.87, 0.88],
+]
 
 
 def _drive(tmp_path, name: str, pruner: dict, batched: bool) -> list[tuple]:
-    study = load_study(write_study(tmp_path, name=name, factors={"method": ["ce+fnpal"]},
-                                   base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
-                                   budget={"trials_per_cell": len(CURVES), "pruner": pruner,
-                                           "sampler": {"name": "random", "seed": 0}}))
+    study = load_study(
+        write_study(
+            tmp_path,
+            name=name,
+            factors={"method": ["ce+fnpal"]},
+            base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
+            budget={"trials_per_cell": len(CURVES), "pruner": pruner, "sampler": {"name": "random", "seed": 0}},
+        )
+    )
     searcher = StudySearcher(study, StudyStore(study, tmp_path / name), slots=1)
     for n, curve in enumerate(CURVES):
         tid = f"t{n}"
@@ -106,20 +119,25 @@ def _drive(tmp_path, name: str, pruner: dict, batched: bool) -> list[tuple]:
                 stopped = True
                 break
         if not stopped:
-            searcher.report(tid, {"status": "completed", "val_acc": curve[-1], "stage": "tune", "closing": True,
-                                  **batch.rest()})
+            searcher.report(
+                tid, {"status": "completed", "val_acc": curve[-1], "stage": "tune", "closing": True, **batch.rest()}
+            )
         searcher.on_trial_complete(tid)
     trials = searcher._tuning[0].get_trials(deepcopy=False)
-    return [(t.number, t.state, t.value, t.intermediate_values, t.params, t.user_attrs.get("epochs_run"))
-            for t in trials]
+    return [
+        (t.number, t.state, t.value, t.intermediate_values, t.params, t.user_attrs.get("epochs_run")) for t in trials
+    ]
 
 
-@pytest.mark.parametrize("pruner", [
-    {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 3},
-    {"name": "percentile", "percentile": 75, "n_startup_trials": 1, "n_warmup_steps": 1, "interval_steps": 2},
-    {"name": "successive_halving"},
-    {"name": "none"},
-])
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 3},
+        {"name": "percentile", "percentile": 75, "n_startup_trials": 1, "n_warmup_steps": 1, "interval_steps": 2},
+        {"name": "successive_halving"},
+        {"name": "none"},
+    ],
+)
 def test_a_batched_study_records_what_one_report_per_epoch_records(tmp_path, pruner):
     """Real searcher, real Optuna journal and pruner: the same trials pruned at the same epochs,
     the same intermediate values, states and params."""

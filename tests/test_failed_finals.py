@@ -51,8 +51,10 @@ def test_dropping_the_failed_seed_would_have_supported_it():
 
 def test_a_failure_leaves_a_non_accuracy_comparison_undecided():
     # ECE, lower is better: every seed favours fnpal strongly, but one of its finals failed.
-    values = {"method=ce": {s: {"ece": 0.30} for s in range(8)},
-              "method=ce+fnpal": {s: failed_metrics(10) if s == 0 else {"ece": 0.05 + 0.001 * s} for s in range(8)}}
+    values = {
+        "method=ce": {s: {"ece": 0.30} for s in range(8)},
+        "method=ce+fnpal": {s: failed_metrics(10) if s == 0 else {"ece": 0.05 + 0.001 * s} for s in range(8)},
+    }
     [r] = evaluate([ClaimSpec(better="ce+fnpal", than="ce", metric="ece")], CELLS, values)
     c = r["comparisons"][0]
     assert c["p"] < 0.05 and c["verdict"] == "inconclusive" and r["verdict"] == "inconclusive"
@@ -60,9 +62,20 @@ def test_a_failure_leaves_a_non_accuracy_comparison_undecided():
 
 
 def _run(cell: str, method: str, seed: int, acc: float | None) -> FinalRun:
-    return FinalRun(run_id=f"{cell}-{seed}", cell=cell, group="", method=method, dataset="digits", noise_rate=0.0,
-                    imbalance_ratio=1.0, seed=seed, weight_decay=None,
-                    metrics={} if acc is None else {"test_acc": acc}, failed=acc is None, num_classes=10)
+    return FinalRun(
+        run_id=f"{cell}-{seed}",
+        cell=cell,
+        group="",
+        method=method,
+        dataset="digits",
+        noise_rate=0.0,
+        imbalance_ratio=1.0,
+        seed=seed,
+        weight_decay=None,
+        metrics={} if acc is None else {"test_acc": acc},
+        failed=acc is None,
+        num_classes=10,
+    )
 
 
 def test_the_report_shows_k_of_n_failed_and_pairs_the_failed_seed_at_chance():

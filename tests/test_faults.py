@@ -19,9 +19,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def write(tmp_path: Path, name: str, methods: list[str], **base) -> Path:
-    spec = {"name": name, "base": {"data": {"name": "digits"}, "optim": {"epochs": 2, **base}},
-            "factors": {"method": methods}, "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
-            "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}}, "finals": {"seeds": [0]}}
+    spec = {
+        "name": name,
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 2, **base}},
+        "factors": {"method": methods},
+        "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
+        "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}},
+        "finals": {"seeds": [0]},
+    }
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(spec))
     return p
@@ -70,7 +75,7 @@ def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path
     assert "2 × RuntimeError: injected fault" in causes and "2 × the trial process died" in causes
     summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path))).read_text())
     assert summary["counts"] == {"completed": 2, "pruned": 0, "failed": 4}
-    assert [c["failures"] for c in summary["cells"]][0] == {}
+    assert next(c["failures"] for c in summary["cells"]) == {}
 
 
 def test_a_study_whose_every_trial_fails_exits_1_with_the_causes(tmp_path, capsys):
@@ -91,13 +96,20 @@ def test_a_trial_whose_process_dies_is_run_again_under_the_same_optuna_trial(tmp
     monkeypatch.setenv("PAL_STUDY_FAULT", "killonce:head.kind=pal@2;killonce:optim.epochs=4@1")
     monkeypatch.setenv("PAL_STUDY_FAULT_DIR", str(tmp_path))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = {"name": "retry", "base": {"data": {"name": "digits"}, "optim": {"epochs": 3}},
-            "factors": {"method": ["ce", "ce+pal"]}, "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
-            "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}}, "finals": {"seeds": [0], "epochs": 4}}
+    spec = {
+        "name": "retry",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 3}},
+        "factors": {"method": ["ce", "ce+pal"]},
+        "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
+        "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}},
+        "finals": {"seeds": [0], "epochs": 4},
+    }
     path = tmp_path / "retry.yaml"
     path.write_text(yaml.safe_dump(spec))
-    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri,
-                 "--trial-retries", "1"]) == 0
+    assert (
+        main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri, "--trial-retries", "1"])
+        == 0
+    )
     assert len(list(tmp_path.glob("pal-fault-*"))) == 2  # both faults fired
     storage = JournalStorage(JournalFileBackend(str(tmp_path / "runs" / "retry" / "optuna.journal")))
     for i in range(2):

@@ -4,9 +4,11 @@ and of tuning trials read from a real Optuna journal."""
 from __future__ import annotations
 
 import colorsys
+import functools
 import itertools
 import json
 import math
+import operator
 import random
 import time
 from pathlib import Path
@@ -34,23 +36,43 @@ def _save(files: dict[str, bytes], prefix: str) -> None:
         (ARTIFACTS / prefix / name).write_bytes(data)
 
 
-def _row(group: str, method: str, dataset: str = "cifar10", noise: float = 0.0, ratio: float = 1.0,
-         wd: float | None = 5e-4, n: int = 3, **stats) -> CellRow:
+def _row(
+    group: str,
+    method: str,
+    dataset: str = "cifar10",
+    noise: float = 0.0,
+    ratio: float = 1.0,
+    wd: float | None = 5e-4,
+    n: int = 3,
+    **stats,
+) -> CellRow:
     cell = f"{group},method={method}" if group else f"method={method}"
-    return CellRow(cell=cell, group=group or "all", method=method, dataset=dataset, noise_rate=noise,
-                   imbalance_ratio=ratio, weight_decay=wd, n=n, seeds=list(range(n)), run_ids=[],
-                   stats=dict(stats))
+    return CellRow(
+        cell=cell,
+        group=group or "all",
+        method=method,
+        dataset=dataset,
+        noise_rate=noise,
+        imbalance_ratio=ratio,
+        weight_decay=wd,
+        n=n,
+        seeds=list(range(n)),
+        run_ids=[],
+        stats=dict(stats),
+    )
 
 
-def noisy_rows(datasets=("cifar10",), rates=(0.0, 0.2, 0.4, 0.6, 0.8), methods=NOISY_METHODS, n=3,
-               ratios=(None,), seed=0) -> list[CellRow]:
+def noisy_rows(
+    datasets=("cifar10",), rates=(0.0, 0.2, 0.4, 0.6, 0.8), methods=NOISY_METHODS, n=3, ratios=(None,), seed=0
+) -> list[CellRow]:
     """A noisy-labels study: one cell per data set × noise rate (× imbalance ratio) × method,
     with per-seed test accuracies and the paired comparisons with the base loss."""
     rng = random.Random(seed)
     rows: list[CellRow] = []
     for ds, rate, ratio in itertools.product(datasets, rates, ratios):
-        group = ",".join([f"data.name={ds}"] + ([f"data.imbalance.ratio={ratio:g}"] if ratio else [])
-                         + [f"data.noise.rate={rate:g}"])
+        group = ",".join(
+            [f"data.name={ds}"] + ([f"data.imbalance.ratio={ratio:g}"] if ratio else []) + [f"data.noise.rate={rate:g}"]
+        )
         per = {}
         for m in methods:
             level = 0.92 - 0.5 * rate * (0.6 if m.endswith("+fnpal") else 1.0) - (0.001 * (ratio or 1))
@@ -58,10 +80,21 @@ def noisy_rows(datasets=("cifar10",), rates=(0.0, 0.2, 0.4, 0.6, 0.8), methods=N
             vals = list(per[m].values())
             mu = sum(vals) / n
             sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-            rows.append(_row(group, m, ds, rate, float(ratio or 1), n=n, test_acc=(mu, sd),
-                             proto_norm_max=(2 + rng.random(), 0.1), proto_norm_min=(1 + rng.random(), 0.1),
-                             feature_norm_mean=(8 + rng.random(), 0.4)))
-        for r in rows[-len(methods):]:
+            rows.append(
+                _row(
+                    group,
+                    m,
+                    ds,
+                    rate,
+                    float(ratio or 1),
+                    n=n,
+                    test_acc=(mu, sd),
+                    proto_norm_max=(2 + rng.random(), 0.1),
+                    proto_norm_min=(1 + rng.random(), 0.1),
+                    feature_norm_mean=(8 + rng.random(), 0.4),
+                )
+            )
+        for r in rows[-len(methods) :]:
             b = baseline_method(r.method)
             if b in per:
                 r.comparison = paired(r.cell, f"{group},method={b}", "test_acc", per[r.method], per[b])
@@ -75,10 +108,24 @@ def wd_rows() -> list[CellRow]:
     for wd in (0.0, 1e-4, 5e-4, 1e-3, 5e-3):
         for m in ("ce", "ce+pal", "ce+fnpal"):
             pn = 1.0 if "pal" in m else 3.0 - 200 * wd
-            rows.append(_row(f"optim.weight_decay={wd:g}", m, "digits", 0.0, 10.0, wd,
-                             test_acc=(0.9, 0.01), ece=(0.05, 0.01), proto_norm_max=(pn + 0.5, 0.05),
-                             proto_norm_min=(pn - 0.5, 0.05), feature_norm_mean=(10 - 500 * wd, 0.3),
-                             test_acc_many=(0.95, 0.01), test_acc_medium=(0.85, 0.02), test_acc_few=(0.6, 0.05)))
+            rows.append(
+                _row(
+                    f"optim.weight_decay={wd:g}",
+                    m,
+                    "digits",
+                    0.0,
+                    10.0,
+                    wd,
+                    test_acc=(0.9, 0.01),
+                    ece=(0.05, 0.01),
+                    proto_norm_max=(pn + 0.5, 0.05),
+                    proto_norm_min=(pn - 0.5, 0.05),
+                    feature_norm_mean=(10 - 500 * wd, 0.3),
+                    test_acc_many=(0.95, 0.01),
+                    test_acc_medium=(0.85, 0.02),
+                    test_acc_few=(0.6, 0.05),
+                )
+            )
     return rows
 
 
@@ -87,21 +134,44 @@ def lt_rows() -> list[CellRow]:
     rows = []
     for ratio, drw, m in itertools.product((10, 50, 100), ("false", "160"), ("ce", "ce+pal", "ldam", "ldam+pal")):
         few = 0.7 - ratio / 300 + (0.05 if "pal" in m else 0) + (0.05 if drw == "160" else 0)
-        rows.append(_row(f"data.imbalance.ratio={ratio},loss.drw_epoch={drw}", m, "cifar10", 0.0, float(ratio), 2e-4,
-                         test_acc=(0.8 - ratio / 500, 0.01), test_acc_many=(0.92, 0.01),
-                         test_acc_medium=(0.8, 0.02), test_acc_few=(few, 0.04)))
+        rows.append(
+            _row(
+                f"data.imbalance.ratio={ratio},loss.drw_epoch={drw}",
+                m,
+                "cifar10",
+                0.0,
+                float(ratio),
+                2e-4,
+                test_acc=(0.8 - ratio / 500, 0.01),
+                test_acc_many=(0.92, 0.01),
+                test_acc_medium=(0.8, 0.02),
+                test_acc_few=(few, 0.04),
+            )
+        )
     return rows
 
 
 def _rgb(c: str) -> tuple[float, float, float]:
-    return tuple(int(c[i:i + 2], 16) / 255 for i in (1, 3, 5))
+    return tuple(int(c[i : i + 2], 16) / 255 for i in (1, 3, 5))
 
 
 # -- colours -------------------------------------------------------------------------------------
 
+
 def test_method_colors_are_deterministic_distinct_and_related_per_family():
-    methods = [*NOISY_METHODS, "mae", "nce+mae", "ldam", "ldam+pal", "ldam+fnpal", "ce+pal", "ce+norm", "fl+pal",
-               "gce+fnpal", "nsl+pal"]
+    methods = [
+        *NOISY_METHODS,
+        "mae",
+        "nce+mae",
+        "ldam",
+        "ldam+pal",
+        "ldam+fnpal",
+        "ce+pal",
+        "ce+norm",
+        "fl+pal",
+        "gce+fnpal",
+        "nsl+pal",
+    ]
     assert len(set(methods)) == 20
     a = F.method_colors(methods)
     b = F.method_colors(list(reversed(methods)))
@@ -124,7 +194,7 @@ def test_method_colors_are_deterministic_distinct_and_related_per_family():
 
 def test_method_panels_keep_families_together_and_at_most_eight():
     chunks = F.method_panels(NOISY_METHODS)
-    assert sorted(sum(chunks, [])) == sorted(NOISY_METHODS)
+    assert sorted(functools.reduce(operator.iadd, chunks, [])) == sorted(NOISY_METHODS)
     assert all(len(c) <= 8 for c in chunks) and len(chunks) == 2
     for c in chunks:  # a family is never split across panels
         for m in c:
@@ -134,6 +204,7 @@ def test_method_panels_keep_families_together_and_at_most_eight():
 
 
 # -- accuracy vs noise ---------------------------------------------------------------------------
+
 
 def _lines_by_axes(fig):
     return [(ax, [ln for ln in ax.get_lines() if ln.get_gid()]) for ax in fig.axes]
@@ -156,8 +227,9 @@ def test_acc_vs_noise_facets_methods_and_never_joins_unrelated_cells():
                 assert len(cells) == 5 and len({c.method for c in cells}) == 1
                 assert len({(c.dataset, c.imbalance_ratio) for c in cells}) == 1
                 # the groups differ in the noise rate alone
-                rest = {tuple(sorted((k, v) for k, v in F.factors_of(c.group).items() if k != F.NOISE_KEY))
-                        for c in cells}
+                rest = {
+                    tuple(sorted((k, v) for k, v in F.factors_of(c.group).items() if k != F.NOISE_KEY)) for c in cells
+                }
                 assert len(rest) == 1
                 xs = list(ln.get_xdata())
                 assert xs == sorted(set(xs)) == [100 * c.noise_rate for c in cells]
@@ -186,8 +258,9 @@ def test_a_repeated_x_is_never_joined():
     from matplotlib.figure import Figure
 
     ax = Figure().subplots()
-    F._draw_line(ax, [(0.0, 90.0, None, None, "a"), (0.0, 80.0, None, None, "b"), (40.0, 70.0, None, None, "c")],
-                 "#000000", "ce")
+    F._draw_line(
+        ax, [(0.0, 90.0, None, None, "a"), (0.0, 80.0, None, None, "b"), (40.0, 70.0, None, None, "c")], "#000000", "ce"
+    )
     (ln,) = ax.get_lines()
     assert ln.get_linestyle() == "None" and ln.get_marker() == "o"
 
@@ -211,14 +284,25 @@ def test_acc_vs_imbalance_log_x_per_condition():
 
 # -- forest --------------------------------------------------------------------------------------
 
+
 def _comparison_rows(qs: list[float | None]) -> list[CellRow]:
     rows = []
     for i, q in enumerate(qs):
         group = f"data.noise.rate={i / 100:g}"
         rows.append(_row(group, "ce", noise=i / 100, test_acc=(0.8, 0.01)))
         r = _row(group, "ce+fnpal", noise=i / 100, test_acc=(0.82, 0.01))
-        r.comparison = Paired(r.cell, rows[-1].cell, "test_acc", 3, 0.02 + i / 1000,
-                              None if q is None else 0.0, None if q is None else 0.04, q, q, "paired t")
+        r.comparison = Paired(
+            r.cell,
+            rows[-1].cell,
+            "test_acc",
+            3,
+            0.02 + i / 1000,
+            None if q is None else 0.0,
+            None if q is None else 0.04,
+            q,
+            q,
+            "paired t",
+        )
         rows.append(r)
     return rows
 
@@ -261,10 +345,12 @@ def test_forest_splits_long_lists_and_is_empty_without_comparisons():
 
 # -- the journal: learning curves and objective vs parameters -----------------------------------
 
+
 def _tuning_cell(storage, name: str, cell: str, method: str, plan: list[tuple[str, int]], seed: int = 0):
     """A tuning study: per trial (state, epochs reported)."""
-    st = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                             sampler=optuna.samplers.RandomSampler(seed=seed))
+    st = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=seed)
+    )
     st.set_user_attr("cell", cell)
     st.set_user_attr("method", method)
     for state, epochs in plan:
@@ -288,8 +374,15 @@ def _tuning_cell(storage, name: str, cell: str, method: str, plan: list[tuple[st
 def journal(tmp_path_factory):
     path = tmp_path_factory.mktemp("journal") / "optuna.journal"
     storage = JournalStorage(JournalFileBackend(str(path)))
-    plan = [("complete", 10), ("pruned", 4), ("complete", 10), ("pruned", 6), ("fail", 2), ("complete", 10),
-            ("running", 3)]
+    plan = [
+        ("complete", 10),
+        ("pruned", 4),
+        ("complete", 10),
+        ("pruned", 6),
+        ("fail", 2),
+        ("complete", 10),
+        ("running", 3),
+    ]
     _tuning_cell(storage, "s/cell000", "data.name=mnist,data.noise.rate=0.4,method=ce", "ce", plan)
     _tuning_cell(storage, "s/cell001", "data.name=mnist,data.noise.rate=0.4,method=ce+fnpal", "ce+fnpal", plan, 1)
     _tuning_cell(storage, "s/cell002", "data.name=cifar10,data.noise.rate=0.4,method=ce", "ce", plan[:3], 2)
@@ -302,9 +395,11 @@ def test_journal_curves_reads_states_values_params_and_skips_finals(journal, tmp
     before = journal.read_bytes()
     curves = F.journal_curves(journal)
     assert journal.read_bytes() == before  # read only
-    assert list(curves) == ["data.name=mnist,data.noise.rate=0.4,method=ce",
-                            "data.name=mnist,data.noise.rate=0.4,method=ce+fnpal",
-                            "data.name=cifar10,data.noise.rate=0.4,method=ce"]
+    assert list(curves) == [
+        "data.name=mnist,data.noise.rate=0.4,method=ce",
+        "data.name=mnist,data.noise.rate=0.4,method=ce+fnpal",
+        "data.name=cifar10,data.noise.rate=0.4,method=ce",
+    ]
     ce = curves["data.name=mnist,data.noise.rate=0.4,method=ce"]
     assert [t.state for t in ce] == ["complete", "pruned", "complete", "pruned", "fail", "complete", "running"]
     assert [t.number for t in ce] == list(range(7))
@@ -325,7 +420,7 @@ def test_learning_curves_mark_pruned_trials_at_their_last_epoch(journal):
     fig = figs["learning_curves.png"]
     assert len(fig.axes) == 3
     colors = F.method_colors(["ce", "ce+fnpal"])
-    for ax, (cell, trials) in zip(fig.axes, curves.items()):
+    for ax, (_cell, trials) in zip(fig.axes, curves.items(), strict=False):
         assert len(ax.collections) <= 8
         cols = {c.get_label(): c for c in ax.collections}
         crosses = cols["pruned here (last epoch)"]
@@ -349,8 +444,12 @@ def test_learning_curves_mark_pruned_trials_at_their_last_epoch(journal):
 
 
 def test_learning_curves_split_past_24_cells():
-    curves = {f"data.noise.rate={i / 100:g},method=ce": [
-        F.TrialCurve(f"c{i}", "ce", 0, "complete", {1: 0.5, 2: 0.6}, {"head.scale": 8.0}, 0.6)] for i in range(30)}
+    curves = {
+        f"data.noise.rate={i / 100:g},method=ce": [
+            F.TrialCurve(f"c{i}", "ce", 0, "complete", {1: 0.5, 2: 0.6}, {"head.scale": 8.0}, 0.6)
+        ]
+        for i in range(30)
+    }
     figs = F.learning_curves(curves, return_figures=True)
     assert list(figs) == ["learning_curves_1.png", "learning_curves_2.png"]
     assert [len(f.axes) for f in figs.values()] == [15, 15]
@@ -370,10 +469,14 @@ def test_objective_vs_params_per_parameter_log_where_wide(journal):
     assert max(wds) / min(wds) > 100
     assert all(ax.get_xscale() == "log" for ax in wd_axes)
     assert all(ax.get_xscale() == "linear" for ax in scale_axes)
-    n_points = {s: sum(len(c.get_offsets()) for ax in wd_axes for c in ax.collections if c.get_label().startswith(s))
-                for s in ("complete", "pruned")}
-    assert n_points == {"complete": sum(t.state == "complete" for t in trials),
-                        "pruned": sum(t.state == "pruned" for t in trials)}
+    n_points = {
+        s: sum(len(c.get_offsets()) for ax in wd_axes for c in ax.collections if c.get_label().startswith(s))
+        for s in ("complete", "pruned")
+    }
+    assert n_points == {
+        "complete": sum(t.state == "complete" for t in trials),
+        "pruned": sum(t.state == "pruned" for t in trials),
+    }
     pruned = next(c for c in wd_axes[1].collections if c.get_label().startswith("pruned"))
     assert pruned.get_alpha() < 1
     assert F.objective_vs_params(curves)["objective_vs_params.png"].startswith(PNG)
@@ -383,6 +486,7 @@ def test_objective_vs_params_per_parameter_log_where_wide(journal):
 
 
 # -- many / medium / few, norms -----------------------------------------------------------------
+
 
 def test_many_medium_few_bars_per_method_per_condition():
     figs = F.many_medium_few(lt_rows(), return_figures=True)
@@ -409,7 +513,7 @@ def test_norms_vs_weight_decay_join_only_cells_of_one_method():
     by_cell = {r.cell: r for r in rows}
     for ax, lines in _lines_by_axes(fig):
         assert ax.get_xscale() == "log" and len(lines) == 3 and len(ax.get_lines()) <= 8
-        assert [t.get_text() for t in ax.get_xticklabels()][0] == "0"
+        assert next(t.get_text() for t in ax.get_xticklabels()) == "0"
         for ln in lines:
             cells = [by_cell[c] for c in json.loads(ln.get_gid())]
             assert len({c.method for c in cells}) == 1 and len(cells) == 5
@@ -433,6 +537,7 @@ def test_norms_bars_without_a_weight_decay_factor_and_empty_without_norms():
 
 # -- everything ---------------------------------------------------------------------------------
 
+
 def test_study_figures_names_colours_and_speed(journal):
     rows = noisy_rows(rates=(0.0, 0.2, 0.4, 0.6, 0.8))  # 50 cells
     assert len(rows) == 50
@@ -440,8 +545,13 @@ def test_study_figures_names_colours_and_speed(journal):
     t0 = time.perf_counter()
     files = F.study_figures(rows, curves)
     took = time.perf_counter() - t0
-    assert set(files) == {"acc_vs_noise_cifar10.png", "forest.png", "norms_cifar10.png", "learning_curves.png",
-                          "objective_vs_params.png"}
+    assert set(files) == {
+        "acc_vs_noise_cifar10.png",
+        "forest.png",
+        "norms_cifar10.png",
+        "learning_curves.png",
+        "objective_vs_params.png",
+    }
     assert all(v.startswith(PNG) for v in files.values())
     assert took < 20, took  # a few seconds on a free core
     _save(files, "noisy_labels")

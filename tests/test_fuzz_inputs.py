@@ -17,14 +17,27 @@ from pal_study.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = yaml.safe_load((ROOT / "studies/quickstart.yaml").read_text())
 SPACE = yaml.safe_load((ROOT / "search_spaces/pal_scale.yaml").read_text())
-TRIAL = {"method": "ce+fnpal", "data": {"name": "digits", "noise": {"rate": 0.4}},
-         "optim": {"epochs": 2, "lr": 0.05}, "head": {"scale": 8.0}}
+TRIAL = {
+    "method": "ce+fnpal",
+    "data": {"name": "digits", "noise": {"rate": 0.4}},
+    "optim": {"epochs": 2, "lr": 0.05},
+    "head": {"scale": 8.0},
+}
 
 WEIRD = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**30), max_value=10**30),
-    st.floats(allow_nan=True, allow_infinity=True), st.just("nan"), st.just("NaN"), st.just("inf"),
-    st.just("1e999"), st.text(max_size=12), st.lists(st.integers(), max_size=3),
-    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2), st.just([]), st.just({}),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.just("nan"),
+    st.just("NaN"),
+    st.just("inf"),
+    st.just("1e999"),
+    st.text(max_size=12),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+    st.just([]),
+    st.just({}),
 )
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -32,9 +45,9 @@ SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 def _paths(d: dict, prefix: tuple = ()) -> list[tuple]:
     out = []
     for k, v in d.items():
-        out.append(prefix + (k,))
+        out.append((*prefix, k))
         if isinstance(v, dict):
-            out += _paths(v, prefix + (k,))
+            out += _paths(v, (*prefix, k))
     return out
 
 
@@ -106,16 +119,26 @@ def test_fuzzed_search_spaces(tmp_path_factory, capsys, data):
     _check(capsys, tmp, f, "study")
 
 
-@pytest.mark.parametrize("content", [
-    b"name: [unclosed\n", b"\xff\xfe\x00bad bytes", b"name: x\n  bad: indent\n", b"- just\n- a list\n",
-    b"name: quickstart\nfactors: {method: [ce]}\nbudget: {trials_per_cell: 1e999}\n",
-    b"name: quickstart\nbudget: {trials_per_cell: .nan}\n", b"!!python/object:os.system ls\n",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"name: [unclosed\n",
+        b"\xff\xfe\x00bad bytes",
+        b"name: x\n  bad: indent\n",
+        b"- just\n- a list\n",
+        b"name: quickstart\nfactors: {method: [ce]}\nbudget: {trials_per_cell: 1e999}\n",
+        b"name: quickstart\nbudget: {trials_per_cell: .nan}\n",
+        b"!!python/object:os.system ls\n",
+    ],
+)
 def test_broken_files_exit_2_naming_the_file(tmp_path, capsys, content):
     f = tmp_path / "study.yaml"
     f.write_bytes(content)
-    for cmd in (["validate", str(f)], ["run", str(f), "--runs-dir", str(tmp_path / "runs"), "--no-track"],
-                ["train", str(f), "--no-track", "-o", str(tmp_path / "r.json")]):
+    for cmd in (
+        ["validate", str(f)],
+        ["run", str(f), "--runs-dir", str(tmp_path / "runs"), "--no-track"],
+        ["train", str(f), "--no-track", "-o", str(tmp_path / "r.json")],
+    ):
         rc = main(cmd)
         err = capsys.readouterr().err
         assert rc == 2, (cmd, err)

@@ -86,8 +86,7 @@ def test_fnpal_logits_are_scaled_cosines():
     assert torch.allclose(logits, s * head.cosine_logits(z), atol=1e-5)
     assert torch.allclose(head(100 * z), logits, atol=1e-4)  # invariant to the feature norm
     # A feature equal to its prototype gets exactly the top logit s.
-    assert torch.allclose(head(head.weight_matrix())[torch.arange(K), torch.arange(K)],
-                          torch.full((K,), s), atol=1e-5)
+    assert torch.allclose(head(head.weight_matrix())[torch.arange(K), torch.arange(K)], torch.full((K,), s), atol=1e-5)
 
 
 def test_zero_features_give_finite_logits_and_grads():

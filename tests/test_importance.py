@@ -15,8 +15,9 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def _cell(storage, name: str, method: str, objective, n: int, prune_every: int = 0):
-    st = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                             sampler=optuna.samplers.RandomSampler(seed=1))
+    st = optuna.create_study(
+        storage=storage, study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=1)
+    )
     st.set_user_attr("cell", name.rpartition("/")[2] + f",method={method}")
     st.set_user_attr("method", method)
     for i in range(n):
@@ -75,8 +76,10 @@ def test_fanova_and_bad_evaluator(journal):
     path, storage = journal
     items = study_importances(path, evaluator="fanova")
     assert items[0].evaluator == "fanova"
-    ref = optuna.importance.get_param_importances(optuna.load_study(study_name="s/cell000", storage=storage),
-                                                  evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    ref = optuna.importance.get_param_importances(
+        optuna.load_study(study_name="s/cell000", storage=storage),
+        evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+    )
     assert items[0].importances == pytest.approx(dict(ref))  # seeded: the same forest
     with pytest.raises(ValueError, match="allowed: fanova, ped_anova"):
         study_importances(path, evaluator="shap")

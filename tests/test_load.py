@@ -27,8 +27,14 @@ from pal_study.study import progress as progress_mod
 from pal_study.study.runner import run_study
 
 ROOT = Path(__file__).resolve().parents[1]
-OVERRIDES = ["base.optim.epochs=1", "budget.trials_per_cell=100", "factors.method=[ce, gce, sce, ce+pal, ce+fnpal]",
-             "factors.data.noise.rate=[0.4]", "finals.seeds=[0]", "budget.pruner.name=none"]
+OVERRIDES = [
+    "base.optim.epochs=1",
+    "budget.trials_per_cell=100",
+    "factors.method=[ce, gce, sce, ce+pal, ce+fnpal]",
+    "factors.data.noise.rate=[0.4]",
+    "finals.seeds=[0]",
+    "budget.pruner.name=none",
+]
 PER_TUNER = 100
 
 
@@ -72,8 +78,9 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
 
     monkeypatch.setattr(progress_mod.StudyProgress, "__call__", spy)
     t0 = time.perf_counter()
-    outcome = run_study(study, runs_dir=tmp_path / "runs", console=Console(quiet=True), tracking_uri=uri,
-                        trials_per_tuner=PER_TUNER)
+    outcome = run_study(
+        study, runs_dir=tmp_path / "runs", console=Console(quiet=True), tracking_uri=uri, trials_per_tuner=PER_TUNER
+    )
     wall = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -101,8 +108,12 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     # The UI as users start it.
-    server = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--tracking-uri", uri],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.time() + 120
@@ -114,8 +125,9 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
                 assert time.time() < deadline and server.poll() is None, "mlflow server did not start"
                 time.sleep(0.5)
         # The experiment page: its HTML, then the run search it makes (100 runs, newest first).
-        body = json.dumps({"experiment_ids": [exp.experiment_id], "max_results": 100,
-                           "order_by": ["attributes.start_time DESC"]}).encode()
+        body = json.dumps(
+            {"experiment_ids": [exp.experiment_id], "max_results": 100, "order_by": ["attributes.start_time DESC"]}
+        ).encode()
         page = [_get(f"{base}/#/experiments/{exp.experiment_id}/runs") for _ in range(3)]
         search = [_get(f"{base}/ajax-api/2.0/mlflow/runs/search", body) for _ in range(3)]
     finally:
@@ -123,13 +135,21 @@ def test_500_trials_finish_with_bounded_driver_memory_and_a_responsive_ui(tmp_pa
         server.wait(timeout=30)
     assert max(page) < 2.0 and max(search) < 2.0, (page, search)
 
-    finished = counts["completed"] + sum(1 for c in outcome.cells for r in c.finals.values() if r["state"] == "complete")
+    finished = counts["completed"] + sum(
+        1 for c in outcome.cells for r in c.finals.values() if r["state"] == "complete"
+    )
     assert finished == 505
-    figures = {"trials": 505, "wall_s": round(wall, 1), "counts": counts, "trials_lost": 505 - finished,
-               "tuners": outcome.timings["tuners"], "driver_rss_mb": {"after_150": rss150, "after_450": rss450,
-                                                                       "peak": peak},
-               "live_tune_trials": {"after_150": live150, "after_450": live450},
-               "ui_page_s": page, "ui_runs_search_s": search}
+    figures = {
+        "trials": 505,
+        "wall_s": round(wall, 1),
+        "counts": counts,
+        "trials_lost": 505 - finished,
+        "tuners": outcome.timings["tuners"],
+        "driver_rss_mb": {"after_150": rss150, "after_450": rss450, "peak": peak},
+        "live_tune_trials": {"after_150": live150, "after_450": live450},
+        "ui_page_s": page,
+        "ui_runs_search_s": search,
+    }
     out = ROOT / "tests" / "artifacts" / "load.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(figures, indent=1))

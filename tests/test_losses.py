@@ -118,7 +118,7 @@ def test_registry_names_and_params():
     assert list_losses() == list(LOSSES)
     assert isinstance(LOSSES, tuple) and len(set(LOSSES)) == 13
     assert set(LOSS_PARAMS) == set(LOSSES)
-    assert NORMALIZED_ONLY == {"nsl"}
+    assert {"nsl"} == NORMALIZED_ONLY
     for name, keys in LOSS_PARAMS.items():
         assert isinstance(keys, tuple)
         assert "scale" in keys and "margin" in keys, name
@@ -176,7 +176,7 @@ PARAM_CASES = [
 
 @pytest.mark.parametrize(("name", "params"), PARAM_CASES)
 def test_matches_reference_with_hyperparameters(name, params):
-    for seed, k in zip(SEEDS, KS):
+    for seed, k in zip(SEEDS, KS, strict=False):
         z, y = _data(seed, k)
         extra = {**_extra(name, seed, k), **params}
         got = build_loss(name, k, **extra)(_t(z), torch.as_tensor(y)).item()
@@ -479,7 +479,10 @@ def test_bad_num_classes_and_inputs():
 # nce+mae.yaml and ALFs' config alike (nce+rce, nfl+rce keep APL's (10, 0.1)).
 EXPECTED_DEFAULTS = {
     "mnist": {
-        "fl": {"gamma": 0.5}, "nfl": {"alpha": 1.0, "gamma": 0.5}, "gce": {"q": 0.7}, "nce": {"alpha": 10.0},
+        "fl": {"gamma": 0.5},
+        "nfl": {"alpha": 1.0, "gamma": 0.5},
+        "gce": {"q": 0.7},
+        "nce": {"alpha": 10.0},
         "sce": {"alpha": 0.01, "beta": 1.0},
         "nce+mae": {"alpha": 1.0, "beta": 100.0},
         "nce+rce": {"alpha": 1.0, "beta": 100.0},
@@ -487,7 +490,10 @@ EXPECTED_DEFAULTS = {
         "ldam": {"max_m": 0.5},
     },
     "cifar10": {
-        "fl": {"gamma": 0.5}, "nfl": {"alpha": 10.0, "gamma": 0.5}, "gce": {"q": 0.7}, "nce": {"alpha": 1.0},
+        "fl": {"gamma": 0.5},
+        "nfl": {"alpha": 10.0, "gamma": 0.5},
+        "gce": {"q": 0.7},
+        "nce": {"alpha": 1.0},
         "sce": {"alpha": 0.1, "beta": 1.0},
         "nce+mae": {"alpha": 1.0, "beta": 1.0},
         "nce+rce": {"alpha": 1.0, "beta": 1.0},
@@ -495,7 +501,10 @@ EXPECTED_DEFAULTS = {
         "ldam": {"max_m": 0.5},
     },
     "cifar100": {
-        "fl": {"gamma": 0.5}, "nfl": {"alpha": 1.0, "gamma": 0.5}, "gce": {"q": 0.7}, "nce": {"alpha": 1.0},
+        "fl": {"gamma": 0.5},
+        "nfl": {"alpha": 1.0, "gamma": 0.5},
+        "gce": {"q": 0.7},
+        "nce": {"alpha": 1.0},
         "sce": {"alpha": 6.0, "beta": 0.1},
         "nce+mae": {"alpha": 10.0, "beta": 1.0},
         "nce+rce": {"alpha": 10.0, "beta": 0.1},
@@ -503,8 +512,14 @@ EXPECTED_DEFAULTS = {
         "ldam": {"max_m": 0.5},
     },
 }
-SAME_AS = {"digits": "mnist", "mnist": "mnist", "cifar10": "cifar10", "cifar100": "cifar100",
-           "synthetic": "cifar10", "imagenet-lt": "cifar10"}
+SAME_AS = {
+    "digits": "mnist",
+    "mnist": "mnist",
+    "cifar10": "cifar10",
+    "cifar100": "cifar100",
+    "synthetic": "cifar10",
+    "imagenet-lt": "cifar10",
+}
 
 
 @pytest.mark.parametrize("dataset", sorted(SAME_AS))

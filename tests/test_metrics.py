@@ -119,14 +119,22 @@ def test_accumulator_equals_one_shot_functions():
         acc.update(z[lo:hi], logits[lo:hi], cos[lo:hi], y[lo:hi])
     out = acc.compute()
     json.dumps(out, allow_nan=False)  # plain, NaN-free values
-    assert set(out) == {"acc", "per_class_acc", "ece", "reliability", "margin_mean", "gamma_min",
-                        "per_class_gamma_min", "feature_norm"}
+    assert set(out) == {
+        "acc",
+        "per_class_acc",
+        "ece",
+        "reliability",
+        "margin_mean",
+        "gamma_min",
+        "per_class_gamma_min",
+        "feature_norm",
+    }
     assert out["acc"] == pytest.approx(accuracy(logits, y))
     assert out["per_class_acc"][:-1] == pytest.approx(per_class_accuracy(logits, y, k)[:-1])
     assert out["per_class_acc"][-1] is None
     ece, bins = expected_calibration_error(logits, y)
     assert out["ece"] == pytest.approx(ece)
-    for mine, ref in zip(out["reliability"], bins):
+    for mine, ref in zip(out["reliability"], bins, strict=False):
         assert mine["count"] == ref["count"]
         assert (mine["accuracy"], mine["confidence"]) == pytest.approx((ref["accuracy"], ref["confidence"]))
     assert sum(b["count"] for b in out["reliability"]) == n
@@ -160,8 +168,12 @@ def test_accumulator_needs_no_host_sync():
     k = 5
     acc = EvalAccumulator(k)
     meta = dict(device="meta")
-    acc.update(torch.empty(8, 16, **meta), torch.empty(8, k, **meta), torch.empty(8, k, **meta),
-               torch.empty(8, dtype=torch.long, **meta))
+    acc.update(
+        torch.empty(8, 16, **meta),
+        torch.empty(8, k, **meta),
+        torch.empty(8, k, **meta),
+        torch.empty(8, dtype=torch.long, **meta),
+    )
     assert all(t.device.type == "meta" for t in acc._s.values())
 
 
@@ -181,7 +193,7 @@ def test_accumulator_update_does_not_sync_cuda():
 def test_accumulator_errors():
     with pytest.raises(ValueError, match="before any update"):
         EvalAccumulator(3).compute()
-    with pytest.raises(ValueError, match="num_classes must be >= 2.*got 1"):
+    with pytest.raises(ValueError, match=r"num_classes must be >= 2.*got 1"):
         EvalAccumulator(1)
     acc = EvalAccumulator(3)
     acc.update(torch.empty(0, 4), torch.empty(0, 3), torch.empty(0, 3), torch.empty(0, dtype=torch.long))

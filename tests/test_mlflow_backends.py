@@ -8,6 +8,7 @@ group, and Debian's ``/usr/bin/chromium`` driven by playwright (no browser downl
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -24,9 +25,9 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from test_tracking import study_file  # the same small study the SQLite tests log
 
 from pal_study.cli import main
-from test_tracking import study_file  # the same small study the SQLite tests log
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -46,8 +47,10 @@ def pg_bin(name: str) -> str | None:
     found = shutil.which(name)
     if found:
         return found
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
-                      key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
+    versions = sorted(
+        glob.glob(f"/usr/lib/postgresql/*/bin/{name}"),
+        key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0,
+    )
     return versions[-1] if versions else None
 
 
@@ -91,18 +94,12 @@ def tail(path: Path, n: int = 4000) -> str:
 
 def stop_group(proc: subprocess.Popen, grace: float = 10) -> None:
     """SIGTERM the whole process group (uvicorn workers too), then SIGKILL whatever is left."""
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait(timeout=30)
 
 
@@ -114,8 +111,10 @@ def pg_mlflow_server(tmp_path_factory):
     """
     initdb, pg_ctl, createdb = pg_bin("initdb"), pg_bin("pg_ctl"), pg_bin("createdb")
     if not (initdb and pg_ctl and createdb):
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl, createdb) not found on PATH or in "
-                    "/usr/lib/postgresql/*/bin; install postgresql-15 (.ci/run does)")
+        pytest.skip(
+            "PostgreSQL server binaries (initdb, pg_ctl, createdb) not found on PATH or in "
+            "/usr/lib/postgresql/*/bin; install postgresql-15 (.ci/run does)"
+        )
     if os.geteuid() == 0:
         try:
             pg_user = pwd.getpwnam("postgres")
@@ -132,11 +131,28 @@ def pg_mlflow_server(tmp_path_factory):
     server_log = None
     try:
         run_checked(as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "mlflow", "-E", "UTF8"]), "initdb")
-        run_checked(as_postgres([pg_ctl, "-D", str(data), "-l", str(pg_dir / "postgres.log"), "-w", "-t", "60",
-                                 "-o", f"-k {pg_dir} -h 127.0.0.1 -p {pg_port}", "start"]), "pg_ctl start")
+        run_checked(
+            as_postgres(
+                [
+                    pg_ctl,
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(pg_dir / "postgres.log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    f"-k {pg_dir} -h 127.0.0.1 -p {pg_port}",
+                    "start",
+                ]
+            ),
+            "pg_ctl start",
+        )
         pg_started = True
-        run_checked(as_postgres([createdb, "-h", "127.0.0.1", "-p", str(pg_port), "-U", "mlflow", "mlflow"]),
-                    "createdb")
+        run_checked(
+            as_postgres([createdb, "-h", "127.0.0.1", "-p", str(pg_port), "-U", "mlflow", "mlflow"]), "createdb"
+        )
 
         tmp = tmp_path_factory.mktemp("mlflow_server")
         port = free_port()
@@ -147,16 +163,32 @@ def pg_mlflow_server(tmp_path_factory):
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         with open(server_log, "wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "mlflow", "server",
-                 "--backend-store-uri", f"postgresql+psycopg2://mlflow@127.0.0.1:{pg_port}/mlflow",
-                 "--artifacts-destination", str(tmp / "artifacts"),
-                 "--host", "127.0.0.1", "--port", str(port), "--workers", "2"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=tmp,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"postgresql+psycopg2://mlflow@127.0.0.1:{pg_port}/mlflow",
+                    "--artifacts-destination",
+                    str(tmp / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--workers",
+                    "2",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                cwd=tmp,
+                start_new_session=True,
+            )
         wait_http_ok(f"{uri}/health", 90, server, server_log)
 
-        path = study_file(tmp, STUDY, methods=METHODS, noise=[0.0], trials=TRIALS_PER_CELL, seeds=SEEDS,
-                          epochs=EPOCHS)
+        path = study_file(tmp, STUDY, methods=METHODS, noise=[0.0], trials=TRIALS_PER_CELL, seeds=SEEDS, epochs=EPOCHS)
         rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
         assert rc == 0, f"pal-study run exited {rc}; server log:\n{tail(server_log)}"
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(STUDY)
@@ -166,8 +198,9 @@ def pg_mlflow_server(tmp_path_factory):
         if server is not None:
             stop_group(server)
         if pg_started:
-            subprocess.run(as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]),
-                           capture_output=True, timeout=60)
+            subprocess.run(
+                as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True, timeout=60
+            )
         shutil.rmtree(pg_dir, ignore_errors=True)
 
 
@@ -195,8 +228,9 @@ def test_study_logged_to_mlflow_server_on_postgresql(pg_mlflow_server, tmp_path)
     assert len(cell_runs) == cells and {r.data.tags["stage"] for r in cell_runs} == {"cell"}
     cell_ids = {r.info.run_id for r in cell_runs}
     assert all(r.data.tags.get("mlflow.parentRunId") in cell_ids for r in kids)
-    by_filter = client.search_runs([exp_id], f"tags.`pal.study_run` = '{parent.info.run_id}' and tags.stage != 'cell'",
-                                   max_results=1000)
+    by_filter = client.search_runs(
+        [exp_id], f"tags.`pal.study_run` = '{parent.info.run_id}' and tags.stage != 'cell'", max_results=1000
+    )
     assert {r.info.run_id for r in by_filter} == {r.info.run_id for r in kids}
     tune = [r for r in kids if r.data.tags["stage"] == "tune"]
     final = [r for r in kids if r.data.tags["stage"] == "final"]
@@ -208,7 +242,9 @@ def test_study_logged_to_mlflow_server_on_postgresql(pg_mlflow_server, tmp_path)
         assert sorted(m.step for m in hist) == list(range(1, EPOCHS + 1)), r.info.run_name
     names = {a.path for a in client.list_artifacts(final[0].info.run_id)}
     assert "config.yaml" in names, names
-    cfg = yaml.safe_load(Path(client.download_artifacts(final[0].info.run_id, "config.yaml", str(tmp_path))).read_text())
+    cfg = yaml.safe_load(
+        Path(client.download_artifacts(final[0].info.run_id, "config.yaml", str(tmp_path))).read_text()
+    )
     assert cfg["optim"]["epochs"] == EPOCHS and cfg["seed"] == int(final[0].data.tags["seed"])
 
 
@@ -221,7 +257,7 @@ def _dismiss_popups(page) -> None:
             try:
                 if buttons.nth(i).is_visible():
                     buttons.nth(i).click(timeout=2000)
-            except Exception:  # noqa: BLE001 - a pop-up that went away by itself is fine
+            except Exception:
                 pass
 
 
@@ -232,7 +268,7 @@ def test_mlflow_ui_lists_study_runs_in_headless_chromium(pg_mlflow_server):
 
     uri, exp_id = pg_mlflow_server
     client = MlflowClient(tracking_uri=uri)
-    parent, kids = study_runs(client, exp_id)
+    parent, _kids = study_runs(client, exp_id)
     cells = client.search_runs([exp_id], "tags.stage = 'cell'", max_results=100)
     # The cell runs (named by their labels) are what the UI lists at the first level below the study.
     fnpal_names = sorted(r.info.run_name for r in cells if r.data.tags["method"] == "ce+fnpal")
@@ -270,12 +306,15 @@ def test_mlflow_ui_lists_study_runs_in_headless_chromium(pg_mlflow_server):
                     page.get_by_placeholder("Search columns").fill("method", timeout=5000)
                     page.get_by_text("method", exact=True).last.click(timeout=5000)  # Tags come after Params
                     page.keyboard.press("Escape")
-                except Exception:  # noqa: BLE001 - the column picker is cosmetic here
+                except Exception:
                     page.keyboard.press("Escape")
                 page.wait_for_timeout(500)
                 text = page.inner_text("body")
-                ce_shown = [n for n in (r.info.run_name for r in cells if r.data.tags["method"] == "ce")
-                            if page.get_by_text(n, exact=True).count()]
+                ce_shown = [
+                    n
+                    for n in (r.info.run_name for r in cells if r.data.tags["method"] == "ce")
+                    if page.get_by_text(n, exact=True).count()
+                ]
             finally:
                 page.screenshot(path=str(shot), full_page=True)
         finally:

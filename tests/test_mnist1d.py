@@ -109,8 +109,9 @@ def test_noise_at_the_requested_rate_on_the_training_pool_only(kind):
     else:  # only the mapped classes (7, 2, 5, 6, 3) flip: half of the ten
         assert flipped == pytest.approx(0.2, abs=5e-3)
     # the pool is the same samples, only relabelled; the test set is untouched
-    assert torch.equal(torch.bincount(y_true, minlength=10), torch.bincount(
-        torch.cat([clean.train_y, clean.val_y]), minlength=10))
+    assert torch.equal(
+        torch.bincount(y_true, minlength=10), torch.bincount(torch.cat([clean.train_y, clean.val_y]), minlength=10)
+    )
     assert torch.equal(noisy.test_x, clean.test_x) and torch.equal(noisy.test_y, clean.test_y)
     assert clean.noise_rate_measured == 0.0
 

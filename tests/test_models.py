@@ -6,10 +6,24 @@ from torch import nn
 
 from pal_study.models import MODELS, build_model, count_parameters, default_arch, list_models
 
-SHAPES = {"digits_mlp": (1, 8, 8), "digits_cnn": (1, 8, 8), "mnist_cnn": (1, 28, 28),
-          "cifar_cnn8": (3, 32, 32), "resnet32": (3, 32, 32), "mnist1d_mlp": (1, 40), "mnist1d_cnn": (1, 40)}
-DIMS = {"digits_mlp": 128, "digits_cnn": 128, "mnist_cnn": 128, "cifar_cnn8": 256, "resnet32": 64, "mnist1d_mlp": 100,
-        "mnist1d_cnn": 128}
+SHAPES = {
+    "digits_mlp": (1, 8, 8),
+    "digits_cnn": (1, 8, 8),
+    "mnist_cnn": (1, 28, 28),
+    "cifar_cnn8": (3, 32, 32),
+    "resnet32": (3, 32, 32),
+    "mnist1d_mlp": (1, 40),
+    "mnist1d_cnn": (1, 40),
+}
+DIMS = {
+    "digits_mlp": 128,
+    "digits_cnn": 128,
+    "mnist_cnn": 128,
+    "cifar_cnn8": 256,
+    "resnet32": 64,
+    "mnist1d_mlp": 100,
+    "mnist1d_cnn": 128,
+}
 CONV = [a for a in MODELS if a != "digits_mlp"]
 IMAGE_CONV = [a for a in CONV if len(SHAPES[a]) == 3]  # channels_last is a 4-D (image batch) layout
 
@@ -113,7 +127,7 @@ def test_default_arch():
     assert default_arch("synthetic", (1, 28, 28)) == "mnist_cnn"
     assert default_arch("synthetic", (3, 32, 32)) == "cifar_cnn8"
     assert default_arch("synthetic", (1, 8, 8)) == "digits_mlp"
-    with pytest.raises(ValueError, match="unknown dataset 'svhn'.*synthetic"):
+    with pytest.raises(ValueError, match=r"unknown dataset 'svhn'.*synthetic"):
         default_arch("svhn", (3, 32, 32))
 
 
@@ -122,7 +136,7 @@ def test_errors_name_the_bad_value_and_what_is_allowed():
         build_model("vgg16", (3, 32, 32))
     with pytest.raises(ValueError, match=r"'resnet32' expects image inputs \(C, H, W\)"):
         build_model("resnet32", (64,))
-    with pytest.raises(ValueError, match="'cifar_cnn8' expects H, W >= 8.*4x4"):
+    with pytest.raises(ValueError, match=r"'cifar_cnn8' expects H, W >= 8.*4x4"):
         build_model("cifar_cnn8", (3, 4, 4))
     with pytest.raises(ValueError, match="non-empty"):
         build_model("digits_mlp", ())

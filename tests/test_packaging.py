@@ -16,11 +16,11 @@ import shutil
 import subprocess
 import sys
 import sysconfig
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.version import Version
 
@@ -47,8 +47,11 @@ def _copy_sources(dest: Path) -> Path:
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PYTHONSAFEPATH")
+    }
     env.update(extra)
     return env
 
@@ -58,7 +61,9 @@ def _sh(cmd: list[str], cwd: Path, timeout: float = 300, **env: str) -> subproce
 
 
 def _ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, f"{proc.args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    assert proc.returncode == 0, (
+        f"{proc.args} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+    )
     return proc.stdout
 
 
@@ -79,16 +84,51 @@ def _pip_install(python: Path, *args: str, cwd: Path) -> None:
     # pip comes from the project venv via the .pth file and installs into the running venv;
     # --ignore-installed: the project venv's own pal-study (also on sys.path) is neither taken for
     # this install nor uninstalled.
-    _ok(_sh([str(python), "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
-             "--ignore-installed", "--disable-pip-version-check", "-q", *args], cwd, timeout=300))
+    _ok(
+        _sh(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--ignore-installed",
+                "--disable-pip-version-check",
+                "-q",
+                *args,
+            ],
+            cwd,
+            timeout=300,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("wheel")
     src = _copy_sources(tmp / "src")
-    _ok(_sh([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-             "--disable-pip-version-check", "-q", str(src), "-w", str(tmp / "dist")], tmp, timeout=300))
+    _ok(
+        _sh(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--disable-pip-version-check",
+                "-q",
+                str(src),
+                "-w",
+                str(tmp / "dist"),
+            ],
+            tmp,
+            timeout=300,
+        )
+    )
     (found,) = (tmp / "dist").glob("pal_study-*.whl")
     return found
 
@@ -123,7 +163,9 @@ def test_wheel_holds_every_module_and_the_shipped_yaml(wheel):
 def test_metadata_extras_and_bounds(wheel):
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
-    reqs = [Requirement(line.split(":", 1)[1].strip()) for line in meta.splitlines() if line.startswith("Requires-Dist:")]
+    reqs = [
+        Requirement(line.split(":", 1)[1].strip()) for line in meta.splitlines() if line.startswith("Requires-Dist:")
+    ]
     core = [r for r in reqs if r.marker is None]
     assert not {r.name.lower() for r in core} & TEST_TOOLS, "plain `pip install .` would install test tools"
     for r in core:
@@ -140,7 +182,9 @@ def test_metadata_extras_and_bounds(wheel):
     for r in reqs:
         if r.marker is not None:
             extra = re.search(r'extra == "([^"]+)"', str(r.marker)).group(1)
-            extras.setdefault(extra, set()).add(r.name.lower() + ("[" + ",".join(sorted(r.extras)) + "]" if r.extras else ""))
+            extras.setdefault(extra, set()).add(
+                r.name.lower() + ("[" + ",".join(sorted(r.extras)) + "]" if r.extras else "")
+            )
     assert extras["postgres"] == {"psycopg2-binary"}
     assert {"pytest", "hypothesis", "pytest-xdist", "playwright", "pal-study[postgres]"} <= extras["test"]
 
@@ -151,8 +195,10 @@ def test_metadata_extras_and_bounds(wheel):
 
 
 def test_installed_package_is_the_wheel_not_the_checkout(installed):
-    code = ("import pal_study, pal_study.resources as r; print(pal_study.__file__); "
-            "print(r.shipped_dir('studies')); print(r.shipped_dir('search_spaces'))")
+    code = (
+        "import pal_study, pal_study.resources as r; print(pal_study.__file__); "
+        "print(r.shipped_dir('studies')); print(r.shipped_dir('search_spaces'))"
+    )
     lines = _ok(_sh([str(installed["python"]), "-c", code], installed["cwd"])).splitlines()
     venv = installed["venv"].resolve()
     for line in lines:
@@ -188,7 +234,9 @@ def test_installed_shell_completion(installed):
     exe, cwd = str(installed["exe"]), installed["cwd"]
     # Typer's own switch for "no shell auto-detection": --show-completion then takes the shell.
     script = _ok(_sh([exe, "--show-completion", "bash"], cwd, _TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1"))
-    assert "_PAL_STUDY_COMPLETE=complete_bash" in script and "complete -o default -F" in script and "pal-study" in script
+    assert (
+        "_PAL_STUDY_COMPLETE=complete_bash" in script and "complete -o default -F" in script and "pal-study" in script
+    )
     script = _ok(_sh([exe], cwd, _PAL_STUDY_COMPLETE="source_zsh"))
     assert "compdef" in script and "pal-study" in script
     words = _ok(_sh([exe], cwd, _PAL_STUDY_COMPLETE="complete_bash", COMP_WORDS="pal-study va", COMP_CWORD="1"))
@@ -202,10 +250,27 @@ def test_installed_run_quickstart_from_an_empty_dir(installed):
     cwd = tmp / "run-here"
     cwd.mkdir()
     runs = tmp / "runs"
-    proc = _sh([exe, "run", "quickstart", "--set", "budget.trials_per_cell=2",
-                # smaller than the README's run: 3 epochs, one final seed, no MLflow
-                "--set", "budget.epochs=3", "--set", "finals.seeds=[0]",
-                "--no-track", "--runs-dir", str(runs), "--progress", "plain"], cwd, timeout=900)
+    proc = _sh(
+        [
+            exe,
+            "run",
+            "quickstart",
+            "--set",
+            "budget.trials_per_cell=2",
+            # smaller than the README's run: 3 epochs, one final seed, no MLflow
+            "--set",
+            "budget.epochs=3",
+            "--set",
+            "finals.seeds=[0]",
+            "--no-track",
+            "--runs-dir",
+            str(runs),
+            "--progress",
+            "plain",
+        ],
+        cwd,
+        timeout=900,
+    )
     _ok(proc)
     from importlib.metadata import version
 
@@ -226,8 +291,10 @@ def test_editable_install_maps_the_top_level_folders(tmp_path):
     _pip_install(python, "-e", str(src), cwd=tmp_path)
     cwd = tmp_path / "empty"
     cwd.mkdir()
-    code = ("import pal_study, pal_study.resources as r; print(pal_study.__file__); "
-            "print(r.shipped_dir('studies')); print(r.shipped_dir('search_spaces'))")
+    code = (
+        "import pal_study, pal_study.resources as r; print(pal_study.__file__); "
+        "print(r.shipped_dir('studies')); print(r.shipped_dir('search_spaces'))"
+    )
     mod, studies, spaces = _ok(_sh([str(python), "-c", code], cwd)).splitlines()
     assert Path(mod).resolve() == (src / "pal_study" / "__init__.py").resolve()
     assert Path(studies).resolve() == (src / "studies").resolve()
@@ -312,11 +379,16 @@ def test_readme_top_commands_and_ci():
     assert "'.[test]'" in test_cmd
     pytest_cmd = test_cmd.rsplit(" && ", 1)[1]
     assert pytest_cmd == ".venv/bin/python -m pytest -n 2"  # the whole suite in two xdist workers
-    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-          if line.strip() and not line.lstrip().startswith("#")]
+    ci = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert ci[-1] == pytest_cmd, "CI's last command is not the README's test command"
     installs = [line for line in ci if "pip install" in line and "upgrade pip" not in line]
-    assert installs == [".venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1",
-                        ".venv/bin/pip install -q -e '.[test]'"]
+    assert installs == [
+        ".venv/bin/pip install -q torch==2.14.1 torchvision==0.29.1",
+        ".venv/bin/pip install -q -e '.[test]'",
+    ]
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert set(pyproject["project"]["optional-dependencies"]) >= {"test", "postgres"}

@@ -112,8 +112,17 @@ def test_plain_lines_are_throttled_timestamped_and_mark_cell_ends(tmp_path, monk
         p(EpochReported(job, 101, 0.5, {}))
         last = lines(buf)[-1]
         assert len(lines(buf)) == n + 1
-        for field in ("completed 2", "pruned 1", "failed 0", "running 1", "remaining 2", "finals 2/4",
-                      "best #0 0.9000", "elapsed 1m40s", "eta ~"):
+        for field in (
+            "completed 2",
+            "pruned 1",
+            "failed 0",
+            "running 1",
+            "remaining 2",
+            "finals 2/4",
+            "best #0 0.9000",
+            "elapsed 1m40s",
+            "eta ~",
+        ):
             assert field in last, (field, last)
     out = lines(buf)
     assert "ended:" in out[-1]
@@ -141,13 +150,27 @@ def test_resumed_cells_start_from_before_and_get_no_end_line(tmp_path, monkeypat
     clock = Clock(monkeypatch)
     c0, c1 = study.cells
     before = [
-        CellSummary(index=0, label=c0.label, method=c0.method, factors=c0.factors,
-                    counts={"completed": 2, "pruned": 1, "failed": 0, "running": 0}, best_trial=1,
-                    best_value=0.95, best_params={"optim.weight_decay": 0.01},
-                    finals={0: {"state": "complete", "value": 0.9}}),
-        CellSummary(index=1, label=c1.label, method=c1.method, factors=c1.factors,
-                    counts={"completed": 1, "pruned": 0, "failed": 0, "running": 1}, best_trial=0,
-                    best_value=0.7, best_params={}),
+        CellSummary(
+            index=0,
+            label=c0.label,
+            method=c0.method,
+            factors=c0.factors,
+            counts={"completed": 2, "pruned": 1, "failed": 0, "running": 0},
+            best_trial=1,
+            best_value=0.95,
+            best_params={"optim.weight_decay": 0.01},
+            finals={0: {"state": "complete", "value": 0.9}},
+        ),
+        CellSummary(
+            index=1,
+            label=c1.label,
+            method=c1.method,
+            factors=c1.factors,
+            counts={"completed": 1, "pruned": 0, "failed": 0, "running": 1},
+            best_trial=0,
+            best_value=0.7,
+            best_params={},
+        ),
     ]
     console, buf = recording()
     p = StudyProgress(study, console, before=before, mode="plain")

@@ -87,10 +87,23 @@ def test_an_unsearched_head_scale_must_be_declared(tmp_path):
 
 def test_a_shared_knob_searched_for_one_side_only_is_refused(tmp_path):
     only_pal = tmp_path / "wd_pal.yaml"
-    only_pal.write_text(yaml.safe_dump({"name": "wd_pal", "params": {"optim.weight_decay": {
-        "type": "float", "low": 1e-5, "high": 1e-2, "log": True, "when": {"head": ["fnpal"]}}}}))
-    e = _error(_study(tmp_path, search=[str(only_pal), f"{SPACES}/pal_scale.yaml"],
-                      protocol={"fixed": ["head.scale"]}))
+    only_pal.write_text(
+        yaml.safe_dump(
+            {
+                "name": "wd_pal",
+                "params": {
+                    "optim.weight_decay": {
+                        "type": "float",
+                        "low": 1e-5,
+                        "high": 1e-2,
+                        "log": True,
+                        "when": {"head": ["fnpal"]},
+                    }
+                },
+            }
+        )
+    )
+    e = _error(_study(tmp_path, search=[str(only_pal), f"{SPACES}/pal_scale.yaml"], protocol={"fixed": ["head.scale"]}))
     assert "unequal budgets" in str(e)  # ce searches nothing at all now
     # Both search something, but the weight decay only for fnpal: still unequal.
     e = _error(_study(tmp_path, search=[str(only_pal), f"{SPACES}/pal_scale.yaml", f"{SPACES}/optimizer.yaml"]))
@@ -114,7 +127,9 @@ def test_sensitivity_adds_cells_that_rerun_the_tuned_cell_at_each_value(tmp_path
     fnpal = next(c for c in study.factor_cells if c.method == "ce+fnpal")
     sens = study.sensitivity_cells
     assert [(c.parent, c.variant, c.config.head.scale) for c in sens] == [
-        (fnpal.index, {"head.scale": 2}, 2.0), (fnpal.index, {"head.scale": 30}, 30.0)]
+        (fnpal.index, {"head.scale": 2}, 2.0),
+        (fnpal.index, {"head.scale": 30}, 30.0),
+    ]
     assert [c.index for c in sens] == [2, 3] and all(study.budget(c) == 0 for c in sens)
     assert all("head.scale" not in c.params for c in sens)  # fixed, not searched
     assert study.tuning_cell(sens[0]) is fnpal and study.tuning_trials == 8 and study.final_trials == 4 * 6
@@ -127,13 +142,16 @@ def test_sensitivity_set_from_the_command_line_keeps_its_dotted_key(tmp_path):
     assert study.spec.sensitivity == {"head.scale": [2, 5, 7]} and len(study.sensitivity_cells) == 3
 
 
-@pytest.mark.parametrize("section,key,text", [
-    ({"head.scale": []}, "sensitivity.head.scale", "non-empty"),
-    ({"head.scale": [2, 2]}, "sensitivity.head.scale", "repeated"),
-    ({"head.scael": [2]}, "sensitivity.head.scael", "not a trial config key"),
-    ({"head.scale": [-1]}, "sensitivity.head.scale", "invalid trial"),
-    ({"method": ["ce"]}, "sensitivity.method", "is a factor already"),
-])
+@pytest.mark.parametrize(
+    "section,key,text",
+    [
+        ({"head.scale": []}, "sensitivity.head.scale", "non-empty"),
+        ({"head.scale": [2, 2]}, "sensitivity.head.scale", "repeated"),
+        ({"head.scael": [2]}, "sensitivity.head.scael", "not a trial config key"),
+        ({"head.scale": [-1]}, "sensitivity.head.scale", "invalid trial"),
+        ({"method": ["ce"]}, "sensitivity.method", "is a factor already"),
+    ],
+)
 def test_bad_sensitivity_sections_name_the_key(tmp_path, section, key, text):
     e = _error(_study(tmp_path, sensitivity=section))
     assert e.key == key and text in str(e), str(e)
@@ -141,8 +159,15 @@ def test_bad_sensitivity_sections_name_the_key(tmp_path, section, key, text):
 
 def test_sensitivity_needs_claims_and_a_cell_it_applies_to(tmp_path):
     assert _error(_study(tmp_path, claims=None, sensitivity={"head.scale": [2]})).key == "sensitivity"
-    e = _error(_study(tmp_path, factors={"method": ["ce", "gce"]}, claims=[{"better": "gce", "than": "ce"}],
-                      search=[f"{SPACES}/weight_decay.yaml"], sensitivity={"head.scale": [2]}))
+    e = _error(
+        _study(
+            tmp_path,
+            factors={"method": ["ce", "gce"]},
+            claims=[{"better": "gce", "than": "ce"}],
+            search=[f"{SPACES}/weight_decay.yaml"],
+            sensitivity={"head.scale": [2]},
+        )
+    )
     assert e.key == "sensitivity.head.scale" and "applies to none" in str(e)
 
 

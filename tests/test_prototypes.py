@@ -180,8 +180,19 @@ def test_geometry_on_hand_made_example():
     # Three 2-d prototypes: e1, 2·e2 (norm 2), and -e1.
     w = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, 0.0]])
     geo = prototype_geometry(w)
-    assert set(geo) == {"num_classes", "dim", "norm_min", "norm_max", "norm_mean", "cos_min",
-                        "cos_max", "cos_mean", "etf_cos", "max_dev_from_etf", "sum_norm"}
+    assert set(geo) == {
+        "num_classes",
+        "dim",
+        "norm_min",
+        "norm_max",
+        "norm_mean",
+        "cos_min",
+        "cos_max",
+        "cos_mean",
+        "etf_cos",
+        "max_dev_from_etf",
+        "sum_norm",
+    }
     assert geo["num_classes"] == 3 and geo["dim"] == 2
     assert geo["norm_min"] == pytest.approx(1.0) and geo["norm_max"] == pytest.approx(2.0)
     assert geo["norm_mean"] == pytest.approx(4 / 3)

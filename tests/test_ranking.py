@@ -59,7 +59,7 @@ def test_friedman_matches_scipy_and_the_textbook_formula():
     u = rank_methods(UNTIED)
     n, k = 4, 3
     mean_r = np.array([5, 8, 11]) / n
-    by_hand = 12 * n / (k * (k + 1)) * np.sum(mean_r ** 2) - 3 * n * (k + 1)
+    by_hand = 12 * n / (k * (k + 1)) * np.sum(mean_r**2) - 3 * n * (k + 1)
     assert by_hand == pytest.approx(4.5)
     assert u.friedman_stat == pytest.approx(by_hand)
     assert u.friedman_p == pytest.approx(math.exp(-4.5 / 2))  # chi2 sf with 2 df
@@ -96,7 +96,7 @@ def test_critical_difference_against_tabled_q():
     assert r.critical_difference == pytest.approx(2.343 * math.sqrt(3 * 4 / (6 * 4)), rel=1e-3)
     assert nemenyi_cd(4, 5) == pytest.approx(2.569 * math.sqrt(4 * 5 / (6 * 5)), rel=1e-3)
     rng = np.random.default_rng(1)
-    four = {f"c{i}": {m: float(v) for m, v in zip("ABCD", rng.random(4))} for i in range(5)}
+    four = {f"c{i}": {m: float(v) for m, v in zip("ABCD", rng.random(4), strict=False)} for i in range(5)}
     assert rank_methods(four).critical_difference == pytest.approx(nemenyi_cd(4, 5))
     # CD shrinks with more conditions, grows with alpha going down.
     assert nemenyi_cd(3, 10) < nemenyi_cd(3, 4)
@@ -160,15 +160,24 @@ def test_all_tied_gives_a_note():
 def test_as_dict_is_json():
     d = rank_methods(TIED).as_dict()
     assert json.loads(json.dumps(d))["average_ranks"]["A"] == pytest.approx(1.375)
-    assert set(d) >= {"methods", "conditions", "average_ranks", "friedman_stat", "friedman_p",
-                      "posthoc", "pairwise_p", "critical_difference", "dropped", "note"}
+    assert set(d) >= {
+        "methods",
+        "conditions",
+        "average_ranks",
+        "friedman_stat",
+        "friedman_p",
+        "posthoc",
+        "pairwise_p",
+        "critical_difference",
+        "dropped",
+        "note",
+    }
 
 
 def test_cd_diagram_png():
     rng = np.random.default_rng(0)
     strength = {"PAL": 0.8, "FNPAL": 0.75, "CE": 0.6, "GCE": 0.62, "SCE": 0.55}
-    scores = {f"cond{i}": {m: s + 0.05 * float(rng.standard_normal()) for m, s in strength.items()}
-              for i in range(8)}
+    scores = {f"cond{i}": {m: s + 0.05 * float(rng.standard_normal()) for m, s in strength.items()} for i in range(8)}
     r = rank_methods(scores)
     assert len(r.methods) == 5
     png = cd_diagram_png(r, "accuracy over 8 conditions")
@@ -185,8 +194,9 @@ def _pairs(x, y):
 
 
 def test_poi_always_better_is_one():
-    imp = probability_of_improvement({"a": [3, 4, 5], "b": [7, 8]}, {"a": [0, 1, 2], "b": [1, 2, 3]},
-                                     method="FNPAL-CE", base="CE")
+    imp = probability_of_improvement(
+        {"a": [3, 4, 5], "b": [7, 8]}, {"a": [0, 1, 2], "b": [1, 2, 3]}, method="FNPAL-CE", base="CE"
+    )
     assert isinstance(imp, Improvement)
     assert imp.probability == 1.0 and imp.n_conditions == 2
     assert imp.ci_low == 1.0 and imp.ci_high == 1.0
@@ -229,18 +239,17 @@ def test_poi_bootstrap_is_stratified_by_condition():
 
 
 def test_poi_single_seed_and_nan():
-    one = probability_of_improvement({"a": [0.7], "b": [0.5]}, {"a": [0.6], "b": [0.5]},
-                                     method="m", base="b")
+    one = probability_of_improvement({"a": [0.7], "b": [0.5]}, {"a": [0.6], "b": [0.5]}, method="m", base="b")
     assert one.probability == pytest.approx(0.75)  # 1 and a tie
     assert one.ci_low is None and one.ci_high is None and "one seed" in one.note
 
     # one condition with one seed is held fixed, the other resampled
-    mixed = probability_of_improvement({"a": [0.7], "b": [1, 3, float("nan")]},
-                                       {"a": [0.6], "b": [2, 4, None]}, method="m", base="b")
+    mixed = probability_of_improvement(
+        {"a": [0.7], "b": [1, 3, float("nan")]}, {"a": [0.6], "b": [2, 4, None]}, method="m", base="b"
+    )
     assert mixed.probability == pytest.approx((1.0 + 0.25) / 2)
     assert mixed.ci_low <= mixed.probability <= mixed.ci_high
     assert mixed.ci_low >= 0.5  # condition a always contributes 1/2
 
-    none = probability_of_improvement({"a": [float("nan")]}, {"a": [1.0], "z": [1.0]},
-                                      method="m", base="b")
+    none = probability_of_improvement({"a": [float("nan")]}, {"a": [1.0], "z": [1.0]}, method="m", base="b")
     assert none.probability is None and none.n_conditions == 0 and none.note

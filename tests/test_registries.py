@@ -19,8 +19,18 @@ import yaml
 from pydantic import ValidationError
 from rich.table import Table
 
-from pal_study.config import (DRW_KEYS, ConfigError, DataConfig, HeadConfig, LossConfig, ModelConfig, TrainConfig,
-                              parse_method, resolve, validate_train_config)
+from pal_study.config import (
+    DRW_KEYS,
+    ConfigError,
+    DataConfig,
+    HeadConfig,
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    parse_method,
+    resolve,
+    validate_train_config,
+)
 from pal_study.data import AUGMENTS, DataError, build_dataset
 from pal_study.data.formats import write_cifar10, write_cifar100, write_mnist
 from pal_study.data.sets import DATASET_REGISTRY, dataset_needs_files, expected_files
@@ -62,20 +72,31 @@ def test_registry_basics():
 
 def _write_mnist(root: Path) -> None:
     g = np.random.default_rng(0)
-    write_mnist(root, g.integers(0, 256, (60, 28, 28)), np.arange(60) % 10,
-                g.integers(0, 256, (20, 28, 28)), np.arange(20) % 10)
+    write_mnist(
+        root, g.integers(0, 256, (60, 28, 28)), np.arange(60) % 10, g.integers(0, 256, (20, 28, 28)), np.arange(20) % 10
+    )
 
 
 def _write_cifar10(root: Path) -> None:
     g = np.random.default_rng(0)
-    write_cifar10(root, g.integers(0, 256, (60, 3, 32, 32)), (np.arange(60) % 10).tolist(),
-                  g.integers(0, 256, (20, 3, 32, 32)), (np.arange(20) % 10).tolist())
+    write_cifar10(
+        root,
+        g.integers(0, 256, (60, 3, 32, 32)),
+        (np.arange(60) % 10).tolist(),
+        g.integers(0, 256, (20, 3, 32, 32)),
+        (np.arange(20) % 10).tolist(),
+    )
 
 
 def _write_cifar100(root: Path) -> None:
     g = np.random.default_rng(0)
-    write_cifar100(root, g.integers(0, 256, (300, 3, 32, 32)), (np.arange(300) % 100).tolist(),
-                   g.integers(0, 256, (100, 3, 32, 32)), (np.arange(100) % 100).tolist())
+    write_cifar100(
+        root,
+        g.integers(0, 256, (300, 3, 32, 32)),
+        (np.arange(300) % 100).tolist(),
+        g.integers(0, 256, (100, 3, 32, 32)),
+        (np.arange(100) % 100).tolist(),
+    )
 
 
 DATASET_CASES: dict[str, dict] = {
@@ -83,8 +104,9 @@ DATASET_CASES: dict[str, dict] = {
     "mnist": {"write": _write_mnist},
     "cifar10": {"write": _write_cifar10},
     "cifar100": {"write": _write_cifar100},
-    "synthetic": {"options": {"num_classes": 4, "input_shape": [3, 16, 16], "train_per_class": 10,
-                              "test_per_class": 3}},
+    "synthetic": {
+        "options": {"num_classes": 4, "input_shape": [3, 16, 16], "train_per_class": 10, "test_per_class": 3}
+    },
     "mnist1d": {},  # generated in memory (~0.7 s, cached per process)
 }
 
@@ -118,13 +140,16 @@ def test_dataset_builds_with_its_declared_shape_and_classes(name, tiny_roots):
     spec = DATASET_REGISTRY.get(name)
     options = DATASET_CASES[name].get("options", {})
     b = build_dataset(name, root=tiny_roots.get(name), synthetic=options, noise_rate=0.2, seed=1)
-    config_options = getattr(DataConfig(**_data_section(name, tiny_roots)), spec.options_key).model_dump() \
-        if spec.options_key else {}
+    config_options = (
+        getattr(DataConfig(**_data_section(name, tiny_roots)), spec.options_key).model_dump()
+        if spec.options_key
+        else {}
+    )
     assert b.num_classes == spec.classes_for(config_options)
     assert b.input_shape == spec.shape_for(config_options) == tuple(b.train_x.shape[1:])
     assert b.augment in AUGMENTS and (spec.options_key or b.augment == spec.augment)
     assert b.train_x.dtype == torch.float32 and b.train_y.dtype == torch.int64
-    assert 0 <= int(b.train_y.min()) and int(b.train_y.max()) < b.num_classes
+    assert int(b.train_y.min()) >= 0 and int(b.train_y.max()) < b.num_classes
     assert b.noise_rate_measured > 0
 
 
@@ -140,7 +165,7 @@ def test_dataset_files_declaration(name, tiny_roots, tmp_path):
     assert files and all(p.is_file() for p in files), "the fixture writes every file the spec expects"
     with pytest.raises(DataError, match="not found"):
         build_dataset(name, root=tmp_path / "empty")
-    with pytest.raises(ConfigError, match="data.root is required"):
+    with pytest.raises(ConfigError, match=r"data.root is required"):
         validate_train_config({"data": {"name": name}}, "(test)")
 
 
@@ -159,7 +184,7 @@ def test_dataset_default_arch_trains_one_step(name, tiny_roots):
     loss.backward()
     opt.step()
     assert torch.isfinite(loss)
-    assert any(not torch.equal(p0, p) for p0, p in zip(before, model.parameters()))
+    assert any(not torch.equal(p0, p) for p0, p in zip(before, model.parameters(), strict=False))
 
 
 @pytest.mark.parametrize("name", DATASET_REGISTRY.names())
@@ -230,7 +255,7 @@ def test_loss_rejects_unknown_and_out_of_range_parameters(name):
 @pytest.mark.parametrize("name", LOSS_REGISTRY.names())
 def test_loss_defaults_and_config_keys(name):
     spec = LOSS_REGISTRY.get(name)
-    for ref, values in spec.defaults.items():
+    for _ref, values in spec.defaults.items():
         assert set(values) <= set(spec.params)
         build_loss(name, 3, **values, **_required(name, 3))
     assert spec.default_head in HEADS
@@ -282,8 +307,9 @@ def test_head_flags_match_the_module(kind):
 
 def _study(tmp_path: Path, budget: dict) -> Path:
     p = tmp_path / "s.yaml"
-    p.write_text(yaml.safe_dump({"name": "s", "base": {"data": {"name": "digits"}, "optim": {"epochs": 2}},
-                                 "budget": budget}))
+    p.write_text(
+        yaml.safe_dump({"name": "s", "base": {"data": {"name": "digits"}, "optim": {"epochs": 2}}, "budget": budget})
+    )
     return p
 
 
@@ -360,8 +386,14 @@ def test_sampler_draws_like_the_engine_copy(name):
 
 # The flat PrunerSpec/SamplerSpec before the split dumped every option; the study fingerprint
 # hashes those dumps, so they must not change.
-OLD_PRUNER_DUMP = {"n_startup_trials": 2, "n_warmup_steps": 2, "interval_steps": 1, "percentile": 50.0,
-                   "min_resource": "auto", "reduction_factor": 3}
+OLD_PRUNER_DUMP = {
+    "n_startup_trials": 2,
+    "n_warmup_steps": 2,
+    "interval_steps": 1,
+    "percentile": 50.0,
+    "min_resource": "auto",
+    "reduction_factor": 3,
+}
 
 
 @pytest.mark.parametrize("name", PRUNER_REGISTRY.names())
@@ -382,9 +414,14 @@ def test_sampler_dump_is_the_old_flat_one(name):
 # every study when tuning trials moved to their own seed (budget.tuning_seed, 1000: disjoint from
 # the final seeds; before, tuning ran on the base config's seed 0, also a final seed).
 SHIPPED_FINGERPRINTS = {
-    "long_tail": "2df6e54e1fdd35c3", "margin_ablation": "8a919f21341b0cd5", "noisy_labels": "9994bcad35c11222",
-    "quickstart": "5f215a54b6fcfccf", "scale_ablation": "bc65e41d4f0490ad", "weight_decay": "3f0298227eaa5041",
-    "paper_claims": "13d87c4f3a33d701", "paper_claims_quick": "11d8682980389032",
+    "long_tail": "2df6e54e1fdd35c3",
+    "margin_ablation": "8a919f21341b0cd5",
+    "noisy_labels": "9994bcad35c11222",
+    "quickstart": "5f215a54b6fcfccf",
+    "scale_ablation": "bc65e41d4f0490ad",
+    "weight_decay": "3f0298227eaa5041",
+    "paper_claims": "13d87c4f3a33d701",
+    "paper_claims_quick": "11d8682980389032",
 }
 
 
@@ -419,8 +456,10 @@ def test_config_allowed_values_are_the_registry_names():
         validate_train_config({"data": {"name": "imagenet"}}, "(test)")
     assert all(f"'{n}'" in str(e.value) for n in DATASET_REGISTRY.names())
     for field, registry in (("pruner", PRUNER_REGISTRY), ("sampler", SAMPLER_REGISTRY)):
-        tags = {typing.get_args(c.model_fields["name"].annotation)[0] for c in
-                typing.get_args(BudgetSpec.model_fields[field].annotation)}
+        tags = {
+            typing.get_args(c.model_fields["name"].annotation)[0]
+            for c in typing.get_args(BudgetSpec.model_fields[field].annotation)
+        }
         assert tags == set(registry.names())
         with pytest.raises(ValidationError, match=", ".join(f"'{n}'" for n in registry.names())):
             BudgetSpec.model_validate({field: {"name": "bogus"}})

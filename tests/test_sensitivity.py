@@ -45,15 +45,25 @@ def sens(tmp_path_factory):
     printed = io.StringIO()
     try:
         with redirect_stdout(printed):
-            assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri,
-                         "--progress", "none"]) == 0
+            assert (
+                main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri, "--progress", "none"])
+                == 0
+            )
     finally:
         del os.environ["PAL_STUDY_FAULT"]
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.get_experiment_by_name("sens").experiment_id
     runs = client.search_runs([exp_id], max_results=1000)
-    return SimpleNamespace(tmp=tmp, path=path, uri=uri, client=client, exp_id=exp_id, runs=runs,
-                           run_dir=tmp / "runs" / "sens", printed=printed.getvalue())
+    return SimpleNamespace(
+        tmp=tmp,
+        path=path,
+        uri=uri,
+        client=client,
+        exp_id=exp_id,
+        runs=runs,
+        run_dir=tmp / "runs" / "sens",
+        printed=printed.getvalue(),
+    )
 
 
 def _report(sens, *args: str) -> str:
@@ -64,8 +74,9 @@ def _report(sens, *args: str) -> str:
 
 
 def test_tuning_and_final_seeds_are_disjoint_in_the_journal_and_in_mlflow(sens):
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
-        str(sens.run_dir / "optuna.journal")))
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(sens.run_dir / "optuna.journal"))
+    )
     tuning, finals = set(), set()
     for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
         trials = optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
@@ -85,8 +96,9 @@ def test_tuning_and_final_seeds_are_disjoint_in_the_journal_and_in_mlflow(sens):
 
 def test_sensitivity_cells_are_cell_runs_with_their_finals(sens):
     cells = [r for r in sens.runs if r.data.tags.get("pal.stage") == "cell"]
-    variants = {json.loads(r.data.tags["pal.sensitivity"])["head.scale"]: r for r in cells
-                if "pal.sensitivity" in r.data.tags}
+    variants = {
+        json.loads(r.data.tags["pal.sensitivity"])["head.scale"]: r for r in cells if "pal.sensitivity" in r.data.tags
+    }
     assert sorted(variants) == SCALES and len(cells) == 4
     for scale, run in variants.items():
         assert run.data.tags["pal.sensitivity_of"] == "method=ce+fnpal"
@@ -103,8 +115,10 @@ def test_sensitivity_cells_are_cell_runs_with_their_finals(sens):
 def _flip_p(d: list[float]) -> float:
     """Two-sided sign-flip p by brute force, independently of pal_study.stats."""
     t = abs(sum(d))
-    hits = sum(abs(sum(s * x for s, x in zip(signs, d))) >= t - 1e-12
-               for signs in itertools.product((1, -1), repeat=len(d)))
+    hits = sum(
+        abs(sum(s * x for s, x in zip(signs, d, strict=False))) >= t - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(d))
+    )
     return hits / 2 ** len(d)
 
 
@@ -138,10 +152,19 @@ def test_both_sources_and_the_run_end_agree(sens):
     b = json.loads(_report(sens, "--format", "json", "--source", "runs"))
     summary = json.loads((sens.run_dir / "summary.json").read_text())
     assert a["sensitivity"] == b["sensitivity"]
-    assert [c["verdict"] for c in a["claims"]] == [c["verdict"] for c in b["claims"]] == \
-        [c["verdict"] for c in summary["claims"]]
-    strip = lambda k: [[{x: y for x, y in c.items() if x != "parent"} for c in v["comparisons"]]  # noqa: E731
-                       for cl in k[0]["claims"] for v in cl["by_value"]]
+    assert (
+        [c["verdict"] for c in a["claims"]]
+        == [c["verdict"] for c in b["claims"]]
+        == [c["verdict"] for c in summary["claims"]]
+    )
+
+    def strip(k):
+        return [
+            [{x: y for x, y in c.items() if x != "parent"} for c in v["comparisons"]]
+            for cl in k[0]["claims"]
+            for v in cl["by_value"]
+        ]
+
     assert strip(a["sensitivity"]) == strip(summary["sensitivity"])
 
 
@@ -153,8 +176,10 @@ def test_every_report_format_carries_the_sensitivity(sens, tmp_path):
     assert latex.count(r"\begin{tabular}") == 2 and "head.scale & 30" in latex
     assert "2 (1 of 3 failed)" in latex
     out = tmp_path / "rep"
-    assert main(["report", "sens", "--runs-dir", str(sens.tmp / "runs"), "--tracking-uri", sens.uri,
-                 "--out", str(out)]) == 0
+    assert (
+        main(["report", "sens", "--runs-dir", str(sens.tmp / "runs"), "--tracking-uri", sens.uri, "--out", str(out)])
+        == 0
+    )
     rows = (out / "sensitivity.csv").read_text().splitlines()
     assert rows[0].startswith("knob,value,claim,claim_verdict,cell") and len(rows) == 1 + len(SCALES)
     assert (out / "sensitivity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

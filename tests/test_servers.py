@@ -4,6 +4,7 @@ started and free their port; the dashboard serves a study's Optuna journal read-
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -34,7 +35,7 @@ def _stat(pid: int) -> tuple[str, int] | None:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
         return None
-    fields = raw[raw.rfind(b")") + 2:].split()
+    fields = raw[raw.rfind(b")") + 2 :].split()
     return fields[0].decode(), int(fields[1])
 
 
@@ -84,7 +85,7 @@ def listening_addresses(port: int) -> set[str]:
                 if width == 8:
                     addrs.add(socket.inet_ntop(socket.AF_INET, bytes.fromhex(hexaddr)[::-1]))
                 else:
-                    words = b"".join(bytes.fromhex(hexaddr[i:i + 8])[::-1] for i in range(0, 32, 8))
+                    words = b"".join(bytes.fromhex(hexaddr[i : i + 8])[::-1] for i in range(0, 32, 8))
                     addrs.add(socket.inet_ntop(socket.AF_INET6, words))
     return addrs
 
@@ -115,9 +116,15 @@ class Server:
 
     def __init__(self, args: list[str], log: Path, **kwargs):
         self.log = log
-        self._out = open(log, "wb")
-        self.proc = subprocess.Popen([*CLI, *args], stdin=subprocess.DEVNULL, stdout=self._out,
-                                     stderr=subprocess.STDOUT, start_new_session=True, **kwargs)
+        self._out = open(log, "wb")  # noqa: SIM115  (open for the server's lifetime; closed in stop)
+        self.proc = subprocess.Popen(
+            [*CLI, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            **kwargs,
+        )
         self.tree: set[int] = set()
 
     def descendants(self) -> set[int]:
@@ -150,10 +157,8 @@ class Server:
         tree = self.tree | (descendants(self.proc.pid) if self.proc.poll() is None else set())
         for pid in [self.proc.pid, *tree]:
             if alive(pid):
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
         self.proc.wait(timeout=10)
         self._out.close()
 
@@ -185,14 +190,15 @@ def test_run_server_stops_a_group_that_ignores_sigterm(tmp_path):
         "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
         "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
         f"open({str(tmp_path / 'ready')!r}, 'w').close()\n"
-        "time.sleep(600)\n")
+        "time.sleep(600)\n"
+    )
     driver = tmp_path / "driver.py"
     driver.write_text(
         "import sys\n"
         "from pal_study.servers import run_server\n"
-        f"sys.exit(run_server([sys.executable, {str(script)!r}], grace_s=1.0, name='stubborn'))\n")
-    proc = subprocess.Popen([sys.executable, str(driver)], stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+        f"sys.exit(run_server([sys.executable, {str(script)!r}], grace_s=1.0, name='stubborn'))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(driver)], stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 20
         while not (tmp_path / "ready").exists() or len(descendants(proc.pid)) < 2:
@@ -223,8 +229,9 @@ def test_run_server_stops_a_group_that_ignores_sigterm(tmp_path):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_ui_stops_mlflow_server_and_its_children(sig, tmp_path, server_factory):
     port = free_port()
-    srv = server_factory(["ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"],
-                         tmp_path / "ui.log")
+    srv = server_factory(
+        ["ui", "--port", str(port), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db"], tmp_path / "ui.log"
+    )
     wait_http(srv.proc, f"http://127.0.0.1:{port}/health", 35, srv.log)
     tree = srv.descendants()
     # mlflow server, and the uvicorn it starts
@@ -250,8 +257,12 @@ def make_journal(runs: Path, study: str = "demo") -> Path:
     for cell in ("cell000", "cell001"):
         st = optuna.create_study(storage=storage, study_name=f"{study}/{cell}", direction="maximize")
         for i in range(3):
-            t = st.ask({"optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
-                        "loss.margin": optuna.distributions.FloatDistribution(0.0, 1.0)})
+            t = st.ask(
+                {
+                    "optim.lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+                    "loss.margin": optuna.distributions.FloatDistribution(0.0, 1.0),
+                }
+            )
             for step in range(3):
                 t.report(0.1 * i + 0.05 * step, step)
             if i == 1:
@@ -270,8 +281,9 @@ def test_dashboard_serves_the_journal_live_and_read_only_then_stops(tmp_path, se
 
     journal = make_journal(tmp_path / "runs")
     port = free_port()
-    srv = server_factory(["dashboard", "demo", "--port", str(port), "--runs-dir", str(tmp_path / "runs")],
-                         tmp_path / "dashboard.log")
+    srv = server_factory(
+        ["dashboard", "demo", "--port", str(port), "--runs-dir", str(tmp_path / "runs")], tmp_path / "dashboard.log"
+    )
     base = f"http://127.0.0.1:{port}"
     wait_http(srv.proc, f"{base}/api/meta", 30, srv.log)
     tree = srv.descendants()
@@ -307,8 +319,10 @@ def test_dashboard_serves_the_journal_live_and_read_only_then_stops(tmp_path, se
 def test_dashboard_stops_on_sigint(tmp_path, server_factory):
     make_journal(tmp_path / "runs")
     port = free_port()
-    srv = server_factory(["dashboard", "demo", "--port", str(port), "--journal",
-                          str(tmp_path / "runs" / "demo" / "optuna.journal")], tmp_path / "dashboard.log")
+    srv = server_factory(
+        ["dashboard", "demo", "--port", str(port), "--journal", str(tmp_path / "runs" / "demo" / "optuna.journal")],
+        tmp_path / "dashboard.log",
+    )
     wait_http(srv.proc, f"http://127.0.0.1:{port}/api/studies", 30, srv.log)
     tree = srv.descendants()
     srv.stop_and_check(signal.SIGINT, tree, port)
@@ -320,14 +334,23 @@ def test_dashboard_without_optuna_dashboard_or_journal_exits_2(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('No module named optuna_dashboard (test)')\n")
     make_journal(tmp_path / "runs")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
-    r = subprocess.run([*CLI, "dashboard", "demo", "--runs-dir", str(tmp_path / "runs"), "--port", str(free_port())],
-                       env=env, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CLI, "dashboard", "demo", "--runs-dir", str(tmp_path / "runs"), "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert "pip install 'pal-study[dashboard]'" in r.stderr and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
-    r = subprocess.run([*CLI, "dashboard", "nostudy", "--runs-dir", str(tmp_path / "runs"), "--port", str(free_port())],
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [*CLI, "dashboard", "nostudy", "--runs-dir", str(tmp_path / "runs"), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 2, r.stderr
     assert "no Optuna journal" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs" / "nostudy").exists()

@@ -11,8 +11,21 @@ import pytest
 from scipy import stats
 from statsmodels.stats.power import TTestPower
 
-from pal_study.stats import (EXACT_MAX_N, MC_DRAWS, TIE_TOL, adjust, adjust_all, min_p, min_seeds, paired,
-                             power_line, sign_flip, snap, underpowered, verdict)
+from pal_study.stats import (
+    EXACT_MAX_N,
+    MC_DRAWS,
+    TIE_TOL,
+    adjust,
+    adjust_all,
+    min_p,
+    min_seeds,
+    paired,
+    power_line,
+    sign_flip,
+    snap,
+    underpowered,
+    verdict,
+)
 
 A = {0: 0.91, 1: 0.93, 2: 0.90, 3: 0.95, 4: 0.92, 5: 0.94}
 B = {0: 0.89, 1: 0.90, 2: 0.90, 3: 0.91, 4: 0.88, 5: 0.93}
@@ -27,8 +40,10 @@ def _pair(d: list[float], base: float = 0.5) -> tuple[dict[int, float], dict[int
 def _brute_p(d: list[float]) -> float:
     """Two-sided sign-flip p by enumeration: share of sign vectors with |sum| >= |observed sum|."""
     t = abs(math.fsum(d))
-    hits = sum(abs(math.fsum(s * x for s, x in zip(signs, d))) >= t - 1e-12
-               for signs in itertools.product((1, -1), repeat=len(d)))
+    hits = sum(
+        abs(math.fsum(s * x for s, x in zip(signs, d, strict=False))) >= t - 1e-12
+        for signs in itertools.product((1, -1), repeat=len(d))
+    )
     return hits / 2 ** len(d)
 
 
@@ -36,17 +51,19 @@ def _brute_ci(d: list[float], confidence: float = 0.95) -> tuple[float, float] |
     """Hartigan's interval by enumeration: k-th smallest and k-th largest subset mean."""
     n = len(d)
     means = sorted(math.fsum(sub) / r for r in range(1, n + 1) for sub in itertools.combinations(d, r))
-    k = math.floor((1 - confidence) / 2 * 2 ** n + 1e-9)
+    k = math.floor((1 - confidence) / 2 * 2**n + 1e-9)
     return None if k == 0 else (means[k - 1], means[-k])
 
 
 def _cases(seed: int, count: int, sizes: range, shift: tuple[float, float] = (-0.02, 0.03)) -> list[list[float]]:
     rng = random.Random(seed)
-    return [[rng.gauss(mu, 0.02) for _ in range(rng.choice(sizes))]
-            for mu in (rng.uniform(*shift) for _ in range(count))]
+    return [
+        [rng.gauss(mu, 0.02) for _ in range(rng.choice(sizes))] for mu in (rng.uniform(*shift) for _ in range(count))
+    ]
 
 
 # -- the sign-flip test ---------------------------------------------------------------------------
+
 
 def test_sign_flip_p_equals_brute_force_enumeration():
     cases = _cases(1, 20, range(2, 11))
@@ -60,7 +77,10 @@ def test_sign_flip_p_equals_brute_force_enumeration():
         assert c.min_p == 2 / 2 ** len(d)
         # 2 min(one-sided p) is the |T| version: the one-sided counts by enumeration, too
         t = math.fsum(raw)
-        sums = [math.fsum(s * x for s, x in zip(signs, raw)) for signs in itertools.product((1, -1), repeat=len(raw))]
+        sums = [
+            math.fsum(s * x for s, x in zip(signs, raw, strict=False))
+            for signs in itertools.product((1, -1), repeat=len(raw))
+        ]
         up = sum(v >= t - 1e-12 for v in sums) / len(sums)
         down = sum(v <= t + 1e-12 for v in sums) / len(sums)
         assert c.p == pytest.approx(min(1.0, 2 * min(up, down)), abs=1e-12)
@@ -104,6 +124,7 @@ def test_snap_removes_float_noise_only():
 
 # -- its interval -------------------------------------------------------------------------------
 
+
 def test_interval_is_the_subset_means_order_statistics():
     for d in _cases(3, 12, range(6, 11)):
         a, b = _pair(d)
@@ -112,8 +133,11 @@ def test_interval_is_the_subset_means_order_statistics():
         assert (c.ci_low, c.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
         k = math.floor(0.025 * 2 ** len(d))
         assert c.ci_level == 1 - 2 * k / 2 ** len(d)
-    assert [paired("x", "y", "m", *_pair([0.01] * n + [0.02])).ci_level for n in (5, 6, 9)] == \
-        [0.96875, 0.953125, 0.951171875]
+    assert [paired("x", "y", "m", *_pair([0.01] * n + [0.02])).ci_level for n in (5, 6, 9)] == [
+        0.96875,
+        0.953125,
+        0.951171875,
+    ]
 
 
 def test_interval_excludes_zero_exactly_when_p_is_at_most_alpha():
@@ -140,7 +164,7 @@ def test_monte_carlo_past_the_exact_limit_is_close_to_exact_and_seeded():
     n = EXACT_MAX_N + 2
     rng = np.random.default_rng(7)
     d = list(rng.normal(0.006, 0.02, n))
-    masks = ((np.arange(2 ** n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
+    masks = ((np.arange(2**n)[:, None] >> np.arange(n)) & 1).astype(np.float64)
     t = abs(sum(d))
     exact = float(np.mean(np.abs((1 - 2 * masks) @ np.array(d)) >= t - 1e-12))
     a, b = _pair(d)
@@ -155,6 +179,7 @@ def test_monte_carlo_past_the_exact_limit_is_close_to_exact_and_seeded():
 
 
 # -- reference columns ----------------------------------------------------------------------------
+
 
 def test_paired_t_and_wilcoxon_stay_as_reference_columns():
     c = paired("ce+fnpal", "ce", "test_acc", A, B)
@@ -186,11 +211,24 @@ def test_only_common_seeds_are_paired_and_few_pairs_give_no_test():
     assert one.n_pairs == 1 and one.p is None and one.ci_low is None and "fewer than 2" in one.test
     none = paired("x", "y", "test_acc", {0: float("nan")}, {0: 0.4})
     assert none.n_pairs == 0 and none.delta is None
-    assert set(c.as_dict()) >= {"p_se", "ci_level", "min_p", "p_t", "t_ci_low", "t_ci_high", "sd", "mdd",
-                                "seeds_needed", "failed_cell", "failed_baseline", "note"}
+    assert set(c.as_dict()) >= {
+        "p_se",
+        "ci_level",
+        "min_p",
+        "p_t",
+        "t_ci_low",
+        "t_ci_high",
+        "sd",
+        "mdd",
+        "seeds_needed",
+        "failed_cell",
+        "failed_baseline",
+        "note",
+    }
 
 
 # -- power ----------------------------------------------------------------------------------------
+
 
 def test_minimum_detectable_difference_and_seeds_needed():
     assert paired("x", "y", "test_acc", *_pair([0.01, 0.03, 0.02])).mdd is None  # 3 seeds cannot reach 0.05
@@ -209,12 +247,15 @@ def test_minimum_detectable_difference_and_seeds_needed():
 
 def test_power_line_reads_beside_a_verdict():
     three = paired("x", "y", "test_acc", *_pair([0.01, 0.03, 0.02]))
-    assert power_line(three) == ("with 3 seeds no difference can reach α=0.05 (smallest exact p 0.25): "
-                                 "at least 6 seeds")
+    assert power_line(three) == (
+        "with 3 seeds no difference can reach α=0.05 (smallest exact p 0.25): at least 6 seeds"
+    )
     d = [0.012, -0.004, 0.02, 0.006, 0.015, -0.01, 0.03, 0.001]
     c = paired("x", "y", "test_acc", *_pair(d))
-    assert power_line(c) == ("with 8 seeds: detectable |Δ| ≥ 1.5 points at 80 % power (sd of differences "
-                             "1.3 points); Δ +0.88 would need 20 seeds")
+    assert power_line(c) == (
+        "with 8 seeds: detectable |Δ| ≥ 1.5 points at 80 % power (sd of differences "
+        "1.3 points); Δ +0.88 would need 20 seeds"
+    )
     assert c.mdd == pytest.approx(0.0151958, abs=1e-6) and c.sd == pytest.approx(0.0131448, abs=1e-6)
     flat = paired("x", "y", "test_acc", *_pair([0.02] * 6))
     assert power_line(flat).startswith("with 6 seeds: the same difference on every seed (no spread)")
@@ -223,14 +264,17 @@ def test_power_line_reads_beside_a_verdict():
 def test_underpowered_warnings():
     assert underpowered(3, [1], 0.05) == [
         "with 3 final seeds no comparison can reach α=0.05: the exact test's smallest two-sided p is 0.25; "
-        "give finals.seeds at least 6"]
+        "give finals.seeds at least 6"
+    ]
     assert underpowered(6, [1, 12], 0.05) == [
-        "claims[1] (12 comparisons): to contradict it, Holm needs p ≤ α/m = 0.00417, which needs at least 9 seeds"]
+        "claims[1] (12 comparisons): to contradict it, Holm needs p ≤ α/m = 0.00417, which needs at least 9 seeds"
+    ]
     assert underpowered(6, [1, 1], 0.05) == [] and underpowered(9, [12], 0.05) == []
     assert len(underpowered(6, [2], 0.05)) == 1 and underpowered(7, [2], 0.05) == []
 
 
 # -- multiplicity ---------------------------------------------------------------------------------
+
 
 def test_benjamini_hochberg_against_a_hand_computed_case():
     # p sorted: 0.01, 0.02, 0.03, 0.04, 0.20 (m = 5): p_(i) m / i = 0.05, 0.05, 0.05, 0.05, 0.20,

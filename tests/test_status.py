@@ -35,11 +35,26 @@ from pal_study.study.status import StatusWriter, study_status
 from pal_study.study.store import StudyLockedError, StudyStore
 
 ROOT = Path(__file__).resolve().parents[1]
-KEYS = {"study", "dir", "running", "driver", "elapsed_s", "eta_s", "updated_at", "done", "totals", "cells",
-        "failures"}
-CELL_KEYS = {"index", "label", "method", "completed", "pruned", "failed", "running", "remaining", "budget",
-             "best_value", "best_params", "best_trial", "finals_done", "finals_failed", "finals_planned", "phase",
-             "failures"}
+KEYS = {"study", "dir", "running", "driver", "elapsed_s", "eta_s", "updated_at", "done", "totals", "cells", "failures"}
+CELL_KEYS = {
+    "index",
+    "label",
+    "method",
+    "completed",
+    "pruned",
+    "failed",
+    "running",
+    "remaining",
+    "budget",
+    "best_value",
+    "best_params",
+    "best_trial",
+    "finals_done",
+    "finals_failed",
+    "finals_planned",
+    "phase",
+    "failures",
+}
 
 
 def write_study(tmp_path: Path, name: str, **overrides) -> Path:
@@ -48,8 +63,11 @@ def write_study(tmp_path: Path, name: str, **overrides) -> Path:
         "base": {"data": {"name": "digits"}, "optim": {"epochs": 2}},
         "factors": {"method": ["ce", "ce+fnpal"]},
         "search": [str(ROOT / "search_spaces/pal_scale.yaml"), str(ROOT / "search_spaces/weight_decay.yaml")],
-        "budget": {"trials_per_cell": 3, "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
-                   "pruner": {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 1}},
+        "budget": {
+            "trials_per_cell": 3,
+            "sampler": {"name": "tpe", "seed": 0, "n_startup_trials": 2},
+            "pruner": {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 1},
+        },
         "finals": {"seeds": [0]},
         "resources": {"cpu": 1},
         **overrides,
@@ -69,8 +87,11 @@ def cli(*argv: str) -> tuple[int, str, str]:
 def snapshot(d: Path, recursive: bool = True) -> dict[str, tuple[int, int]]:
     """Every file (or every top-level file) under d: (mtime ns, size)."""
     paths = d.rglob("*") if recursive else d.iterdir()
-    return {str(p.relative_to(d)): (p.lstat().st_mtime_ns, p.lstat().st_size) for p in paths
-            if p.is_file() or p.is_symlink()}
+    return {
+        str(p.relative_to(d)): (p.lstat().st_mtime_ns, p.lstat().st_size)
+        for p in paths
+        if p.is_file() or p.is_symlink()
+    }
 
 
 # -- one real study, observed while its driver runs and after ----------------------------
@@ -83,8 +104,13 @@ def live(tmp_path_factory):
     log = tmp / "driver.log"
     cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--no-track"]
     with log.open("w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen(
+            cmd,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     obs = SimpleNamespace(path=path, runs=runs, dir=sdir, pid=proc.pid, log=log)
     try:
         deadline = time.time() + 150
@@ -112,10 +138,8 @@ def live(tmp_path_factory):
         obs.rc = proc.returncode
         yield obs
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_status_while_the_driver_runs_says_running_with_its_pid(live):
@@ -138,7 +162,7 @@ def test_status_of_the_finished_study_matches_optuna(live):
     rc, out, err = cli("status", "live", "--json", "--runs-dir", str(live.runs))
     assert rc == 0, err
     st = json.loads(out)
-    assert KEYS <= set(st) and all(CELL_KEYS <= set(c) for c in st["cells"])
+    assert set(st) >= KEYS and all(set(c) >= CELL_KEYS for c in st["cells"])
     rc, table, err = cli("status", "live", "--runs-dir", str(live.runs))
     assert rc == 0, err
     assert snapshot(live.dir) == files, "status wrote into the study directory"
@@ -153,7 +177,11 @@ def test_status_of_the_finished_study_matches_optuna(live):
         trials = optuna.load_study(study_name=f"live/cell{c['index']:03d}", storage=storage).trials
         n = {s: sum(t.state == s for t in trials) for s in TrialState}
         assert (c["completed"], c["pruned"], c["failed"], c["running"]) == (
-            n[TrialState.COMPLETE], n[TrialState.PRUNED], n[TrialState.FAIL], n[TrialState.RUNNING])
+            n[TrialState.COMPLETE],
+            n[TrialState.PRUNED],
+            n[TrialState.FAIL],
+            n[TrialState.RUNNING],
+        )
         assert c["completed"] + c["pruned"] + c["failed"] == c["budget"] == 3 and c["remaining"] == 0
         best = max((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
         assert (c["best_value"], c["best_params"], c["best_trial"]) == (best.value, best.params, best.number)
@@ -174,14 +202,20 @@ def synthetic(tmp_path: Path) -> tuple[StudyStore, Path]:
     path = write_study(tmp_path, "syn", budget={"trials_per_cell": 5}, finals={"seeds": [0, 1]})
     study = load_study(path)
     store = StudyStore(study, tmp_path / "runs")
-    store.storage  # creates the directory and journal
+    _ = store.storage  # creates the directory and journal
     store.write_fingerprint()
     dist = {"optim.weight_decay": FloatDistribution(1e-5, 1e-2, log=True)}
     t0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
     c0, c1 = study.cells
-    for i, (state, value, dur) in enumerate([(TrialState.COMPLETE, 0.8, 10), (TrialState.COMPLETE, 0.9, 10),
-                                              (TrialState.PRUNED, None, 4), (TrialState.COMPLETE, 0.85, 10)]):
+    for i, (state, value, dur) in enumerate(
+        [
+            (TrialState.COMPLETE, 0.8, 10),
+            (TrialState.COMPLETE, 0.9, 10),
+            (TrialState.PRUNED, None, 4),
+            (TrialState.COMPLETE, 0.85, 10),
+        ]
+    ):
         _add_timed(store, c0, state, value, dur, _at(t0, 20 * i), dist, reason="pruned" if value is None else None)
     _add_timed(store, c1, TrialState.COMPLETE, 0.7, 10, _at(t0, 5), dist)
     _add_timed(store, c1, TrialState.FAIL, None, 6, _at(t0, 25), dist, reason="boom")
@@ -194,8 +228,9 @@ def synthetic(tmp_path: Path) -> tuple[StudyStore, Path]:
 
 def _add_timed(store, cell, state, value, dur, start, dist, reason=None):
     attrs = {"reason": reason} if reason else {}
-    trial = create_trial(state=state, value=value, params={"optim.weight_decay": 1e-3}, distributions=dist,
-                         user_attrs=attrs)
+    trial = create_trial(
+        state=state, value=value, params={"optim.weight_decay": 1e-3}, distributions=dist, user_attrs=attrs
+    )
     trial.datetime_start, trial.datetime_complete = start, start + timedelta(seconds=dur)
     store.open_tuning(cell).add_trial(trial)
 
@@ -237,14 +272,23 @@ def test_an_older_study_json_without_per_cell_budgets(tmp_path):
 def test_running_comes_from_the_flock_and_a_killed_driver_is_not_running(tmp_path):
     store, _ = synthetic(tmp_path)
     lock = store.dir / ".lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, json, os, socket, sys, time\n"
-        f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started_at': time.time(),"
-        " 'slots': 2}).encode())\n"
-        "print('locked', flush=True)\n"
-        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, json, os, socket, sys, time\n"
+                f"fd = os.open({str(lock)!r}, os.O_RDWR | os.O_CREAT)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started_at': time.time(),"
+                " 'slots': 2}).encode())\n"
+                "print('locked', flush=True)\n"
+                "time.sleep(60)\n"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         files = snapshot(store.dir)
@@ -350,19 +394,29 @@ def test_status_writer_heartbeat_while_the_driver_holds_the_study(tmp_path):
 
 
 def test_study_status_is_cheap_on_a_few_hundred_trials(tmp_path):
-    path = write_study(tmp_path, "big", factors={"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.2]},
-                       budget={"trials_per_cell": 75})
+    path = write_study(
+        tmp_path,
+        "big",
+        factors={"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.2]},
+        budget={"trials_per_cell": 75},
+    )
     study = load_study(path)
     store = StudyStore(study, tmp_path / "runs")
-    store.storage  # creates the directory and journal
+    _ = store.storage  # creates the directory and journal
     store.write_fingerprint()
     dist = {"optim.weight_decay": FloatDistribution(1e-5, 1e-2, log=True)}
     for cell in study.cells:
         st = store.open_tuning(cell)
         for i in range(75):
-            st.add_trial(create_trial(value=i / 100, params={"optim.weight_decay": 1e-3}, distributions=dist,
-                                      intermediate_values={e: i / 100 for e in range(1, 11)},
-                                      user_attrs={"epochs_run": 10, "wall_time_s": 3.0}))
+            st.add_trial(
+                create_trial(
+                    value=i / 100,
+                    params={"optim.weight_decay": 1e-3},
+                    distributions=dist,
+                    intermediate_values={e: i / 100 for e in range(1, 11)},
+                    user_attrs={"epochs_run": 10, "wall_time_s": 3.0},
+                )
+            )
     t = time.perf_counter()
     cold = study_status(store.dir)
     cold_s = time.perf_counter() - t
@@ -371,6 +425,8 @@ def test_study_status_is_cheap_on_a_few_hundred_trials(tmp_path):
         study_status(store.dir, storage=store.storage)
     warm_s = (time.perf_counter() - t) / 10
     assert cold["totals"]["completed"] == 300 and cold["done"] is False
-    print(f"study_status on 300 one-line trials: {cold_s * 1000:.0f} ms cold (journal replay), "
-          f"{warm_s * 1000:.1f} ms with the driver's storage")
+    print(
+        f"study_status on 300 one-line trials: {cold_s * 1000:.0f} ms cold (journal replay), "
+        f"{warm_s * 1000:.1f} ms with the driver's storage"
+    )
     assert warm_s < 0.5

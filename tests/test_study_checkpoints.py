@@ -5,6 +5,7 @@ ends, finals keep theirs, and ``export --weights`` writes each cell's trained mo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,11 +19,11 @@ import torch
 import yaml
 from mlflow import MlflowClient
 from optuna.trial import TrialState
+from test_study_run import journal, studies_by_name  # the same small-study helpers
 
 from pal_study.cli import main
 from pal_study.config import TrainConfig
 from pal_study.train import train
-from test_study_run import journal, studies_by_name  # the same small-study helpers
 
 ROOT = Path(__file__).resolve().parents[1]
 SAME = ("val_acc", "val_acc_clean", "test_acc", "train_loss", "ece")
@@ -41,10 +42,15 @@ def test_killed_trials_resume_from_their_checkpoints_with_the_same_metrics(tmp_p
     monkeypatch.setenv("PAL_STUDY_FAULT", "killonce:head.kind=pal@3;killonce:optim.epochs=5@2")
     monkeypatch.setenv("PAL_STUDY_FAULT_DIR", str(tmp_path))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = {"name": "ckpt", "base": {"data": {"name": "digits"}, "optim": {"epochs": 4}},
-            "factors": {"method": ["ce+pal"]}, "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
-            "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}},
-            "finals": {"seeds": [0, 1], "epochs": 5}, "checkpoint": {"every_epochs": 1}}
+    spec = {
+        "name": "ckpt",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 4}},
+        "factors": {"method": ["ce+pal"]},
+        "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
+        "budget": {"trials_per_cell": 2, "pruner": {"name": "none"}},
+        "finals": {"seeds": [0, 1], "epochs": 5},
+        "checkpoint": {"every_epochs": 1},
+    }
     path = tmp_path / "ckpt.yaml"
     path.write_text(yaml.safe_dump(spec))
     runs = tmp_path / "runs"
@@ -65,7 +71,9 @@ def test_killed_trials_resume_from_their_checkpoints_with_the_same_metrics(tmp_p
     # Exactly the numbers of the same trials run straight through.
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("ckpt")
-    [run] = client.search_runs([exp.experiment_id], f"tags.optuna_trial = '{resumed[0].number}' and tags.stage = 'tune'")
+    [run] = client.search_runs(
+        [exp.experiment_id], f"tags.optuna_trial = '{resumed[0].number}' and tags.stage = 'tune'"
+    )
     assert run.data.tags["resumed_from_epoch"] == "2"
     cfg = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))).read_text())
     straight = uninterrupted(cfg)
@@ -102,9 +110,14 @@ def test_killed_trials_resume_from_their_checkpoints_with_the_same_metrics(tmp_p
 
 def test_export_weights_without_checkpoints_exits_2_and_writes_nothing(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    spec = {"name": "nockpt", "base": {"data": {"name": "digits"}, "optim": {"epochs": 1}},
-            "factors": {"method": ["ce"]}, "budget": {"trials_per_cell": 1}, "finals": {"seeds": [0]},
-            "checkpoint": {"every_epochs": 0}}
+    spec = {
+        "name": "nockpt",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 1}},
+        "factors": {"method": ["ce"]},
+        "budget": {"trials_per_cell": 1},
+        "finals": {"seeds": [0]},
+        "checkpoint": {"every_epochs": 0},
+    }
     path = tmp_path / "nockpt.yaml"
     path.write_text(yaml.safe_dump(spec))
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri]) == 0
@@ -120,15 +133,21 @@ def test_a_driver_killed_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_pat
     """A real SIGKILL of the driver and its trial processes once the running trial has
     checkpointed epoch 3; the rerun continues that trial after its saved epoch, with the same
     final numbers as the trial straight through."""
-    spec = {"name": "drv", "base": {"data": {"name": "digits"}, "optim": {"epochs": 60}},
-            "factors": {"method": ["ce+fnpal"]}, "budget": {"trials_per_cell": 1},
-            "finals": {"seeds": [0], "epochs": 2}, "checkpoint": {"every_epochs": 1}}
+    spec = {
+        "name": "drv",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": 60}},
+        "factors": {"method": ["ce+fnpal"]},
+        "budget": {"trials_per_cell": 1},
+        "finals": {"seeds": [0], "epochs": 2},
+        "checkpoint": {"every_epochs": 1},
+    }
     path = tmp_path / "drv.yaml"
     path.write_text(yaml.safe_dump(spec))
     cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", "runs", "--no-track"]
     ckpt = tmp_path / "runs" / "drv" / "checkpoints" / "cell000" / "tune-0000.pt"
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         deadline = time.time() + 180
         while time.time() < deadline and proc.poll() is None:
@@ -142,10 +161,8 @@ def test_a_driver_killed_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_pat
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     st = studies_by_name(journal(tmp_path / "runs", "drv"))
     [cut] = st["drv/cell000"].trials
     assert cut.state == TrialState.RUNNING
@@ -168,9 +185,10 @@ def test_a_driver_killed_mid_trial_resumes_the_trial_from_its_checkpoint(tmp_pat
 
 
 def test_restart_removes_only_the_studys_own_checkpoints_under_a_shared_root(tmp_path):
+    from test_study_run import write_study
+
     from pal_study.study import load_study
     from pal_study.study.store import StudyStore
-    from test_study_run import write_study
 
     shared = tmp_path / "shared"
     other = shared / "other-study" / "checkpoints" / "cell000"

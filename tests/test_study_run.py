@@ -5,6 +5,7 @@ Read back through Optuna's own API (``optuna.load_study``), not the runner's sum
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -55,8 +56,10 @@ def journal(runs: Path, name: str) -> JournalStorage:
 
 
 def studies_by_name(storage) -> dict[str, optuna.Study]:
-    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
-            for s in optuna.get_all_study_summaries(storage)}
+    return {
+        s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+        for s in optuna.get_all_study_summaries(storage)
+    }
 
 
 def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys):
@@ -83,9 +86,13 @@ def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys
             # completed trials' at that step.
             step = max(t.intermediate_values)
             assert t.user_attrs["reason"] == f"pruned by percentile at epoch {step}"
-            others = [c.intermediate_values[step] for c in st.trials
-                      if c.state == TrialState.COMPLETE and step in c.intermediate_values
-                      and c.datetime_complete < t.datetime_complete]
+            others = [
+                c.intermediate_values[step]
+                for c in st.trials
+                if c.state == TrialState.COMPLETE
+                and step in c.intermediate_values
+                and c.datetime_complete < t.datetime_complete
+            ]
             assert others and t.intermediate_values[step] < max(others)
         for t in st.trials:
             if t.state == TrialState.COMPLETE:
@@ -123,10 +130,16 @@ def test_the_optuna_pruner_decides(tmp_path, pruner, expected):
     """Two completed trials stored with intermediate values no model can reach (1.01 at every
     epoch); the one new trial is below their median from epoch 1: median prunes it, none not."""
     path = write_study(
-        tmp_path, name=f"p-{pruner}",
-        factors={"method": ["ce"]}, search=[str(ROOT / "search_spaces/weight_decay.yaml")],
-        budget={"trials_per_cell": 3, "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}
-                                          if pruner == "median" else {"name": pruner}},
+        tmp_path,
+        name=f"p-{pruner}",
+        factors={"method": ["ce"]},
+        search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+        budget={
+            "trials_per_cell": 3,
+            "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}
+            if pruner == "median"
+            else {"name": pruner},
+        },
         finals={"seeds": [0]},
     )
     runs = tmp_path / "runs"
@@ -134,11 +147,14 @@ def test_the_optuna_pruner_decides(tmp_path, pruner, expected):
     store = StudyStore(study, runs)
     st = store.open_tuning(study.cells[0])
     for _ in range(2):
-        st.add_trial(optuna.trial.create_trial(
-            value=1.01, intermediate_values={e: 1.01 for e in range(1, 5)},
-            params={"optim.weight_decay": 5e-4},
-            distributions={"optim.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)},
-        ))
+        st.add_trial(
+            optuna.trial.create_trial(
+                value=1.01,
+                intermediate_values={e: 1.01 for e in range(1, 5)},
+                params={"optim.weight_decay": 5e-4},
+                distributions={"optim.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)},
+            )
+        )
     assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
     trials = optuna.load_study(study_name=f"p-{pruner}/cell000", storage=journal(runs, f"p-{pruner}")).trials
     assert len(trials) == 3
@@ -176,7 +192,8 @@ def _listeners_of_session(sid: int) -> list[tuple[str, str]]:
 @pytest.mark.slow
 def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
     path = write_study(
-        tmp_path, name="resume",
+        tmp_path,
+        name="resume",
         base={"data": {"name": "digits"}, "optim": {"epochs": 12}},
         budget={"trials_per_cell": 6, "pruner": {"name": "none"}},
         finals={"seeds": [0, 1, 2]},
@@ -197,16 +214,16 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
             pytest.fail("the study did not get going")
         # Nothing the study started listens beyond loopback (local Ray, its workers, the driver).
         listeners = _listeners_of_session(proc.pid)
-        assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), listeners
+        assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), (
+            listeners
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         # The driver's Ray processes die with it; make sure, so nothing leaks into later tests.
         time.sleep(1)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     before = _finished(runs, "resume")
     storage = journal(runs, "resume")
@@ -260,10 +277,15 @@ def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
 
 def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):
     runs = tmp_path / "runs"
-    path = write_study(tmp_path, name="change", factors={"method": ["ce"]},
-                       search=[str(ROOT / "search_spaces/weight_decay.yaml")],
-                       budget={"trials_per_cell": 1}, finals={"seeds": [0]},
-                       base={"data": {"name": "digits"}, "optim": {"epochs": 1}})
+    path = write_study(
+        tmp_path,
+        name="change",
+        factors={"method": ["ce"]},
+        search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+        budget={"trials_per_cell": 1},
+        finals={"seeds": [0]},
+        base={"data": {"name": "digits"}, "optim": {"epochs": 1}},
+    )
     assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
     capsys.readouterr()
     assert main(["run", str(path), "--runs-dir", str(runs), "--set", "base.optim.epochs=2"]) == 2
@@ -288,13 +310,16 @@ def test_a_second_driver_on_the_same_study_exits_2(tmp_path, capsys):
         holder.release()
 
 
-@pytest.mark.parametrize("patch, fragment", [
-    ({"factors": {"data.noise.rte": [0.1]}}, "factors.data.noise.rte"),
-    ({"factors": {"method": []}}, "method: empty grid"),
-    ({"budget": {"pruner": {"name": "asha"}}}, "budget.pruner.name"),
-    ({"search": [{"params": {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}]}, "low"),
-    ({"resources": {"cpu": 64}}, "resources"),
-])
+@pytest.mark.parametrize(
+    "patch, fragment",
+    [
+        ({"factors": {"data.noise.rte": [0.1]}}, "factors.data.noise.rte"),
+        ({"factors": {"method": []}}, "method: empty grid"),
+        ({"budget": {"pruner": {"name": "asha"}}}, "budget.pruner.name"),
+        ({"search": [{"params": {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}]}, "low"),
+        ({"resources": {"cpu": 64}}, "resources"),
+    ],
+)
 def test_bad_studies_exit_2_naming_the_key(tmp_path, capsys, patch, fragment):
     path = write_study(tmp_path, name="bad", **patch)
     assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
@@ -310,21 +335,32 @@ def test_shipped_studies_validate(path, capsys):
 
 def test_missing_data_files_exit_2_before_any_trial(tmp_path, capsys):
     runs = tmp_path / "runs"
-    rc = main(["run", str(ROOT / "studies/noisy_labels.yaml"), "--runs-dir", str(runs),
-               "--set", f"base.data.root={tmp_path / 'nothing'}"])
+    rc = main(
+        [
+            "run",
+            str(ROOT / "studies/noisy_labels.yaml"),
+            "--runs-dir",
+            str(runs),
+            "--set",
+            f"base.data.root={tmp_path / 'nothing'}",
+        ]
+    )
     assert rc == 2
     err = capsys.readouterr().err
     assert "factors.data.name" in err and "mnist files are not under data.root" in err
     assert not (runs / "noisy_labels").exists()
 
 
-@pytest.mark.parametrize("cpu, gpu, resources, cap, expected", [
-    (1, 0, {"CPU": 2}, None, 2),
-    (2, 0.25, {"CPU": 16, "GPU": 1}, None, 4),       # four trials share one GPU
-    (2, 0.25, {"CPU": 64, "GPU": 8}, None, 32),      # eight GPUs
-    (2, 0.25, {"CPU": 64, "GPU": 8}, 10, 10),        # --max-concurrent caps it
-    (4, 1, {"CPU": 16, "GPU": 2}, None, 2),
-])
+@pytest.mark.parametrize(
+    "cpu, gpu, resources, cap, expected",
+    [
+        (1, 0, {"CPU": 2}, None, 2),
+        (2, 0.25, {"CPU": 16, "GPU": 1}, None, 4),  # four trials share one GPU
+        (2, 0.25, {"CPU": 64, "GPU": 8}, None, 32),  # eight GPUs
+        (2, 0.25, {"CPU": 64, "GPU": 8}, 10, 10),  # --max-concurrent caps it
+        (4, 1, {"CPU": 16, "GPU": 2}, None, 2),
+    ],
+)
 def test_trial_slots_follow_cpu_and_fractional_gpu(tmp_path, cpu, gpu, resources, cap, expected):
     from pal_study.study.runner import slots_for
 
@@ -362,8 +398,20 @@ def test_same_study_same_seeds_gives_the_same_table(tmp_path):
         runs = tmp_path / f"runs{i}"
         assert main(["run", str(path), "--runs-dir", str(runs), "--no-track"]) == 0
         cells = json.loads((runs / "repro" / "summary.json").read_text())["cells"]
-        tables.append([(c["label"], c["best_params"], c["best_value"], c["counts"], c["val_mean"], c["test_mean"],
-                        c["test_std"]) for c in cells])
+        tables.append(
+            [
+                (
+                    c["label"],
+                    c["best_params"],
+                    c["best_value"],
+                    c["counts"],
+                    c["val_mean"],
+                    c["test_mean"],
+                    c["test_std"],
+                )
+                for c in cells
+            ]
+        )
     assert tables[0] == tables[1]
 
 
@@ -379,9 +427,14 @@ def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path)
     --runs-dir: no rerun waits on the dead driver's journal lock, and the final table equals an
     uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
     path = write_study(
-        tmp_path, name="kills", base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
-        budget={"trials_per_cell": 5, "sampler": {"seed": 3, "n_startup_trials": 2},
-                "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2}},
+        tmp_path,
+        name="kills",
+        base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
+        budget={
+            "trials_per_cell": 5,
+            "sampler": {"seed": 3, "n_startup_trials": 2},
+            "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2},
+        },
         finals={"seeds": [0, 1]},
     )
     straight = tmp_path / "straight"
@@ -397,8 +450,9 @@ def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path)
     assert os.path.islink(runs / "kills" / "optuna.journal.lock"), "the kill should leave the journal lock"
     kills = 1
     for threshold in (2, 9, 16, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
         deadline = time.time() + 240
         while proc.poll() is None and time.time() < deadline:
             if len(_finished(runs, "kills")) >= threshold:
@@ -506,10 +560,13 @@ def test_a_study_runs_as_successive_tuners_with_the_same_outcome(tmp_path):
 
     from pal_study.study.runner import run_study
 
-    path = write_study(tmp_path, name="tuners", factors={"method": ["ce", "ce+fnpal"]},
-                       base={"data": {"name": "digits"}, "optim": {"epochs": 2}},
-                       budget={"trials_per_cell": 3, "sampler": {"seed": 1, "n_startup_trials": 2},
-                               "pruner": {"name": "none"}})
+    path = write_study(
+        tmp_path,
+        name="tuners",
+        factors={"method": ["ce", "ce+fnpal"]},
+        base={"data": {"name": "digits"}, "optim": {"epochs": 2}},
+        budget={"trials_per_cell": 3, "sampler": {"seed": 1, "n_startup_trials": 2}, "pruner": {"name": "none"}},
+    )
     study = load_study(path)
     quiet = Console(quiet=True)
     one = run_study(study, runs_dir=tmp_path / "one", console=quiet, track=False)

@@ -25,15 +25,21 @@ def write(tmp_path: Path, study: dict, spaces: dict[str, dict] | None = None) ->
     return p
 
 
-SCALE = {"params": {"head.scale": {"type": "float", "low": 2, "high": 32, "log": True,
-                                   "when": {"head": ["fnpal", "norm"]}}}}
+SCALE = {
+    "params": {"head.scale": {"type": "float", "low": 2, "high": 32, "log": True, "when": {"head": ["fnpal", "norm"]}}}
+}
 Q = {"params": {"loss.q": {"type": "float", "low": 0.1, "high": 1.0, "when": {"loss": ["gce"]}}}}
 
 
 def base_study(**kw) -> dict:
-    d = {"name": "t", "base": {"optim": {"epochs": 2}},
-         "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.4]},
-         "search": ["scale"], "budget": {"trials_per_cell": 3}, "finals": {"seeds": [0, 1]}}
+    d = {
+        "name": "t",
+        "base": {"optim": {"epochs": 2}},
+        "factors": {"method": ["ce", "ce+fnpal"], "data.noise.rate": [0.0, 0.4]},
+        "search": ["scale"],
+        "budget": {"trials_per_cell": 3},
+        "finals": {"seeds": [0, 1]},
+    }
     d.update(kw)
     return d
 
@@ -41,8 +47,11 @@ def base_study(**kw) -> dict:
 def test_expansion_and_conditional_params(tmp_path):
     s = load_study(write(tmp_path, base_study(), {"scale": SCALE}))
     assert [c.label for c in s.cells] == [
-        "method=ce,data.noise.rate=0", "method=ce,data.noise.rate=0.4",
-        "method=ce+fnpal,data.noise.rate=0", "method=ce+fnpal,data.noise.rate=0.4"]
+        "method=ce,data.noise.rate=0",
+        "method=ce,data.noise.rate=0.4",
+        "method=ce+fnpal,data.noise.rate=0",
+        "method=ce+fnpal,data.noise.rate=0.4",
+    ]
     # A cell with nothing to search runs its one config once; the others get the budget.
     assert [s.budget(c) for c in s.cells] == [1, 1, 3, 3]
     assert s.tuning_trials == 8 and s.final_trials == 8
@@ -81,15 +90,30 @@ def test_shipped_studies_and_spaces_validate():
         ({"factors": {"method": []}}, {"scale": SCALE}, "factors.method", "empty grid"),
         ({"factors": {"method": ["xent"]}}, {"scale": SCALE}, "method", "not one of"),
         ({"factors": {"data.noise.rate": [0.2, 1.5]}}, {"scale": SCALE}, "data.noise.rate", "less than 1"),
-        ({}, {"scale": {"params": {"head.scale": {"type": "float", "low": 8, "high": 2}}}}, "params.head.scale.low", "must be <= high"),
-        ({}, {"scale": {"params": {"head.scale": {"type": "float", "low": 0, "high": 2, "log": True}}}}, "params.head.scale.low", "log range needs low > 0"),
+        (
+            {},
+            {"scale": {"params": {"head.scale": {"type": "float", "low": 8, "high": 2}}}},
+            "params.head.scale.low",
+            "must be <= high",
+        ),
+        (
+            {},
+            {"scale": {"params": {"head.scale": {"type": "float", "low": 0, "high": 2, "log": True}}}},
+            "params.head.scale.low",
+            "log range needs low > 0",
+        ),
         ({"search": ["scale", "q"]}, {"scale": SCALE, "q": Q}, "params.loss.q", "used by no cell"),
         ({"search": ["nope"]}, {"scale": SCALE}, "search[0]", "not found"),
         ({"budget": {"pruner": {"name": "asha"}}}, {"scale": SCALE}, "budget.pruner.name", "'median'"),
         ({"objective": {"metric": "test_acc"}}, {"scale": SCALE}, "objective.metric", "leaks the test set"),
         ({"budget": {"trials_per_cell": 0}}, {"scale": SCALE}, "budget.trials_per_cell", "greater than or equal to 1"),
         ({"finals": {"seeds": [1, 1]}}, {"scale": SCALE}, "finals.seeds", "distinct"),
-        ({}, {"scale": {"params": {"optim.lrate": {"type": "float", "low": 0.1, "high": 1}}}}, "params.optim.lrate", "not a trial config key"),
+        (
+            {},
+            {"scale": {"params": {"optim.lrate": {"type": "float", "low": 0.1, "high": 1}}}},
+            "params.optim.lrate",
+            "not a trial config key",
+        ),
     ],
 )
 def test_bad_studies_name_the_key(tmp_path, change, spaces, key, fragment):

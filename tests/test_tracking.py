@@ -19,8 +19,17 @@ ROOT = Path(__file__).resolve().parents[1]
 EPOCHS = 3
 
 
-def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(0.0, 0.4), trials: int = 3,
-               seeds=(0, 1), epochs: int = EPOCHS, claims: list | None = None) -> Path:
+def study_file(
+    tmp_path: Path,
+    name: str,
+    *,
+    methods=("ce", "ce+fnpal"),
+    noise=(0.0, 0.4),
+    trials: int = 3,
+    seeds=(0, 1),
+    epochs: int = EPOCHS,
+    claims: list | None = None,
+) -> Path:
     """A small digits study with the weight-decay space copied beside it (shared by the tests of
     tracking backends)."""
     spec = {
@@ -28,8 +37,11 @@ def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(
         "base": {"data": {"name": "digits"}, "optim": {"epochs": epochs}},
         "factors": {"method": list(methods), "data.noise.rate": list(noise)},
         "search": ["weight_decay"],
-        "budget": {"trials_per_cell": trials, "sampler": {"seed": 0, "n_startup_trials": 2},
-                   "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1}},
+        "budget": {
+            "trials_per_cell": trials,
+            "sampler": {"seed": 0, "n_startup_trials": 2},
+            "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 1},
+        },
         "finals": {"seeds": list(seeds)},
     }
     if claims:
@@ -37,7 +49,9 @@ def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(
         # The scale of ce+fnpal stays at its default here: declared, as a fair protocol asks.
         spec["protocol"] = {"fixed": ["head.scale"]}
     (tmp_path / "search_spaces").mkdir(exist_ok=True)
-    (tmp_path / "search_spaces" / "weight_decay.yaml").write_text((ROOT / "search_spaces/weight_decay.yaml").read_text())
+    (tmp_path / "search_spaces" / "weight_decay.yaml").write_text(
+        (ROOT / "search_spaces/weight_decay.yaml").read_text()
+    )
     path = tmp_path / "studies" / f"{name}.yaml"
     path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
@@ -48,8 +62,14 @@ def study_file(tmp_path: Path, name: str, *, methods=("ce", "ce+fnpal"), noise=(
 def tracked_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tracked")
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    path = study_file(tmp, "tracked", claims=[{"better": "*+fnpal", "than": "*", "where": {"data.noise.rate": 0.4}},
-                                              {"better": "ce+fnpal", "than": "ce", "metric": "ece"}])
+    path = study_file(
+        tmp,
+        "tracked",
+        claims=[
+            {"better": "*+fnpal", "than": "*", "where": {"data.noise.rate": 0.4}},
+            {"better": "ce+fnpal", "than": "ce", "metric": "ece"},
+        ],
+    )
     rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
     assert rc == 0
     return tmp, uri, path
@@ -57,8 +77,7 @@ def tracked_study(tmp_path_factory):
 
 def children(client: MlflowClient, exp_id: str, parent: str) -> list:
     """The study's tuning and final runs (below its cell runs, tests/test_cell_runs.py)."""
-    return client.search_runs([exp_id], f"tags.`pal.study_run` = '{parent}' and tags.stage != 'cell'",
-                              max_results=1000)
+    return client.search_runs([exp_id], f"tags.`pal.study_run` = '{parent}' and tags.stage != 'cell'", max_results=1000)
 
 
 def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
@@ -79,8 +98,21 @@ def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
     assert {r.info.status for r in kids} <= {"FINISHED", "KILLED"}
     for r in kids:
         t = r.data.tags
-        for key in ("method", "loss", "head", "dataset", "noise_kind", "noise_rate", "imbalance_ratio", "seed",
-                    "cell", "stage", "outcome", "config_hash", "pal_study_version"):
+        for key in (
+            "method",
+            "loss",
+            "head",
+            "dataset",
+            "noise_kind",
+            "noise_rate",
+            "imbalance_ratio",
+            "seed",
+            "cell",
+            "stage",
+            "outcome",
+            "config_hash",
+            "pal_study_version",
+        ):
             assert key in t, (key, t)
         assert t["outcome"] in ("completed", "pruned")
         assert r.data.params["optim.epochs"] == str(EPOCHS)
@@ -118,8 +150,24 @@ def test_report_from_a_fresh_process_matches_the_study_end(tracked_study):
     parent = client.search_runs([exp.experiment_id], "tags.`pal.stage` = 'study'")[0]
     logged = Path(client.download_artifacts(parent.info.run_id, "report/comparison.csv", str(tmp / "dl"))).read_text()
     out = tmp / "report"
-    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "csv", "--out", str(out),
-                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pal_study.cli",
+            "report",
+            "tracked",
+            "--format",
+            "csv",
+            "--out",
+            str(out),
+            "--tracking-uri",
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     assert (out / "comparison.csv").read_text() == logged
     assert (out / "acc_vs_noise_digits.png").read_bytes()[:4] == b"\x89PNG"
@@ -132,8 +180,9 @@ def test_report_from_a_fresh_process_matches_the_study_end(tracked_study):
 
 def _report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    return subprocess.run([sys.executable, "-m", "pal_study.cli", *args], capture_output=True, text=True,
-                          timeout=180, cwd=cwd, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pal_study.cli", *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env
+    )
 
 
 def test_report_formats_go_to_stdout_and_parse(tracked_study):
@@ -164,29 +213,57 @@ def test_report_formats_go_to_stdout_and_parse(tracked_study):
 def test_report_and_export_from_the_run_directory_equal_the_tracking_stores(tracked_study, tmp_path):
     tmp, uri, _ = tracked_study
     runs = str(tmp / "runs")
-    from_store = _report("report", "tracked", "--format", "md", "--source", "mlflow", "--tracking-uri", uri,
-                         "--runs-dir", runs)
+    from_store = _report(
+        "report", "tracked", "--format", "md", "--source", "mlflow", "--tracking-uri", uri, "--runs-dir", runs
+    )
     from_runs = _report("report", "tracked", "--format", "md", "--source", "runs", "--runs-dir", runs)
     assert from_store.returncode == from_runs.returncode == 0, from_runs.stderr
     assert from_runs.stdout == from_store.stdout and "## Claims" in from_runs.stdout
     # auto: a store that does not hold the study (a --no-track run) falls back to the run directory
-    auto = _report("report", "tracked", "--format", "md", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db",
-                   "--runs-dir", runs)
+    auto = _report(
+        "report", "tracked", "--format", "md", "--tracking-uri", f"sqlite:///{tmp_path}/empty.db", "--runs-dir", runs
+    )
     assert auto.stdout == from_store.stdout
     # auto with no store at all (no mlruns/ in the working directory): the run directory, same table
     (tmp_path / "cwd").mkdir()
     auto = _report("report", "tracked", "--format", "md", "--runs-dir", runs, cwd=tmp_path / "cwd")
     assert auto.stdout == from_store.stdout and not (tmp_path / "cwd" / "mlruns").exists()
     # export: the same configs from either source
-    assert main(["export", "tracked", "--out", str(tmp_path / "a"), "--source", "mlflow", "--tracking-uri", uri,
-                 "--runs-dir", runs]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "tracked",
+                "--out",
+                str(tmp_path / "a"),
+                "--source",
+                "mlflow",
+                "--tracking-uri",
+                uri,
+                "--runs-dir",
+                runs,
+            ]
+        )
+        == 0
+    )
     assert main(["export", "tracked", "--out", str(tmp_path / "b"), "--source", "runs", "--runs-dir", runs]) == 0
-    a, b = json.loads((tmp_path / "a/tracked/index.json").read_text()), json.loads((tmp_path / "b/tracked/index.json").read_text())
+    a, b = (
+        json.loads((tmp_path / "a/tracked/index.json").read_text()),
+        json.loads((tmp_path / "b/tracked/index.json").read_text()),
+    )
     assert [i["config"] for i in a] == [i["config"] for i in b] and len(a) == 4
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=False):
         assert (tmp_path / "a/tracked" / x["config"]).read_text() == (tmp_path / "b/tracked" / y["config"]).read_text()
-        for key in ("cell", "seed", "test_acc_mean", "test_acc_std", "val_acc_mean", "test_acc_of_exported_seed",
-                    "tune_best_value", "n_seeds"):
+        for key in (
+            "cell",
+            "seed",
+            "test_acc_mean",
+            "test_acc_std",
+            "val_acc_mean",
+            "test_acc_of_exported_seed",
+            "tune_best_value",
+            "n_seeds",
+        ):
             assert x[key] == y[key], key
     missing = _report("report", "nosuch", "--runs-dir", runs, "--tracking-uri", uri)
     assert missing.returncode == 2 and "nosuch" in missing.stderr and "Traceback" not in missing.stderr
@@ -271,10 +348,14 @@ def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
     import time
     import urllib.request
 
-    tmp, uri, _ = tracked_study
+    _tmp, uri, _ = tracked_study
     port = _closed_port()
-    proc = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked",
-                             "--tracking-uri", uri], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked", "--tracking-uri", uri],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         deadline = time.time() + 120
         table_url = _read_url(proc, "(table)", deadline)
@@ -293,7 +374,9 @@ def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
         assert addrs == {"127.0.0.1"}, listening
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name("tracked")
-        assert table_url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=pal-cells"
+        assert (
+            table_url == f"http://127.0.0.1:{port}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=pal-cells"
+        )
         assert chart_url == table_url + "&compareRunsMode=CHART"
         cells = client.search_runs([exp.experiment_id], "tags.stage = 'cell'")
         assert len(cells) == 4
@@ -373,12 +456,17 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     trial.suggest_float("optim.weight_decay", 1e-5, 1e-2, log=True)
     trial.report(0.5, 1)
     st.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    orphan = tracking.client.create_run(tracker.exp_id, tags={"mlflow.parentRunId": parent,
-                                                              "pal.run_key": "cell000/tune/0"})
+    orphan = tracking.client.create_run(
+        tracker.exp_id, tags={"mlflow.parentRunId": parent, "pal.run_key": "cell000/tune/0"}
+    )
     searcher = StudySearcher(study, store, slots=1)
     cfg = searcher.trial_config(cell, {})
-    store.open_finals(cell).add_trial(optuna.trial.create_trial(
-        value=0.9, user_attrs={"seed": 0, "val_acc": 0.9, "test_acc": 0.88, "config": json.dumps({**cfg, "seed": 0})}))
+    store.open_finals(cell).add_trial(
+        optuna.trial.create_trial(
+            value=0.9,
+            user_attrs={"seed": 0, "val_acc": 0.9, "test_acc": 0.88, "config": json.dumps({**cfg, "seed": 0})},
+        )
+    )
 
     tracker2 = StudyTracker(tracking, study, store)
     tracker2.start()
@@ -410,14 +498,20 @@ def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_s
     over both comparisons."""
     from scipy import stats as st
 
-    tmp, uri, _ = tracked_study
-    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json",
-                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    _tmp, uri, _ = tracked_study
+    res = subprocess.run(
+        [sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     comps = doc["comparisons"]
-    assert len(comps) == 2 and all(set(c) >= {"cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high",
-                                              "p", "q", "test"} for c in comps)
+    assert len(comps) == 2 and all(
+        set(c) >= {"cell", "baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "test"}
+        for c in comps
+    )
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tracked")
     finals = client.search_runs([exp.experiment_id], "tags.stage = 'final' and tags.outcome = 'completed'")
@@ -434,8 +528,10 @@ def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_s
         assert c["delta"] == pytest.approx(sum(d) / len(d))
         # The verdicts' test: the exact sign-flip p over the 2^n sign assignments (n = 2: 0.5 or 1),
         # an interval that is unbounded at this n; the paired t-test beside it.
-        hits = sum(abs(sum(x * sg for x, sg in zip(d, signs))) >= abs(sum(d)) - 1e-12
-                   for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1)))
+        hits = sum(
+            abs(sum(x * sg for x, sg in zip(d, signs, strict=False))) >= abs(sum(d)) - 1e-12
+            for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+        )
         assert c["p"] == pytest.approx(hits / 4) and c["ci_low"] is None and c["ci_high"] is None
         if len(set(d)) > 1:
             assert c["p_t"] == pytest.approx(st.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
@@ -444,8 +540,12 @@ def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_s
         lo, hi = sorted(ps)
         want = {lo: min(2 * lo, hi), hi: hi}  # BH with m = 2
         assert {c["p"]: c["q"] for c in comps} == pytest.approx(want)
-    bad = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--baseline", "best",
-                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "pal_study.cli", "report", "tracked", "--baseline", "best", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "allowed: base, ce" in bad.stderr
 
 
@@ -453,8 +553,10 @@ def test_claims_get_verdicts_at_the_end_in_summary_mlflow_and_report(tracked_stu
     tmp, uri, _ = tracked_study
     summary = json.loads((tmp / "runs" / "tracked" / "summary.json").read_text())
     claims = summary["claims"]
-    assert [c["claim"] for c in claims] == ["*+fnpal better than * on test_acc where data.noise.rate=0.4",
-                                            "ce+fnpal better than ce on ece"]
+    assert [c["claim"] for c in claims] == [
+        "*+fnpal better than * on test_acc where data.noise.rate=0.4",
+        "ce+fnpal better than ce on ece",
+    ]
     assert [len(c["comparisons"]) for c in claims] == [1, 2]
     for c in claims:
         assert c["verdict"] in ("supported", "contradicted", "inconclusive")
@@ -466,15 +568,21 @@ def test_claims_get_verdicts_at_the_end_in_summary_mlflow_and_report(tracked_stu
     exp = client.get_experiment_by_name("tracked")
     parent = client.search_runs([exp.experiment_id], "tags.`pal.stage` = 'study'")[0]
     assert parent.data.tags["claims"].startswith(claims[0]["verdict"] + ": *+fnpal better than *")
-    logged = json.loads(Path(client.download_artifacts(parent.info.run_id, "claims.json", str(tmp / "dlc"))).read_text())
+    logged = json.loads(
+        Path(client.download_artifacts(parent.info.run_id, "claims.json", str(tmp / "dlc"))).read_text()
+    )
     assert [c["verdict"] for c in logged] == [c["verdict"] for c in claims]
-    res = subprocess.run([sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json",
-                          "--tracking-uri", uri], capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pal_study.cli", "report", "tracked", "--format", "json", "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     from_store = json.loads(res.stdout)["claims"]
     # Recomputed from MLflow's records, the same verdicts and numbers as at the study's end.
     assert [c["verdict"] for c in from_store] == [c["verdict"] for c in claims]
-    for a, b in zip(from_store, claims):
-        for x, y in zip(a["comparisons"], b["comparisons"]):
+    for a, b in zip(from_store, claims, strict=False):
+        for x, y in zip(a["comparisons"], b["comparisons"], strict=False):
             assert (x["cell"], x["baseline"], x["n_pairs"]) == (y["cell"], y["baseline"], y["n_pairs"])
             assert x["delta"] == pytest.approx(y["delta"]) and (x["q"] is None) == (y["q"] is None)

@@ -32,9 +32,27 @@ def _port() -> int:
 def _server(tmp: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-         "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp}/server.db",
+            "--artifacts-destination",
+            str(tmp / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -64,24 +82,36 @@ def _finished(journal: Path) -> int:
     if not journal.exists():
         return 0
     storage = JournalStorage(JournalFileBackend(str(journal)))
-    return sum(t.state.is_finished() for s in optuna.get_all_study_summaries(storage)
-               for t in optuna.load_study(study_name=s.study_name, storage=storage).trials)
+    return sum(
+        t.state.is_finished()
+        for s in optuna.get_all_study_summaries(storage)
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).trials
+    )
 
 
 @pytest.mark.slow
 def test_tracking_server_down_mid_study_loses_nothing(tmp_path):
     port = _port()
     server = _server(tmp_path, port)
-    spec = {"name": "outage", "base": {"data": {"name": "digits"}, "optim": {"epochs": EPOCHS}},
-            "factors": {"method": ["ce", "ce+fnpal"]}, "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
-            "budget": {"trials_per_cell": 10, "pruner": {"name": "none"}}, "finals": {"seeds": [0, 1]}}
+    spec = {
+        "name": "outage",
+        "base": {"data": {"name": "digits"}, "optim": {"epochs": EPOCHS}},
+        "factors": {"method": ["ce", "ce+fnpal"]},
+        "search": [str(ROOT / "search_spaces/weight_decay.yaml")],
+        "budget": {"trials_per_cell": 10, "pruner": {"name": "none"}},
+        "finals": {"seeds": [0, 1]},
+    }
     path = tmp_path / "outage.yaml"
     path.write_text(yaml.safe_dump(spec))
     runs = tmp_path / "runs"
     uri = f"http://127.0.0.1:{port}"
-    driver = subprocess.Popen([sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs),
-                               "--tracking-uri", uri], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         journal = runs / "outage" / "optuna.journal"
         deadline = time.time() + 180
@@ -95,7 +125,7 @@ def test_tracking_server_down_mid_study_loses_nothing(tmp_path):
         assert driver.poll() is None, driver.stderr.read()[-3000:]
         assert _finished(journal) > down_at, "trials stalled while the tracking server was down"
         server = _server(tmp_path, port)
-        out, err = driver.communicate(timeout=600)
+        _out, err = driver.communicate(timeout=600)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -117,9 +118,12 @@ def test_lr_schedule_shapes():
     cfg = resolve(_cfg("ce", optim={"epochs": 10, "warmup_epochs": 2}))
     f = [lr_factor(s, 10, cfg) for s in range(100)]
     assert f[0] == pytest.approx(0.05) and f[19] == pytest.approx(1.0)
-    assert f[-1] < 0.01 and all(a >= b for a, b in zip(f[20:], f[21:]))
-    step = resolve(_cfg("ce", optim={"epochs": 10, "warmup_epochs": 0, "schedule": "step",
-                                     "milestones": [5, 8], "step_gamma": 0.1}))
+    assert f[-1] < 0.01 and all(a >= b for a, b in itertools.pairwise(f[20:]))
+    step = resolve(
+        _cfg(
+            "ce", optim={"epochs": 10, "warmup_epochs": 0, "schedule": "step", "milestones": [5, 8], "step_gamma": 0.1}
+        )
+    )
     assert lr_factor(49, 10, step) == 1.0 and lr_factor(50, 10, step) == pytest.approx(0.1)
     assert lr_factor(80, 10, step) == pytest.approx(0.01)
 
@@ -144,7 +148,8 @@ def test_gpu_only_switches_leave_the_cpu_path_identical():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
 def test_cuda_path_with_bf16_channels_last_and_compile():
-    cfg = TrainConfig.model_validate({"data": {"name": "digits"}, "optim": {"epochs": 2}, "device": "cuda",
-                                      "amp": True, "compile": True})
+    cfg = TrainConfig.model_validate(
+        {"data": {"name": "digits"}, "optim": {"epochs": 2}, "device": "cuda", "amp": True, "compile": True}
+    )
     result = train(cfg)
     assert result.status == "completed" and result.env["device"].startswith("cuda")

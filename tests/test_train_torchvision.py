@@ -21,15 +21,34 @@ def _digits_as_mnist(n_train: int, n_test: int) -> tuple[np.ndarray, ...]:
     x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False)
     img = (x[:, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     y = d.target.astype(np.uint8)
-    return img[:n_train], y[:n_train], img[n_train:n_train + n_test], y[n_train:n_train + n_test]
+    return img[:n_train], y[:n_train], img[n_train : n_train + n_test], y[n_train : n_train + n_test]
 
 
 def test_mnist_files_train_with_asymmetric_noise(tmp_path, capsys):
     write_mnist(tmp_path / "data", *_digits_as_mnist(1200, 400))
     out = tmp_path / "r.json"
-    rc = main(["train", "-q", "--set", "data.name=mnist", "--set", f"data.root={tmp_path / 'data'}",
-               "--set", "method=ce+fnpal", "--set", "data.noise.kind=asymmetric", "--set", "data.noise.rate=0.4",
-               "--set", "optim.epochs=3", "--set", "optim.lr=0.05", "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "-q",
+            "--set",
+            "data.name=mnist",
+            "--set",
+            f"data.root={tmp_path / 'data'}",
+            "--set",
+            "method=ce+fnpal",
+            "--set",
+            "data.noise.kind=asymmetric",
+            "--set",
+            "data.noise.rate=0.4",
+            "--set",
+            "optim.epochs=3",
+            "--set",
+            "optim.lr=0.05",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["config"]["model"]["arch"] == "mnist_cnn" and r["data"]["num_classes"] == 10
@@ -45,11 +64,28 @@ def test_cifar10_files_train_with_crop_flip(tmp_path, capsys):
     # Class-dependent colour so that there is something to learn.
     base = (labels[:, None, None, None] * 25).astype(np.int64)
     images = np.clip(base + g.integers(0, 40, (n_train + n_test, 3, 32, 32)), 0, 255).astype(np.uint8)
-    write_cifar10(tmp_path / "c", images[:n_train], labels[:n_train].tolist(), images[n_train:], labels[n_train:].tolist())
+    write_cifar10(
+        tmp_path / "c", images[:n_train], labels[:n_train].tolist(), images[n_train:], labels[n_train:].tolist()
+    )
     out = tmp_path / "r.json"
-    rc = main(["train", "-q", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path / 'c'}",
-               "--set", "method=nce+rce+fnpal", "--set", "optim.epochs=1", "--set", "optim.batch_size=64",
-               "--out", str(out)])
+    rc = main(
+        [
+            "train",
+            "-q",
+            "--set",
+            "data.name=cifar10",
+            "--set",
+            f"data.root={tmp_path / 'c'}",
+            "--set",
+            "method=nce+rce+fnpal",
+            "--set",
+            "optim.epochs=1",
+            "--set",
+            "optim.batch_size=64",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     r = json.loads(out.read_text())
     assert r["status"] == "completed" and r["config"]["model"]["arch"] == "cifar_cnn8"

@@ -21,8 +21,9 @@ def _check_generator(generator: torch.Generator) -> None:
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     if generator.device.type != "cpu":
-        raise ValueError(f"generator must be on the CPU (for device-independent determinism), "
-                         f"got one on {generator.device}")
+        raise ValueError(
+            f"generator must be on the CPU (for device-independent determinism), got one on {generator.device}"
+        )
 
 
 def crop_flip(batch: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
@@ -67,9 +68,18 @@ class DeviceBatches:
     new epoch with a new permutation; ``len()`` is the number of batches per epoch.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                 generator: torch.Generator | None = None, augment: str = "none", drop_last: bool = False,
-                 padding: int = 4) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        generator: torch.Generator | None = None,
+        augment: str = "none",
+        drop_last: bool = False,
+        padding: int = 4,
+    ) -> None:
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"x and y differ in length: {x.shape[0]} vs {y.shape[0]}")
         if x.device != y.device:
@@ -104,7 +114,7 @@ class DeviceBatches:
             order = torch.arange(n, device=dev)
         bs = self.batch_size
         for i in range(len(self)):
-            idx = order[i * bs:(i + 1) * bs]
+            idx = order[i * bs : (i + 1) * bs]
             xb = self.x.index_select(0, idx)
             yb = self.y.index_select(0, idx)
             if self.augment == "crop_flip":

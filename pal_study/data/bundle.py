@@ -21,8 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from pal_study.data.corruption import (IMBALANCE_PROFILES, NOISE_KINDS, apply_noise, long_tail_counts,
-                                       long_tail_subsample, stratified_split)
+from pal_study.data.corruption import (
+    IMBALANCE_PROFILES,
+    NOISE_KINDS,
+    apply_noise,
+    long_tail_counts,
+    long_tail_subsample,
+    stratified_split,
+)
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names
 from pal_study.data.sources import RawData
 
@@ -68,8 +74,11 @@ class DataBundle:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> DataBundle:
         """A new bundle with every tensor on ``device`` (the same bundle's tensors if already there)."""
-        moved = {f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                 for f in dataclasses.fields(self) if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return dataclasses.replace(self, **moved)
 
     @property
@@ -101,8 +110,15 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def _check_args(name: str, noise_kind: str, noise_rate: float, imbalance_ratio: float,
-                imbalance_profile: str, val_fraction: float, seed: int) -> None:
+def _check_args(
+    name: str,
+    noise_kind: str,
+    noise_rate: float,
+    imbalance_ratio: float,
+    imbalance_profile: str,
+    val_fraction: float,
+    seed: int,
+) -> None:
     if name not in DATASET_REGISTRY:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(DATASET_REGISTRY.names())}")
     if noise_kind not in NOISE_KINDS:
@@ -119,16 +135,24 @@ def _check_args(name: str, noise_kind: str, noise_rate: float, imbalance_ratio: 
         raise ValueError(f"seed must be an int, got {seed!r}")
 
 
-def _load(name: str, root: str | os.PathLike[str] | None, download: bool,
-          options: Mapping[str, Any] | None) -> RawData:
+def _load(name: str, root: str | os.PathLike[str] | None, download: bool, options: Mapping[str, Any] | None) -> RawData:
     return DATASET_REGISTRY.get(name).load(root, download, options)
 
 
-def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, download: bool = False,
-                  noise_kind: str = "symmetric", noise_rate: float = 0.0, imbalance_ratio: float = 1.0,
-                  imbalance_profile: str = "exp", val_fraction: float = 0.1, seed: int = 0,
-                  synthetic: Mapping[str, Any] | None = None,
-                  options: Mapping[str, Any] | None = None) -> DataBundle:
+def build_dataset(
+    name: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    download: bool = False,
+    noise_kind: str = "symmetric",
+    noise_rate: float = 0.0,
+    imbalance_ratio: float = 1.0,
+    imbalance_profile: str = "exp",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    synthetic: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> DataBundle:
     """Load ``name`` and corrupt its training pool; everything on the CPU (use ``.to(device)``).
 
     - ``imbalance_ratio`` ρ > 1: subsample the pool to ``long_tail_counts(n_max, k, ρ, profile)``
@@ -164,16 +188,42 @@ def build_dataset(name: str, *, root: str | os.PathLike[str] | None = None, down
 
     tr, va = stratified_split(y_obs, val_fraction, stage_seed(seed, "val_split"))
     bundle = DataBundle(
-        name=name, num_classes=k, input_shape=tuple(raw.input_shape),
-        train_x=x.index_select(0, tr), train_y=y_obs[tr], train_y_clean=y_clean[tr],
-        val_x=x.index_select(0, va), val_y=y_obs[va], val_y_clean=y_clean[va],
-        test_x=raw.test_x, test_y=raw.test_y,
-        class_counts=class_counts, noise_rate_measured=measured, augment=raw.augment,
-        mean=tuple(raw.mean), std=tuple(raw.std),
-        meta=dict(noise_kind=noise_kind, noise_rate=float(noise_rate), imbalance_ratio=float(imbalance_ratio),
-                  imbalance_profile=imbalance_profile, val_fraction=float(val_fraction), seed=int(seed)),
+        name=name,
+        num_classes=k,
+        input_shape=tuple(raw.input_shape),
+        train_x=x.index_select(0, tr),
+        train_y=y_obs[tr],
+        train_y_clean=y_clean[tr],
+        val_x=x.index_select(0, va),
+        val_y=y_obs[va],
+        val_y_clean=y_clean[va],
+        test_x=raw.test_x,
+        test_y=raw.test_y,
+        class_counts=class_counts,
+        noise_rate_measured=measured,
+        augment=raw.augment,
+        mean=tuple(raw.mean),
+        std=tuple(raw.std),
+        meta=dict(
+            noise_kind=noise_kind,
+            noise_rate=float(noise_rate),
+            imbalance_ratio=float(imbalance_ratio),
+            imbalance_profile=imbalance_profile,
+            val_fraction=float(val_fraction),
+            seed=int(seed),
+        ),
     )
-    log.info("%s: %d train / %d val / %d test, %s noise %.3f (measured %.4f), imbalance %s x%.3g, "
-             "class counts %s", name, tr.numel(), va.numel(), raw.test_y.numel(), noise_kind, noise_rate,
-             measured, imbalance_profile, imbalance_ratio, class_counts)
+    log.info(
+        "%s: %d train / %d val / %d test, %s noise %.3f (measured %.4f), imbalance %s x%.3g, class counts %s",
+        name,
+        tr.numel(),
+        va.numel(),
+        raw.test_y.numel(),
+        noise_kind,
+        noise_rate,
+        measured,
+        imbalance_profile,
+        imbalance_ratio,
+        class_counts,
+    )
     return bundle

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Union
 
 import numpy as np
 import torch
 
 from pal_study.data.sets import DATASET_REGISTRY
 
-LabelsLike = Union[torch.Tensor, np.ndarray, Sequence[int]]
+LabelsLike = torch.Tensor | np.ndarray | Sequence[int]
 
 NOISE_KINDS = ("symmetric", "asymmetric")
 IMBALANCE_PROFILES = ("exp", "step")
@@ -31,24 +30,24 @@ IMBALANCE_PROFILES = ("exp", "step")
 # asymmetric_map in data/sets/); this is a read-only view of the fixed ones. CIFAR-100 maps i to the
 # next class inside its block of 5 consecutive indices; synthetic data (any k) use i -> (i+1) mod k.
 ASYMMETRIC_MAPS: dict[str, dict[int, int]] = {
-    spec.name: dict(spec.asymmetric_map) for spec in DATASET_REGISTRY.entries()
+    spec.name: dict(spec.asymmetric_map)
+    for spec in DATASET_REGISTRY.entries()
     if spec.asymmetric_map is not None and not callable(spec.asymmetric_map)
 }
 
 
 def _as_labels(labels: LabelsLike, num_classes: int | None = None) -> torch.Tensor:
-    if isinstance(labels, torch.Tensor):
-        t = labels.detach().to("cpu")
-    else:
-        t = torch.as_tensor(np.asarray(labels))
+    t = labels.detach().to("cpu") if isinstance(labels, torch.Tensor) else torch.as_tensor(np.asarray(labels))
     if t.dim() != 1:
         raise ValueError(f"labels must be 1-D, got shape {tuple(t.shape)}")
     if t.dtype.is_floating_point or t.dtype == torch.bool or t.is_complex():
         raise ValueError(f"labels must be integers, got dtype {t.dtype}")
     t = t.to(torch.int64)
     if num_classes is not None and t.numel() and (int(t.min()) < 0 or int(t.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
-                         f"got range [{int(t.min())}, {int(t.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes - 1}] for num_classes={num_classes}, "
+            f"got range [{int(t.min())}, {int(t.max())}]"
+        )
     return t
 
 
@@ -76,7 +75,7 @@ def _check_rate(rate: float) -> float:
 
 def round_half_up(x: float) -> int:
     """``round`` without banker's rounding, so 2.5 -> 3 (Python's round gives 2)."""
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 def n_flipped(rate: float, n: int) -> int:
@@ -114,7 +113,7 @@ def long_tail_counts(n_max: int, num_classes: int, ratio: float, profile: str = 
     else:
         half = k // 2
         raw = [float(n_max)] * half + [n_max / rho] * (k - half)
-    return [max(1, int(math.floor(v * (1 + eps)))) for v in raw]
+    return [max(1, math.floor(v * (1 + eps))) for v in raw]
 
 
 def long_tail_subsample(labels: LabelsLike, counts: Sequence[int], seed: int) -> torch.Tensor:
@@ -193,12 +192,11 @@ def asymmetric_noise(labels: LabelsLike, rate: float, dataset: str, num_classes:
     for src in sorted(mapping):
         idx = torch.nonzero(y == src).flatten()
         perm = torch.randperm(idx.numel(), generator=gen)
-        out[idx[perm[:n_flipped(r, idx.numel())]]] = mapping[src]
+        out[idx[perm[: n_flipped(r, idx.numel())]]] = mapping[src]
     return out
 
 
-def apply_noise(labels: LabelsLike, kind: str, rate: float, dataset: str, num_classes: int,
-                seed: int) -> torch.Tensor:
+def apply_noise(labels: LabelsLike, kind: str, rate: float, dataset: str, num_classes: int, seed: int) -> torch.Tensor:
     """Dispatch on ``kind`` ("symmetric" | "asymmetric")."""
     if kind == "symmetric":
         return symmetric_noise(labels, rate, num_classes, seed)
@@ -230,7 +228,7 @@ def stratified_split(labels: LabelsLike, fraction: float, seed: int) -> tuple[to
     classes = torch.unique(y).tolist()
     sizes = [int((y == c).sum()) for c in classes]
     quota = [f * n for n in sizes]
-    take = [int(math.floor(q)) for q in quota]
+    take = [math.floor(q) for q in quota]
     extra = round_half_up(f * y.numel()) - sum(take)
     # stable sort: ties go to the smaller class index, so the result depends on the labels only
     order = sorted(range(len(classes)), key=lambda i: -(quota[i] - take[i]))
@@ -241,7 +239,7 @@ def stratified_split(labels: LabelsLike, fraction: float, seed: int) -> tuple[to
             take[i] += 1
             extra -= 1
     held = []
-    for c, m in zip(classes, take):
+    for c, m in zip(classes, take, strict=False):
         idx = torch.nonzero(y == c).flatten()
         perm = torch.randperm(idx.numel(), generator=gen)
         held.append(idx[perm[:m]])

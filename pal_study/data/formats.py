@@ -22,8 +22,14 @@ from typing import Any
 
 import numpy as np
 
-_IDX_TYPES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09, np.dtype(">i2"): 0x0B,
-              np.dtype(">i4"): 0x0C, np.dtype(">f4"): 0x0D, np.dtype(">f8"): 0x0E}
+_IDX_TYPES = {
+    np.dtype(np.uint8): 0x08,
+    np.dtype(np.int8): 0x09,
+    np.dtype(">i2"): 0x0B,
+    np.dtype(">i4"): 0x0C,
+    np.dtype(">f4"): 0x0D,
+    np.dtype(">f8"): 0x0E,
+}
 
 
 def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
@@ -42,8 +48,13 @@ def write_idx(path: str | os.PathLike[str], array: np.ndarray) -> None:
         f.write(np.ascontiguousarray(a).tobytes())
 
 
-def write_mnist(root: str | os.PathLike[str], train_images: np.ndarray, train_labels: np.ndarray,
-                test_images: np.ndarray, test_labels: np.ndarray) -> Path:
+def write_mnist(
+    root: str | os.PathLike[str],
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    test_images: np.ndarray,
+    test_labels: np.ndarray,
+) -> Path:
     """Write ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (uint8, images N×28×28)."""
     raw = Path(root) / "MNIST" / "raw"
     raw.mkdir(parents=True, exist_ok=True)
@@ -99,9 +110,14 @@ def _cifar_rows(images: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape[0], 3072)  # row layout: 1024 red, 1024 green, 1024 blue, row-major
 
 
-def write_cifar10(root: str | os.PathLike[str], train_images: np.ndarray, train_labels: Sequence[int],
-                  test_images: np.ndarray, test_labels: Sequence[int],
-                  label_names: Sequence[str] | None = None) -> Path:
+def write_cifar10(
+    root: str | os.PathLike[str],
+    train_images: np.ndarray,
+    train_labels: Sequence[int],
+    test_images: np.ndarray,
+    test_labels: Sequence[int],
+    label_names: Sequence[str] | None = None,
+) -> Path:
     """Write ``<root>/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``.
 
     The training set is split over the five batches as evenly as possible.
@@ -110,33 +126,66 @@ def write_cifar10(root: str | os.PathLike[str], train_images: np.ndarray, train_
     folder.mkdir(parents=True, exist_ok=True)
     rows = _cifar_rows(train_images)
     labels = [int(v) for v in train_labels]
-    names = list(label_names) if label_names is not None else [
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    names = (
+        list(label_names)
+        if label_names is not None
+        else ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    )
     for i, part in enumerate(np.array_split(np.arange(rows.shape[0]), 5), start=1):
-        dump_py2_pickle(folder / f"data_batch_{i}", {
-            "batch_label": f"training batch {i} of 5", "labels": [labels[j] for j in part],
-            "data": rows[part], "filenames": [f"img_{j}.png" for j in part]})
+        dump_py2_pickle(
+            folder / f"data_batch_{i}",
+            {
+                "batch_label": f"training batch {i} of 5",
+                "labels": [labels[j] for j in part],
+                "data": rows[part],
+                "filenames": [f"img_{j}.png" for j in part],
+            },
+        )
     test_rows = _cifar_rows(test_images)
-    dump_py2_pickle(folder / "test_batch", {
-        "batch_label": "testing batch 1 of 1", "labels": [int(v) for v in test_labels],
-        "data": test_rows, "filenames": [f"test_{j}.png" for j in range(test_rows.shape[0])]})
-    dump_py2_pickle(folder / "batches.meta", {
-        "label_names": names, "num_cases_per_batch": int(np.ceil(rows.shape[0] / 5)), "num_vis": 3072})
+    dump_py2_pickle(
+        folder / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": [int(v) for v in test_labels],
+            "data": test_rows,
+            "filenames": [f"test_{j}.png" for j in range(test_rows.shape[0])],
+        },
+    )
+    dump_py2_pickle(
+        folder / "batches.meta",
+        {"label_names": names, "num_cases_per_batch": int(np.ceil(rows.shape[0] / 5)), "num_vis": 3072},
+    )
     return folder
 
 
-def write_cifar100(root: str | os.PathLike[str], train_images: np.ndarray, train_labels: Sequence[int],
-                   test_images: np.ndarray, test_labels: Sequence[int]) -> Path:
+def write_cifar100(
+    root: str | os.PathLike[str],
+    train_images: np.ndarray,
+    train_labels: Sequence[int],
+    test_images: np.ndarray,
+    test_labels: Sequence[int],
+) -> Path:
     """Write ``<root>/cifar-100-python/{train, test, meta}`` (coarse label = fine // 5 here)."""
     folder = Path(root) / "cifar-100-python"
     folder.mkdir(parents=True, exist_ok=True)
     for name, images, labels in (("train", train_images, train_labels), ("test", test_images, test_labels)):
         rows = _cifar_rows(images)
         fine = [int(v) for v in labels]
-        dump_py2_pickle(folder / name, {
-            "filenames": [f"{name}_{j}.png" for j in range(rows.shape[0])], "batch_label": f"{name} batch",
-            "fine_labels": fine, "coarse_labels": [v // 5 for v in fine], "data": rows})
-    dump_py2_pickle(folder / "meta", {
-        "fine_label_names": [f"class_{i}" for i in range(100)],
-        "coarse_label_names": [f"superclass_{i}" for i in range(20)]})
+        dump_py2_pickle(
+            folder / name,
+            {
+                "filenames": [f"{name}_{j}.png" for j in range(rows.shape[0])],
+                "batch_label": f"{name} batch",
+                "fine_labels": fine,
+                "coarse_labels": [v // 5 for v in fine],
+                "data": rows,
+            },
+        )
+    dump_py2_pickle(
+        folder / "meta",
+        {
+            "fine_label_names": [f"class_{i}" for i in range(100)],
+            "coarse_label_names": [f"superclass_{i}" for i in range(20)],
+        },
+    )
     return folder

@@ -31,8 +31,16 @@ DIGITS_TEST_FRACTION = 0.2
 
 # The one definition of the synthetic data set's defaults; the trial config's ``data.synthetic``
 # section takes its defaults from here.
-SYNTHETIC_DEFAULTS: dict[str, Any] = dict(num_classes=10, dim=32, train_per_class=200, test_per_class=100,
-                                          separation=3.0, input_shape=None, data_seed=0, augment="none")
+SYNTHETIC_DEFAULTS: dict[str, Any] = dict(
+    num_classes=10,
+    dim=32,
+    train_per_class=200,
+    test_per_class=100,
+    separation=3.0,
+    input_shape=None,
+    data_seed=0,
+    augment="none",
+)
 
 DEFAULT_ROOT_ENV = "PAL_STUDY_DATA"
 
@@ -100,17 +108,25 @@ def load_digits() -> RawData:
     ds = _sk_load_digits()
     images = ds.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
     labels = ds.target.astype(np.int64)
-    tr, te = train_test_split(np.arange(labels.shape[0]), test_size=DIGITS_TEST_FRACTION,
-                              stratify=labels, random_state=DIGITS_SPLIT_SEED)
+    tr, te = train_test_split(
+        np.arange(labels.shape[0]), test_size=DIGITS_TEST_FRACTION, stratify=labels, random_state=DIGITS_SPLIT_SEED
+    )
     tr, te = np.sort(tr), np.sort(te)
     train = torch.from_numpy(images[tr]).unsqueeze(1)
     test = torch.from_numpy(images[te]).unsqueeze(1)
     mean = float(train.mean(dtype=torch.float64))
     std = float(train.double().std(unbiased=False))
     return RawData(
-        train_x=(train - mean) / std, train_y=torch.from_numpy(labels[tr]),
-        test_x=(test - mean) / std, test_y=torch.from_numpy(labels[te]),
-        num_classes=10, input_shape=(1, 8, 8), augment="none", mean=(mean,), std=(std,))
+        train_x=(train - mean) / std,
+        train_y=torch.from_numpy(labels[tr]),
+        test_x=(test - mean) / std,
+        test_y=torch.from_numpy(labels[te]),
+        num_classes=10,
+        input_shape=(1, 8, 8),
+        augment="none",
+        mean=(mean,),
+        std=(std,),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,13 +149,21 @@ def default_root() -> Path:
 def _missing_message(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
     sub, files = spec.files
     listed = ", ".join(files)
-    return (f"{spec.name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
-            f"(missing: {', '.join(str(p) for p in missing)}). Put the torchvision files there, or pass "
-            f"--download (config: data.download: true) on a machine with network access.")
+    return (
+        f"{spec.name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
+        f"(missing: {', '.join(str(p) for p in missing)}). Put the torchvision files there, or pass "
+        f"--download (config: data.download: true) on a machine with network access."
+    )
 
 
-def load_torchvision(spec: DatasetSpec, root: str | os.PathLike[str] | None, download: bool, *,
-                     dataset_class: Callable[[], type], channels_last_arrays: bool) -> RawData:
+def load_torchvision(
+    spec: DatasetSpec,
+    root: str | os.PathLike[str] | None,
+    download: bool,
+    *,
+    dataset_class: Callable[[], type],
+    channels_last_arrays: bool,
+) -> RawData:
     """A torchvision image set's train and test splits, read straight from the dataset arrays.
 
     ``dataset_class()`` gives the torchvision class (imported only now); its ``data`` is N×H×W
@@ -150,9 +174,11 @@ def load_torchvision(spec: DatasetSpec, root: str | os.PathLike[str] | None, dow
         raise ValueError(f"not a torchvision source: {name!r} declares no files")
     if root is None:
         if not download:
-            raise DataError(f"{name}: no data root given. Pass root=<dir> holding "
-                            f"{spec.files[0]}/ ({', '.join(spec.files[1])}), or pass --download "
-                            f"(config: data.download: true) on a machine with network access.")
+            raise DataError(
+                f"{name}: no data root given. Pass root=<dir> holding "
+                f"{spec.files[0]}/ ({', '.join(spec.files[1])}), or pass --download "
+                f"(config: data.download: true) on a machine with network access."
+            )
         root = default_root()
     root = Path(root).expanduser()
     missing = [p for p in spec.expected_files(root) if not p.is_file()]
@@ -170,8 +196,10 @@ def load_torchvision(spec: DatasetSpec, root: str | os.PathLike[str] | None, dow
         missing = [p for p in spec.expected_files(root) if not p.is_file()]
         if missing:
             if download:
-                raise DataError(f"{name}: download to {root} failed ({type(e).__name__}: {e}); "
-                                + _missing_message(spec, root, missing)) from e
+                raise DataError(
+                    f"{name}: download to {root} failed ({type(e).__name__}: {e}); "
+                    + _missing_message(spec, root, missing)
+                ) from e
             raise DataError(f"{_missing_message(spec, root, missing)} ({type(e).__name__}: {e})") from e
         what = "could not download or read" if download else "could not read"
         raise DataError(f"{name}: {what} the files under {root}: {type(e).__name__}: {e}") from e
@@ -188,17 +216,26 @@ def load_torchvision(spec: DatasetSpec, root: str | os.PathLike[str] | None, dow
     te_y = torch.as_tensor(np.asarray(test.targets), dtype=torch.int64)
     for split, x, y in (("train", tr_x, tr_y), ("test", te_x, te_y)):
         if x.dtype != torch.uint8 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-            raise DataError(f"{name} {split}: expected N uint8 images and N labels, got images "
-                            f"{tuple(x.shape)} {x.dtype} and {y.shape[0]} labels")
+            raise DataError(
+                f"{name} {split}: expected N uint8 images and N labels, got images "
+                f"{tuple(x.shape)} {x.dtype} and {y.shape[0]} labels"
+            )
         if int(y.min()) < 0 or int(y.max()) >= k:
             raise DataError(f"{name} {split}: labels must lie in [0, {k - 1}], got [{int(y.min())}, {int(y.max())}]")
     mean, std = _uint8_channel_stats(tr_x)
     log.info("%s: %d train / %d test images from %s", name, tr_x.shape[0], te_x.shape[0], root)
     m, s = _scale_of(mean, std, 255.0)
     return RawData(
-        train_x=_normalise_uint8(tr_x, mean, std), train_y=tr_y,
-        test_x=_normalise_uint8(te_x, mean, std), test_y=te_y,
-        num_classes=k, input_shape=tuple(tr_x.shape[1:]), augment=augment, mean=m, std=s)
+        train_x=_normalise_uint8(tr_x, mean, std),
+        train_y=tr_y,
+        test_x=_normalise_uint8(te_x, mean, std),
+        test_y=te_y,
+        num_classes=k,
+        input_shape=tuple(tr_x.shape[1:]),
+        augment=augment,
+        mean=m,
+        std=s,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,8 +262,9 @@ def synthetic_params(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     if shape is not None:
         shape = tuple(shape)
         if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
-            raise ValueError(f"synthetic input_shape must be a non-empty sequence of ints >= 1, "
-                             f"got {p['input_shape']!r}")
+            raise ValueError(
+                f"synthetic input_shape must be a non-empty sequence of ints >= 1, got {p['input_shape']!r}"
+            )
         p["input_shape"] = tuple(int(d) for d in shape)
     from pal_study.data.batching import AUGMENTS
 
@@ -260,5 +298,14 @@ def make_synthetic(overrides: Mapping[str, Any] | None = None) -> RawData:
 
     tr_x, tr_y = draw(p["train_per_class"])
     te_x, te_y = draw(p["test_per_class"])
-    return RawData(train_x=tr_x, train_y=tr_y, test_x=te_x, test_y=te_y, num_classes=k,
-                   input_shape=tuple(shape), augment=p["augment"], mean=(0.0,), std=(1.0,))
+    return RawData(
+        train_x=tr_x,
+        train_y=tr_y,
+        test_x=te_x,
+        test_y=te_y,
+        num_classes=k,
+        input_shape=tuple(shape),
+        augment=p["augment"],
+        mean=(0.0,),
+        std=(1.0,),
+    )

@@ -26,10 +26,17 @@ from ray.tune.search import Searcher
 
 from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
+from pal_study.study.events import (
+    EpochReported,
+    FinalEnded,
+    FinalsSkipped,
+    Sink,
+    TrialEnded,
+    TrialRetried,
+    TrialStarted,
+)
 from pal_study.study.pruners import build_pruner
 from pal_study.study.samplers import build_sampler
-from pal_study.study.events import (EpochReported, FinalEnded, FinalsSkipped, Sink, TrialEnded, TrialRetried,
-                                    TrialStarted)
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
@@ -52,8 +59,6 @@ class Job:
     epoch_time_s: float = 0.0
 
 
-
-
 def job_name(payload: dict[str, Any]) -> str:
     """A job's readable name, as in its Ray Tune trial directory: cell003-tune-0007, cell003-final-s0-1."""
     cell = f"cell{int(payload.get('cell', 0)):03d}"
@@ -65,8 +70,9 @@ def job_name(payload: dict[str, Any]) -> str:
 class StudySearcher(Searcher):
     """Hands out tuning trials (equal budget per cell), resumed trials, then finals."""
 
-    def __init__(self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Sink | None = None,
-                 retries: int = 0):
+    def __init__(
+        self, study: Study, store: StudyStore, *, slots: int = 1, on_event: Sink | None = None, retries: int = 0
+    ):
         super().__init__(metric=study.spec.objective.metric, mode=study.spec.objective.mode)
         # Work whose process or node died is handed out again, up to `retries` times, by the
         # searcher itself rather than by Tune's FailureConfig: when a node dies, Tune can see the
@@ -94,8 +100,11 @@ class StudySearcher(Searcher):
             if cell.is_variant:  # a sensitivity cell: its parent's tuning picks its config
                 self._issued[cell.index] = 0
                 continue
-            st = store.open_tuning(cell, build_sampler(study.spec.budget.sampler, cell.index),
-                                   build_pruner(study.spec.budget.pruner, cell.config.optim.epochs or epochs))
+            st = store.open_tuning(
+                cell,
+                build_sampler(study.spec.budget.sampler, cell.index),
+                build_pruner(study.spec.budget.pruner, cell.config.optim.epochs or epochs),
+            )
             self._tuning[cell.index] = st
             trials = st.get_trials(deepcopy=False)
             # Trials left RUNNING by a killed driver are run again under the same Optuna trial.
@@ -168,8 +177,11 @@ class StudySearcher(Searcher):
                 seeds = seeds[: self._seeds_per_trial]
                 self._finals_issued[cell.index].update(seeds)
                 return Job("final", cell, seeds=seeds)
-        open_cells = [c for c in self.study.cells if self._issued[c.index] < self.study.budget(c)
-                      and self._running(c) < self._per_cell]
+        open_cells = [
+            c
+            for c in self.study.cells
+            if self._issued[c.index] < self.study.budget(c) and self._running(c) < self._per_cell
+        ]
         if not open_cells:
             return None
         cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
@@ -217,8 +229,9 @@ class StudySearcher(Searcher):
         sensitivity cell fixes (its config holds them)."""
         return {k: v for k, v in (best.params if best else {}).items() if k not in cell.variant}
 
-    def trial_config(self, cell: Cell, params: dict[str, Any], *, seed: int | None = None,
-                     epochs: int | None = None) -> dict[str, Any]:
+    def trial_config(
+        self, cell: Cell, params: dict[str, Any], *, seed: int | None = None, epochs: int | None = None
+    ) -> dict[str, Any]:
         """The resolved, re-runnable trial config for a cell at these parameter values."""
         overrides = [f"{k}={_yaml_value(v)}" for k, v in params.items()]
         if seed is not None:
@@ -241,8 +254,12 @@ class StudySearcher(Searcher):
 
     def _logs_glob(self, job: Job) -> str:
         """Where a person finds this job's Ray Tune trial directories (one per attempt)."""
-        key = {"stage": job.stage, "cell": job.cell.index, "seeds": job.seeds,
-               "optuna_trial": job.trial.number if job.trial is not None else 0}
+        key = {
+            "stage": job.stage,
+            "cell": job.cell.index,
+            "seeds": job.seeds,
+            "optuna_trial": job.trial.number if job.trial is not None else 0,
+        }
         return str(self.store.dir / "tune" / "*" / f"{job_name(key)}_*")
 
     def _payload(self, job: Job) -> dict[str, Any]:
@@ -250,16 +267,29 @@ class StudySearcher(Searcher):
         if job.stage == "tune":
             params = suggest(job.trial, job.cell.params)
             ckpt = {"path": str(self.store.tuning_checkpoint(job.cell, job.trial.number)), "every_epochs": every}
-            return {"stage": "tune", "cell": job.cell.index, "optuna_trial": job.trial.number,
-                    "config": self.trial_config(job.cell, params), "details": self.details,
-                    "checkpoint": ckpt if every != 0 else None,
-                    "report": self.spec.budget.pruner.decision_epochs()}
+            return {
+                "stage": "tune",
+                "cell": job.cell.index,
+                "optuna_trial": job.trial.number,
+                "config": self.trial_config(job.cell, params),
+                "details": self.details,
+                "checkpoint": ckpt if every != 0 else None,
+                "report": self.spec.budget.pruner.decision_epochs(),
+            }
         best = self.best(job.cell)
-        ckpt = {"paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
-                "every_epochs": every}
-        return {"stage": "final", "cell": job.cell.index, "seeds": job.seeds, "best_trial": best.number,
-                "config": self.trial_config(job.cell, self.final_params(job.cell, best), epochs=self.spec.finals.epochs),
-                "details": self.details, "checkpoint": ckpt if every != 0 else None}
+        ckpt = {
+            "paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
+            "every_epochs": every,
+        }
+        return {
+            "stage": "final",
+            "cell": job.cell.index,
+            "seeds": job.seeds,
+            "best_trial": best.number,
+            "config": self.trial_config(job.cell, self.final_params(job.cell, best), epochs=self.spec.finals.epochs),
+            "details": self.details,
+            "checkpoint": ckpt if every != 0 else None,
+        }
 
     # -- pruning (called by the scheduler, which sees every result first) -------------------
     def report(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -271,7 +301,8 @@ class StudySearcher(Searcher):
             return False
         if result.get("closing"):
             result = {k: v for k, v in result.items() if not k.endswith("_json")} | {
-                k[:-5]: json.loads(v) for k, v in result.items() if k.endswith("_json") and isinstance(v, str)}
+                k[:-5]: json.loads(v) for k, v in result.items() if k.endswith("_json") and isinstance(v, str)
+            }
             if job.stage == "tune":
                 # The first copy is whole; a later one (the same result again at completion) has
                 # lost its bulky fields to DropBulkyResults.
@@ -328,16 +359,30 @@ class StudySearcher(Searcher):
             recorded = set(self.store.final_results(job.cell))
             for seed in job.seeds:
                 if seed not in recorded:
-                    why = ("the trial process died (see its Ray logs under "
-                           f"{self.store.dir / 'tune'}/*/cellNNN-final-sN_*)") if error \
+                    why = (
+                        (
+                            "the trial process died (see its Ray logs under "
+                            f"{self.store.dir / 'tune'}/*/cellNNN-final-sN_*)"
+                        )
+                        if error
                         else "the trial ended without a result"
+                    )
                     self._record_final(job, {"status": "failed", "reason": why, "seed": seed})
             return
         st = self._tuning[job.cell.index]
         trial = job.trial
         closing = job.closing or {}
-        for key in ("epochs_run", "train_time_s", "wall_time_s", "val_acc", "val_acc_clean", "test_acc", "ece", "node",
-                    "resumed_from_epoch"):
+        for key in (
+            "epochs_run",
+            "train_time_s",
+            "wall_time_s",
+            "val_acc",
+            "val_acc_clean",
+            "test_acc",
+            "ece",
+            "node",
+            "resumed_from_epoch",
+        ):
             if key in closing:
                 trial.set_user_attr(key, jsonable(closing[key]))
         # Its work is over whatever the outcome: only running trials and finals keep checkpoints.
@@ -351,8 +396,10 @@ class StudySearcher(Searcher):
             st.tell(trial, state=TrialState.PRUNED)
             outcome, value = "pruned", None
         elif died:
-            reason = ("the trial process died or raised outside the trainer (see its Ray logs under "
-                      f"{self.store.dir / 'tune'}/*/cellNNN-tune-NNNN_*)")
+            reason = (
+                "the trial process died or raised outside the trainer (see its Ray logs under "
+                f"{self.store.dir / 'tune'}/*/cellNNN-tune-NNNN_*)"
+            )
             trial.set_user_attr("tune_logs", self._logs_glob(job))
             log.warning("%s: tuning trial %d failed: %s", job.cell.label, trial.number, reason)
             trial.set_user_attr("reason", reason)
@@ -389,8 +436,13 @@ class StudySearcher(Searcher):
             self._resume.append((job.cell, job.trial.number))
         else:
             self._finals_issued[job.cell.index].difference_update(seeds)
-        log.warning("%s: a %s trial's process or node died; running it again (retry %d of %d)",
-                    job.cell.label, "tuning" if job.stage == "tune" else "final", attempt, self.retries)
+        log.warning(
+            "%s: a %s trial's process or node died; running it again (retry %d of %d)",
+            job.cell.label,
+            "tuning" if job.stage == "tune" else "final",
+            attempt,
+            self.retries,
+        )
         self.on_event(TrialRetried(job, attempt, seeds if job.stage == "final" else []))
         return True
 
@@ -403,19 +455,27 @@ class StudySearcher(Searcher):
         seed = int(result["seed"])
         value = result.get(self.spec.objective.metric)
         ok = result.get("status") == "completed" and value is not None and math.isfinite(value)
-        attrs = {k: jsonable(v) for k, v in result.items()
-                 if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))}
+        attrs = {
+            k: jsonable(v)
+            for k, v in result.items()
+            if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))
+        }
         cfg = self.trial_config(job.cell, self.final_params(job.cell, best), seed=seed, epochs=self.spec.finals.epochs)
         attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
-        finals.add_trial(optuna.trial.create_trial(
-            state=TrialState.COMPLETE if ok else TrialState.FAIL,
-            value=float(value) if ok else None,
-            user_attrs=attrs,
-        ))
+        finals.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                value=float(value) if ok else None,
+                user_attrs=attrs,
+            )
+        )
         if not ok:  # a failed final's partial state is no trained model worth keeping
             self.store.final_checkpoint(job.cell, seed).unlink(missing_ok=True)
-        self.on_event(FinalEnded(job, seed, ok, value if ok else None, result.get("reason"), result, cfg,
-                                 best.value if best else None))
+        self.on_event(
+            FinalEnded(
+                job, seed, ok, value if ok else None, result.get("reason"), result, cfg, best.value if best else None
+            )
+        )
 
 
 class OptunaPruningScheduler(FIFOScheduler):

@@ -6,8 +6,9 @@ it is about; ``kind`` names the event in logs. A sink is any callable taking one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,16 @@ class FinalsSkipped:
     reason: str
 
 
-Event = Union[TrialStarted, EpochReported, TrialEnded, TrialRetried, FinalEnded, FinalsSkipped]
+Event = TrialStarted | EpochReported | TrialEnded | TrialRetried | FinalEnded | FinalsSkipped
 Sink = Callable[[Event], None]
 
-__all__ = ["EpochReported", "Event", "FinalEnded", "FinalsSkipped", "Sink", "TrialEnded", "TrialRetried",
-           "TrialStarted"]
+__all__ = [
+    "EpochReported",
+    "Event",
+    "FinalEnded",
+    "FinalsSkipped",
+    "Sink",
+    "TrialEnded",
+    "TrialRetried",
+    "TrialStarted",
+]

@@ -27,4 +27,6 @@ def check_data(study: Study) -> None:
                 f"{d.name} files are not under data.root {d.root!r} (missing {missing[0]}"
                 f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}); put the torchvision files "
                 "there, point --set base.data.root=DIR at them, or set data.download: true where a network exists",
-                source=str(study.path), key=key)
+                source=str(study.path),
+                key=key,
+            )

@@ -64,8 +64,11 @@ class StudyProgress:
                 self._best[i] = (b.best_value, dict(b.best_params or {}), b.best_trial)
             recorded = {s: r for s, r in (b.finals or {}).items() if s in self.seeds}
             self._finals[i] = len(recorded)
-            self._final_values[i] = [r["value"] for r in recorded.values()
-                                     if r.get("state") == "complete" and isinstance(r.get("value"), (int, float))]
+            self._final_values[i] = [
+                r["value"]
+                for r in recorded.values()
+                if r.get("state") == "complete" and isinstance(r.get("value"), (int, float))
+            ]
         self._finals_total = sum(self._finals.values())
         self._tuning_total = sum(self.counts[k] for k in ("completed", "pruned", "failed"))
         # A cell already past a stage when this session starts gets no "ended" line.
@@ -79,16 +82,22 @@ class StudyProgress:
         self.progress: Progress | None = None
         if self.mode == "rich":
             self.progress = Progress(
-                TextColumn("[bold]{task.description:<7}"), BarColumn(bar_width=24), MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
-                console=console, transient=False,
+                TextColumn("[bold]{task.description:<7}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[status]}"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=console,
+                transient=False,
             )
             self.tune_task = self.progress.add_task(
-                "tuning", total=study.tuning_trials, completed=min(study.tuning_trials, self._tuning_total),
-                status="")
+                "tuning", total=study.tuning_trials, completed=min(study.tuning_trials, self._tuning_total), status=""
+            )
             self.final_task = self.progress.add_task(
-                "finals", total=study.final_trials, completed=min(study.final_trials, self._finals_total),
-                status="")
+                "finals", total=study.final_trials, completed=min(study.final_trials, self._finals_total), status=""
+            )
             self._refresh()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -100,9 +109,11 @@ class StudyProgress:
         elif self.mode == "plain":
             s = self.study
             sens = f" (+{len(s.sensitivity_cells)} sensitivity cells)" if s.sensitivity_cells else ""
-            self._line(f"study {s.spec.name}: {len(s.factor_cells)} cells{sens}, {s.tuning_trials} tuning trials "
-                       f"({self._tuning_total} finished before), {s.final_trials} final runs "
-                       f"({self._finals_total} before)")
+            self._line(
+                f"study {s.spec.name}: {len(s.factor_cells)} cells{sens}, {s.tuning_trials} tuning trials "
+                f"({self._tuning_total} finished before), {s.final_trials} final runs "
+                f"({self._finals_total} before)"
+            )
             self._last_line = self._t0
         return self
 
@@ -218,19 +229,33 @@ class StudyProgress:
             return
         c = self.counts
         best = self._best.get(i)
-        what = (f"best {self.metric} {self._fmt(best[0])}" + (f" (trial {best[2]})" if best[2] is not None else "")
-                + f": {fmt_params(best[1])}") if best else "no trial completed"
-        self._line(f"cell {i} ({self._cells[i].label}) tuning done: {what}"
-                   f" · study tuning {self._tuning_total}/{self.study.tuning_trials} (running {c['running']})")
+        what = (
+            (
+                f"best {self.metric} {self._fmt(best[0])}"
+                + (f" (trial {best[2]})" if best[2] is not None else "")
+                + f": {fmt_params(best[1])}"
+            )
+            if best
+            else "no trial completed"
+        )
+        self._line(
+            f"cell {i} ({self._cells[i].label}) tuning done: {what}"
+            f" · study tuning {self._tuning_total}/{self.study.tuning_trials} (running {c['running']})"
+        )
 
     def _cell_finals(self, i: int) -> None:
         if self.mode != "plain":
             return
         vals = self._final_values.get(i) or []
-        mean = f"final {self.metric} mean {self._fmt(statistics.fmean(vals))} over {len(vals)} seeds" if vals \
+        mean = (
+            f"final {self.metric} mean {self._fmt(statistics.fmean(vals))} over {len(vals)} seeds"
+            if vals
             else "no final seed completed"
-        self._line(f"cell {i} ({self._cells[i].label}) finals done: {mean}"
-                   f" · study finals {self._finals_total}/{self.study.final_trials}")
+        )
+        self._line(
+            f"cell {i} ({self._cells[i].label}) finals done: {mean}"
+            f" · study finals {self._finals_total}/{self.study.final_trials}"
+        )
 
     def _status_line(self, final: bool = False) -> str:
         now = time.time()
@@ -246,10 +271,12 @@ class StudyProgress:
         elapsed = now - self._t0 if self._t0 is not None else None
         eta = self._eta(now)
         head = "ended" if final else "progress"
-        return (f"{head}: tuning completed {c['completed']} · pruned {c['pruned']} · failed {c['failed']} · "
-                f"running {max(0, c['running'])} · remaining {remaining} · finals {self._finals_total}/"
-                f"{self.study.final_trials}{best} · elapsed {fmt_duration(elapsed)}"
-                + ("" if final else f" · eta {'unknown' if eta is None else '~' + fmt_duration(eta)}"))
+        return (
+            f"{head}: tuning completed {c['completed']} · pruned {c['pruned']} · failed {c['failed']} · "
+            f"running {max(0, c['running'])} · remaining {remaining} · finals {self._finals_total}/"
+            f"{self.study.final_trials}{best} · elapsed {fmt_duration(elapsed)}"
+            + ("" if final else f" · eta {'unknown' if eta is None else '~' + fmt_duration(eta)}")
+        )
 
     def _refresh(self) -> None:
         assert self.progress is not None
@@ -263,5 +290,6 @@ class StudyProgress:
         self.progress.update(
             self.tune_task,
             status=f"{len(self._cells)} cells · running {c['running']} · completed {c['completed']} · "
-                   f"pruned {c['pruned']} · failed {c['failed']}{best_txt}")
+            f"pruned {c['pruned']} · failed {c['failed']}{best_txt}",
+        )
         self.progress.update(self.final_task, status=f"running {self.finals_running}")

@@ -31,6 +31,7 @@ class Cell(Protocol):
     config: TrainConfig
     params: dict[str, Any]
 
+
 # Knobs of a head that have no neutral value: leaving one unsearched is a choice the study must own.
 HEAD_KNOBS = ("head.scale",)
 # Knobs that act only on normalised heads (fnpal, norm): s·cos and the additive cosine margin.
@@ -77,16 +78,23 @@ def pair_problems(spec: StudySpec, cell: Cell, base: Cell) -> list[str]:
         pa, pb = cell.params.get(key), base.params.get(key)
         if pa is None or pb is None:
             who, other = (cell, base) if pa is not None else (base, cell)
-            problems.append(f"{key} applies to both, but only {who.method} searches it ({other.method} keeps its "
-                            "config value)")
+            problems.append(
+                f"{key} applies to both, but only {who.method} searches it ({other.method} keeps its config value)"
+            )
         elif pa.model_dump(mode="json") != pb.model_dump(mode="json"):
             problems.append(f"{key} is searched over different ranges for {cell.method} and {base.method}")
     for one, other in ((cell, base), (base, cell)):
         for key in HEAD_KNOBS:
-            if knob_applies(key, one.config) and not knob_applies(key, other.config) \
-                    and key not in one.params and key not in spec.protocol.fixed:
-                problems.append(f"{one.method}'s {key} is neither searched nor declared fixed (it would sit at "
-                                f"{knob_value(key, one.config)!r}, a value nobody chose)")
+            if (
+                knob_applies(key, one.config)
+                and not knob_applies(key, other.config)
+                and key not in one.params
+                and key not in spec.protocol.fixed
+            ):
+                problems.append(
+                    f"{one.method}'s {key} is neither searched nor declared fixed (it would sit at "
+                    f"{knob_value(key, one.config)!r}, a value nobody chose)"
+                )
     return problems
 
 
@@ -110,7 +118,9 @@ def check_equal_tuning(spec: StudySpec, cells: list[Cell], source: str) -> None:
                     "same search (search spaces apply to every method unless their `when` says otherwise), "
                     "declare a knob kept on purpose in protocol.fixed, or set protocol.equal_tuning: false to "
                     "compare them anyway (the report then says so beside the verdict)",
-                    source=source, key=f"claims[{i}]")
+                    source=source,
+                    key=f"claims[{i}]",
+                )
 
 
 def protocol_notes(spec: StudySpec, cells: list[Cell]) -> list[list[str]]:
@@ -192,13 +202,17 @@ def objective_warnings(spec: StudySpec, cells: list[Cell], gap: float = 0.05) ->
         se = math.sqrt(0.25 / m)  # one accuracy's standard error at p = 0.5, the largest
         if abs(slope) * gap < se:
             need = math.ceil(0.25 / (slope * gap) ** 2) if slope else None
-            frac = f"; data.val_fraction {min(0.5, need / (m / d.val_fraction)):.2f} would reach it" \
-                if need and need / (m / d.val_fraction) <= 0.5 else ""
+            frac = (
+                f"; data.val_fraction {min(0.5, need / (m / d.val_fraction)):.2f} would reach it"
+                if need and need / (m / d.val_fraction) <= 0.5
+                else ""
+            )
             out.append(
                 f"{d.name} at {d.noise.kind} noise {d.noise.rate:g}: a {100 * gap:.0f}-point clean gap moves noisy "
                 f"val_acc by {100 * slope * gap:.1f} points (slope {slope:.2f}), below the ~{m}-example validation "
                 f"split's standard error ({100 * se:.1f} points): tuning there is close to random{frac} "
-                "(each point of val_fraction is training data the models lose)")
+                "(each point of val_fraction is training data the models lose)"
+            )
     return out
 
 
@@ -212,5 +226,17 @@ def power_warnings(spec: StudySpec, cells: list[Cell]) -> list[str]:
     return underpowered(len(spec.finals.seeds), sizes, spec.claims_alpha)
 
 
-__all__ = ["HEAD_KNOBS", "check_equal_tuning", "claim_pairs", "knob_applies", "knob_value", "noisy_slope",
-           "objective_warnings", "pair_problems", "power_warnings", "protocol_notes", "tuning_budget", "validation_size"]
+__all__ = [
+    "HEAD_KNOBS",
+    "check_equal_tuning",
+    "claim_pairs",
+    "knob_applies",
+    "knob_value",
+    "noisy_slope",
+    "objective_warnings",
+    "pair_problems",
+    "power_warnings",
+    "protocol_notes",
+    "tuning_budget",
+    "validation_size",
+]

@@ -25,8 +25,14 @@ DEFAULT = "median"
 # Until the pruners were split, one flat model held every option and its dump (which the study
 # fingerprint hashes) carried them all. Dumps keep these keys, at those old defaults, so stored
 # runs of existing studies keep their fingerprint.
-_LEGACY_DUMP: dict[str, Any] = {"n_startup_trials": 2, "n_warmup_steps": 2, "interval_steps": 1, "percentile": 50.0,
-                                "min_resource": "auto", "reduction_factor": 3}
+_LEGACY_DUMP: dict[str, Any] = {
+    "n_startup_trials": 2,
+    "n_warmup_steps": 2,
+    "interval_steps": 1,
+    "percentile": 50.0,
+    "min_resource": "auto",
+    "reduction_factor": 3,
+}
 
 
 class BasePrunerSpec(_Strict):
@@ -58,8 +64,9 @@ def _register(cls: type[BasePrunerSpec]) -> type[BasePrunerSpec]:
 
 class _Startup(BasePrunerSpec):
     n_startup_trials: int = Field(2, ge=0, description="completed trials before pruning starts")
-    n_warmup_steps: int = Field(2, ge=0,
-                                description="Optuna's: no pruning at epochs below this (steps are epochs, from 1)")
+    n_warmup_steps: int = Field(
+        2, ge=0, description="Optuna's: no pruning at epochs below this (steps are epochs, from 1)"
+    )
     interval_steps: int = Field(1, ge=1, description="epochs between pruning checks")
 
     def decision_epochs(self) -> dict[str, Any]:
@@ -69,7 +76,8 @@ class _Startup(BasePrunerSpec):
 
 class _Resource(BasePrunerSpec):
     min_resource: int | Literal["auto"] = Field(
-        "auto", description="epochs every trial gets before a first cut (auto: Optuna's estimate; hyperband: 1)")
+        "auto", description="epochs every trial gets before a first cut (auto: Optuna's estimate; hyperband: 1)"
+    )
     reduction_factor: int = Field(3, ge=2, description="1/reduction_factor of the trials go on at each rung")
 
 
@@ -82,8 +90,11 @@ class MedianPrunerSpec(_Startup):
     def build(self, epochs: int) -> optuna.pruners.BasePruner:
         import optuna
 
-        return optuna.pruners.MedianPruner(n_startup_trials=self.n_startup_trials,
-                                           n_warmup_steps=self.n_warmup_steps, interval_steps=self.interval_steps)
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=self.n_startup_trials,
+            n_warmup_steps=self.n_warmup_steps,
+            interval_steps=self.interval_steps,
+        )
 
 
 @_register
@@ -93,15 +104,22 @@ class PercentilePrunerSpec(_Startup):
     median pruner."""
 
     name: Literal["percentile"] = "percentile"
-    percentile: float = Field(50.0, gt=0, lt=100, description="the top this-many % of trials at an epoch go on "
-                                                                "(25: the bottom 75 % are pruned)")
+    percentile: float = Field(
+        50.0,
+        gt=0,
+        lt=100,
+        description="the top this-many % of trials at an epoch go on (25: the bottom 75 % are pruned)",
+    )
 
     def build(self, epochs: int) -> optuna.pruners.BasePruner:
         import optuna
 
-        return optuna.pruners.PercentilePruner(self.percentile, n_startup_trials=self.n_startup_trials,
-                                               n_warmup_steps=self.n_warmup_steps,
-                                               interval_steps=self.interval_steps)
+        return optuna.pruners.PercentilePruner(
+            self.percentile,
+            n_startup_trials=self.n_startup_trials,
+            n_warmup_steps=self.n_warmup_steps,
+            interval_steps=self.interval_steps,
+        )
 
 
 @_register
@@ -113,8 +131,9 @@ class SuccessiveHalvingPrunerSpec(_Resource):
     def build(self, epochs: int) -> optuna.pruners.BasePruner:
         import optuna
 
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=self.min_resource,
-                                                      reduction_factor=self.reduction_factor)
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=self.min_resource, reduction_factor=self.reduction_factor
+        )
 
 
 @_register
@@ -126,8 +145,11 @@ class HyperbandPrunerSpec(_Resource):
     def build(self, epochs: int) -> optuna.pruners.BasePruner:
         import optuna
 
-        return optuna.pruners.HyperbandPruner(min_resource=1 if self.min_resource == "auto" else self.min_resource,
-                                              max_resource=epochs, reduction_factor=self.reduction_factor)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=1 if self.min_resource == "auto" else self.min_resource,
+            max_resource=epochs,
+            reduction_factor=self.reduction_factor,
+        )
 
 
 @_register
@@ -153,7 +175,7 @@ def _default_name(value: Any) -> Any:
 
 
 PrunerSpec = Annotated[
-    Union[tuple(PRUNER_REGISTRY.entries())],  # type: ignore[valid-type]
+    Union[tuple(PRUNER_REGISTRY.entries())],  # type: ignore[valid-type]  # noqa: UP007  (a union built from the registry)
     Field(discriminator="name"),
     BeforeValidator(_default_name),
 ]

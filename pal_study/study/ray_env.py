@@ -9,8 +9,8 @@ import os
 from typing import Any
 
 from pal_study._compat import keep_local_ray_on_loopback
-from pal_study.errors import ConfigError
 from pal_study.device import affinity_cpus
+from pal_study.errors import ConfigError
 from pal_study.study.spec import Study
 
 # Set before Ray is imported: Tune's CSV/JSON/TensorBoard loggers cost ~40 ms per trial and we
@@ -101,7 +101,9 @@ def slots_for_nodes(nodes: list[dict[str, float]], study: Study, max_concurrent:
             f"one trial needs cpu {r.cpu:g} and gpu {r.gpu:g} on one node, but the largest node of the Ray "
             f"cluster has {big.get('CPU', 0):g} CPUs and {big.get('GPU', 0):g} GPUs ({len(nodes)} node"
             f"{'s' if len(nodes) != 1 else ''}, {total_cpu:g} CPUs and {total_gpu:g} GPUs in all)",
-            source=str(study.path), key="resources")
+            source=str(study.path),
+            key="resources",
+        )
     return min(slots, max_concurrent) if max_concurrent else slots
 
 

@@ -23,21 +23,46 @@ from typing import Any
 from rich.console import Console
 
 from pal_study.study.preflight import check_data
-from pal_study.study.ray_env import (RAY_ENV, quiet_tune_summary, slots_for, slots_for_nodes, start_ray, trial_name,
-                                     trial_slots)
+from pal_study.study.ray_env import (
+    RAY_ENV,
+    quiet_tune_summary,
+    slots_for,
+    slots_for_nodes,
+    start_ray,
+    trial_name,
+    trial_slots,
+)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore
-from pal_study.study.summary import (CellSummary, RunOutcome, SummaryOnFinals, claim_verdicts, render_table,
-                                     sensitivity_verdicts, summarize, write_summary)
+from pal_study.study.summary import (
+    CellSummary,
+    RunOutcome,
+    SummaryOnFinals,
+    claim_verdicts,
+    render_table,
+    sensitivity_verdicts,
+    summarize,
+    write_summary,
+)
 
 TRIALS_PER_TUNER = 250
 
 
-def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | None = None,
-              max_concurrent: int | None = None, restart: bool = False,
-              console: Console | None = None, tracking_uri: str | None = None, track: bool = True,
-              trial_retries: int | None = None, trials_per_tuner: int | None = TRIALS_PER_TUNER,
-              progress: str = "auto", storage: str | Path | None = None) -> RunOutcome:
+def run_study(
+    study: Study,
+    *,
+    runs_dir: str | Path = "runs",
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    restart: bool = False,
+    console: Console | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    trial_retries: int | None = None,
+    trials_per_tuner: int | None = TRIALS_PER_TUNER,
+    progress: str = "auto",
+    storage: str | Path | None = None,
+) -> RunOutcome:
     """Run (or resume) a study to the end; returns its per-cell summary.
 
     ``progress``: auto (rich on a terminal, plain lines otherwise), rich, plain or none.
@@ -51,9 +76,12 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
     status_writer = None
     try:
         if store.clear_stale_journal_lock():
-            console.print(f"removed a stale Optuna journal lock ({store.dir / 'optuna.journal.lock'}) left by a "
-                          "killed driver: this process holds the study's lock, so no other writer exists",
-                          soft_wrap=True, highlight=False)
+            console.print(
+                f"removed a stale Optuna journal lock ({store.dir / 'optuna.journal.lock'}) left by a "
+                "killed driver: this process holds the study's lock, so no other writer exists",
+                soft_wrap=True,
+                highlight=False,
+            )
         if restart and store.exists():
             console.print(f"--restart: discarding {store.describe_stored()}", soft_wrap=True)
             store.discard()
@@ -98,8 +126,11 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
 
             tracker = StudyTracker(tracking, study, store)
             tracker.start()
-            console.print(f"tracking: {tracking.uri} (experiment {study.spec.name!r}; "
-                          f"pal-study ui to browse)", soft_wrap=True, highlight=False)
+            console.print(
+                f"tracking: {tracking.uri} (experiment {study.spec.name!r}; pal-study ui to browse)",
+                soft_wrap=True,
+                highlight=False,
+            )
 
         def on_event(event: Any) -> None:
             for sink in sinks:
@@ -113,12 +144,17 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
             tracker_thread = TrackerThread(tracker)
             sinks.append(tracker_thread)
             if repaired:
-                console.print(f"tracking: {repaired} runs a killed driver left half-logged were completed "
-                              "from the Optuna record", soft_wrap=True)
+                console.print(
+                    f"tracking: {repaired} runs a killed driver left half-logged were completed from the Optuna record",
+                    soft_wrap=True,
+                )
         resumed = searcher.interrupted_to_resume
         if resumed or sum(done.values()) or finals_done:
-            console.print(f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
-                          f"runs finished, {resumed} interrupted trials to run again", soft_wrap=True)
+            console.print(
+                f"resuming {store.dir}: {sum(done.values())} tuning trials and {finals_done} final "
+                f"runs finished, {resumed} interrupted trials to run again",
+                soft_wrap=True,
+            )
         timings["ready_s"] = time.perf_counter() - t0
         if not searcher.done():
             t_fit = time.perf_counter()
@@ -126,8 +162,9 @@ def run_study(study: Study, *, runs_dir: str | Path = "runs", address: str | Non
                 timings["tuners"] = run_tuners(study, store, searcher, slots, trials_per_tuner)
             timings["fit_s"] = time.perf_counter() - t_fit
         interrupted = not searcher.done()
-        outcome = RunOutcome(cells=summarize(study, store), interrupted=interrupted, slots=slots,
-                             resumed_trials=resumed, timings=timings)
+        outcome = RunOutcome(
+            cells=summarize(study, store), interrupted=interrupted, slots=slots, resumed_trials=resumed, timings=timings
+        )
         if not interrupted:
             outcome.claims = claim_verdicts(study, outcome.cells)
             outcome.sensitivity = sensitivity_verdicts(study, outcome.cells)
@@ -175,13 +212,18 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
         tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=OptunaPruningScheduler(searcher), num_samples=-1,
-                max_concurrent_trials=slots, reuse_actors=True,
-                trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+                search_alg=searcher,
+                scheduler=OptunaPruningScheduler(searcher),
+                num_samples=-1,
+                max_concurrent_trials=slots,
+                reuse_actors=True,
+                trial_name_creator=trial_name,
+                trial_dirname_creator=trial_name,
             ),
             run_config=tune.RunConfig(
                 name=stamp if session == 0 else f"{stamp}-{session}",
-                storage_path=str((store.dir / "tune").resolve()), verbose=0,
+                storage_path=str((store.dir / "tune").resolve()),
+                verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
                 callbacks=[drop_bulky_results_callback()],
@@ -208,7 +250,7 @@ class _Background:
         def run() -> None:
             try:
                 self._value = fn(*args)
-            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            except BaseException as e:
                 self._error = e
 
         self._thread = threading.Thread(target=run, daemon=True, name="pal-study-setup")
@@ -258,18 +300,43 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
         return files
 
     counts = {k: sum(c.counts[k] for c in outcome.cells) for k in ("completed", "pruned", "failed")}
-    undelivered = tracker.finish(outcome.interrupted, make_files, summary={
-        "study": study.spec.name, "interrupted": outcome.interrupted, "counts": counts,
-        "failure_causes": outcome.failure_causes(), "cells": [asdict(c) for c in outcome.cells],
-        "claims": outcome.claims, "sensitivity": outcome.sensitivity}, report_rows=None if outcome.interrupted else report_rows)
+    undelivered = tracker.finish(
+        outcome.interrupted,
+        make_files,
+        summary={
+            "study": study.spec.name,
+            "interrupted": outcome.interrupted,
+            "counts": counts,
+            "failure_causes": outcome.failure_causes(),
+            "cells": [asdict(c) for c in outcome.cells],
+            "claims": outcome.claims,
+            "sensitivity": outcome.sensitivity,
+        },
+        report_rows=None if outcome.interrupted else report_rows,
+    )
     if undelivered:
         note = store.dir / "tracking_incomplete.json"
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
-        console.print(f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "
-                      f"{len(undelivered)} logs not delivered (listed in {note}); the study's results "
-                      "are complete in runs/ (Optuna journal, summary.json)", soft_wrap=True)
+        console.print(
+            f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "
+            f"{len(undelivered)} logs not delivered (listed in {note}); the study's results "
+            "are complete in runs/ (Optuna journal, summary.json)",
+            soft_wrap=True,
+        )
 
 
 # Re-exported: the names users and tests import from the runner.
-__all__ = ["RAY_ENV", "CellSummary", "RunOutcome", "check_data", "render_table", "run_study", "slots_for",
-           "slots_for_nodes", "start_ray", "summarize", "trial_name", "write_summary"]
+__all__ = [
+    "RAY_ENV",
+    "CellSummary",
+    "RunOutcome",
+    "check_data",
+    "render_table",
+    "run_study",
+    "slots_for",
+    "slots_for_nodes",
+    "start_ray",
+    "summarize",
+    "trial_name",
+    "write_summary",
+]

@@ -66,8 +66,9 @@ class TPESamplerSpec(BaseSamplerSpec):
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=self.n_startup_trials,
-                                              multivariate=True, constant_liar=True)
+            return optuna.samplers.TPESampler(
+                seed=seed, n_startup_trials=self.n_startup_trials, multivariate=True, constant_liar=True
+            )
 
 
 @_register
@@ -90,7 +91,7 @@ def _default_name(value: Any) -> Any:
 
 
 SamplerSpec = Annotated[
-    Union[tuple(SAMPLER_REGISTRY.entries())],  # type: ignore[valid-type]
+    Union[tuple(SAMPLER_REGISTRY.entries())],  # type: ignore[valid-type]  # noqa: UP007  (a union built from the registry)
     Field(discriminator="name"),
     BeforeValidator(_default_name),
 ]

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from pal_study.claims import CellInfo, ClaimSpec
+from pal_study.claims import check as check_claims
 from pal_study.config import (
     ConfigError,
     KeyedError,
@@ -27,14 +29,11 @@ from pal_study.config import (
     validate_train_config,
     validation_error_to_config_error,
 )
-from pal_study.study.pruners import PrunerSpec, default_pruner
-from pal_study.study.samplers import SamplerSpec, default_sampler
-from pal_study.claims import CellInfo, ClaimSpec
-from pal_study.claims import check as check_claims
 from pal_study.study import pruners, samplers
 from pal_study.study.protocol import check_equal_tuning, knob_applies, tuning_budget
+from pal_study.study.pruners import PrunerSpec, default_pruner
+from pal_study.study.samplers import SamplerSpec, default_sampler
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
-
 
 TUNING_SEED = 1000
 
@@ -42,9 +41,12 @@ TUNING_SEED = 1000
 class BudgetSpec(_Strict):
     trials_per_cell: int = Field(8, ge=1, le=100_000)
     tuning_seed: int = Field(
-        TUNING_SEED, ge=0, lt=2**32,
+        TUNING_SEED,
+        ge=0,
+        lt=2**32,
         description="seed of every tuning trial (split, noisy labels, init, data order); never one of "
-                    "finals.seeds, so no final repeats a tuning run")
+        "finals.seeds, so no final repeats a tuning run",
+    )
     epochs: int | None = Field(None, ge=1, description="epochs of each tuning trial; default: the base's")
     # One model per sampler / pruner, each with only its own options (study/samplers.py, pruners.py).
     sampler: SamplerSpec = Field(default_factory=default_sampler)
@@ -72,17 +74,24 @@ class ResourcesSpec(_Strict):
     def _gpu(cls, v: float) -> float:
         # A trial trains on one device; reserving more would leave the others idle.
         if v > 1:
-            raise ValueError(f"a trial trains on one device: gpu must be at most 1 (a fraction such as 0.25 "
-                             f"packs several trials on one GPU), got {v:g}")
+            raise ValueError(
+                f"a trial trains on one device: gpu must be at most 1 (a fraction such as 0.25 "
+                f"packs several trials on one GPU), got {v:g}"
+            )
         return v
 
 
 class CheckpointSpec(_Strict):
     every_epochs: int | Literal["auto"] = Field(
-        "auto", description="save a running trial every N epochs; 0: never; auto: as often as costs < 2 % of "
-                            "epoch time (measured in the trial)")
-    dir: str | None = Field(None, description="root for checkpoints: DIR/<study>/checkpoints (default "
-                                              "runs/<study>/checkpoints); on a cluster, a path every node can reach")
+        "auto",
+        description="save a running trial every N epochs; 0: never; auto: as often as costs < 2 % of "
+        "epoch time (measured in the trial)",
+    )
+    dir: str | None = Field(
+        None,
+        description="root for checkpoints: DIR/<study>/checkpoints (default "
+        "runs/<study>/checkpoints); on a cluster, a path every node can reach",
+    )
 
     @field_validator("every_epochs")
     @classmethod
@@ -97,7 +106,7 @@ class CheckpointSpec(_Strict):
 ORACLE_OBJECTIVES = {
     "test_acc": "tuning on test_acc leaks the test set into model selection",
     "val_acc_clean": "tuning on val_acc_clean selects with the validation split's clean labels, which a "
-                     "study of noisy labels does not have (an oracle)",
+    "study of noisy labels does not have (an oracle)",
 }
 
 
@@ -109,8 +118,10 @@ class ObjectiveSpec(_Strict):
     @model_validator(mode="after")
     def _no_oracle(self) -> ObjectiveSpec:
         if self.metric in ORACLE_OBJECTIVES and not self.allow_test:
-            raise KeyedError("metric", f"{ORACLE_OBJECTIVES[self.metric]}; use val_acc (default), or set "
-                                       "objective.allow_test: true knowingly")
+            raise KeyedError(
+                "metric",
+                f"{ORACLE_OBJECTIVES[self.metric]}; use val_acc (default), or set objective.allow_test: true knowingly",
+            )
         return self
 
 
@@ -118,12 +129,16 @@ class ProtocolSpec(_Strict):
     """How a study with claims compares methods."""
 
     equal_tuning: bool = Field(
-        True, description="every compared pair of cells searches the same optimiser and loss knobs with the same "
-                          "number of trials, and the head's own knobs (the scale s of fnpal/norm) are searched or "
-                          "listed in fixed")
-    fixed: list[str] = Field(default_factory=list,
-                             description="knobs the study leaves at their config value on purpose (e.g. head.scale); "
-                                         "the report names them beside the verdicts")
+        True,
+        description="every compared pair of cells searches the same optimiser and loss knobs with the same "
+        "number of trials, and the head's own knobs (the scale s of fnpal/norm) are searched or "
+        "listed in fixed",
+    )
+    fixed: list[str] = Field(
+        default_factory=list,
+        description="knobs the study leaves at their config value on purpose (e.g. head.scale); "
+        "the report names them beside the verdicts",
+    )
 
 
 class StudySpec(_Strict):
@@ -141,8 +156,10 @@ class StudySpec(_Strict):
     claims_alpha: float = Field(0.05, gt=0, lt=1, description="significance level of the claims' tests")
     protocol: ProtocolSpec = ProtocolSpec()
     sensitivity: dict[str, list[Any]] = Field(
-        default_factory=dict, description="knob: values; each claim is judged again with the finals run at each "
-                                          "fixed value (e.g. head.scale: [2, 5, 10, 20])")
+        default_factory=dict,
+        description="knob: values; each claim is judged again with the finals run at each "
+        "fixed value (e.g. head.scale: [2, 5, 10, 20])",
+    )
 
     @field_validator("name")
     @classmethod
@@ -174,12 +191,17 @@ class StudySpec(_Strict):
     @model_validator(mode="after")
     def _seeds_disjoint(self) -> StudySpec:
         if self.budget.tuning_seed in self.finals.seeds:
-            raise KeyedError("budget.tuning_seed", f"{self.budget.tuning_seed} is also a final seed "
-                             f"(finals.seeds {self.finals.seeds}): a final would repeat a tuning run and carry "
-                             "the winner's luck; pick a seed outside finals.seeds (default 1000)")
+            raise KeyedError(
+                "budget.tuning_seed",
+                f"{self.budget.tuning_seed} is also a final seed "
+                f"(finals.seeds {self.finals.seeds}): a final would repeat a tuning run and carry "
+                "the winner's luck; pick a seed outside finals.seeds (default 1000)",
+            )
         if self.sensitivity and not self.claims:
-            raise KeyedError("sensitivity", "judges the study's claims at each value: state claims (see "
-                             "docs/statistics.md) or remove the section")
+            raise KeyedError(
+                "sensitivity",
+                "judges the study's claims at each value: state claims (see docs/statistics.md) or remove the section",
+            )
         return self
 
 
@@ -259,8 +281,11 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     # A changed pruner or sampler name starts its section afresh: `--set budget.pruner.name=none`
     # must not carry over the median's options, which `none` would reject.
     keyed = ("factors.", "sensitivity.")
-    data = apply_overrides(data, [o for o in overrides or [] if not o.startswith(keyed)],
-                           reset_on_name={"budget.pruner": pruners.DEFAULT, "budget.sampler": samplers.DEFAULT})
+    data = apply_overrides(
+        data,
+        [o for o in overrides or [] if not o.startswith(keyed)],
+        reset_on_name={"budget.pruner": pruners.DEFAULT, "budget.sampler": samplers.DEFAULT},
+    )
     for item in overrides or []:
         if item.startswith(keyed):
             # Factor and sensitivity names are dotted trial-config keys themselves:
@@ -277,8 +302,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     if isinstance(spec.base, str):
         base_path = (p.parent / spec.base) if not Path(spec.base).is_absolute() else Path(spec.base)
         if not base_path.is_file():
-            raise ConfigError(f"base names a trial config file, {str(base_path)!r}, that does not exist; give a "
-                              "path relative to the study file or the config inline", source=src, key="base")
+            raise ConfigError(
+                f"base names a trial config file, {str(base_path)!r}, that does not exist; give a "
+                "path relative to the study file or the config inline",
+                source=src,
+                key="base",
+            )
         base, base_src = read_yaml(base_path), str(base_path)
     else:
         base, base_src = spec.base, f"{src}: base"
@@ -291,9 +320,12 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     if spec.resources.gpu > 0:
         for cell in cells:
             if cell.config.device == "cpu":
-                raise ConfigError(f"resources.gpu {spec.resources.gpu:g} reserves a GPU share but cell "
-                                  f"{cell.label} sets device: cpu; set resources.gpu: 0 or device: auto/cuda",
-                                  source=src, key="resources.gpu")
+                raise ConfigError(
+                    f"resources.gpu {spec.resources.gpu:g} reserves a GPU share but cell "
+                    f"{cell.label} sets device: cpu; set resources.gpu: 0 or device: auto/cuda",
+                    source=src,
+                    key="resources.gpu",
+                )
     _check_params_used(spaces, cells, src)
     for i, key in enumerate(spec.protocol.fixed):
         try:
@@ -315,8 +347,11 @@ def _load_space(ref: str | dict[str, Any], index: int, study_path: Path) -> tupl
     else:
         space_path = resolve_space_path(ref, study_path.parent)
         if not space_path.is_file():
-            raise ConfigError(f"search space {ref!r} not found (looked for {space_path} and in search_spaces/)",
-                              source=str(study_path), key=f"search[{index}]")
+            raise ConfigError(
+                f"search space {ref!r} not found (looked for {space_path} and in search_spaces/)",
+                source=str(study_path),
+                key=f"search[{index}]",
+            )
         src, data = str(space_path), read_yaml(space_path)
     try:
         space = SearchSpace.model_validate(data)
@@ -350,11 +385,15 @@ def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
         except ValueError as e:
             raise ConfigError(str(e), source=src, key=f"factors.{key}") from None
         if key == "seed":
-            raise ConfigError("seeds are not a factor: tuning trials run with budget.tuning_seed and each cell's "
-                              "best config is re-run over finals.seeds", source=src, key="factors.seed")
+            raise ConfigError(
+                "seeds are not a factor: tuning trials run with budget.tuning_seed and each cell's "
+                "best config is re-run over finals.seeds",
+                source=src,
+                key="factors.seed",
+            )
     cells = []
     for index, values in enumerate(itertools.product(*(spec.factors[k] for k in keys))):
-        factors = dict(zip(keys, values))
+        factors = dict(zip(keys, values, strict=False))
         data = base
         if "method" in factors:
             # A factor's method replaces the base's loss/head choice, not conflicts with it.
@@ -363,8 +402,9 @@ def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
                 if isinstance(data.get(section), dict) and key in data[section]:
                     data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
         # Tuning trials run with the tuning seed; finals replace it with each final seed.
-        data = apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in factors.items()]
-                               + [f"seed={spec.budget.tuning_seed}"])
+        data = apply_overrides(
+            data, [f"{k}={_yaml_value(v)}" for k, v in factors.items()] + [f"seed={spec.budget.tuning_seed}"]
+        )
         label = cell_label(factors)
         cfg = validate_train_config(data, f"{src}: cell {label}")
         cells.append(Cell(index=index, factors=factors, config=cfg, method=method_name(cfg)))
@@ -386,12 +426,17 @@ def _sensitivity_cells(spec: StudySpec, cells: list[Cell], src: str) -> list[Cel
         except ValueError as e:
             raise ConfigError(str(e), source=src, key=f"sensitivity.{key}") from None
         if key in spec.factors:
-            raise ConfigError(f"{key} is a factor already: every value of it has its own cells", source=src,
-                              key=f"sensitivity.{key}")
+            raise ConfigError(
+                f"{key} is a factor already: every value of it has its own cells", source=src, key=f"sensitivity.{key}"
+            )
         targets = [c for c in cells if c.index in involved and knob_applies(key, c.config)]
         if not targets:
-            raise ConfigError(f"{key} applies to none of the cells the claims compare (methods: "
-                              f"{', '.join(sorted({c.method for c in cells}))})", source=src, key=f"sensitivity.{key}")
+            raise ConfigError(
+                f"{key} applies to none of the cells the claims compare (methods: "
+                f"{', '.join(sorted({c.method for c in cells}))})",
+                source=src,
+                key=f"sensitivity.{key}",
+            )
         for value in values:
             for parent in targets:
                 factors = {**parent.factors, key: value}
@@ -399,11 +444,20 @@ def _sensitivity_cells(spec: StudySpec, cells: list[Cell], src: str) -> list[Cel
                 try:
                     cfg = validate_train_config(data, f"{src}: sensitivity {key}={value!r}")
                 except ConfigError as e:
-                    raise ConfigError(f"value {value!r} makes an invalid trial: {e}", source=src,
-                                      key=f"sensitivity.{key}") from None
-                out.append(Cell(index=len(cells) + len(out), factors=factors, config=cfg, method=parent.method,
-                                params={k: p for k, p in parent.params.items() if k != key},
-                                parent=parent.index, variant={key: value}))
+                    raise ConfigError(
+                        f"value {value!r} makes an invalid trial: {e}", source=src, key=f"sensitivity.{key}"
+                    ) from None
+                out.append(
+                    Cell(
+                        index=len(cells) + len(out),
+                        factors=factors,
+                        config=cfg,
+                        method=parent.method,
+                        params={k: p for k, p in parent.params.items() if k != key},
+                        parent=parent.index,
+                        variant={key: value},
+                    )
+                )
     return out
 
 
@@ -421,11 +475,15 @@ def _check_params_used(spaces: list[tuple[str, SearchSpace]], cells: list[Cell],
         for key, param in cell.params.items():
             for value in _probe_values(param):
                 try:
-                    validate_train_config(apply_overrides(c.model_dump(), [f"{key}={_yaml_value(value)}"]),
-                                          f"{src}: cell {cell.label}")
+                    validate_train_config(
+                        apply_overrides(c.model_dump(), [f"{key}={_yaml_value(value)}"]), f"{src}: cell {cell.label}"
+                    )
                 except ConfigError as e:
-                    raise ConfigError(f"search value {value!r} makes an invalid trial: {e}",
-                                      source=_space_src(spaces, key), key=f"params.{key}") from None
+                    raise ConfigError(
+                        f"search value {value!r} makes an invalid trial: {e}",
+                        source=_space_src(spaces, key),
+                        key=f"params.{key}",
+                    ) from None
     methods = sorted({cell.method for cell in cells})
     for space_src, space in spaces:
         for key, param in space.params.items():
@@ -433,7 +491,8 @@ def _check_params_used(spaces: list[tuple[str, SearchSpace]], cells: list[Cell],
                 raise ConfigError(
                     f"used by no cell of this study: it applies when {param.when.describe()}, "
                     f"and the study's methods are {', '.join(methods)}",
-                    source=space_src, key=f"params.{key}",
+                    source=space_src,
+                    key=f"params.{key}",
                 )
 
 

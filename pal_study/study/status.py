@@ -25,8 +25,16 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pal_study.errors import ConfigError
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
-from pal_study.study.store import (JOURNAL, LOCK, STUDY_COPY, best_trial, failure_counts, jsonable, lock_owner,
-                                   state_counts)
+from pal_study.study.store import (
+    JOURNAL,
+    LOCK,
+    STUDY_COPY,
+    best_trial,
+    failure_counts,
+    jsonable,
+    lock_owner,
+    state_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +136,9 @@ def _unknown_study(study_dir: Path) -> ConfigError:
     if not runs.is_dir():
         held = "it does not exist"
     else:
-        names = sorted(p.name for p in runs.iterdir()
-                       if p.is_dir() and ((p / JOURNAL).exists() or (p / STUDY_COPY).exists()))
+        names = sorted(
+            p.name for p in runs.iterdir() if p.is_dir() and ((p / JOURNAL).exists() or (p / STUDY_COPY).exists())
+        )
         held = f"it holds: {', '.join(names)}" if names else "it holds no studies"
     return ConfigError(f"no study {study_dir.name!r} in runs directory {runs} ({held})")
 
@@ -168,8 +177,9 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
     metric = objective.get("metric") or "val_acc"
     seeds = list((spec.get("finals") or {}).get("seeds") or [])
     default_budget = (spec.get("budget") or {}).get("trials_per_cell")
-    tune_epochs_default = ((spec.get("budget") or {}).get("epochs")
-                           or ((spec.get("base") or {}).get("optim") or {}).get("epochs"))
+    tune_epochs_default = (spec.get("budget") or {}).get("epochs") or ((spec.get("base") or {}).get("optim") or {}).get(
+        "epochs"
+    )
     finals_epochs = (spec.get("finals") or {}).get("epochs")
 
     # Optuna studies by name (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals").
@@ -184,7 +194,7 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
             sname = fs.study_name
             if not sname.startswith(prefix):
                 continue
-            rest = sname[len(prefix):]
+            rest = sname[len(prefix) :]
             is_finals = rest.endswith("/finals")
             num = rest[: -len("/finals")] if is_finals else rest
             if not num.isdigit():
@@ -200,7 +210,8 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
 
     cell_meta = copy.get("cells") or [
         {"index": i, "label": attrs[i].get("cell", f"cell{i:03d}"), "method": attrs[i].get("method")}
-        for i in sorted(tuning)]
+        for i in sorted(tuning)
+    ]
     running, owner = driver_running(study_dir, now)
 
     cells = []
@@ -267,23 +278,43 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
             tune_epochs.append(int(epochs))
         values = [_finite(t.value) for t in f_done]
         values = [v for v in values if v is not None]
-        cells.append({
-            "index": idx, "label": meta.get("label", f"cell{idx:03d}"), "method": meta.get("method"),
-            "factors": meta.get("factors", {}),
-            **{k: counts[k] for k in ("completed", "pruned", "failed", "running")},
-            "interrupted": stale, "remaining": remaining, "budget": budget,
-            "best_value": _finite(best.value) if best else None,
-            "best_params": jsonable(dict(best.params)) if best else {},
-            "best_trial": best.number if best else None,
-            "finals_done": len(f_done), "finals_failed": len(f_failed), "finals_planned": planned,
-            "finals_skipped": skipped,
-            "final_mean": statistics.fmean(values) if values else None,
-            "phase": phase, "failures": _failure_list(fails),
-        })
+        cells.append(
+            {
+                "index": idx,
+                "label": meta.get("label", f"cell{idx:03d}"),
+                "method": meta.get("method"),
+                "factors": meta.get("factors", {}),
+                **{k: counts[k] for k in ("completed", "pruned", "failed", "running")},
+                "interrupted": stale,
+                "remaining": remaining,
+                "budget": budget,
+                "best_value": _finite(best.value) if best else None,
+                "best_params": jsonable(dict(best.params)) if best else {},
+                "best_trial": best.number if best else None,
+                "finals_done": len(f_done),
+                "finals_failed": len(f_failed),
+                "finals_planned": planned,
+                "finals_skipped": skipped,
+                "final_mean": statistics.fmean(values) if values else None,
+                "phase": phase,
+                "failures": _failure_list(fails),
+            }
+        )
 
     done = bool(cells) and all(c["phase"] == "done" for c in cells)
-    totals = {k: sum(c[k] for c in cells) for k in ("completed", "pruned", "failed", "running", "interrupted",
-                                                     "finals_done", "finals_failed", "finals_planned")}
+    totals = {
+        k: sum(c[k] for c in cells)
+        for k in (
+            "completed",
+            "pruned",
+            "failed",
+            "running",
+            "interrupted",
+            "finals_done",
+            "finals_failed",
+            "finals_planned",
+        )
+    }
     totals["remaining"] = sum(c["remaining"] or 0 for c in cells)
     totals["budget"] = sum(c["budget"] or 0 for c in cells)
     totals["finals_remaining"] = remaining_finals
@@ -315,13 +346,27 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
 
     driver = None
     if running and owner is not None:
-        driver = {"pid": owner.get("pid"), "host": owner.get("host"), "started_at": owner.get("started_at"),
-                  "slots": owner.get("slots")}
+        driver = {
+            "pid": owner.get("pid"),
+            "host": owner.get("host"),
+            "started_at": owner.get("started_at"),
+            "slots": owner.get("slots"),
+        }
     return {
-        "study": name, "dir": str(study_dir), "metric": metric, "mode": mode,
-        "running": running, "driver": driver, "last_driver": None if running else owner,
-        "elapsed_s": elapsed, "eta_s": eta, "updated_at": now, "done": done,
-        "totals": totals, "cells": cells, "failures": _failure_list(all_failures),
+        "study": name,
+        "dir": str(study_dir),
+        "metric": metric,
+        "mode": mode,
+        "running": running,
+        "driver": driver,
+        "last_driver": None if running else owner,
+        "elapsed_s": elapsed,
+        "eta_s": eta,
+        "updated_at": now,
+        "done": done,
+        "totals": totals,
+        "cells": cells,
+        "failures": _failure_list(all_failures),
     }
 
 
@@ -396,8 +441,9 @@ class StatusWriter:
             try:
                 status = study_status(self.store.dir, storage=self.store.storage)
                 if final:  # the driver is ending: it no longer runs the study
-                    status.update(running=False, ended=True, last_driver=status["driver"] or status["last_driver"],
-                                  driver=None)
+                    status.update(
+                        running=False, ended=True, last_driver=status["driver"] or status["last_driver"], driver=None
+                    )
                 for c in status["cells"]:  # re-anchor the event counts on the journal's
                     self._finished[c["index"]] = c["completed"] + c["pruned"] + c["failed"]
                     self._finals[c["index"]] = c["finals_done"] + c["finals_failed"]
@@ -405,7 +451,7 @@ class StatusWriter:
                 tmp.write_text(json.dumps(status, indent=1, default=str))
                 os.replace(tmp, self.path)
                 self.writes += 1
-            except Exception as e:  # noqa: BLE001 - a status file must never stop a study
+            except Exception as e:
                 if not self._warned:
                     log.warning("could not write %s: %s", self.path, e)
                     self._warned = True
@@ -418,7 +464,7 @@ def fmt_duration(s: float | None) -> str:
     """3s, 4m05s, 2h07m, 3d04h (progress lines and the status table)."""
     if s is None or not math.isfinite(s):
         return "unknown"
-    s = int(round(max(0.0, s)))
+    s = round(max(0.0, s))
     if s < 60:
         return f"{s}s"
     m, s = divmod(s, 60)
@@ -444,9 +490,19 @@ def render_status(status: dict) -> list[Any]:
     from rich.table import Table
 
     t = Table(title=f"study {escape(status['study'])} ({status['dir']})")
-    for col, just in (("#", "right"), ("cell", "left"), ("phase", "left"), ("completed", "right"),
-                      ("pruned", "right"), ("failed", "right"), ("running", "right"), ("left", "right"),
-                      (f"best {status['metric']}", "right"), ("best params", "left"), ("finals", "right")):
+    for col, just in (
+        ("#", "right"),
+        ("cell", "left"),
+        ("phase", "left"),
+        ("completed", "right"),
+        ("pruned", "right"),
+        ("failed", "right"),
+        ("running", "right"),
+        ("left", "right"),
+        (f"best {status['metric']}", "right"),
+        ("best params", "left"),
+        ("finals", "right"),
+    ):
         t.add_column(col, justify=just)
     for c in status["cells"]:
         finals = f"{c['finals_done']}/{c['finals_planned']}"
@@ -455,10 +511,19 @@ def render_status(status: dict) -> list[Any]:
         if c["finals_skipped"]:
             finals = "skipped"
         running = str(c["running"]) + (f" (+{c['interrupted']} interrupted)" if c["interrupted"] else "")
-        t.add_row(str(c["index"]), escape(c["label"]), c["phase"], str(c["completed"]), str(c["pruned"]),
-                  str(c["failed"]), running, "?" if c["remaining"] is None else str(c["remaining"]),
-                  "-" if c["best_value"] is None else f"{c['best_value']:.4f}",
-                  escape(fmt_params(c["best_params"])) if c["best_trial"] is not None else "-", finals)
+        t.add_row(
+            str(c["index"]),
+            escape(c["label"]),
+            c["phase"],
+            str(c["completed"]),
+            str(c["pruned"]),
+            str(c["failed"]),
+            running,
+            "?" if c["remaining"] is None else str(c["remaining"]),
+            "-" if c["best_value"] is None else f"{c['best_value']:.4f}",
+            escape(fmt_params(c["best_params"])) if c["best_trial"] is not None else "-",
+            finals,
+        )
     lines: list[Any] = [t]
     tot = status["totals"]
     if status["running"]:
@@ -470,13 +535,17 @@ def render_status(status: dict) -> list[Any]:
         state = "done"
     else:
         state = "not running" + (" (interrupted: run it again to resume)" if status["last_driver"] else "")
-    lines.append(f"{state}; tuning {tot['completed'] + tot['pruned'] + tot['failed']}/{tot['budget']} finished "
-                 f"({tot['completed']} completed, {tot['pruned']} pruned, {tot['failed']} failed, "
-                 f"{tot['running']} running, {tot['remaining']} left); finals {tot['finals_done']}/"
-                 f"{tot['finals_planned']} done" + (f", {tot['finals_failed']} failed" if tot["finals_failed"] else ""))
+    lines.append(
+        f"{state}; tuning {tot['completed'] + tot['pruned'] + tot['failed']}/{tot['budget']} finished "
+        f"({tot['completed']} completed, {tot['pruned']} pruned, {tot['failed']} failed, "
+        f"{tot['running']} running, {tot['remaining']} left); finals {tot['finals_done']}/"
+        f"{tot['finals_planned']} done" + (f", {tot['finals_failed']} failed" if tot["finals_failed"] else "")
+    )
     eta = "-" if status["done"] else ("unknown" if status["eta_s"] is None else f"~{fmt_duration(status['eta_s'])}")
-    lines.append(f"elapsed {fmt_duration(status['elapsed_s'])}; eta {eta}"
-                 + ("" if status["done"] or status["running"] or status["eta_s"] is None else " once resumed"))
+    lines.append(
+        f"elapsed {fmt_duration(status['elapsed_s'])}; eta {eta}"
+        + ("" if status["done"] or status["running"] or status["eta_s"] is None else " once resumed")
+    )
     if status["failures"]:
         lines.append("failures:\n" + "\n".join(f"  {f['count']} × {f['reason']}" for f in status["failures"][:8]))
     return lines

@@ -48,8 +48,11 @@ def fingerprint(study: Study) -> str:
     s = study.spec
     payload: dict[str, Any] = {
         "cells": [
-            {"label": c.label, "config": c.config.model_dump(mode="json"),
-             "params": {k: p.model_dump(mode="json") for k, p in c.params.items()}}
+            {
+                "label": c.label,
+                "config": c.config.model_dump(mode="json"),
+                "params": {k: p.model_dump(mode="json") for k, p in c.params.items()},
+            }
             for c in study.cells
         ],
         "objective": s.objective.model_dump(mode="json"),
@@ -139,11 +142,10 @@ class StudyStore:
         except BlockingIOError:
             os.close(fd)
             raise StudyLockedError(
-                "another pal-study process is running this study; wait for it or stop it first",
-                source=str(self.dir)) from None
+                "another pal-study process is running this study; wait for it or stop it first", source=str(self.dir)
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started_at": time.time()}).encode())
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": time.time()}).encode())
         self._lock_fd = fd
 
     @property
@@ -195,14 +197,19 @@ class StudyStore:
             stored = json.loads(path.read_text())
             if stored.get("fingerprint") != fp:
                 budget = (stored.get("spec") or {}).get("budget") or {}
-                why = ("it was run before tuning trials got their own seed (budget.tuning_seed): its tuning "
-                       "ran on seed 0, which is also a final seed" if "tuning_seed" not in budget else
-                       "its cells, search spaces, objective, sampler, pruner, final epochs or sensitivity changed")
+                why = (
+                    "it was run before tuning trials got their own seed (budget.tuning_seed): its tuning "
+                    "ran on seed 0, which is also a final seed"
+                    if "tuning_seed" not in budget
+                    else "its cells, search spaces, objective, sampler, pruner, final epochs or sensitivity changed"
+                )
                 raise ConfigError(
                     f"{self.dir} holds results of a different version of study "
                     f"{self.study.spec.name!r} ({why}); run again with --restart to discard them, or give "
                     "the study a new name (pal-study report still reads the stored results)",
-                    source=str(self.study.path), key="name")
+                    source=str(self.study.path),
+                    key="name",
+                )
 
     def write_fingerprint(self) -> None:
         """``study.json``: the fingerprint, the spec and each cell's budget, rewritten at every
@@ -210,14 +217,30 @@ class StudyStore:
         path = self.dir / STUDY_COPY
         s = self.study.spec
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({
-            "fingerprint": fingerprint(self.study), "name": s.name, "source": str(self.study.path),
-            "spec": s.model_dump(mode="json"),
-            "cells": [{"index": c.index, "label": c.label, "factors": c.factors, "method": c.method,
-                       "budget": self.study.budget(c), "epochs": c.config.optim.epochs,
-                       "finals_planned": len(s.finals.seeds)}
-                      for c in self.study.cells],
-        }, indent=1, default=str))
+        tmp.write_text(
+            json.dumps(
+                {
+                    "fingerprint": fingerprint(self.study),
+                    "name": s.name,
+                    "source": str(self.study.path),
+                    "spec": s.model_dump(mode="json"),
+                    "cells": [
+                        {
+                            "index": c.index,
+                            "label": c.label,
+                            "factors": c.factors,
+                            "method": c.method,
+                            "budget": self.study.budget(c),
+                            "epochs": c.config.optim.epochs,
+                            "finals_planned": len(s.finals.seeds),
+                        }
+                        for c in self.study.cells
+                    ],
+                },
+                indent=1,
+                default=str,
+            )
+        )
         os.replace(tmp, path)
 
     def update_owner(self, **info: Any) -> None:
@@ -249,7 +272,8 @@ class StudyStore:
             finished = {t.number for t in self.tuning_trials(cell) if t.state.is_finished()}
             for f in d.iterdir():
                 stale = ".tmp" in f.name or (
-                    f.name.startswith("tune-") and f.stem[5:].isdigit() and int(f.stem[5:]) in finished)
+                    f.name.startswith("tune-") and f.stem[5:].isdigit() and int(f.stem[5:]) in finished
+                )
                 if stale:
                     f.unlink(missing_ok=True)
                     removed += 1
@@ -270,11 +294,21 @@ class StudyStore:
     def finals_name(self, cell: Cell) -> str:
         return f"{self.tuning_name(cell)}/finals"
 
-    def open_tuning(self, cell: Cell, sampler: optuna.samplers.BaseSampler | None = None,
-                    pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
+    def open_tuning(
+        self,
+        cell: Cell,
+        sampler: optuna.samplers.BaseSampler | None = None,
+        pruner: optuna.pruners.BasePruner | None = None,
+    ) -> optuna.Study:
         direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
-        st = optuna.create_study(storage=self.storage, study_name=self.tuning_name(cell), direction=direction,
-                                 sampler=sampler, pruner=pruner, load_if_exists=True)
+        st = optuna.create_study(
+            storage=self.storage,
+            study_name=self.tuning_name(cell),
+            direction=direction,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,
+        )
         if not st.user_attrs:
             st.set_user_attr("cell", cell.label)
             st.set_user_attr("factors", json.dumps(cell.factors, default=str))
@@ -283,15 +317,20 @@ class StudyStore:
 
     def open_finals(self, cell: Cell) -> optuna.Study:
         direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
-        st = optuna.create_study(storage=self.storage, study_name=self.finals_name(cell),
-                                 direction=direction, load_if_exists=True)
+        st = optuna.create_study(
+            storage=self.storage, study_name=self.finals_name(cell), direction=direction, load_if_exists=True
+        )
         if cell.is_variant:
             # A sensitivity cell has no tuning study of its own to say what it is. Each attribute
             # is written if missing, so a driver killed between two writes leaves none out.
             have = st.user_attrs
-            for key, value in (("cell", cell.label), ("factors", json.dumps(cell.factors, default=str)),
-                               ("method", cell.method), ("variant", json.dumps(cell.variant, default=str)),
-                               ("tuning_study", self.tuning_name(self.study.tuning_cell(cell)))):
+            for key, value in (
+                ("cell", cell.label),
+                ("factors", json.dumps(cell.factors, default=str)),
+                ("method", cell.method),
+                ("variant", json.dumps(cell.variant, default=str)),
+                ("tuning_study", self.tuning_name(self.study.tuning_cell(cell))),
+            ):
                 if have.get(key) != value:
                     st.set_user_attr(key, value)
         return st
@@ -306,8 +345,12 @@ class StudyStore:
         """Finished final runs by seed (the last record wins if a seed was somehow recorded twice)."""
         out: dict[int, dict[str, Any]] = {}
         for t in self.open_finals(cell).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
-            out[int(t.user_attrs["seed"])] = {**t.user_attrs, "state": t.state.name.lower(), "value": t.value,
-                                              "params": dict(t.params)}
+            out[int(t.user_attrs["seed"])] = {
+                **t.user_attrs,
+                "state": t.state.name.lower(),
+                "value": t.value,
+                "params": dict(t.params),
+            }
         return out
 
 
@@ -322,8 +365,12 @@ def best_trial(trials: list[FrozenTrial], mode: str) -> FrozenTrial | None:
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:
     out = {"completed": 0, "pruned": 0, "failed": 0, "running": 0}
-    names = {TrialState.COMPLETE: "completed", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
-             TrialState.RUNNING: "running"}
+    names = {
+        TrialState.COMPLETE: "completed",
+        TrialState.PRUNED: "pruned",
+        TrialState.FAIL: "failed",
+        TrialState.RUNNING: "running",
+    }
     for t in trials:
         if t.state in names:
             out[names[t.state]] += 1

@@ -86,16 +86,30 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
         epochs = sum(int(t.user_attrs.get("epochs_run", 0) or 0) for t in trials if t.state.is_finished())
         groups = {g: _mean_std([r.get(f"test_acc_{g}") for r in ok])[0] for g in ("many", "medium", "few")}
         failures = failure_counts(trials)
-        out.append(CellSummary(
-            index=cell.index, label=cell.label, method=cell.method, factors=cell.factors,
-            counts=state_counts(trials), best_trial=best.number if best else None,
-            best_value=best.value if best else None, best_params={**best_params, **cell.variant},
-            finals=finals, val_mean=val[0], val_std=val[1], test_mean=test[0], test_std=test[1],
-            groups={g: v for g, v in groups.items() if v is not None},
-            ece_mean=_mean_std([r.get("ece") for r in ok])[0], epochs_run=epochs, failures=failures,
-            note=None if best or not trials else "no tuning trial completed: no finals",
-            variant=dict(cell.variant), parent=cell.parent,
-        ))
+        out.append(
+            CellSummary(
+                index=cell.index,
+                label=cell.label,
+                method=cell.method,
+                factors=cell.factors,
+                counts=state_counts(trials),
+                best_trial=best.number if best else None,
+                best_value=best.value if best else None,
+                best_params={**best_params, **cell.variant},
+                finals=finals,
+                val_mean=val[0],
+                val_std=val[1],
+                test_mean=test[0],
+                test_std=test[1],
+                groups={g: v for g, v in groups.items() if v is not None},
+                ece_mean=_mean_std([r.get("ece") for r in ok])[0],
+                epochs_run=epochs,
+                failures=failures,
+                note=None if best or not trials else "no tuning trial completed: no finals",
+                variant=dict(cell.variant),
+                parent=cell.parent,
+            )
+        )
     return out
 
 
@@ -114,8 +128,7 @@ def _params(p: dict[str, Any]) -> str:
 
 def render_table(study: Study, cells: list[CellSummary]) -> Table:
     s = study.spec
-    t = Table(title=f"study {s.name}: best config per cell, finals over seeds {s.finals.seeds}",
-              show_lines=False)
+    t = Table(title=f"study {s.name}: best config per cell, finals over seeds {s.finals.seeds}", show_lines=False)
     t.add_column("#", justify="right")
     t.add_column("cell")
     t.add_column("best params")
@@ -131,13 +144,24 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
         n = sum(1 for r in c.finals.values() if r["state"] == "complete")
         failed = sum(1 for r in c.finals.values() if r["state"] == "fail")
         t.add_row(
-            str(c.index), c.label + (" (sensitivity)" if c.variant else ""), c.note or _params(c.best_params),
+            str(c.index),
+            c.label + (" (sensitivity)" if c.variant else ""),
+            c.note or _params(c.best_params),
             "-" if c.best_value is None else f"{c.best_value:.4f}",
-            _pm(c.val_mean, c.val_std, n), _pm(c.test_mean, c.test_std, n, failed),
+            _pm(c.val_mean, c.val_std, n),
+            _pm(c.test_mean, c.test_std, n, failed),
             f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
             + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
-            *([" / ".join("-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
-                          for g in ("many", "medium", "few"))] if with_groups else []),
+            *(
+                [
+                    " / ".join(
+                        "-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
+                        for g in ("many", "medium", "few")
+                    )
+                ]
+                if with_groups
+                else []
+            ),
             "-" if c.ece_mean is None else f"{c.ece_mean:.3f}",
         )
     return t
@@ -149,23 +173,69 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
     path = store.dir / "summary.json"
     tmp = path.with_suffix(".json.tmp")
     # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
-    tmp.write_text(json.dumps({"study": store.study.spec.name, "complete": not outcome.interrupted, "cells": rows,
-                               "claims": outcome.claims, "sensitivity": outcome.sensitivity}, indent=1, default=str))
+    tmp.write_text(
+        json.dumps(
+            {
+                "study": store.study.spec.name,
+                "complete": not outcome.interrupted,
+                "cells": rows,
+                "claims": outcome.claims,
+                "sensitivity": outcome.sensitivity,
+            },
+            indent=1,
+            default=str,
+        )
+    )
     os.replace(tmp, path)
     csv_path = store.dir / "summary.csv"
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["cell", "label", "method", "best_trial", "best_value", "best_params", "val_mean", "val_std",
-                    "test_mean", "test_std", "n_finals", "n_finals_failed", "completed", "pruned", "failed",
-                    "epochs_run", "sensitivity_of", "sensitivity"])
+        w.writerow(
+            [
+                "cell",
+                "label",
+                "method",
+                "best_trial",
+                "best_value",
+                "best_params",
+                "val_mean",
+                "val_std",
+                "test_mean",
+                "test_std",
+                "n_finals",
+                "n_finals_failed",
+                "completed",
+                "pruned",
+                "failed",
+                "epochs_run",
+                "sensitivity_of",
+                "sensitivity",
+            ]
+        )
         for c in outcome.cells:
-            w.writerow([c.index, c.label, c.method, c.best_trial, c.best_value, json.dumps(c.best_params),
-                        c.val_mean, c.val_std, c.test_mean, c.test_std,
-                        sum(1 for r in c.finals.values() if r["state"] == "complete"),
-                        sum(1 for r in c.finals.values() if r["state"] == "fail"),
-                        c.counts["completed"], c.counts["pruned"], c.counts["failed"], c.epochs_run,
-                        c.parent, json.dumps(c.variant) if c.variant else ""])
+            w.writerow(
+                [
+                    c.index,
+                    c.label,
+                    c.method,
+                    c.best_trial,
+                    c.best_value,
+                    json.dumps(c.best_params),
+                    c.val_mean,
+                    c.val_std,
+                    c.test_mean,
+                    c.test_std,
+                    sum(1 for r in c.finals.values() if r["state"] == "complete"),
+                    sum(1 for r in c.finals.values() if r["state"] == "fail"),
+                    c.counts["completed"],
+                    c.counts["pruned"],
+                    c.counts["failed"],
+                    c.epochs_run,
+                    c.parent,
+                    json.dumps(c.variant) if c.variant else "",
+                ]
+            )
     os.replace(tmp, csv_path)
     return path
 
@@ -185,8 +255,12 @@ class SummaryOnFinals:
             return
         recorded = set(self.store.final_results(event.job.cell))
         if isinstance(event, FinalsSkipped) or set(self.study.spec.finals.seeds) <= recorded:
-            write_summary(self.store, RunOutcome(cells=summarize(self.study, self.store), interrupted=True,
-                                                 wall_time_s=time.perf_counter() - self.t0))
+            write_summary(
+                self.store,
+                RunOutcome(
+                    cells=summarize(self.study, self.store), interrupted=True, wall_time_s=time.perf_counter() - self.t0
+                ),
+            )
 
 
 def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -197,8 +271,11 @@ def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, 
     values: dict[str, dict[int, dict[str, Any]]] = {}
     for c in cells:
         k = num_classes(by_index[c.index].config.data.name, by_index[c.index].config.model_dump(mode="json"))
-        values[c.label] = {int(seed): (rec if rec.get("state") == "complete" else failed_metrics(k))
-                           for seed, rec in c.finals.items() if rec.get("state") in ("complete", "fail")}
+        values[c.label] = {
+            int(seed): (rec if rec.get("state") == "complete" else failed_metrics(k))
+            for seed, rec in c.finals.items()
+            if rec.get("state") in ("complete", "fail")
+        }
     return values
 
 
@@ -213,7 +290,7 @@ def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any
     values = final_values(study, cells)
     infos = [CellInfo(c.label, c.method, c.factors) for c in study.factor_cells]
     out = evaluate(study.spec.claims, infos, values, alpha=study.spec.claims_alpha)
-    for result, notes in zip(out, protocol_notes(study.spec, study.factor_cells)):
+    for result, notes in zip(out, protocol_notes(study.spec, study.factor_cells), strict=False):
         result["protocol"] = notes
     return out
 
@@ -227,7 +304,14 @@ def sensitivity_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[st
         return []
     values = final_values(study, cells)
     infos = [CellInfo(c.label, c.method, c.factors) for c in study.factor_cells]
-    variants = [Variant(c.label, study.cells[c.parent].label, *next(iter(c.variant.items())))
-                for c in study.sensitivity_cells if c.parent is not None]
-    return [r.as_dict() for r in judge(study.spec.claims, infos, variants, values, alpha=study.spec.claims_alpha,
-                                       order=study.spec.sensitivity)]
+    variants = [
+        Variant(c.label, study.cells[c.parent].label, *next(iter(c.variant.items())))
+        for c in study.sensitivity_cells
+        if c.parent is not None
+    ]
+    return [
+        r.as_dict()
+        for r in judge(
+            study.spec.claims, infos, variants, values, alpha=study.spec.claims_alpha, order=study.spec.sensitivity
+        )
+    ]

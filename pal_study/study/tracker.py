@@ -15,12 +15,29 @@ import threading
 import time
 from typing import Any
 
-from pal_study.study.events import (EpochReported, Event, FinalEnded, FinalsSkipped, TrialEnded, TrialRetried,
-                                    TrialStarted)
+from pal_study.study.events import (
+    EpochReported,
+    Event,
+    FinalEnded,
+    FinalsSkipped,
+    TrialEnded,
+    TrialRetried,
+    TrialStarted,
+)
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, fingerprint
-from pal_study.tracking import (FLUSH_S, SENSITIVITY_OF_TAG, SENSITIVITY_TAG, Tracking, code_tags, flatten,
-                                has_cells_view, set_cells_view, trial_artifacts, trial_tags)
+from pal_study.tracking import (
+    FLUSH_S,
+    SENSITIVITY_OF_TAG,
+    SENSITIVITY_TAG,
+    Tracking,
+    code_tags,
+    flatten,
+    has_cells_view,
+    set_cells_view,
+    trial_artifacts,
+    trial_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +48,26 @@ TABLE_FILE = "report/comparison_table.json"
 
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
-SUMMARY_KEYS = ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss",
-                "epochs_run", "train_time_s", "wall_time_s", "test_acc_many", "test_acc_medium", "test_acc_few",
-                "proto_norm_min", "proto_norm_max", "proto_cos_max", "feature_norm_mean", "feature_norm_std")
+SUMMARY_KEYS = (
+    "val_acc",
+    "val_acc_clean",
+    "test_acc",
+    "ece",
+    "gamma_min",
+    "margin_mean",
+    "train_loss",
+    "epochs_run",
+    "train_time_s",
+    "wall_time_s",
+    "test_acc_many",
+    "test_acc_medium",
+    "test_acc_few",
+    "proto_norm_min",
+    "proto_norm_max",
+    "proto_cos_max",
+    "feature_norm_mean",
+    "feature_norm_std",
+)
 
 
 class StudyTracker:
@@ -61,28 +95,50 @@ class StudyTracker:
         t0 = time.perf_counter()
         c = self.t.client
         fp = fingerprint(self.study)
-        runs = c.search_runs([self.exp_id], filter_string=f"tags.`pal.stage` = 'study' and tags.`pal.fingerprint` = '{fp}'",
-                             max_results=1, order_by=["attributes.start_time DESC"])
+        runs = c.search_runs(
+            [self.exp_id],
+            filter_string=f"tags.`pal.stage` = 'study' and tags.`pal.fingerprint` = '{fp}'",
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+        )
         if runs:
             self.parent_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING":
                 c.update_run(self.parent_id, status="RUNNING")
         else:
             s = self.study.spec
-            run = c.create_run(self.exp_id, run_name=f"study {s.name}",
-                               tags={"pal.stage": "study", "pal.fingerprint": fp, "stage": "study",
-                                     "study": s.name, **code_tags()})
+            run = c.create_run(
+                self.exp_id,
+                run_name=f"study {s.name}",
+                tags={"pal.stage": "study", "pal.fingerprint": fp, "stage": "study", "study": s.name, **code_tags()},
+            )
             self.parent_id = run.info.run_id
-            self.t.log_batch(self.parent_id, params={
-                "cells": len(self.study.factor_cells), "sensitivity_cells": len(self.study.sensitivity_cells),
-                "trials_per_cell": s.budget.trials_per_cell, "tuning_seed": s.budget.tuning_seed,
-                "epochs": s.budget.epochs, "sampler": s.budget.sampler.name, "sampler_seed": s.budget.sampler.seed,
-                "pruner": s.budget.pruner.name, "final_seeds": s.finals.seeds, "objective": s.objective.metric,
-                "mode": s.objective.mode, "resources_cpu": s.resources.cpu, "resources_gpu": s.resources.gpu,
-                "factors": json.dumps(s.factors),
-            })
-            self.t.log_files(self.parent_id, {"study.yaml": self.study.path.read_text(),
-                                              "study_resolved.json": json.dumps(s.model_dump(mode="json"), indent=1)})
+            self.t.log_batch(
+                self.parent_id,
+                params={
+                    "cells": len(self.study.factor_cells),
+                    "sensitivity_cells": len(self.study.sensitivity_cells),
+                    "trials_per_cell": s.budget.trials_per_cell,
+                    "tuning_seed": s.budget.tuning_seed,
+                    "epochs": s.budget.epochs,
+                    "sampler": s.budget.sampler.name,
+                    "sampler_seed": s.budget.sampler.seed,
+                    "pruner": s.budget.pruner.name,
+                    "final_seeds": s.finals.seeds,
+                    "objective": s.objective.metric,
+                    "mode": s.objective.mode,
+                    "resources_cpu": s.resources.cpu,
+                    "resources_gpu": s.resources.gpu,
+                    "factors": json.dumps(s.factors),
+                },
+            )
+            self.t.log_files(
+                self.parent_id,
+                {
+                    "study.yaml": self.study.path.read_text(),
+                    "study_resolved.json": json.dumps(s.model_dump(mode="json"), indent=1),
+                },
+            )
 
         if not has_cells_view(c.get_experiment(self.exp_id)):
             # What `pal-study ui --study` opens: the cell runs with their headline metrics.
@@ -106,9 +162,13 @@ class StudyTracker:
                     break
         for key, r in self.children.items():
             if _is_cell_key(key):
-                self._cells[int(key[4:])] = {"run_id": r.info.run_id, "status": r.info.status,
-                                             "params": bool(r.data.params), "metrics": dict(r.data.metrics),
-                                             "tags": dict(r.data.tags)}
+                self._cells[int(key[4:])] = {
+                    "run_id": r.info.run_id,
+                    "status": r.info.status,
+                    "params": bool(r.data.params),
+                    "metrics": dict(r.data.metrics),
+                    "tags": dict(r.data.tags),
+                }
         self.logging_s += time.perf_counter() - t0
         return self.parent_id
 
@@ -119,16 +179,20 @@ class StudyTracker:
         from optuna.trial import TrialState
 
         repaired = 0
-        status_of = {TrialState.COMPLETE: ("completed", "FINISHED"), TrialState.PRUNED: ("pruned", "KILLED"),
-                     TrialState.FAIL: ("failed", "FAILED")}
+        status_of = {
+            TrialState.COMPLETE: ("completed", "FINISHED"),
+            TrialState.PRUNED: ("pruned", "KILLED"),
+            TrialState.FAIL: ("failed", "FAILED"),
+        }
         for cell in self.study.cells:
             trials = self.store.tuning_trials(cell)
             finals = self.store.final_results(cell)
             prefix = f"cell{cell.index:03d}/"
             if not trials and not finals and not any(k.startswith(prefix) for k in self.children):
                 continue  # not started: its cell run comes with its first trial
-            cell_id = self._cell_run(cell, json.loads(next(iter(finals.values()))["config"]) if finals
-                                     else config_for(cell, {}))
+            cell_id = self._cell_run(
+                cell, json.loads(next(iter(finals.values()))["config"]) if finals else config_for(cell, {})
+            )
             for t in trials:
                 if t.state not in status_of:
                     continue
@@ -139,10 +203,24 @@ class StudyTracker:
                 outcome, status = status_of[t.state]
                 cfg = config_for(cell, dict(t.params))
                 metrics = [("val_acc", v, int(step)) for step, v in t.intermediate_values.items()]
-                self._repair(key, f"{cell.label} #{t.number}", cfg, run, outcome, status, t.user_attrs, metrics,
-                             tags=dict(cell=cell.label, cell_group=_group(cell), stage="tune",
-                                       optuna_study=self.store.tuning_name(cell), optuna_trial=t.number),
-                             parent=cell_id)
+                self._repair(
+                    key,
+                    f"{cell.label} #{t.number}",
+                    cfg,
+                    run,
+                    outcome,
+                    status,
+                    t.user_attrs,
+                    metrics,
+                    tags=dict(
+                        cell=cell.label,
+                        cell_group=_group(cell),
+                        stage="tune",
+                        optuna_study=self.store.tuning_name(cell),
+                        optuna_trial=t.number,
+                    ),
+                    parent=cell_id,
+                )
                 repaired += 1
             for seed, rec in finals.items():
                 key = f"{prefix}final/seed{seed}"
@@ -150,25 +228,52 @@ class StudyTracker:
                 if run is not None and run.info.status in ("FINISHED", "FAILED"):
                     continue
                 outcome, status = ("completed", "FINISHED") if rec["state"] == "complete" else ("failed", "FAILED")
-                self._repair(key, f"{cell.label} final seed {seed}", json.loads(rec["config"]), run, outcome, status,
-                             rec, [], tags=dict(cell=cell.label, cell_group=_group(cell), stage="final",
-                                                optuna_study=self.store.finals_name(cell), **variant_tags(self.study, cell)),
-                             parent=cell_id)
+                self._repair(
+                    key,
+                    f"{cell.label} final seed {seed}",
+                    json.loads(rec["config"]),
+                    run,
+                    outcome,
+                    status,
+                    rec,
+                    [],
+                    tags=dict(
+                        cell=cell.label,
+                        cell_group=_group(cell),
+                        stage="final",
+                        optuna_study=self.store.finals_name(cell),
+                        **variant_tags(self.study, cell),
+                    ),
+                    parent=cell_id,
+                )
                 repaired += 1
             # Runs logged before cell runs existed (directly under the study run) move under theirs.
             for key, run in self.children.items():
                 tags = run.data.tags
-                if key.startswith(prefix) and (tags.get("mlflow.parentRunId") != cell_id
-                                               or tags.get(STUDY_RUN_TAG) != self.parent_id):
-                    self.t.log_batch(run.info.run_id, tags={"mlflow.parentRunId": cell_id,
-                                                            STUDY_RUN_TAG: self.parent_id})
+                if key.startswith(prefix) and (
+                    tags.get("mlflow.parentRunId") != cell_id or tags.get(STUDY_RUN_TAG) != self.parent_id
+                ):
+                    self.t.log_batch(
+                        run.info.run_id, tags={"mlflow.parentRunId": cell_id, STUDY_RUN_TAG: self.parent_id}
+                    )
             if finals:
                 # Its best config, and its aggregates and status if all its finals had ended.
                 self._cell_finals(cell, json.loads(next(iter(finals.values()))["config"]), finals)
         return repaired
 
-    def _repair(self, key: str, name: str, cfg: dict[str, Any], run: Any, outcome: str, status: str,
-                attrs: dict[str, Any], metrics: list, tags: dict[str, Any], parent: str) -> None:
+    def _repair(
+        self,
+        key: str,
+        name: str,
+        cfg: dict[str, Any],
+        run: Any,
+        outcome: str,
+        status: str,
+        attrs: dict[str, Any],
+        metrics: list,
+        tags: dict[str, Any],
+        parent: str,
+    ) -> None:
         if run is not None:
             self.t.client.delete_run(run.info.run_id)  # half-logged: replaced whole, never doubled
             self.children.pop(key, None)
@@ -183,11 +288,19 @@ class StudyTracker:
         if attrs.get("checkpoint_path"):
             all_tags["pal.checkpoint"] = attrs["checkpoint_path"]
         self.t.log_batch(run_id, metrics=metrics + summary, params=flatten(cfg), tags=all_tags)
-        self.t.log_files(run_id, trial_artifacts(cfg, None, f"{self.study.spec.name} {name}: pal-study train THIS_FILE"))
+        self.t.log_files(
+            run_id, trial_artifacts(cfg, None, f"{self.study.spec.name} {name}: pal-study train THIS_FILE")
+        )
         self.t.client.set_terminated(run_id, status=status)
 
-    def finish(self, interrupted: bool, make_files: Any = None, drain_timeout_s: float = 120.0,
-               summary: dict[str, Any] | None = None, report_rows: Any = None) -> list[str]:
+    def finish(
+        self,
+        interrupted: bool,
+        make_files: Any = None,
+        drain_timeout_s: float = 120.0,
+        summary: dict[str, Any] | None = None,
+        report_rows: Any = None,
+    ) -> list[str]:
         """Deliver what is still queued (waiting up to ``drain_timeout_s`` for the store), then
         the parent's files, its summary (trial counts and failure causes, as metrics, tags and
         ``summary.json``), the cell runs' comparisons with their baselines (from
@@ -215,20 +328,23 @@ class StudyTracker:
                         files["sensitivity.json"] = json.dumps(summary["sensitivity"], indent=1, default=str)
                         tags["sensitivity"] = "; ".join(
                             f"{k['knob']}: " + ", ".join(f"{b['value']}={b['verdict']}" for b in c["by_value"])
-                            for k in summary["sensitivity"] for c in k["claims"])[:5000]
-                    self.t.log_batch(self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()],
-                                     tags=tags)
+                            for k in summary["sensitivity"]
+                            for c in k["claims"]
+                        )[:5000]
+                    self.t.log_batch(
+                        self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()], tags=tags
+                    )
                 if files:
                     self.t.log_files(self.parent_id, files)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 undelivered.append(f"study report ({e})")
             try:
                 self._finish_cells(interrupted, report_rows() if report_rows is not None else None)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 undelivered.append(f"cell runs and comparison table ({e})")
             try:
                 self.t.client.set_terminated(self.parent_id, status="KILLED" if interrupted else "FINISHED")
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 undelivered.append(f"study status ({e})")
         self.logging_s += time.perf_counter() - t0
         return undelivered
@@ -283,28 +399,42 @@ class StudyTracker:
             elif isinstance(event, FinalsSkipped):
                 self._skipped(job.cell, event.reason)
             return True
-        except Exception as e:  # noqa: BLE001 - tracking must not kill the study; said loudly
+        except Exception as e:
             if not self._pending:
-                log.warning("MLflow logging failed for %s (%s): %s — queuing logs, retrying every %.0f s",
-                            event.kind, getattr(job.cell, "label", "?"),
-                            str(e).splitlines()[0][:200] if str(e) else e, RETRY_S)
+                log.warning(
+                    "MLflow logging failed for %s (%s): %s — queuing logs, retrying every %.0f s",
+                    event.kind,
+                    getattr(job.cell, "label", "?"),
+                    str(e).splitlines()[0][:200] if str(e) else e,
+                    RETRY_S,
+                )
             self._retry_at = time.monotonic() + RETRY_S
             return False
 
     def _key(self, job: Any, suffix: str) -> str:
         return f"cell{job.cell.index:03d}/{suffix}"
 
-    def _child(self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None, *,
-               parent: str) -> tuple[str, bool]:
+    def _child(
+        self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None, *, parent: str
+    ) -> tuple[str, bool]:
         """(run id, whether it existed): existing runs are reused, so nothing is logged twice.
         Params go in later with the metrics: one ``log_batch`` per run where possible."""
         existing = self.children.get(key)
         if existing is not None:
             return existing.info.run_id, True
         c = self.t.client
-        run = c.create_run(self.exp_id, run_name=name, start_time=start_time, tags={
-            "mlflow.parentRunId": parent, STUDY_RUN_TAG: self.parent_id, "pal.run_key": key,
-            "study": self.study.spec.name, **tags})
+        run = c.create_run(
+            self.exp_id,
+            run_name=name,
+            start_time=start_time,
+            tags={
+                "mlflow.parentRunId": parent,
+                STUDY_RUN_TAG: self.parent_id,
+                "pal.run_key": key,
+                "study": self.study.spec.name,
+                **tags,
+            },
+        )
         self.children[key] = run
         return run.info.run_id, False
 
@@ -319,19 +449,29 @@ class StudyTracker:
                 info["status"] = "RUNNING"
             return info["run_id"]
         key = f"cell{cell.index:03d}"
-        tags = trial_tags(cfg, cell=cell.label, cell_group=_group(cell), stage="cell",
-                          optuna_study=self.store.tuning_name(self.study.tuning_cell(cell)),
-                          **variant_tags(self.study, cell))
+        tags = trial_tags(
+            cfg,
+            cell=cell.label,
+            cell_group=_group(cell),
+            stage="cell",
+            optuna_study=self.store.tuning_name(self.study.tuning_cell(cell)),
+            **variant_tags(self.study, cell),
+        )
         for trial_only in ("seed", "config_hash"):
             tags.pop(trial_only, None)
         tags["pal.stage"] = "cell"
         run_id, _ = self._child(key, cell.label, tags, parent=self.parent_id)
-        self._cells[cell.index] = {"run_id": run_id, "status": "RUNNING", "params": False, "metrics": {},
-                                   "tags": tags}
+        self._cells[cell.index] = {"run_id": run_id, "status": "RUNNING", "params": False, "metrics": {}, "tags": tags}
         return run_id
 
-    def _cell_finals(self, cell: Any, cfg: dict[str, Any] | None, finals: dict[int, dict[str, Any]] | None = None,
-                     *, close: bool = False) -> None:
+    def _cell_finals(
+        self,
+        cell: Any,
+        cfg: dict[str, Any] | None,
+        finals: dict[int, dict[str, Any]] | None = None,
+        *,
+        close: bool = False,
+    ) -> None:
         """After a final of the cell ended: its best config as params (once), and when all its
         final seeds have ended (or ``close``), the aggregates over its completed finals and its
         status, in one ``log_batch``. Repeatable (a queued event runs it again)."""
@@ -363,8 +503,9 @@ class StudyTracker:
         info = self._cells.get(cell.index)
         if info is None or info["status"] in ("FINISHED", "FAILED"):
             return
-        self.t.log_batch(info["run_id"], metrics=[("n_finals", 0, 0)],
-                         tags={"outcome": "failed", "outcome_reason": reason})
+        self.t.log_batch(
+            info["run_id"], metrics=[("n_finals", 0, 0)], tags={"outcome": "failed", "outcome_reason": reason}
+        )
         self.t.client.set_terminated(info["run_id"], status="FAILED")
         info["status"] = "FAILED"
 
@@ -388,9 +529,18 @@ class StudyTracker:
             c = row.comparison
             if info is None or c is None:
                 continue
-            metrics = [(k, v, 0) for k, v in (("delta_test_acc", c.delta), ("ci_low", c.ci_low),
-                                              ("ci_high", c.ci_high), ("p", c.p), ("q", c.q), ("p_t", c.p_t))
-                       if isinstance(v, (int, float)) and info["metrics"].get(k) != v]
+            metrics = [
+                (k, v, 0)
+                for k, v in (
+                    ("delta_test_acc", c.delta),
+                    ("ci_low", c.ci_low),
+                    ("ci_high", c.ci_high),
+                    ("p", c.p),
+                    ("q", c.q),
+                    ("p_t", c.p_t),
+                )
+                if isinstance(v, (int, float)) and info["metrics"].get(k) != v
+            ]
             tags = {"baseline": c.baseline} if info["tags"].get("baseline") != c.baseline else {}
             if metrics or tags:  # a rerun of a finished study logs nothing twice
                 self.t.log_batch(info["run_id"], metrics=metrics, tags=tags)
@@ -416,8 +566,14 @@ class StudyTracker:
     def _start_tuning(self, job: Any, payload: dict[str, Any]) -> None:
         cfg = payload["config"]
         key = self._key(job, f"tune/{job.trial.number}")
-        tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="tune",
-                          optuna_study=self.store.tuning_name(job.cell), optuna_trial=job.trial.number)
+        tags = trial_tags(
+            cfg,
+            cell=job.cell.label,
+            cell_group=_group(job.cell),
+            stage="tune",
+            optuna_study=self.store.tuning_name(job.cell),
+            optuna_trial=job.trial.number,
+        )
         cell_id = self._cell_run(job.cell, cfg)
         run_id, existed = self._child(key, f"{job.cell.label} #{job.trial.number}", tags, parent=cell_id)
         skip_to = 0
@@ -425,9 +581,14 @@ class StudyTracker:
             hist = self.t.client.get_metric_history(run_id, "val_acc")
             skip_to = max((m.step for m in hist), default=0)
             self.t.client.update_run(run_id, status="RUNNING")
-        self._live[id(job)] = {"run_id": run_id, "buffer": [], "flushed": time.monotonic(), "skip_to": skip_to,
-                               "cfg": cfg,
-                               "params": None if existed and self.children[key].data.params else flatten(cfg)}
+        self._live[id(job)] = {
+            "run_id": run_id,
+            "buffer": [],
+            "flushed": time.monotonic(),
+            "skip_to": skip_to,
+            "cfg": cfg,
+            "params": None if existed and self.children[key].data.params else flatten(cfg),
+        }
 
     def _epoch(self, job: Any, result: dict[str, Any]) -> None:
         live = self._live.get(id(job))
@@ -462,8 +623,9 @@ class StudyTracker:
             return
         closing = event.closing or {}
         if not live.get("summarised"):
-            live["buffer"] += [(f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS
-                               if isinstance(closing.get(k), (int, float))]
+            live["buffer"] += [
+                (f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS if isinstance(closing.get(k), (int, float))
+            ]
             live["summarised"] = True
         tags = {"outcome": outcome}
         if event.reason:
@@ -473,9 +635,14 @@ class StudyTracker:
         if closing.get("resumed_from_epoch") is not None:
             tags["resumed_from_epoch"] = str(closing["resumed_from_epoch"])
         self._flush(live, tags)
-        self.t.log_files(live["run_id"], trial_artifacts(
-            live["cfg"], closing.get("details"),
-            f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE"))
+        self.t.log_files(
+            live["run_id"],
+            trial_artifacts(
+                live["cfg"],
+                closing.get("details"),
+                f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE",
+            ),
+        )
         status = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}[outcome]
         self.t.client.set_terminated(live["run_id"], status=status)
         self._live.pop(id(job), None)
@@ -497,8 +664,15 @@ class StudyTracker:
         result = event.result or {}
         cfg = event.config
         outcome = "completed" if event.ok else "failed"
-        tags = trial_tags(cfg, cell=job.cell.label, cell_group=_group(job.cell), stage="final", outcome=outcome,
-                          optuna_study=self.store.finals_name(job.cell), **variant_tags(self.study, job.cell))
+        tags = trial_tags(
+            cfg,
+            cell=job.cell.label,
+            cell_group=_group(job.cell),
+            stage="final",
+            outcome=outcome,
+            optuna_study=self.store.finals_name(job.cell),
+            **variant_tags(self.study, job.cell),
+        )
         if event.reason:
             tags["outcome_reason"] = event.reason
         if result.get("node"):
@@ -510,8 +684,12 @@ class StudyTracker:
         # Created when the seed is done (one write burst): dated back to when it started.
         started = int(1000 * (time.time() - float(result.get("wall_time_s") or 0.0)))
         run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started, parent=cell_id)
-        metrics = [(k, h[k], int(h["epoch"])) for h in result.get("history", []) for k in METRIC_KEYS
-                   if isinstance(h.get(k), (int, float))]
+        metrics = [
+            (k, h[k], int(h["epoch"]))
+            for h in result.get("history", [])
+            for k in METRIC_KEYS
+            if isinstance(h.get(k), (int, float))
+        ]
         metrics += [(f"final_{k}", result[k], 0) for k in SUMMARY_KEYS if isinstance(result.get(k), (int, float))]
         if isinstance(event.best_value, (int, float)):
             metrics.append(("final_tune_best_value", event.best_value, 0))
@@ -520,9 +698,14 @@ class StudyTracker:
             self.children.pop(key)
             run_id, _ = self._child(key, f"{job.cell.label} final seed {seed}", {}, started, parent=cell_id)
         self.t.log_batch(run_id, metrics=metrics, params=flatten(cfg), tags=tags)
-        self.t.log_files(run_id, trial_artifacts(
-            cfg, result.get("details"),
-            f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE"))
+        self.t.log_files(
+            run_id,
+            trial_artifacts(
+                cfg,
+                result.get("details"),
+                f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE",
+            ),
+        )
         self.t.client.set_terminated(run_id, status="FINISHED" if outcome == "completed" else "FAILED")
 
 
@@ -539,11 +722,14 @@ def cell_aggregates(finals: list[dict[str, Any]]) -> dict[str, float]:
     from pal_study.metrics import mean_std
 
     out: dict[str, float] = {"n_finals": float(len(finals))}
-    for key, names in (("test_acc", ("final_test_acc_mean", "final_test_acc_std")),
-                       ("val_acc", ("final_val_acc_mean", "final_val_acc_std")), ("ece", ("ece_mean",))):
+    for key, names in (
+        ("test_acc", ("final_test_acc_mean", "final_test_acc_std")),
+        ("val_acc", ("final_val_acc_mean", "final_val_acc_std")),
+        ("ece", ("ece_mean",)),
+    ):
         ms = mean_std([_num(r.get(key)) for r in finals])
         if ms:
-            out.update(zip(names, ms))
+            out.update(zip(names, ms, strict=False))
     return out
 
 
@@ -553,14 +739,31 @@ def comparison_table(rows: list[Any]) -> dict[str, list]:
     from pal_study.report import comparisons
 
     comps = {c["cell"]: c for c in comparisons(rows)}
-    keys = ("baseline", "metric", "n_pairs", "delta", "ci_low", "ci_high", "p", "q", "p_t", "test", "p_wilcoxon",
-            "seeds")
+    keys = (
+        "baseline",
+        "metric",
+        "n_pairs",
+        "delta",
+        "ci_low",
+        "ci_high",
+        "p",
+        "q",
+        "p_t",
+        "test",
+        "p_wilcoxon",
+        "seeds",
+    )
     table: dict[str, list] = {k: [] for k in ("cell", "method", "n", "test_acc_mean", "test_acc_std", *keys)}
     for r in rows:
         mean, std = r.stats.get("test_acc", (None, None))
         comp = comps.get(r.cell, {})
-        for k, v in (("cell", r.cell), ("method", r.method), ("n", r.n), ("test_acc_mean", mean),
-                     ("test_acc_std", std)):
+        for k, v in (
+            ("cell", r.cell),
+            ("method", r.method),
+            ("n", r.n),
+            ("test_acc_mean", mean),
+            ("test_acc_std", std),
+        ):
             table[k].append(v)
         for k in keys:
             v = comp.get(k)
@@ -617,7 +820,7 @@ class TrackerThread:
     def _guarded(fn: Any, *args: Any) -> None:
         try:
             fn(*args)
-        except Exception:  # noqa: BLE001 - the thread must outlive a bug in one event's logging
+        except Exception:
             log.exception("MLflow tracking: an event could not be logged")
 
     def close(self) -> None:

@@ -17,8 +17,9 @@ import tempfile
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pal_study.config import TrainConfig
 
@@ -76,8 +77,11 @@ def details(result, png: bool = True) -> dict[str, Any]:
     the worker, so a driver with many trials does not render every PNG; ``png=False`` (tuning
     trials) sends its bins instead: drawing costs ~50 ms of the slot per trial, a tenth of a
     digits trial, and the diagrams people read are the finals' (benchmarks/trial_details.py)."""
-    out: dict[str, Any] = {"prototype_geometry": result.prototype_geometry, "per_class_acc": result.per_class_acc,
-                           "class_counts": result.class_counts}
+    out: dict[str, Any] = {
+        "prototype_geometry": result.prototype_geometry,
+        "per_class_acc": result.per_class_acc,
+        "class_counts": result.class_counts,
+    }
     if result.reliability and png:
         import base64
 
@@ -121,8 +125,10 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
         if action == "killonce":
             # Not the cwd: Tune runs each attempt in its own trial directory, where a retry would
             # find no marker and be killed again.
-            marker = Path(os.environ.get("PAL_STUDY_FAULT_DIR") or tempfile.gettempdir()) / \
-                f"pal-fault-{hashlib.sha1(rule.encode()).hexdigest()[:12]}"
+            marker = (
+                Path(os.environ.get("PAL_STUDY_FAULT_DIR") or tempfile.gettempdir())
+                / f"pal-fault-{hashlib.sha1(rule.encode()).hexdigest()[:12]}"
+            )
 
             def hook(epoch: int, marker: Path = marker, at: int = int(at or 0)) -> None:
                 if epoch >= at:
@@ -134,6 +140,7 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
 
             hook(0)
             hooks.append(hook)
+
     def on_epoch(epoch: int) -> None:
         for h in hooks:
             h(epoch)
@@ -141,8 +148,15 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     return on_epoch
 
 
-def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = False, details_png: bool = True,
-            with_history: bool = False, checkpoint: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_one(
+    cfg_dict: dict[str, Any],
+    on_epoch=None,
+    *,
+    with_details: bool = False,
+    details_png: bool = True,
+    with_history: bool = False,
+    checkpoint: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train one config; never raises for a trial's own failure. ``checkpoint`` ({path,
     every_epochs, keep_final}) makes it save as it goes and continue from its last save."""
     from pal_study.checkpoint import CheckpointPolicy
@@ -159,8 +173,11 @@ def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = Fal
 
         policy = None
         if checkpoint:
-            policy = CheckpointPolicy(path=Path(checkpoint["path"]), every_epochs=checkpoint["every_epochs"],
-                                      keep_final=bool(checkpoint.get("keep_final")))
+            policy = CheckpointPolicy(
+                path=Path(checkpoint["path"]),
+                every_epochs=checkpoint["every_epochs"],
+                keep_final=bool(checkpoint.get("keep_final")),
+            )
         result = train(cfg, report, data=_data_for(cfg), checkpoint=policy, replay=True)
         out = summarize(result)
         # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
@@ -169,11 +186,16 @@ def run_one(cfg_dict: dict[str, Any], on_epoch=None, *, with_details: bool = Fal
         if with_history:
             out["history_json"] = json.dumps(result.history, default=_jsonable)
         return out
-    except Exception as e:  # noqa: BLE001 - a failing trial is data, not a crash of the study
+    except Exception as e:
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return {"status": "failed", "reason": f"{type(e).__name__}: {e}{where}", "epochs_run": 0,
-                "train_time_s": 0.0, "wall_time_s": 0.0}
+        return {
+            "status": "failed",
+            "reason": f"{type(e).__name__}: {e}{where}",
+            "epochs_run": 0,
+            "train_time_s": 0.0,
+            "wall_time_s": 0.0,
+        }
 
 
 def tune_trial(config: dict[str, Any]) -> None:
@@ -190,8 +212,13 @@ def tune_trial(config: dict[str, Any]) -> None:
             if out is not None:
                 tune.report({**out, "stage": "tune", "closing": False})
 
-        summary = run_one(job["config"], on_epoch, with_details=job.get("details", True), details_png=False,
-                          checkpoint=job.get("checkpoint"))
+        summary = run_one(
+            job["config"],
+            on_epoch,
+            with_details=job.get("details", True),
+            details_png=False,
+            checkpoint=job.get("checkpoint"),
+        )
         tune.report({**_finite(summary), **batch.rest(), "stage": "tune", "closing": True, "node": _node()})
         if summary.get("status") == "failed":
             raise TrialFailed(summary.get("reason", "failed"))

@@ -48,5 +48,13 @@ def expected_files(name: str, root: str | os.PathLike[str]) -> list[Path]:
     return get_dataset(name).expected_files(root)
 
 
-__all__ = ["DATASET_REGISTRY", "DatasetSpec", "ORDER", "Recipe", "dataset_names", "dataset_needs_files",
-           "expected_files", "get_dataset"]
+__all__ = [
+    "DATASET_REGISTRY",
+    "ORDER",
+    "DatasetSpec",
+    "Recipe",
+    "dataset_names",
+    "dataset_needs_files",
+    "expected_files",
+    "get_dataset",
+]

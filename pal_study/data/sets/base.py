@@ -7,13 +7,13 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal
 
 from pal_study.metrics import GROUP_THRESHOLDS, scaled_thresholds
 from pal_study.registry import Registry
 
 if TYPE_CHECKING:
-    from pal_study.data.sources import RawData  # noqa: F401 (in the Loader annotation)
+    from pal_study.data.sources import RawData
 
 Options = Mapping[str, Any]  # the data set's own options (``data.synthetic`` for synthetic), or {}
 Shape = tuple[int, ...]
@@ -41,8 +41,17 @@ class Recipe:
     def as_optim(self) -> dict[str, Any]:
         """The ``optim.*`` values this recipe sets (unset ones left out), JSON-friendly."""
         out: dict[str, Any] = {}
-        for key in ("lr", "weight_decay", "epochs", "batch_size", "schedule", "warmup_epochs", "milestones",
-                    "step_gamma", "grad_clip"):
+        for key in (
+            "lr",
+            "weight_decay",
+            "epochs",
+            "batch_size",
+            "schedule",
+            "warmup_epochs",
+            "milestones",
+            "step_gamma",
+            "grad_clip",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[key] = list(value) if isinstance(value, tuple) else value
@@ -58,9 +67,9 @@ class DatasetSpec:
     name: str
     summary: str  # one line for ``pal-study list datasets``
     load: Loader  # (root, download, options) -> clean RawData (see data/sources.py)
-    input_shape: Union[Shape, Callable[[Options], Shape]]
-    num_classes: Union[int, Callable[[Options], int]]
-    default_arch: Union[str, Callable[[Shape], str]]  # a name in models.MODELS
+    input_shape: Shape | Callable[[Options], Shape]
+    num_classes: int | Callable[[Options], int]
+    default_arch: str | Callable[[Shape], str]  # a name in models.MODELS
     recipe: Recipe
     long_tail_recipe: Recipe | None = None  # replaces ``recipe`` when data.imbalance.ratio > 1
     # Whose per-data-set loss hyperparameters (losses.py, each loss's ``defaults``) this set takes.
@@ -69,13 +78,13 @@ class DatasetSpec:
     # (folder under data.root, file names) of a set read from disk; None: needs no files.
     files: tuple[str, tuple[str, ...]] | None = None
     # Source class -> target class of asymmetric label noise; None: the set has none.
-    asymmetric_map: Union[Mapping[int, int], Callable[[int], dict[int, int]], None] = None
+    asymmetric_map: Mapping[int, int] | Callable[[int], dict[int, int]] | None = None
     group_thresholds: tuple[float, float] = GROUP_THRESHOLDS  # many > hi >= medium >= lo > few
     group_reference_max: int = 500  # largest class the thresholds were defined for
     options_key: str | None = None  # the ``data.<key>`` config section holding its options
     # Clean training examples before the validation split and any subsampling (validate's warnings
     # size the validation split from it without loading the data); None: unknown.
-    train_size: Union[int, Callable[[Options], int], None] = None
+    train_size: int | Callable[[Options], int] | None = None
 
     # -- derived ----------------------------------------------------------------------------
     def shape_for(self, options: Options | None = None) -> Shape:

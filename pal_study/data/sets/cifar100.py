@@ -19,15 +19,17 @@ SPEC = DatasetSpec(
     train_size=50000,
     name="cifar100",
     summary="CIFAR-100 32x32 colour (50k train / 10k test), torchvision files under data.root",
-    load=lambda root, download, options: load_torchvision(SPEC, root, download, dataset_class=_cifar100_class,
-                                                          channels_last_arrays=True),
+    load=lambda root, download, options: load_torchvision(
+        SPEC, root, download, dataset_class=_cifar100_class, channels_last_arrays=True
+    ),
     input_shape=(3, 32, 32),
     num_classes=100,
     # The paper trains ResNet-34 on CIFAR-100; ResNet-32 is what pal-study ships (see README).
     default_arch="resnet32",
     # docs/method.md §5.
-    recipe=Recipe(lr=0.1, weight_decay=1e-5, epochs=200, batch_size=128, schedule="cosine", warmup_epochs=0,
-                  grad_clip=5.0),
+    recipe=Recipe(
+        lr=0.1, weight_decay=1e-5, epochs=200, batch_size=128, schedule="cosine", warmup_epochs=0, grad_clip=5.0
+    ),
     long_tail_recipe=CIFAR_LT_RECIPE,
     loss_defaults="cifar100",
     augment="crop_flip",

@@ -15,8 +15,9 @@ SPEC = DatasetSpec(
     num_classes=10,
     default_arch="digits_mlp",
     # Ours (not from a paper): small, fast, CPU-friendly.
-    recipe=Recipe(lr=0.05, weight_decay=5e-4, epochs=30, batch_size=64, schedule="cosine", warmup_epochs=1,
-                  grad_clip=5.0),
+    recipe=Recipe(
+        lr=0.05, weight_decay=5e-4, epochs=30, batch_size=64, schedule="cosine", warmup_epochs=1, grad_clip=5.0
+    ),
     loss_defaults="mnist",  # MNIST's values: same kind of data, a smaller net
     asymmetric_map=MNIST_ASYMMETRIC_MAP,  # same digit semantics as MNIST
 )

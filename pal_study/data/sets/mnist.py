@@ -19,16 +19,20 @@ SPEC = DatasetSpec(
     train_size=60000,
     name="mnist",
     summary="MNIST 28x28 digits (60k train / 10k test), torchvision files under data.root",
-    load=lambda root, download, options: load_torchvision(SPEC, root, download, dataset_class=_mnist_class,
-                                                          channels_last_arrays=False),
+    load=lambda root, download, options: load_torchvision(
+        SPEC, root, download, dataset_class=_mnist_class, channels_last_arrays=False
+    ),
     input_shape=(1, 28, 28),
     num_classes=10,
     default_arch="mnist_cnn",
     # docs/method.md §5 (ALFs' MNIST recipe).
-    recipe=Recipe(lr=0.01, weight_decay=1e-3, epochs=50, batch_size=128, schedule="cosine", warmup_epochs=0,
-                  grad_clip=5.0),
+    recipe=Recipe(
+        lr=0.01, weight_decay=1e-3, epochs=50, batch_size=128, schedule="cosine", warmup_epochs=0, grad_clip=5.0
+    ),
     loss_defaults="mnist",
-    files=("MNIST/raw", ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+    files=(
+        "MNIST/raw",
+        ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    ),
     asymmetric_map=ASYMMETRIC_MAP,
 )

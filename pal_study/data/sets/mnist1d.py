@@ -42,10 +42,8 @@ def mnist1d_params(options: Mapping[str, Any] | None) -> dict[str, Any]:
         if value is not None:
             p[key] = value
     n = p["num_samples"]
-    if (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 100 <= n <= MAX_SAMPLES
-            or n % NUM_CLASSES):
-        raise ValueError(f"mnist1d num_samples must be a multiple of {NUM_CLASSES} in [100, {MAX_SAMPLES}], "
-                         f"got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 100 <= n <= MAX_SAMPLES or n % NUM_CLASSES:
+        raise ValueError(f"mnist1d num_samples must be a multiple of {NUM_CLASSES} in [100, {MAX_SAMPLES}], got {n!r}")
     p["num_samples"] = int(n)
     return p
 
@@ -58,8 +56,9 @@ def _generate(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:  # a declared dependency; only a broken install lacks it
-        raise DataError(f"mnist1d: the 'mnist1d' package is needed to generate the data set ({e}); "
-                        f"pip install 'mnist1d>=0.0.2,<1'") from e
+        raise DataError(
+            f"mnist1d: the 'mnist1d' package is needed to generate the data set ({e}); pip install 'mnist1d>=0.0.2,<1'"
+        ) from e
     args = get_dataset_args()
     args.num_samples = num_samples
     py_state, np_state = random.getstate(), np.random.get_state()
@@ -68,8 +67,12 @@ def _generate(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    out = (np.asarray(d["x"], dtype=np.float32), np.asarray(d["y"], dtype=np.int64),
-           np.asarray(d["x_test"], dtype=np.float32), np.asarray(d["y_test"], dtype=np.int64))
+    out = (
+        np.asarray(d["x"], dtype=np.float32),
+        np.asarray(d["y"], dtype=np.int64),
+        np.asarray(d["x_test"], dtype=np.float32),
+        np.asarray(d["y_test"], dtype=np.int64),
+    )
     for a in out:
         a.setflags(write=False)
     return out
@@ -85,9 +88,17 @@ def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
     def prep(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy((a - mean) / std).to(torch.float32).unsqueeze(1)  # a fresh copy
 
-    return RawData(train_x=prep(x), train_y=torch.from_numpy(y.copy()), test_x=prep(x_test),
-                   test_y=torch.from_numpy(y_test.copy()), num_classes=NUM_CLASSES, input_shape=(1, SEQ_LEN),
-                   augment="none", mean=(mean,), std=(std,))
+    return RawData(
+        train_x=prep(x),
+        train_y=torch.from_numpy(y.copy()),
+        test_x=prep(x_test),
+        test_y=torch.from_numpy(y_test.copy()),
+        num_classes=NUM_CLASSES,
+        input_shape=(1, SEQ_LEN),
+        augment="none",
+        mean=(mean,),
+        std=(std,),
+    )
 
 
 SPEC = DatasetSpec(
@@ -99,8 +110,9 @@ SPEC = DatasetSpec(
     num_classes=NUM_CLASSES,
     default_arch="mnist1d_cnn",
     # Ours (not from a paper), measured in README.md: SGD with momentum on mnist1d_cnn.
-    recipe=Recipe(lr=0.05, weight_decay=5e-4, epochs=60, batch_size=128, schedule="cosine", warmup_epochs=1,
-                  grad_clip=5.0),
+    recipe=Recipe(
+        lr=0.05, weight_decay=5e-4, epochs=60, batch_size=128, schedule="cosine", warmup_epochs=1, grad_clip=5.0
+    ),
     loss_defaults="mnist",  # MNIST's values: digits again, a small net
     asymmetric_map=MNIST_ASYMMETRIC_MAP,  # the same ten digits (7->1, 2->7, 5<->6, 3->8)
     options_key="mnist1d",  # data.mnist1d.num_samples: the larger variant

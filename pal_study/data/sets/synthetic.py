@@ -36,8 +36,9 @@ def _next_class(num_classes: int) -> dict[int, int]:
 
 
 SPEC = DatasetSpec(
-    train_size=lambda options: (int(options.get("train_per_class") or SYNTHETIC_DEFAULTS["train_per_class"])
-                                * _classes(options)),
+    train_size=lambda options: (
+        int(options.get("train_per_class") or SYNTHETIC_DEFAULTS["train_per_class"]) * _classes(options)
+    ),
     name="synthetic",
     summary="Gaussian classes drawn in memory; classes, dimension or image shape set by data.synthetic",
     load=lambda root, download, options: make_synthetic(options),
@@ -45,8 +46,9 @@ SPEC = DatasetSpec(
     num_classes=_classes,
     default_arch=_arch,
     # Ours (not from a paper): small, fast, CPU-friendly.
-    recipe=Recipe(lr=0.05, weight_decay=5e-4, epochs=20, batch_size=128, schedule="cosine", warmup_epochs=1,
-                  grad_clip=5.0),
+    recipe=Recipe(
+        lr=0.05, weight_decay=5e-4, epochs=20, batch_size=128, schedule="cosine", warmup_epochs=1, grad_clip=5.0
+    ),
     loss_defaults="cifar10",  # CIFAR-10's values, which are also the generic (alpha, beta) = (1, 1)
     augment="none",  # data.synthetic.augment may set crop_flip for image shapes
     asymmetric_map=_next_class,  # i -> i+1 mod k, for any k
