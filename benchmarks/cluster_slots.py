@@ -2,7 +2,7 @@
 
     sudo .venv/bin/python benchmarks/cluster_slots.py        # needs root (ip netns), ~4 min
 
-The cluster is the test suite's (tests/test_cluster.py): the head (1 CPU) on the host side of a
+The cluster is the test suite's (tests/study/test_cluster.py): the head (1 CPU) on the host side of a
 veth pair, a worker node (1 CPU) in a network namespace, token auth; the study runs through
 ``pal-study run --address``. The single-node run is a local Ray with 2 CPUs. Both: quickstart
 with 4 trials per cell, MLflow tracking to a temp SQLite file. Slot efficiency = Σ epoch time

@@ -385,11 +385,11 @@ def run(
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
     if outcome.claims:
-        from pal_study.claims import render_verdicts
+        from pal_study.analysis.claims import render_verdicts
 
         out.print(render_verdicts(outcome.claims), highlight=False, markup=False, soft_wrap=True)
     if outcome.sensitivity:
-        from pal_study.sensitivity import render as render_sensitivity
+        from pal_study.analysis.sensitivity import render as render_sensitivity
 
         out.print(render_sensitivity(outcome.sensitivity), highlight=False, markup=False, soft_wrap=True)
     out.print(
@@ -489,11 +489,20 @@ def report(
     """A study's comparison (paired by seed, CIs, q-values), claims, ranks across conditions,
     probability of improvement, parameter importance and figures, from the tracking store or the
     study's own record (Optuna journal + summary.json; a --no-track study reports too)."""
-    from pal_study.claims import render_verdicts
-    from pal_study.importance import EVALUATORS
-    from pal_study.record import SOURCES, open_source
-    from pal_study.report import BASELINES, EXTENSIONS, FORMATS, aggregate, analyse, render, report_files, rich_table
-    from pal_study.stats import ADJUSTMENTS
+    from pal_study.analysis.claims import render_verdicts
+    from pal_study.analysis.importance import EVALUATORS
+    from pal_study.analysis.record import SOURCES, open_source
+    from pal_study.analysis.report import (
+        BASELINES,
+        EXTENSIONS,
+        FORMATS,
+        aggregate,
+        analyse,
+        render,
+        report_files,
+        rich_table,
+    )
+    from pal_study.analysis.stats import ADJUSTMENTS
 
     for opt, value, allowed in (
         ("--format", fmt or "md", FORMATS),
@@ -518,7 +527,7 @@ def report(
         sys.stdout.flush()
         return
     if out_dir is None:
-        from pal_study.report import _analysis_md
+        from pal_study.analysis.report import _analysis_md
 
         out.print(rich_table(rows, title))
         if claims:
@@ -567,8 +576,8 @@ def export(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Write each cell's best config (re-runnable with pal-study train) and an index (JSON, CSV)."""
-    from pal_study.export import export_study
-    from pal_study.record import SOURCES, open_source
+    from pal_study.analysis.export import export_study
+    from pal_study.analysis.record import SOURCES, open_source
 
     if source not in SOURCES:
         raise UserError(f"--source: unknown {source!r}; allowed: {', '.join(SOURCES)}")
@@ -740,7 +749,7 @@ def list_(
     """What pal-study knows: data sets, models, losses, methods, pruners, samplers, shipped studies and spaces."""
     import json
 
-    from pal_study.listing import listing, render_listing
+    from pal_study.study.listing import listing, render_listing
 
     try:
         rows = listing(what)

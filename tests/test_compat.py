@@ -63,11 +63,10 @@ def test_a_tune_callback_can_drop_bulky_fields_from_what_tune_keeps(tmp_path):
 
 
 def test_the_searcher_pickles_with_its_metric_and_mode(tmp_path):
-    from test_study_run import write_study
-
     from pal_study.study import load_study
     from pal_study.study.engine import StudySearcher
     from pal_study.study.store import StudyStore
+    from tests.support import write_study
 
     study = load_study(write_study(tmp_path, name="pickled"))
     searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)

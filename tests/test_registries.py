@@ -35,11 +35,11 @@ from pal_study.data import AUGMENTS, DataError, build_dataset
 from pal_study.data.formats import write_cifar10, write_cifar100, write_mnist
 from pal_study.data.sets import DATASET_REGISTRY, dataset_needs_files, expected_files
 from pal_study.heads import ANCHORED_HEADS, HEAD_REGISTRY, HEADS, NORMALIZED_HEADS, build_head
-from pal_study.listing import LISTINGS, listing, render_listing
 from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY, build_loss, config_params, loss_defaults
 from pal_study.models import MODEL_REGISTRY, build_model
 from pal_study.registry import Registry, UnknownName
 from pal_study.study import load_study
+from pal_study.study.listing import LISTINGS, listing, render_listing
 from pal_study.study.pruners import PRUNER_REGISTRY, build_pruner
 from pal_study.study.samplers import SAMPLER_REGISTRY, build_sampler
 from pal_study.study.spec import BudgetSpec
@@ -427,7 +427,7 @@ SHIPPED_FINGERPRINTS = {
 
 @pytest.mark.parametrize("study", sorted(SHIPPED_FINGERPRINTS))
 def test_shipped_study_fingerprints_unchanged(study):
-    from pal_study.listing import shipped_dir
+    from pal_study.study.listing import shipped_dir
     from pal_study.study.store import fingerprint
 
     assert fingerprint(load_study(shipped_dir("studies") / f"{study}.yaml")) == SHIPPED_FINGERPRINTS[study]

@@ -100,7 +100,7 @@ def pair_problems(spec: StudySpec, cell: Cell, base: Cell) -> list[str]:
 
 def claim_pairs(spec: StudySpec, cells: list[Cell]) -> list[list[tuple[Cell, Cell]]]:
     """Per claim, its (cell, baseline) pairs as Cell objects."""
-    from pal_study.claims import CellInfo, expand
+    from pal_study.analysis.claims import CellInfo, expand
 
     by_label = {c.label: c for c in cells}
     infos = [CellInfo(c.label, c.method, c.factors) for c in cells]
@@ -218,7 +218,7 @@ def objective_warnings(spec: StudySpec, cells: list[Cell], gap: float = 0.05) ->
 
 def power_warnings(spec: StudySpec, cells: list[Cell]) -> list[str]:
     """Claims the study's final seeds can never decide (the exact test's smallest p above α)."""
-    from pal_study.stats import underpowered
+    from pal_study.analysis.stats import underpowered
 
     if not spec.claims:
         return []

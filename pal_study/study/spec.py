@@ -15,8 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from pal_study.claims import CellInfo, ClaimSpec
-from pal_study.claims import check as check_claims
+from pal_study.analysis.claims import CellInfo, ClaimSpec
+from pal_study.analysis.claims import check as check_claims
 from pal_study.config import (
     ConfigError,
     KeyedError,

@@ -265,7 +265,7 @@ class SummaryOnFinals:
 
 def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, dict[str, Any]]]:
     """label -> seed -> that final's metrics, failed finals as the failed-finals rule counts them."""
-    from pal_study.failed_finals import failed_metrics, num_classes
+    from pal_study.analysis.failed_finals import failed_metrics, num_classes
 
     by_index = {c.index: c for c in study.cells}
     values: dict[str, dict[int, dict[str, Any]]] = {}
@@ -282,7 +282,7 @@ def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, 
 def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
     """The study's claims judged on its final seeds (from the Optuna journal), with what the
     protocol fixed beside each verdict."""
-    from pal_study.claims import CellInfo, evaluate
+    from pal_study.analysis.claims import CellInfo, evaluate
     from pal_study.study.protocol import protocol_notes
 
     if not study.spec.claims:
@@ -297,8 +297,8 @@ def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any
 
 def sensitivity_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
     """The claims judged at each value of the study's sensitivity knobs (from the Optuna journal)."""
-    from pal_study.claims import CellInfo
-    from pal_study.sensitivity import Variant, judge
+    from pal_study.analysis.claims import CellInfo
+    from pal_study.analysis.sensitivity import Variant, judge
 
     if not study.spec.sensitivity or not study.spec.claims:
         return []

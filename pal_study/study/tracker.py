@@ -736,7 +736,7 @@ def cell_aggregates(finals: list[dict[str, Any]]) -> dict[str, float]:
 def comparison_table(rows: list[Any]) -> dict[str, list]:
     """One row per cell: its test accuracy (mean, std over its finals) and the comparison with
     its baseline in the columns of ``report.comparisons`` (empty for cells without one)."""
-    from pal_study.report import comparisons
+    from pal_study.analysis.report import comparisons
 
     comps = {c["cell"]: c for c in comparisons(rows)}
     keys = (

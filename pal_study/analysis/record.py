@@ -1,0 +1,210 @@
+"""A study's results from its own record, ``runs/<study>/``: the Optuna journal (every final seed's
+metrics and config are user attributes of its finals trial) and ``summary.json`` (the claims).
+
+``report`` and ``export`` read the MLflow tracking store when it holds the study and this record
+otherwise (a ``--no-track`` study, or a store on a server that is gone); both give the same
+numbers: the journal's finals carry what the tracker logs as ``final_*`` metrics, and the config
+a final was trained with is the ``config.yaml`` MLflow holds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pal_study.analysis.report import FinalRun
+from pal_study.errors import ConfigError
+from pal_study.study.store import JOURNAL
+
+# The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
+from pal_study.study.tracker import SUMMARY_KEYS
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def journal_finals(run_dir: str | Path) -> list[FinalRun]:
+    """Completed final runs of the study whose record is ``run_dir`` (``runs/<study>``), in the
+    order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from pal_study.analysis.failed_finals import num_classes
+    from pal_study.analysis.importance import open_journal
+    from pal_study.config import TrainConfig, method_name
+    from pal_study.study.spec import cell_label
+
+    path = Path(run_dir) / JOURNAL
+    if not path.is_file():
+        raise ConfigError(
+            f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir", key="--runs-dir"
+        )
+    storage = open_journal(path)
+    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    out = []
+    for name in sorted(n for n in names if n.endswith("/finals")):
+        finals_study = optuna.load_study(study_name=name, storage=storage)
+        own = finals_study.user_attrs  # a sensitivity cell's: what it is, whose tuning picked it
+        tuning_name = str(own.get("tuning_study") or name.removesuffix("/finals"))
+        attrs, best = {}, None
+        if tuning_name in names:
+            tuning = optuna.load_study(study_name=tuning_name, storage=storage)
+            attrs = tuning.user_attrs
+            done = [t for t in tuning.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+            if done:
+                best = tuning.best_value
+        variant = json.loads(own["variant"]) if own.get("variant") else None
+        parent = str(attrs.get("cell", tuning_name)) if variant else None
+        if variant:
+            attrs = own
+        factors = json.loads(attrs.get("factors", "{}"))
+        by_seed: dict[int, Any] = {}
+        for t in finals_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
+            by_seed[int(t.user_attrs["seed"])] = t  # the last record of a seed wins, as in the store
+        for seed, t in sorted(by_seed.items()):
+            ua = t.user_attrs
+            cfg = json.loads(ua["config"])
+            data = cfg.get("data", {})
+            metrics = {k: float(ua[k]) for k in SUMMARY_KEYS if _num(ua.get(k)) is not None}
+            failed = t.state != TrialState.COMPLETE
+            if failed:
+                metrics = {}
+            elif best is not None:
+                metrics["tune_best_value"] = float(best)
+            wd = cfg.get("optim", {}).get("weight_decay")
+            out.append(
+                FinalRun(
+                    run_id=f"{name}#{t.number}",
+                    cell=str(attrs.get("cell", tuning_name)),
+                    group=cell_label({k: v for k, v in factors.items() if k != "method"}),
+                    method=str(attrs.get("method") or method_name(TrainConfig.model_validate(cfg))),
+                    dataset=str(data.get("name", "?")),
+                    noise_rate=float(data.get("noise", {}).get("rate", 0.0)),
+                    imbalance_ratio=float(data.get("imbalance", {}).get("ratio", 1.0)),
+                    seed=seed,
+                    weight_decay=None if wd is None else float(wd),
+                    metrics=metrics,
+                    checkpoint=ua.get("checkpoint_path") or None,
+                    config=cfg,
+                    failed=failed,
+                    variant=variant,
+                    parent=parent,
+                    num_classes=num_classes(str(data.get("name", "?")), cfg),
+                )
+            )
+    out.sort(key=lambda r: (r.cell, r.seed))
+    return out
+
+
+def journal_judge(
+    run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The study's claims (as ``summary.json`` and ``study.json`` state them) judged on ``runs``, and
+    across its sensitivity knobs."""
+    from pal_study.analysis.report import judge_finals, stated_claims
+
+    try:
+        saved = json.loads((Path(run_dir) / "summary.json").read_text()).get("claims") or []
+    except (OSError, ValueError):
+        return [], []
+    try:
+        spec = json.loads((Path(run_dir) / "study.json").read_text()).get("spec")
+    except (OSError, ValueError):
+        spec = None
+    if not saved:
+        return [], []
+    return judge_finals(stated_claims(saved, spec), runs, adjust)
+
+
+def journal_claims(run_dir: str | Path, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
+    """The study's claims judged on ``runs``."""
+    return journal_judge(run_dir, runs, adjust)[0]
+
+
+SOURCES = ("auto", "mlflow", "runs")
+
+
+class Source:
+    """Where a report or export reads a study's finals: the tracking store or the run directory."""
+
+    def __init__(
+        self,
+        kind: str,
+        where: str,
+        runs: list[FinalRun],
+        *,
+        tracking: Any = None,
+        parent: str | None = None,
+        experiment_id: str | None = None,
+        run_dir: Path | None = None,
+    ):
+        self.kind, self.where, self.runs = kind, where, runs
+        self.tracking, self.parent, self.experiment_id, self.run_dir = tracking, parent, experiment_id, run_dir
+
+    def judge(self, adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """(claims' verdicts, verdicts across each sensitivity knob)."""
+        if self.kind == "mlflow":
+            from pal_study.analysis.report import judge_finals, study_claims
+
+            return judge_finals(study_claims(self.tracking.client, self.parent), self.runs, adjust)
+        return journal_judge(self.run_dir, self.runs, adjust)
+
+    def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
+        return self.judge(adjust)[0]
+
+    def config_yaml(self, run: FinalRun, study: str) -> str:
+        """The re-runnable ``config.yaml`` of a final run, as MLflow holds it."""
+        if self.kind == "mlflow":
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.tracking.client.download_artifacts(run.run_id, "config.yaml", tmp)).read_text()
+        from pal_study.tracking import config_yaml
+
+        return config_yaml(run.config or {}, f"{study} {run.cell} final seed {run.seed}: pal-study train THIS_FILE")
+
+
+def open_source(
+    study: str, *, source: str = "auto", tracking_uri: str | None = None, runs_dir: str | Path = "runs"
+) -> Source:
+    """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
+    ``auto``: the store when it holds the study, else the run directory."""
+    import os
+
+    from pal_study.analysis.report import fetch_finals
+    from pal_study.tracking import Tracking, resolve_uri
+
+    if source not in SOURCES:
+        raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
+    run_dir = Path(runs_dir) / study
+    has_record = (run_dir / JOURNAL).is_file()
+    uri = resolve_uri(tracking_uri)
+    store_named = bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    local_db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if source == "runs" or (
+        source == "auto" and has_record and not store_named and local_db is not None and not local_db.exists()
+    ):
+        return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
+    try:
+        tracking = Tracking(tracking_uri)
+        tracking.check()
+        exp_id, parent, runs = fetch_finals(tracking.client, study)
+    except ConfigError:
+        if source == "auto" and has_record:
+            return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
+        if source == "auto":
+            raise ConfigError(
+                f"study {study!r}: not in the tracking store {uri} and no record at {run_dir}", key="STUDY"
+            ) from None
+        raise
+    return Source(
+        "mlflow",
+        tracking.uri,
+        runs,
+        tracking=tracking,
+        parent=parent,
+        experiment_id=exp_id,
+        run_dir=run_dir if has_record else None,
+    )

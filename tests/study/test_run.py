@@ -1,0 +1,542 @@
+"""Studies end to end: a real local Ray (loopback), Optuna journal storage, real digits training.
+
+Read back through Optuna's own API (``optuna.load_study``), not the runner's summaries.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from pal_study.cli import main
+from pal_study.study import load_study
+from pal_study.study.store import StudyStore
+from tests.support import journal, studies_by_name, write_study
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys):
+    path = write_study(tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    out = capsys.readouterr().out
+    assert "study ci" in out and "finals over seeds [0, 1]" in out
+
+    studies = studies_by_name(journal(runs, "ci"))
+    tuning = {n: s for n, s in studies.items() if not n.endswith("/finals")}
+    finals = {n: s for n, s in studies.items() if n.endswith("/finals")}
+    assert sorted(tuning) == [f"ci/cell00{i}" for i in range(4)]
+    pruned_total = 0
+    for name, st in tuning.items():
+        states = [t.state for t in st.trials]
+        # Equal budget per cell, every trial finished (none left RUNNING).
+        assert len(states) == 5, name
+        assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}, (name, states)
+        pruned = [t for t in st.trials if t.state == TrialState.PRUNED]
+        pruned_total += len(pruned)
+        for t in pruned:
+            # Pruned at a reported epoch, by the study's pruner, with its last value below the
+            # completed trials' at that step.
+            step = max(t.intermediate_values)
+            assert t.user_attrs["reason"] == f"pruned by percentile at epoch {step}"
+            others = [
+                c.intermediate_values[step]
+                for c in st.trials
+                if c.state == TrialState.COMPLETE
+                and step in c.intermediate_values
+                and c.datetime_complete < t.datetime_complete
+            ]
+            assert others and t.intermediate_values[step] < max(others)
+        for t in st.trials:
+            if t.state == TrialState.COMPLETE:
+                # The local Ray advertises loopback only (the network rule), never the outward address.
+                assert t.user_attrs["node"] == "127.0.0.1"
+                assert sorted(t.intermediate_values) == [1, 2, 3, 4]
+                assert t.value == pytest.approx(t.intermediate_values[4])
+        # Scale is searched only where the head is normalised.
+        fnpal = "ce+fnpal" in st.user_attrs["method"]
+        assert all(("head.scale" in t.params) == fnpal for t in st.trials)
+        fin = finals[name + "/finals"]
+        assert sorted(t.user_attrs["seed"] for t in fin.trials) == [0, 1]
+        best = max((t for t in st.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+        for t in fin.trials:
+            assert t.state == TrialState.COMPLETE
+            assert t.user_attrs["best_trial"] == best.number
+            cfg = json.loads(t.user_attrs["config"])
+            assert cfg["seed"] == t.user_attrs["seed"]
+            for key, value in best.params.items():
+                section, leaf = key.split(".")
+                assert cfg[section][leaf] == pytest.approx(value)
+            assert 0.0 <= t.user_attrs["test_acc"] <= 1.0
+    assert pruned_total >= 1
+    summary = json.loads((runs / "ci" / "summary.json").read_text())
+    assert [c["counts"]["completed"] + c["counts"]["pruned"] for c in summary["cells"]] == [5, 5, 5, 5]
+
+    # Running the finished study again trains nothing and prints the same table.
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    again = studies_by_name(journal(runs, "ci"))
+    assert sum(len(s.trials) for s in again.values()) == sum(len(s.trials) for s in studies.values())
+
+
+@pytest.mark.parametrize("pruner, expected", [("median", TrialState.PRUNED), ("none", TrialState.COMPLETE)])
+def test_the_optuna_pruner_decides(tmp_path, pruner, expected):
+    """Two completed trials stored with intermediate values no model can reach (1.01 at every
+    epoch); the one new trial is below their median from epoch 1: median prunes it, none not."""
+    path = write_study(
+        tmp_path,
+        name=f"p-{pruner}",
+        factors={"method": ["ce"]},
+        search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+        budget={
+            "trials_per_cell": 3,
+            "pruner": {"name": pruner, "n_startup_trials": 2, "n_warmup_steps": 1}
+            if pruner == "median"
+            else {"name": pruner},
+        },
+        finals={"seeds": [0]},
+    )
+    runs = tmp_path / "runs"
+    study = load_study(path)
+    store = StudyStore(study, runs)
+    st = store.open_tuning(study.cells[0])
+    for _ in range(2):
+        st.add_trial(
+            optuna.trial.create_trial(
+                value=1.01,
+                intermediate_values={e: 1.01 for e in range(1, 5)},
+                params={"optim.weight_decay": 5e-4},
+                distributions={"optim.weight_decay": optuna.distributions.FloatDistribution(1e-5, 1e-2, log=True)},
+            )
+        )
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    trials = optuna.load_study(study_name=f"p-{pruner}/cell000", storage=journal(runs, f"p-{pruner}")).trials
+    assert len(trials) == 3
+    new = trials[2]
+    assert new.state == expected
+    if expected == TrialState.PRUNED:
+        assert sorted(new.intermediate_values) == [1]
+    else:
+        assert sorted(new.intermediate_values) == [1, 2, 3, 4]
+
+
+def _finished(runs: Path, name: str) -> dict[tuple[str, int], tuple]:
+    out = {}
+    for sname, st in studies_by_name(journal(runs, name)).items():
+        for t in st.trials:
+            if t.state.is_finished():
+                out[(sname, t.number)] = (t.state, t.value, t.datetime_complete, t.user_attrs.get("tune_trial_id"))
+    return out
+
+
+def _listeners_of_session(sid: int) -> list[tuple[str, str]]:
+    """(address, process) of every listening TCP socket owned by a process of session ``sid``."""
+    import re
+
+    ps = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout.split("\n")
+    pids = {int(p) for p, s in (line.split() for line in ps if line.strip()) if int(s) == sid}
+    out = []
+    for line in subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout.splitlines():
+        owners = re.findall(r'"([^"]+)",pid=(\d+)', line)
+        if any(int(pid) in pids for _, pid in owners):
+            out.append((line.split()[3].rsplit(":", 1)[0], owners[0][0]))
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
+    path = write_study(
+        tmp_path,
+        name="resume",
+        base={"data": {"name": "digits"}, "optim": {"epochs": 12}},
+        budget={"trials_per_cell": 6, "pruner": {"name": "none"}},
+        finals={"seeds": [0, 1, 2]},
+    )
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            if (runs / "resume" / "optuna.journal").exists() and len(_finished(runs, "resume")) >= 6:
+                break
+            assert proc.poll() is None, proc.stderr.read().decode()
+            time.sleep(0.2)
+        else:
+            pytest.fail("the study did not get going")
+        # Nothing the study started listens beyond loopback (local Ray, its workers, the driver).
+        listeners = _listeners_of_session(proc.pid)
+        assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), (
+            listeners
+        )
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        # The driver's Ray processes die with it; make sure, so nothing leaks into later tests.
+        time.sleep(1)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    before = _finished(runs, "resume")
+    storage = journal(runs, "resume")
+    cut = studies_by_name(storage)
+    running = sum(t.state == TrialState.RUNNING for s in cut.values() for t in s.trials)
+    assert running >= 1, "the kill should catch trials mid-run"
+    total_before = sum(len(s.trials) for s in cut.values())
+    assert total_before < 4 * 6 + 4 * 3
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "interrupted trials to run again" in done.stderr
+
+    after = _finished(runs, "resume")
+    # Nothing that had finished was run again or changed.
+    for key, record in before.items():
+        assert after[key] == record, key
+    studies = studies_by_name(journal(runs, "resume"))
+    for name, st in studies.items():
+        if name.endswith("/finals"):
+            assert sorted(t.user_attrs["seed"] for t in st.trials) == [0, 1, 2], name
+        else:
+            # Every cell's full budget, no extra Optuna trial: interrupted trials were resumed
+            # under their own trial numbers.
+            assert [t.number for t in st.trials] == list(range(6)), name
+            assert all(t.state == TrialState.COMPLETE for t in st.trials), name
+
+    # MLflow: one parent, one run per cell under it, one run per trial and final seed under its
+    # cell, none duplicated, none left RUNNING.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("resume")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    assert len(cells) == 4 and {r.data.tags["stage"] for r in cells} == {"cell"}
+    assert all(r.info.status == "FINISHED" for r in cells)
+    cell_ids = {r.info.run_id for r in cells}
+    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in cell_ids]
+    assert len(kids) == len(all_runs) - 1 - 4 == 4 * 6 + 4 * 3
+    assert all(r.data.tags["pal.study_run"] == parents[0].info.run_id for r in kids)
+    keys = [r.data.tags["pal.run_key"] for r in kids + cells]
+    assert len(set(keys)) == len(keys)
+    assert all(r.info.status == "FINISHED" for r in kids)
+    for r in kids:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == sorted(set(steps)) == list(range(1, 13)), (r.data.tags["pal.run_key"], steps)
+
+
+def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    path = write_study(
+        tmp_path,
+        name="change",
+        factors={"method": ["ce"]},
+        search=[str(ROOT / "search_spaces/weight_decay.yaml")],
+        budget={"trials_per_cell": 1},
+        finals={"seeds": [0]},
+        base={"data": {"name": "digits"}, "optim": {"epochs": 1}},
+    )
+    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(path), "--runs-dir", str(runs), "--set", "base.optim.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "name" in err and "--restart" in err
+    assert main(["run", str(path), "--runs-dir", str(runs), "--set", "base.optim.epochs=2", "--restart"]) == 0
+    err = capsys.readouterr().err
+    assert "discarding" in err and "1 finished tuning trials and 1 final runs" in err
+    st = optuna.load_study(study_name="change/cell000", storage=journal(runs, "change"))
+    assert sorted(st.trials[0].intermediate_values) == [1, 2]
+
+
+def test_a_second_driver_on_the_same_study_exits_2(tmp_path, capsys):
+    path = write_study(tmp_path, name="locked")
+    runs = tmp_path / "runs"
+    holder = StudyStore(load_study(path), runs)
+    holder.acquire()
+    try:
+        assert main(["run", str(path), "--runs-dir", str(runs)]) == 2
+        assert "another pal-study process is running this study" in capsys.readouterr().err
+    finally:
+        holder.release()
+
+
+@pytest.mark.parametrize(
+    "patch, fragment",
+    [
+        ({"factors": {"data.noise.rte": [0.1]}}, "factors.data.noise.rte"),
+        ({"factors": {"method": []}}, "method: empty grid"),
+        ({"budget": {"pruner": {"name": "asha"}}}, "budget.pruner.name"),
+        ({"search": [{"params": {"optim.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}]}, "low"),
+        ({"resources": {"cpu": 64}}, "resources"),
+    ],
+)
+def test_bad_studies_exit_2_naming_the_key(tmp_path, capsys, patch, fragment):
+    path = write_study(tmp_path, name="bad", **patch)
+    assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_studies_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    assert "cells ×" in capsys.readouterr().out
+
+
+def test_missing_data_files_exit_2_before_any_trial(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    rc = main(
+        [
+            "run",
+            str(ROOT / "studies/noisy_labels.yaml"),
+            "--runs-dir",
+            str(runs),
+            "--set",
+            f"base.data.root={tmp_path / 'nothing'}",
+        ]
+    )
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "factors.data.name" in err and "mnist files are not under data.root" in err
+    assert not (runs / "noisy_labels").exists()
+
+
+@pytest.mark.parametrize(
+    "cpu, gpu, resources, cap, expected",
+    [
+        (1, 0, {"CPU": 2}, None, 2),
+        (2, 0.25, {"CPU": 16, "GPU": 1}, None, 4),  # four trials share one GPU
+        (2, 0.25, {"CPU": 64, "GPU": 8}, None, 32),  # eight GPUs
+        (2, 0.25, {"CPU": 64, "GPU": 8}, 10, 10),  # --max-concurrent caps it
+        (4, 1, {"CPU": 16, "GPU": 2}, None, 2),
+    ],
+)
+def test_trial_slots_follow_cpu_and_fractional_gpu(tmp_path, cpu, gpu, resources, cap, expected):
+    from pal_study.study.runner import slots_for
+
+    study = load_study(write_study(tmp_path, name="slots", resources={"cpu": cpu, "gpu": gpu}))
+    assert slots_for(resources, study, cap) == expected
+
+
+def test_not_enough_resources_for_one_trial_is_bad_input(tmp_path):
+    from pal_study.config import ConfigError
+    from pal_study.study.runner import slots_for
+
+    study = load_study(write_study(tmp_path, name="slots", resources={"cpu": 1, "gpu": 0.5}))
+    with pytest.raises(ConfigError, match="resources"):
+        slots_for({"CPU": 8}, study)
+
+
+@pytest.mark.parametrize("gpu, device", [(0, "cpu"), (0.25, "cuda")])
+def test_trials_use_the_gpu_ray_gives_them_and_no_gpu_otherwise(tmp_path, gpu, device):
+    """With a GPU share the trial config says ``auto``: select_device then takes the first GPU in
+    the CUDA_VISIBLE_DEVICES Ray set for the trial; without one it is pinned to the CPU."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="dev", resources={"cpu": 2, "gpu": gpu}))
+    searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
+    cfg = searcher.trial_config(study.cells[0], {})
+    assert cfg["device"] == device and cfg["threads"] == 2
+
+
+def test_same_study_same_seeds_gives_the_same_table(tmp_path):
+    """Reproducibility on CPU: with at least as many cells as slots each cell runs one trial at a
+    time, so sampling and pruning see the same history in every run."""
+    path = write_study(tmp_path, name="repro")
+    tables = []
+    for i in range(2):
+        runs = tmp_path / f"runs{i}"
+        assert main(["run", str(path), "--runs-dir", str(runs), "--no-track"]) == 0
+        cells = json.loads((runs / "repro" / "summary.json").read_text())["cells"]
+        tables.append(
+            [
+                (
+                    c["label"],
+                    c["best_params"],
+                    c["best_value"],
+                    c["counts"],
+                    c["val_mean"],
+                    c["test_mean"],
+                    c["test_std"],
+                )
+                for c in cells
+            ]
+        )
+    assert tables[0] == tables[1]
+
+
+def _table(runs: Path, name: str) -> list:
+    cells = json.loads((runs / name / "summary.json").read_text())["cells"]
+    return [(c["label"], c["counts"], c["best_params"], c["best_value"], c["val_mean"], c["test_mean"]) for c in cells]
+
+
+@pytest.mark.slow
+def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL the driver inside Optuna's journal lock (a fault hook makes that instant certain),
+    then at four points (early tuning to finals), restarting each time from a relative
+    --runs-dir: no rerun waits on the dead driver's journal lock, and the final table equals an
+    uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
+    path = write_study(
+        tmp_path,
+        name="kills",
+        base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
+        budget={
+            "trials_per_cell": 5,
+            "sampler": {"seed": 3, "n_startup_trials": 2},
+            "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2},
+        },
+        finals={"seeds": [0, 1]},
+    )
+    straight = tmp_path / "straight"
+    assert main(["run", str(path), "--runs-dir", str(straight), "--no-track"]) == 0
+
+    runs = tmp_path / "runs"
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    # Relative, as users type it: the journal lock's symlink target must not dangle.
+    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", "runs", "--tracking-uri", uri]
+    env = {**os.environ, "PAL_STUDY_DRIVER_FAULT": "journal_lock@60"}
+    killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert os.path.islink(runs / "kills" / "optuna.journal.lock"), "the kill should leave the journal lock"
+    kills = 1
+    for threshold in (2, 9, 16, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        deadline = time.time() + 240
+        while proc.poll() is None and time.time() < deadline:
+            if len(_finished(runs, "kills")) >= threshold:
+                os.killpg(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.1)
+        _, stderr = proc.communicate(timeout=60)
+        if threshold == 2:
+            assert "removed a stale Optuna journal lock" in stderr, stderr[-2000:]
+            assert "taking longer than" not in stderr
+        time.sleep(0.5)
+    assert kills >= 4, "the study finished before the kills could land"
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "taking longer than" not in done.stderr
+    assert _table(runs, "kills") == _table(straight, "kills")
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("kills")
+    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
+    kids = [r for r in all_runs if r.data.tags.get("stage") in ("tune", "final")]
+    assert len(kids) == 4 * 5 + 4 * 2
+    assert len({r.data.tags["pal.run_key"] for r in kids}) == len(kids)
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in all_runs), [r.info.status for r in all_runs]
+    assert [r.info.status for r in all_runs if r.data.tags.get("pal.stage") == "study"] == ["FINISHED"]
+
+
+def test_a_stale_journal_lock_is_removed_by_the_driver_that_holds_the_study(tmp_path, monkeypatch):
+    """A dangling relative symlink, as a driver killed mid-append leaves it, is cleared at once by
+    the next driver (which holds the study's own lock), and the journal path is absolute."""
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write_study(tmp_path, name="stale", factors={"method": ["ce+fnpal"]}))
+    store = StudyStore(study, "runs")
+    assert store.dir.is_absolute()
+    store.dir.mkdir(parents=True)
+    os.symlink("runs/stale/optuna.journal", store.dir / "optuna.journal.lock")
+    with pytest.raises(AssertionError):
+        store.clear_stale_journal_lock()  # only under the study's own lock
+    store.acquire()
+    try:
+        assert store.clear_stale_journal_lock() is True
+        assert not os.path.lexists(store.dir / "optuna.journal.lock")
+        t0 = time.monotonic()
+        store.open_tuning(study.cells[0]).ask()  # appends to the journal: takes the lock
+        assert time.monotonic() - t0 < 5
+        assert store.clear_stale_journal_lock() is False
+    finally:
+        store.release()
+    owner = json.loads((store.dir / ".lock").read_text())
+    assert owner["pid"] == os.getpid() and owner["host"] and owner["started_at"] > 0
+
+
+def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_have(tmp_path):
+    """The driver killed between Optuna's ask() and the first suggest(): on resume the trial draws
+    its params from the sampler seeded for its own number, as in an uninterrupted run."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="asked", factors={"method": ["ce+fnpal"]}))
+    configs = []
+    for run, killed in (("straight", False), ("killed", True)):
+        store = StudyStore(study, tmp_path / run)
+        searcher = StudySearcher(study, store, slots=1)
+        for n, value in enumerate([0.5, 0.7, 0.6]):
+            searcher.suggest(f"t{n}")
+            searcher.jobs[f"t{n}"].closing = {"status": "completed", "val_acc": value}
+            searcher.on_trial_complete(f"t{n}")
+        if killed:
+            searcher._tuning[0].ask()  # then the driver dies: no params stored
+            searcher = StudySearcher(study, StudyStore(study, tmp_path / run), slots=1)
+        configs.append(searcher.suggest("t3")["pal"])
+    assert configs[0]["optuna_trial"] == configs[1]["optuna_trial"] == 3
+    assert configs[0]["config"] == configs[1]["config"]
+
+
+def test_an_epoch_that_lands_after_the_prune_is_not_recorded(tmp_path):
+    """Tune stops a trial asynchronously, so a pruned trial often reports one more epoch. The
+    Optuna record must end where the pruner stopped it: TPE ranks pruned trials by their last
+    step, and a record that depends on timing would make reruns and resumes sample other configs."""
+    from pal_study.study.engine import StudySearcher
+
+    study = load_study(write_study(tmp_path, name="late", factors={"method": ["ce+fnpal"]}))
+    searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
+    searcher.suggest("t0")
+    for epoch, value in enumerate([0.5, 0.6, 0.7, 0.8], start=1):
+        assert searcher.report("t0", {"epoch": epoch, "val_acc": value}) is False
+    searcher.jobs["t0"].closing = {"status": "completed", "val_acc": 0.8}
+    searcher.on_trial_complete("t0")
+    searcher.suggest("t1")
+    assert searcher.report("t1", {"epoch": 1, "val_acc": 0.1}) is True  # below the 90th percentile
+    assert searcher.report("t1", {"epoch": 2, "val_acc": 0.9}) is True  # the late epoch: still stopped
+    searcher.on_trial_complete("t1")
+    pruned = searcher._tuning[0].get_trials(deepcopy=False)[1]
+    assert pruned.state == TrialState.PRUNED
+    assert pruned.intermediate_values == {1: 0.1}
+    assert pruned.user_attrs["epochs_run"] == 1 and "at epoch 1" in pruned.user_attrs["reason"]
+
+
+def test_a_study_runs_as_successive_tuners_with_the_same_outcome(tmp_path):
+    """Driver memory stays bounded because a long study runs as several Tuners (each keeps its
+    trials until it returns); the boundaries change nothing in the results."""
+    from rich.console import Console
+
+    from pal_study.study.runner import run_study
+
+    path = write_study(
+        tmp_path,
+        name="tuners",
+        factors={"method": ["ce", "ce+fnpal"]},
+        base={"data": {"name": "digits"}, "optim": {"epochs": 2}},
+        budget={"trials_per_cell": 3, "sampler": {"seed": 1, "n_startup_trials": 2}, "pruner": {"name": "none"}},
+    )
+    study = load_study(path)
+    quiet = Console(quiet=True)
+    one = run_study(study, runs_dir=tmp_path / "one", console=quiet, track=False)
+    many = run_study(study, runs_dir=tmp_path / "many", console=quiet, track=False, trials_per_tuner=2)
+    assert one.timings["tuners"] == 1
+    assert many.timings["tuners"] == 4  # 2 x 3 tuning trials + 2 final trials (both seeds in each)
+    assert len(list((tmp_path / "many" / "tuners" / "tune").glob("session-*"))) == 4
+    assert _table(tmp_path / "many", "tuners") == _table(tmp_path / "one", "tuners")
+    assert all(c.counts == {"completed": 3, "pruned": 0, "failed": 0, "running": 0} for c in many.cells)
