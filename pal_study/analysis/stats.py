@@ -364,7 +364,7 @@ def adjust(pvalues: Sequence[float | None], method: Literal["bh", "holm"] = "bh"
     if method not in ADJUSTMENTS:
         raise ValueError(f"unknown adjustment {method!r}; allowed: {', '.join(ADJUSTMENTS)}")
     idx = [i for i, p in enumerate(pvalues) if p is not None]
-    ps = [float(pvalues[i]) for i in idx]
+    ps = [float(p) for p in pvalues if p is not None]
     out: list[float | None] = [None] * len(pvalues)
     if not ps:
         return out

@@ -60,7 +60,7 @@ def start_ray(address: str | None, num_cpus: int | None = None) -> bool:
         keep_local_ray_on_loopback()  # in case Ray was imported before the variable was set
     if ray.is_initialized():
         return False
-    common = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
     if address:
         try:
             ray.init(address=address, **common)
