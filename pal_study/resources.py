@@ -16,7 +16,7 @@ from __future__ import annotations
 import importlib.util
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pal_study.errors import ConfigError
 
@@ -31,6 +31,7 @@ def shipped_dir(kind: Kind) -> Path:
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     package = f"{__package__}.{kind}"
+    root: Any
     try:
         root = resources.files(package)
     except ModuleNotFoundError:

@@ -42,6 +42,13 @@ class Param(_Strict):
     choices: list[Any] | None = None
     when: When = When()
 
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """(low, high) of a numeric parameter (the validator guarantees both are set)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter has no low/high")
+        return self.low, self.high
+
     @model_validator(mode="after")
     def _coherent(self) -> Param:
         if self.type == "categorical":
@@ -58,13 +65,14 @@ class Param(_Strict):
                 raise KeyedError(key, f"a {self.type} parameter needs {key}")
             if value != value or value in (float("inf"), float("-inf")):
                 raise KeyedError(key, f"must be a finite number, got {value}")
-        if self.low > self.high:
-            raise KeyedError("low", f"low ({self.low:g}) must be <= high ({self.high:g})")
-        if self.log and self.low <= 0:
-            raise KeyedError("low", f"a log range needs low > 0, got {self.low:g}")
+        low, high = self.bounds
+        if low > high:
+            raise KeyedError("low", f"low ({low:g}) must be <= high ({high:g})")
+        if self.log and low <= 0:
+            raise KeyedError("low", f"a log range needs low > 0, got {low:g}")
         if self.log and self.step is not None:
             raise KeyedError("step", "step and log cannot be combined (Optuna rejects it)")
-        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+        if self.type == "int" and (low != int(low) or high != int(high)):
             raise KeyedError("low", "int parameters need integer low and high")
         return self
 
@@ -92,9 +100,11 @@ def suggest(trial, params: dict[str, Param]) -> dict[str, Any]:
         if p.type == "categorical":
             out[key] = trial.suggest_categorical(key, p.choices)
         elif p.type == "int":
-            out[key] = trial.suggest_int(key, int(p.low), int(p.high), step=int(p.step or 1), log=p.log)
+            low, high = p.bounds
+            out[key] = trial.suggest_int(key, int(low), int(high), step=int(p.step or 1), log=p.log)
         else:
-            out[key] = trial.suggest_float(key, p.low, p.high, step=p.step, log=p.log)
+            low, high = p.bounds
+            out[key] = trial.suggest_float(key, low, high, step=p.step, log=p.log)
     return out
 
 
