@@ -12,6 +12,7 @@ Writes benchmarks/results/cluster_slots.json.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -21,10 +22,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import _bench  # noqa: E402
-from test_cluster import can_make_namespaces, cluster  # noqa: E402
+
+# The two-node cluster the tests build (network namespace + veth): one implementation for both.
+from tests.study.test_cluster import can_make_namespaces, cluster  # noqa: E402
 
 OVERRIDES = ["budget.trials_per_cell=4"]
 
@@ -69,6 +72,7 @@ def run(extra: list[str], env: dict[str, str]) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     why = can_make_namespaces()
     if why:
         raise SystemExit(f"cannot build the two-node cluster: {why}")

@@ -169,14 +169,14 @@ class Variant:
 
     def evaluate(self) -> float:
         """``train()``'s per-epoch evaluation: validation accuracy, then the test metrics."""
-        from pal_study.train import _accuracy, _evaluate
+        from pal_study.train import accuracy, evaluate
 
         b = self.bundle
         with self._flags():
             t = time.perf_counter()
             self.model.eval()
-            _accuracy(self.model, b.val_x, [b.val_y, b.val_y_clean], nullcontext, self.channels_last)
-            _evaluate(self.model, b.test_x, b.test_y, b.num_classes, nullcontext, self.channels_last)
+            accuracy(self.model, b.val_x, [b.val_y, b.val_y_clean], nullcontext, self.channels_last)
+            evaluate(self.model, b.test_x, b.test_y, b.num_classes, nullcontext, self.channels_last)
             return time.perf_counter() - t
 
 

@@ -220,9 +220,10 @@ def _forward_batches(model: Classifier, x: torch.Tensor, autocast: Any, channels
 
 
 @torch.no_grad()
-def _evaluate(
+def evaluate(
     model: Classifier, x: torch.Tensor, y: torch.Tensor, num_classes: int, autocast: Any, channels_last: bool
 ) -> dict[str, Any]:
+    """The test metrics of ``model`` on (x, y): accuracy, per-class accuracy, ECE, margins (metrics.py)."""
     acc = EvalAccumulator(num_classes)
     for sl, z, logits in _forward_batches(model, x, autocast, channels_last):
         acc.update(z, logits, model.head.cosine_logits(z), y[sl])
@@ -230,9 +231,10 @@ def _evaluate(
 
 
 @torch.no_grad()
-def _accuracy(
+def accuracy(
     model: Classifier, x: torch.Tensor, labels: list[torch.Tensor], autocast: Any, channels_last: bool
 ) -> list[float | None]:
+    """Accuracy against each label set in ``labels`` (e.g. noisy and clean validation labels), one pass."""
     if x.shape[0] == 0:
         return [None for _ in labels]
     correct = [torch.zeros((), dtype=torch.long, device=x.device) for _ in labels]
@@ -321,7 +323,7 @@ def train(
             log.info("resumed from epoch %d (checkpoint %s)", resumed_from, checkpoint.path)
             # What an uninterrupted trial holds after that epoch (and all a finished one needs).
             model.eval()
-            last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
+            last_eval = evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
         schedule = ckpt.SaveSchedule(
             checkpoint.every_epochs,
             last_saved=resumed_from or 0,
@@ -390,8 +392,8 @@ def train(
             break
 
         model.eval()
-        val_acc, val_clean = _accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast, channels_last)
-        last_eval = _evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
+        val_acc, val_clean = accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast, channels_last)
+        last_eval = evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
         t2 = time.perf_counter()
         metrics = EpochMetrics(
             epoch=epoch,
