@@ -16,6 +16,7 @@ from typing import Any
 
 from pal_study.analysis.stats import Paired, adjust_all, paired
 from pal_study.errors import ConfigError
+from pal_study.methods import split_method
 from pal_study.metrics import mean_std
 
 GROUPS = ("many", "medium", "few")
@@ -151,8 +152,8 @@ def baseline_method(method: str, baseline: str = "base") -> str | None:
         return None if method == "ce" else "ce"
     if baseline != "base":
         raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(BASELINES)}")
-    loss, sep, head = method.rpartition("+")
-    return loss if sep and head in ("pal", "fnpal", "norm") else None
+    loss, head = split_method(method)
+    return loss if head else None
 
 
 def run_values(runs: list[FinalRun]) -> dict[str, dict[int, dict[str, Any]]]:
