@@ -13,6 +13,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
+from pal_study.analysis.failed_finals import apply_rule, failed_metrics
+from pal_study.analysis.ranking import probability_of_improvement, rank_methods
+from pal_study.analysis.sensitivity import Variant, judge
 from pal_study.analysis.stats import Paired, adjust_all, paired
 from pal_study.errors import ConfigError
 from pal_study.methods import split_method
@@ -157,8 +161,6 @@ def baseline_method(method: str, baseline: str = "base") -> str | None:
 
 def run_values(runs: list[FinalRun]) -> dict[str, dict[int, dict[str, Any]]]:
     """cell -> seed -> metrics, failed finals as the failed-finals rule counts them."""
-    from pal_study.analysis.failed_finals import failed_metrics
-
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for r in runs:
         out.setdefault(r.cell, {})[r.seed] = failed_metrics(r.num_classes) if r.failed else r.metrics
@@ -169,8 +171,6 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
     """Per cell: mean ± std over its completed final seeds (and which failed), and its test
     accuracy against its baseline cell (same other factors), paired by seed with failed finals
     counted by the failed-finals rule, with q-values over all the report's comparisons."""
-    from pal_study.analysis.failed_finals import apply_rule
-
     cells: dict[str, list[FinalRun]] = {}
     for r in runs:
         cells.setdefault(r.cell, []).append(r)
@@ -279,8 +279,6 @@ def analyse(
     """Ranks over conditions (the cells' groups) on mean test accuracy, probability of improvement
     of every X+pal / X+fnpal / X+norm over X (per-seed test accuracy, across conditions), and the
     per-cell parameter importance from the study's Optuna journal in ``run_dir`` (when given)."""
-    from pal_study.analysis.ranking import probability_of_improvement, rank_methods
-
     # Ranks and improvements are over the factor grid: sensitivity cells re-run a cell at fixed
     # knob values and are judged in their own section.
     rows = [r for r in rows if r.variant is None]
@@ -336,8 +334,6 @@ class StatedClaims:
 
 def stated_claims(saved: list[dict[str, Any]] | None, spec: dict[str, Any] | None) -> StatedClaims:
     """From a study's saved verdicts (claims.json / summary.json) and, where kept, its resolved spec."""
-    from pal_study.analysis.claims import ClaimSpec
-
     spec = spec or {}
     if saved:
         return StatedClaims(
@@ -385,9 +381,6 @@ def judge_finals(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(claims' verdicts, their verdicts across each sensitivity knob) judged on ``runs``: the one
     code path for the run's end, ``report`` from the tracking store and from the study's record."""
-    from pal_study.analysis.claims import CellInfo, evaluate
-    from pal_study.analysis.sensitivity import Variant, judge
-
     if not stated.claims:
         return [], []
     cells: dict[str, CellInfo] = {}
