@@ -49,6 +49,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from pal_study.classifier import build_classifier
+from pal_study.config import TrainConfig, resolve
+
 log = logging.getLogger(__name__)
 
 FORMAT = "pal-study-checkpoint"
@@ -137,8 +140,6 @@ class SaveSchedule:
 
 def checkpoint_config_hash(cfg: Any) -> str:
     """sha256 of the resolved config's JSON (sorted keys), without ``threads`` and ``device``."""
-    from pal_study.config import resolve
-
     d = resolve(cfg).model_dump(mode="json")
     for key in HASH_EXCLUDED:
         d.pop(key, None)
@@ -350,9 +351,6 @@ def _usable(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def build_model_from_checkpoint(path: str | os.PathLike[str]) -> torch.nn.Module:
     """The checkpoint's Classifier (backbone + head) with its weights, on the CPU, in eval mode."""
-    from pal_study.classifier import build_classifier
-    from pal_study.config import TrainConfig
-
     state = _usable(path)
     cfg = TrainConfig.model_validate(state["config"])
     model = build_classifier(cfg, tuple(state["input_shape"]), int(state["num_classes"]))

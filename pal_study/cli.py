@@ -490,22 +490,14 @@ def report(
     probability of improvement, parameter importance and figures, from the tracking store or the
     study's own record (Optuna journal + summary.json; a --no-track study reports too)."""
     from pal_study.analysis.claims import render_verdicts
+    from pal_study.analysis.formats import REPORT_FORMATS, analysis_md, render, report_files, rich_table
     from pal_study.analysis.importance import EVALUATORS
     from pal_study.analysis.record import SOURCES, open_source
-    from pal_study.analysis.report import (
-        BASELINES,
-        EXTENSIONS,
-        FORMATS,
-        aggregate,
-        analyse,
-        render,
-        report_files,
-        rich_table,
-    )
+    from pal_study.analysis.report import BASELINES, aggregate, analyse
     from pal_study.analysis.stats import ADJUSTMENTS
 
     for opt, value, allowed in (
-        ("--format", fmt or "md", FORMATS),
+        ("--format", fmt or "md", REPORT_FORMATS.names()),
         ("--baseline", baseline, BASELINES),
         ("--adjust", adjust, ADJUSTMENTS),
         ("--importance", importance, (*EVALUATORS, "none")),
@@ -527,18 +519,17 @@ def report(
         sys.stdout.flush()
         return
     if out_dir is None:
-        from pal_study.analysis.report import _analysis_md
-
         out.print(rich_table(rows, title))
         if claims:
             out.print(render_verdicts(claims), highlight=False, markup=False, soft_wrap=True)
-        out.print("\n".join(_analysis_md(analysis)).strip(), highlight=False, markup=False, soft_wrap=True)
+        out.print("\n".join(analysis_md(analysis)).strip(), highlight=False, markup=False, soft_wrap=True)
         err.print(f"(from {src.kind} {src.where})", highlight=False, markup=False)
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     files = report_files(rows, name, claims, analysis)
-    for f in FORMATS[:-1]:  # md csv latex json; html comes with its figures from report_files
-        (out_dir / f"comparison.{EXTENSIONS[f]}").write_text(render(rows, f, claims, analysis, title=name))
+    for f in REPORT_FORMATS.entries():  # as --format prints them; report.html comes with its figures from report_files
+        if not f.embeds_figures:
+            (out_dir / f.filename).write_text(render(rows, f.name, claims, analysis, title=name))
     for key, content in files.items():
         if key.endswith((".png", ".html", "sensitivity.csv")):
             target = out_dir / Path(key).name

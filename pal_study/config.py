@@ -33,6 +33,7 @@ from pal_study.data.sources import SYNTHETIC_DEFAULTS
 from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
+from pal_study.methods import method_label, parse_method
 
 
 class _Strict(BaseModel):
@@ -331,32 +332,9 @@ class TrainConfig(_Strict):
         return self
 
 
-def parse_method(method: str) -> tuple[str, str]:
-    """Split ``<loss>[+<head>]`` into (loss name, head kind); unknown names list the known ones.
-
-    Without a head suffix a loss takes the head it is defined with (its ``LossSpec.default_head``):
-    NSL is only symmetric with bounded, anchored logits (docs/method.md §3); LDAM-DRW uses a normalised
-    classifier; every other loss the linear head.
-    """
-    head = None
-    loss = method.strip().lower()
-    for kind in HEADS:
-        if loss.endswith("+" + kind):
-            head, loss = kind, loss[: -len(kind) - 1]
-            break
-    if loss not in LOSS_REGISTRY:
-        raise ValueError(
-            f"unknown method {method!r}: loss part {loss!r} is not one of {', '.join(LOSS_REGISTRY.names())}; "
-            f"optional head suffix: +{', +'.join(HEADS)}"
-        )
-    return loss, head or LOSS_REGISTRY.get(loss).default_head
-
-
 def method_name(cfg: TrainConfig) -> str:
     """The canonical method label of a config (``ce``, ``nce+rce+fnpal``, ``nsl+fnpal`` ...)."""
-    if cfg.head.kind == "linear":
-        return cfg.loss.name
-    return f"{cfg.loss.name}+{cfg.head.kind}"
+    return method_label(cfg.loss.name, cfg.head.kind)
 
 
 # --------------------------------------------------------------------------------------------

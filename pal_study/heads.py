@@ -47,6 +47,7 @@ for _spec in (
 
 # The one definition of the head constants (the trial config reads them from here).
 HEADS: tuple[str, ...] = HEAD_REGISTRY.names()
+PLAIN_HEAD = "linear"  # the baseline head: a method label never names it (``ce`` is CE on it)
 ANCHORED_HEADS: tuple[str, ...] = tuple(h.name for h in HEAD_REGISTRY.entries() if h.anchored)
 NORMALIZED_HEADS: tuple[str, ...] = tuple(h.name for h in HEAD_REGISTRY.entries() if h.normalized)
 DEFAULT_SCALE = 10.0  # s of a normalised head when neither the config nor the loss sets one

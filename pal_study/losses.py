@@ -66,6 +66,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pal_study.data.sets import DATASET_REGISTRY
 from pal_study.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -600,8 +601,6 @@ def loss_defaults(name: str, dataset: str) -> dict[str, float]:
     user. Losses without hyperparameters give ``{}``.
     """
     spec = get_loss(name)
-    from pal_study.data.sets import DATASET_REGISTRY
-
     if dataset in DATASET_REGISTRY:
         ref = DATASET_REGISTRY.get(dataset).loss_defaults
     else:

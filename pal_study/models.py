@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pal_study.data.sets import DATASET_REGISTRY
 from pal_study.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -379,8 +380,6 @@ def build_model(
 def default_arch(dataset: str, input_shape: tuple[int, ...]) -> str:
     """The data set's network (its ``DatasetSpec.default_arch``, docs/method.md §5); synthetic data
     picks by input shape (see ``data/sets/synthetic.py``)."""
-    from pal_study.data.sets import DATASET_REGISTRY
-
     if dataset not in DATASET_REGISTRY:
         raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASET_REGISTRY.names())}")
     return DATASET_REGISTRY.get(dataset).arch_for(tuple(int(d) for d in input_shape))

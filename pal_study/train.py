@@ -505,8 +505,6 @@ class _Laps:
 
 
 def build_dataset_for(cfg: TrainConfig) -> DataBundle:
-    from pal_study.data.sets import get_dataset
-
     d = cfg.data
     key = get_dataset(d.name).options_key
     return build_dataset(

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pal_study.analysis.failed_finals import apply_rule
 from pal_study.analysis.stats import Paired, adjust_all, paired, power_line
 from pal_study.analysis.stats import adjust as adjust_p
+from pal_study.errors import ConfigError
 
 LOWER_IS_BETTER = ("ece", "train_loss")
 RULE = (
@@ -93,8 +94,6 @@ def expand(claim: ClaimSpec, cells: list[CellInfo]) -> list[tuple[CellInfo, Cell
 
 def check(claims: list[ClaimSpec], cells: list[CellInfo], source: str) -> None:
     """Every claim must name at least one comparison the study makes (bad input otherwise)."""
-    from pal_study.errors import ConfigError
-
     factor_keys = {k for c in cells for k in c.factors}
     for i, claim in enumerate(claims):
         unknown = [k for k in claim.where if k not in factor_keys]

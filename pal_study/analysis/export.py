@@ -19,6 +19,7 @@ from typing import Any
 
 from pal_study.analysis.record import Source
 from pal_study.analysis.report import aggregate
+from pal_study.checkpoint import export_weights
 from pal_study.errors import ConfigError
 
 
@@ -64,8 +65,6 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
         files[name] = text
         weights_name = None
         if weights:
-            from pal_study.checkpoint import export_weights
-
             weights_name = name.removesuffix(".yaml") + ".pt"
             export_weights(first.checkpoint, out_dir / weights_name)
         index.append(

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pal_study.data.sets import DATASET_REGISTRY
+
 ACCURACY_METRICS = ("test_acc", "val_acc", "val_acc_clean", "test_acc_many", "test_acc_medium", "test_acc_few")
 RULE = (
     "a failed final counts as chance accuracy (1/k) on accuracy metrics; on other metrics a comparison with "
@@ -26,8 +28,6 @@ FAILED = "failed"  # key in a seed's metrics marking a failed final
 
 def num_classes(dataset: str, config: dict[str, Any] | None = None) -> int | None:
     """Classes of ``dataset`` (its options from ``config`` where the count depends on them)."""
-    from pal_study.data.sets import DATASET_REGISTRY
-
     if dataset not in DATASET_REGISTRY:
         return None
     spec = DATASET_REGISTRY.get(dataset)

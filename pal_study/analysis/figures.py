@@ -39,6 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from pal_study.methods import base_loss, head_of, method_order, suffix_heads
+
 DPI = 110
 MAX_SERIES = 8  # series per axes
 FOREST_ROWS = 40  # comparisons per forest file
@@ -49,7 +51,6 @@ KIND_KEY = "data.noise.kind"
 IMBALANCE_KEY = "data.imbalance.ratio"
 DATA_KEY = "data.name"
 WD_KEY = "optim.weight_decay"
-HEADS = ("pal", "fnpal", "norm")
 GROUPS = ("many", "medium", "few")
 NORM_METRICS = ("proto_norm_max", "proto_norm_min", "feature_norm_mean")
 NORM_TITLES = {
@@ -72,9 +73,11 @@ _SHORT = {
     "loss.drw_epoch": "DRW epoch",
 }
 _TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-_HEAD_SHADE = {"": 0.0, "pal": 0.42, "fnpal": -0.38, "norm": 0.7}  # > 0 towards white, < 0 towards black
-_HEAD_STYLE = {"": ("-", "o"), "pal": ("--", "s"), "fnpal": ("-.", "^"), "norm": (":", "D")}
-_HEAD_HATCH = {"": "", "pal": "//", "fnpal": "..", "norm": "xx"}
+# How a base loss's versions differ: the bare loss first, then one entry per head a label names,
+# in the head registry's order (pal, fnpal, norm); heads registered later cycle through them.
+_SHADES = (0.42, -0.38, 0.7)  # > 0 towards white, < 0 towards black
+_STYLES = (("--", "s"), ("-.", "^"), (":", "D"))
+_HATCHES = ("//", "..", "xx")
 _STATES = ("complete", "pruned", "fail", "running")
 
 
@@ -181,15 +184,9 @@ def short_label(factors: Iterable[tuple[str, Any]]) -> str:
     return " · ".join(parts)
 
 
-def base_loss(method: str) -> str:
-    """The base loss of ``X+pal``/``X+fnpal``/``X+norm`` (X); any other method is its own."""
-    loss, sep, head = method.rpartition("+")
-    return loss if sep and head in HEADS else method
-
-
-def head_of(method: str) -> str:
-    _loss, sep, head = method.rpartition("+")
-    return head if sep and head in HEADS else ""
+def _by_head(method: str, bare: Any, per_head: Sequence[Any]) -> Any:
+    head = head_of(method)
+    return per_head[suffix_heads().index(head) % len(per_head)] if head else bare
 
 
 def _hex(rgb: Sequence[float]) -> str:
@@ -208,29 +205,31 @@ def _family_palette(n: int) -> list[str]:
 
 def method_colors(methods: Iterable[str]) -> dict[str, str]:
     """Method -> colour (hex), a function of the sorted set of methods alone: the same for every
-    figure of a study. A base loss has its family's colour, its +pal version a lighter shade,
-    +fnpal a darker one, +norm a pale one (and line styles/markers/hatches differ per head)."""
+    figure of a study. A base loss has its family's colour (families take the palette in the loss
+    registry's order), its +pal version a lighter shade, +fnpal a darker one, +norm a pale one
+    (and line styles/markers/hatches differ per head)."""
     ms = sorted(set(methods))
-    fams = sorted({base_loss(m) for m in ms})
+    fams = sorted({base_loss(m) for m in ms}, key=method_order)
     palette = dict(zip(fams, _family_palette(len(fams)), strict=False))
     out = {}
     for m in ms:
         rgb = _rgb(palette[base_loss(m)])
-        s = _HEAD_SHADE[head_of(m)]
+        s = _by_head(m, 0.0, _SHADES)
         out[m] = _hex([c + (1 - c) * s for c in rgb] if s >= 0 else [c * (1 + s) for c in rgb])
     return out
 
 
 def method_style(method: str) -> dict[str, str]:
     """Line style and marker of a method's head (base loss: solid circles)."""
-    ls, marker = _HEAD_STYLE[head_of(method)]
+    ls, marker = _by_head(method, ("-", "o"), _STYLES)
     return {"linestyle": ls, "marker": marker}
 
 
 def method_panels(methods: Iterable[str], limit: int = MAX_SERIES) -> list[list[str]]:
     """The methods in chunks of at most ``limit`` for small multiples, a base-loss family never
-    split (unless it alone has more than ``limit``), the chunks about equal."""
-    ms = sorted(set(methods))
+    split (unless it alone has more than ``limit``), the chunks about equal; families and heads in
+    the registries' order."""
+    ms = sorted(set(methods), key=method_order)
     if len(ms) <= limit:
         return [ms] if ms else []
     fams: dict[str, list[str]] = {}
@@ -339,7 +338,7 @@ def _method_legend(
     fig: Figure, methods: Iterable[str], colors: dict[str, Any], *, lines: bool = True, extra: Sequence[Any] = ()
 ) -> None:
     handles = list(extra)
-    for m in sorted(set(methods)):
+    for m in sorted(set(methods), key=method_order):
         if lines:
             st = method_style(m)
             handles.append(
@@ -347,7 +346,7 @@ def _method_legend(
             )
         else:
             handles.append(
-                Patch(facecolor=colors[m], edgecolor="black", linewidth=0.5, hatch=_HEAD_HATCH[head_of(m)], label=m)
+                Patch(facecolor=colors[m], edgecolor="black", linewidth=0.5, hatch=_by_head(m, "", _HATCHES), label=m)
             )
     if fig.get_layout_engine() is None:  # a fixed grid: the legend in its right margin
         right = fig.subplotpars.right
@@ -690,7 +689,9 @@ def forest(
         return {}
     colors = _colors_for((r.method for r in rows), colors)
     method_of = {r.cell: r.method for r in rows}
-    items.sort(key=lambda r: (str(r.dataset), float(r.imbalance_ratio), float(r.noise_rate), r.group, r.method))
+    items.sort(
+        key=lambda r: (str(r.dataset), float(r.imbalance_ratio), float(r.noise_rate), r.group, method_order(r.method))
+    )
     k = math.ceil(len(items) / max_rows)
     size = math.ceil(len(items) / k)
     chunks = [items[i : i + size] for i in range(0, len(items), size)]
@@ -931,7 +932,7 @@ def objective_vs_params(
             markeredgewidth=0.4,
             label=m,
         )
-        for m in sorted(methods)
+        for m in sorted(methods, key=method_order)
     ]
     fig.legend(handles=handles, loc="outside right upper", fontsize=8, frameon=False)
     fig.suptitle("Tuning: final objective vs searched parameter (every trial of every cell)", fontsize=10)
@@ -980,7 +981,7 @@ def many_medium_few(rows, *, colors: dict[str, Any] | None = None, return_figure
                     color=colors[m],
                     edgecolor="black",
                     linewidth=0.4,
-                    hatch=_HEAD_HATCH[head_of(m)],
+                    hatch=_by_head(m, "", _HATCHES),
                     label=m,
                     error_kw={"elinewidth": 0.8},
                 )
@@ -1129,7 +1130,7 @@ def norms(rows, *, colors: dict[str, Any] | None = None, return_figures: bool = 
                                 color=colors[m],
                                 edgecolor="black",
                                 linewidth=0.4,
-                                hatch=_HEAD_HATCH[head_of(m)],
+                                hatch=_by_head(m, "", _HATCHES),
                                 label=m,
                                 error_kw={"elinewidth": 0.8},
                             )

@@ -1,21 +1,25 @@
 """Study reports from the tracking store alone: per cell mean ± std over the final seeds (and how
 many failed), each X+head against its base loss X of the same condition paired by seed (exact
 sign-flip test and interval, the paired t-test beside it, q-values over the report), the claims'
-verdicts, the verdicts across a sensitivity knob, and the figures.
+verdicts, the verdicts across a sensitivity knob; ``pal_study.analysis.formats`` lays them out
+(md, csv, latex, json, html) with the figures.
 
     pal-study report quickstart --format md --out reports/quickstart
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
+from pal_study.analysis.failed_finals import apply_rule, failed_metrics
+from pal_study.analysis.ranking import probability_of_improvement, rank_methods
+from pal_study.analysis.sensitivity import Variant, judge
 from pal_study.analysis.stats import Paired, adjust_all, paired
 from pal_study.errors import ConfigError
+from pal_study.methods import split_method
 from pal_study.metrics import mean_std
 
 GROUPS = ("many", "medium", "few")
@@ -151,14 +155,12 @@ def baseline_method(method: str, baseline: str = "base") -> str | None:
         return None if method == "ce" else "ce"
     if baseline != "base":
         raise ValueError(f"unknown baseline {baseline!r}; allowed: {', '.join(BASELINES)}")
-    loss, sep, head = method.rpartition("+")
-    return loss if sep and head in ("pal", "fnpal", "norm") else None
+    loss, head = split_method(method)
+    return loss if head else None
 
 
 def run_values(runs: list[FinalRun]) -> dict[str, dict[int, dict[str, Any]]]:
     """cell -> seed -> metrics, failed finals as the failed-finals rule counts them."""
-    from pal_study.analysis.failed_finals import failed_metrics
-
     out: dict[str, dict[int, dict[str, Any]]] = {}
     for r in runs:
         out.setdefault(r.cell, {})[r.seed] = failed_metrics(r.num_classes) if r.failed else r.metrics
@@ -169,8 +171,6 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
     """Per cell: mean ± std over its completed final seeds (and which failed), and its test
     accuracy against its baseline cell (same other factors), paired by seed with failed finals
     counted by the failed-finals rule, with q-values over all the report's comparisons."""
-    from pal_study.analysis.failed_finals import apply_rule
-
     cells: dict[str, list[FinalRun]] = {}
     for r in runs:
         cells.setdefault(r.cell, []).append(r)
@@ -251,92 +251,6 @@ def comparisons(rows: list[CellRow]) -> list[dict[str, Any]]:
     ]
 
 
-def _delta(c: Paired | None) -> str:
-    if c is None or c.delta is None:
-        return "-"
-    if c.p is None:
-        return f"{100 * c.delta:+.2f} (n={c.n_pairs})"
-    if c.ci_low is None:
-        return f"{100 * c.delta:+.2f} (unbounded at n={c.n_pairs})"
-    return f"{100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"
-
-
-def _n(row: CellRow) -> str:
-    k = len(row.failed_seeds)
-    return f"{row.n} ({k} of {row.n + k} failed)" if k else str(row.n)
-
-
-def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
-    if key not in row.stats:
-        return "-"
-    m, s = row.stats[key]
-    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
-
-
-COLUMNS = [
-    "cell",
-    "method",
-    "n",
-    "val acc %",
-    "test acc %",
-    "Δ test (points) [sign-flip CI]",
-    "vs",
-    "p (sign-flip)",
-    "q",
-    "p (paired t)",
-    "ECE",
-    "many/medium/few %",
-]
-
-
-def table_rows(rows: list[CellRow]) -> list[list[str]]:
-    out = []
-    for r in rows:
-        groups = " / ".join(
-            f"{100 * r.stats[f'test_acc_{g}'][0]:.1f}" if f"test_acc_{g}" in r.stats else "-" for g in GROUPS
-        )
-        out.append(
-            [
-                r.cell,
-                r.method,
-                _n(r),
-                _pm(r, "val_acc"),
-                _pm(r, "test_acc"),
-                _delta(r.comparison),
-                "-" if r.comparison is None else r.comparison.baseline,
-                "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
-                "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
-                "-" if r.comparison is None or r.comparison.p_t is None else f"{r.comparison.p_t:.3g}",
-                _pm(r, "ece", 1.0, 3),
-                groups if groups != "- / - / -" else "-",
-            ]
-        )
-    return out
-
-
-_LATEX = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "Δ": r"$\Delta$",
-    "η": r"$\eta$",
-    "ρ": r"$\rho$",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Text safe in a LaTeX table cell: the ten special characters and the table's Greek."""
-    return "".join(_LATEX.get(ch, ch) for ch in text)
-
-
 @dataclass
 class Analysis:
     """What a report says beyond the per-cell table: the methods ranked across conditions, each
@@ -365,8 +279,6 @@ def analyse(
     """Ranks over conditions (the cells' groups) on mean test accuracy, probability of improvement
     of every X+pal / X+fnpal / X+norm over X (per-seed test accuracy, across conditions), and the
     per-cell parameter importance from the study's Optuna journal in ``run_dir`` (when given)."""
-    from pal_study.analysis.ranking import probability_of_improvement, rank_methods
-
     # Ranks and improvements are over the factor grid: sensitivity cells re-run a cell at fixed
     # knob values and are judged in their own section.
     rows = [r for r in rows if r.variant is None]
@@ -409,293 +321,6 @@ def analyse(
     return out
 
 
-def _analysis_md(a: Analysis) -> list[str]:
-    from pal_study.analysis.importance import render_importances
-
-    lines: list[str] = []
-    if a.sensitivity:
-        from pal_study.analysis.sensitivity import SENSITIVITY_COLUMNS, table_cells
-        from pal_study.analysis.sensitivity import render as render_sensitivity
-
-        lines += [
-            "",
-            "## Verdicts across a knob (sensitivity)",
-            "",
-            "```",
-            render_sensitivity(a.sensitivity),
-            "```",
-            "",
-            "| " + " | ".join(SENSITIVITY_COLUMNS) + " |",
-            "|" + "---|" * len(SENSITIVITY_COLUMNS),
-        ]
-        lines += ["| " + " | ".join(row) + " |" for row in table_cells(a.sensitivity)]
-    rk = a.ranking
-    if rk is not None:
-        lines += ["", "## Ranks across conditions", ""]
-        if rk.average_ranks:
-            lines += ["| method | average rank |", "|---|---|"]
-            lines += [f"| {m} | {rk.average_ranks[m]:.2f} |" for m in rk.methods]
-        test = (
-            f"Friedman chi2 = {rk.friedman_stat:.3g}, p = {rk.friedman_p:.3g} over {len(rk.conditions)} conditions"
-            if rk.friedman_p is not None
-            else "no Friedman test"
-        )
-        cd = f"; Nemenyi critical difference {rk.critical_difference:.2f}" if rk.critical_difference else ""
-        lines += ["", test + cd + (f" ({rk.note})" if rk.note else "")]
-        if rk.dropped:
-            lines += ["", "left out: " + "; ".join(f"{k}: {v}" for k, v in rk.dropped.items())]
-    if a.improvements:
-        lines += [
-            "",
-            "## Probability of improvement over the base loss (test accuracy, per seed)",
-            "",
-            "| method | base | conditions | P(method > base) [95% CI] |",
-            "|---|---|---|---|",
-        ]
-        for i in a.improvements:
-            p = "-" if i.probability is None else f"{i.probability:.2f}"
-            if i.ci_low is not None:
-                p += f" [{i.ci_low:.2f}, {i.ci_high:.2f}]"
-            lines.append(f"| {i.method} | {i.base} | {i.n_conditions} | {p}{' (' + i.note + ')' if i.note else ''} |")
-    if a.importance or a.importance_note:
-        lines += ["", "## Parameter importance per cell", ""]
-        if a.importance and all(len(i.importances) <= 1 for i in a.importance):
-            searched = sorted({p for i in a.importance for p in i.importances})
-            lines.append(f"one parameter searched per cell ({', '.join(searched) or 'none'}): nothing to rank")
-        else:
-            lines += ["```", render_importances(a.importance), "```"] if a.importance else [a.importance_note or ""]
-    return lines
-
-
-FORMATS = ("md", "csv", "latex", "json", "html")
-EXTENSIONS = {"md": "md", "csv": "csv", "latex": "tex", "json": "json", "html": "html"}
-
-
-def render(
-    rows: list[CellRow],
-    fmt: str,
-    claims: list[dict[str, Any]] | None = None,
-    analysis: Analysis | None = None,
-    title: str = "",
-) -> str:
-    """The comparison as md, csv, latex, json or html; ``claims`` (verdicts) and ``analysis``
-    (ranks, probability of improvement, importance) go into json, md and html (html also embeds
-    the figures: one self-contained file)."""
-    if fmt == "html":
-        from pal_study.analysis.report_html import render_html
-
-        return render_html(
-            _html_table(rows),
-            title,
-            claims,
-            analysis,
-            {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, title)},
-        )
-    body = table_rows(rows)
-    if fmt == "json":
-        return (
-            json.dumps(
-                {
-                    "comparisons": comparisons(rows),
-                    "cells": [{k: v for k, v in r.__dict__.items() if k != "comparison"} for r in rows],
-                    "claims": claims or [],
-                    **(analysis.as_dict() if analysis else {}),
-                },
-                indent=1,
-                default=str,
-            )
-            + "\n"
-        )
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(
-            [
-                "cell",
-                "method",
-                "dataset",
-                "noise_rate",
-                "imbalance_ratio",
-                "n",
-                "seeds",
-                "val_mean",
-                "val_std",
-                "test_mean",
-                "test_std",
-                "baseline",
-                "n_pairs",
-                "delta",
-                "ci_low",
-                "ci_high",
-                "ci_level",
-                "p",
-                "q",
-                "p_t",
-                "mdd",
-                "test",
-                "ece_mean",
-                "many",
-                "medium",
-                "few",
-                "run_ids",
-            ]
-        )
-        for r in rows:
-            g = [r.stats.get(f"test_acc_{x}", (None,))[0] for x in GROUPS]
-            w.writerow(
-                [
-                    r.cell,
-                    r.method,
-                    r.dataset,
-                    r.noise_rate,
-                    r.imbalance_ratio,
-                    r.n,
-                    " ".join(map(str, r.seeds)),
-                    *r.stats.get("val_acc", (None, None)),
-                    *r.stats.get("test_acc", (None, None)),
-                    *(
-                        (
-                            c.baseline,
-                            c.n_pairs,
-                            c.delta,
-                            c.ci_low,
-                            c.ci_high,
-                            c.ci_level,
-                            c.p,
-                            c.q,
-                            c.p_t,
-                            c.mdd,
-                            c.test,
-                        )
-                        if (c := r.comparison)
-                        else (None,) * 11
-                    ),
-                    r.stats.get("ece", (None,))[0],
-                    *g,
-                    " ".join(r.run_ids),
-                ]
-            )
-        return buf.getvalue()
-    if fmt == "latex":
-        esc = latex_escape
-        lines = [
-            r"\begin{tabular}{" + "l" * 2 + "r" * (len(COLUMNS) - 2) + "}",
-            r"\toprule",
-            " & ".join(esc(c) for c in COLUMNS) + r" \\",
-            r"\midrule",
-        ]
-        lines += [" & ".join(esc(c) for c in row) + r" \\" for row in body]
-        lines += [r"\bottomrule", r"\end{tabular}"]
-        if analysis is not None and analysis.sensitivity:
-            from pal_study.analysis.sensitivity import SENSITIVITY_COLUMNS, table_cells
-
-            lines += [
-                "",
-                r"\begin{tabular}{" + "l" * 4 + "r" * (len(SENSITIVITY_COLUMNS) - 4) + "}",
-                r"\toprule",
-                " & ".join(esc(c) for c in SENSITIVITY_COLUMNS) + r" \\",
-                r"\midrule",
-            ]
-            lines += [" & ".join(esc(c) for c in row) + r" \\" for row in table_cells(analysis.sensitivity)]
-            lines += [r"\bottomrule", r"\end{tabular}"]
-        return "\n".join(lines) + "\n"
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    if claims:
-        from pal_study.analysis.claims import render_verdicts
-
-        lines += ["", "## Claims", "", "```", render_verdicts(claims), "```"]
-    if analysis is not None:
-        lines += _analysis_md(analysis)
-    return "\n".join(lines) + "\n"
-
-
-def sensitivity_csv(results: list[dict[str, Any]]) -> str:
-    """Every comparison at every value of every sensitivity knob, one row each."""
-    from pal_study.analysis.sensitivity import table
-
-    flat = table(results)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(flat[0]) if flat else ["knob"])
-    w.writeheader()
-    w.writerows(flat)
-    return buf.getvalue()
-
-
-def _html_table(rows: list[CellRow]) -> tuple[list[str], list[list[str]], list[bool]]:
-    """The comparison table for report.html: header, rows as text, which rows are significant."""
-    marks = [r.comparison is not None and r.comparison.q is not None and r.comparison.q <= 0.05 for r in rows]
-    return COLUMNS, table_rows(rows), marks
-
-
-def rich_table(rows: list[CellRow], title: str):
-    from rich.table import Table
-
-    t = Table(title=title)
-    for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("cell", "method") else "right")
-    for row in table_rows(rows):
-        t.add_row(*row)
-    return t
-
-
-def figures(rows: list[CellRow], curves: dict[str, list[Any]] | None = None) -> dict[str, bytes]:
-    """The study's figures (pal_study/analysis/figures.py): accuracy vs noise / imbalance with CI bands,
-    the forest plot of every comparison, many/medium/few, prototype and feature norms, and, from
-    the Optuna journal's ``curves``, learning curves and the objective against each parameter."""
-    from pal_study.analysis.figures import study_figures
-
-    return study_figures([r for r in rows if r.variant is None], curves)
-
-
-def report_files(
-    rows: list[CellRow], study: str, claims: list[dict[str, Any]] | None = None, analysis: Analysis | None = None
-) -> dict[str, bytes | str]:
-    files: dict[str, bytes | str] = {
-        "report/comparison.md": f"# {study}\n\n" + render(rows, "md", claims, analysis),
-        "report/comparison.csv": render(rows, "csv"),
-        "report/comparison.tex": render(rows, "latex", analysis=analysis),
-        "report/comparison.json": render(rows, "json", claims, analysis),
-    }
-    if analysis is not None and analysis.sensitivity:
-        files["report/sensitivity.csv"] = sensitivity_csv(analysis.sensitivity)
-    pngs = {**figures(rows, analysis.curves if analysis else None), **analysis_figures(analysis, study)}
-    files.update({f"report/{k}": v for k, v in pngs.items()})
-    from pal_study.analysis.report_html import render_html
-
-    files["report/report.html"] = render_html(_html_table(rows), study, claims, analysis, pngs)  # figures drawn once
-    return files
-
-
-def analysis_figures(analysis: Analysis | None, study: str) -> dict[str, bytes]:
-    """The critical-difference diagram and the parameter-importance heat map, where there is one."""
-    out: dict[str, bytes] = {}
-    if analysis is None:
-        return out
-    if analysis.sensitivity:
-        from pal_study.analysis.sensitivity import figure_png
-
-        png = figure_png(analysis.sensitivity, study)
-        if png:
-            out["sensitivity.png"] = png
-    if analysis.ranking is not None:
-        from pal_study.analysis.ranking import cd_diagram_png
-
-        png = cd_diagram_png(
-            analysis.ranking,
-            f"{study}: average rank of test accuracy over {len(analysis.ranking.conditions)} conditions",
-        )
-        if png:
-            out["critical_difference.png"] = png
-    if analysis.importance:
-        from pal_study.analysis.importance import importance_png
-
-        png = importance_png(analysis.importance, f"{study}: parameter importance per cell")
-        if png:
-            out["param_importance.png"] = png
-    return out
-
-
 @dataclass
 class StatedClaims:
     """What a study stated: its claims, their α, the protocol notes beside each verdict and the
@@ -709,8 +334,6 @@ class StatedClaims:
 
 def stated_claims(saved: list[dict[str, Any]] | None, spec: dict[str, Any] | None) -> StatedClaims:
     """From a study's saved verdicts (claims.json / summary.json) and, where kept, its resolved spec."""
-    from pal_study.analysis.claims import ClaimSpec
-
     spec = spec or {}
     if saved:
         return StatedClaims(
@@ -758,9 +381,6 @@ def judge_finals(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(claims' verdicts, their verdicts across each sensitivity knob) judged on ``runs``: the one
     code path for the run's end, ``report`` from the tracking store and from the study's record."""
-    from pal_study.analysis.claims import CellInfo, evaluate
-    from pal_study.analysis.sensitivity import Variant, judge
-
     if not stated.claims:
         return [], []
     cells: dict[str, CellInfo] = {}

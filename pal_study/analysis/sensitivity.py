@@ -11,10 +11,12 @@ reads "CE+FNPAL > CE at η = 0.4 for s ≤ 5, inconclusive for s ≥ 10".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
+from pal_study.analysis.figures import _figure, _png
 
 
 @dataclass(frozen=True)
@@ -174,10 +176,6 @@ def table_cells(results: list[KnobResult] | list[dict[str, Any]]) -> list[list[s
 def figure_png(results: list[KnobResult] | list[dict[str, Any]], title: str = "") -> bytes | None:
     """Δ with its interval against the knob's value, one line per comparison, one panel per knob
     and claim; None when there is nothing to draw."""
-    import math
-
-    from pal_study.analysis.figures import _figure, _png
-
     panels = []
     for r in results:
         d = r.as_dict() if isinstance(r, KnobResult) else r

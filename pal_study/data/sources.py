@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from pal_study.data.batching import AUGMENTS
+
 if TYPE_CHECKING:
     from pal_study.data.sets import DatasetSpec
 
@@ -135,6 +137,7 @@ def load_digits() -> RawData:
 
 def expected_files(name: str, root: str | os.PathLike[str]) -> list[Path]:
     """The files ``build_dataset(name, root=root)`` reads ([] for a data set that needs none)."""
+    # Not at the top: the data set modules import this module's loaders as they register.
     from pal_study.data.sets import get_dataset
 
     return get_dataset(name).expected_files(root)
@@ -266,8 +269,6 @@ def synthetic_params(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"synthetic input_shape must be a non-empty sequence of ints >= 1, got {p['input_shape']!r}"
             )
         p["input_shape"] = tuple(int(d) for d in shape)
-    from pal_study.data.batching import AUGMENTS
-
     if p["augment"] not in AUGMENTS:
         raise ValueError(f"synthetic augment must be one of {AUGMENTS}, got {p['augment']!r}")
     if p["augment"] == "crop_flip" and (shape is None or len(shape) != 3):

@@ -276,7 +276,8 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     does, once every log is in), trial counts, failure causes, its status; the cell runs: their
     comparison with their baselines (q adjusted over the whole study), their status; what the
     store never took is listed in ``tracking_incomplete.json``."""
-    from pal_study.analysis.report import aggregate, analyse, fetch_finals, report_files
+    from pal_study.analysis.formats import report_files
+    from pal_study.analysis.report import aggregate, analyse, fetch_finals
 
     tracking = tracker.t
     read: list[Any] = []

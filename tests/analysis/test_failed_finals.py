@@ -79,7 +79,7 @@ def _run(cell: str, method: str, seed: int, acc: float | None) -> FinalRun:
 
 
 def test_the_report_shows_k_of_n_failed_and_pairs_the_failed_seed_at_chance():
-    from pal_study.analysis.report import table_rows
+    from pal_study.analysis.formats import table_rows
 
     runs = [_run("method=ce", "ce", s, 0.7) for s in range(3)]
     runs += [_run("method=ce+fnpal", "ce+fnpal", s, None if s == 1 else 0.8) for s in range(3)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pal_study._compat import lenient_cifar
 from pal_study.data.sets.base import DatasetSpec, Recipe
 from pal_study.data.sources import load_torchvision
 
@@ -24,9 +25,7 @@ CIFAR_LT_RECIPE = Recipe(
 
 
 def _cifar10_class() -> type:
-    from torchvision import datasets
-
-    from pal_study._compat import lenient_cifar
+    from torchvision import datasets  # torchvision only where CIFAR is read
 
     return lenient_cifar(datasets.CIFAR10)
 

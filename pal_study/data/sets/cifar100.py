@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from pal_study._compat import lenient_cifar
 from pal_study.data.sets.base import DatasetSpec, Recipe
 from pal_study.data.sets.cifar10 import CIFAR_LT_RECIPE
 from pal_study.data.sources import load_torchvision
 
 
 def _cifar100_class() -> type:
-    from torchvision import datasets
-
-    from pal_study._compat import lenient_cifar
+    from torchvision import datasets  # torchvision only where CIFAR is read
 
     return lenient_cifar(datasets.CIFAR100)
 
