@@ -35,8 +35,6 @@ removing it is the caller's decision, once the trial's result is safely stored.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import math
 import os
@@ -51,6 +49,8 @@ import torch
 
 from pal_study.classifier import build_classifier
 from pal_study.config import TrainConfig, resolve
+from pal_study.fingerprints import FINGERPRINT_VERSION, digest
+from pal_study.fingerprints_v1 import config_hash_v1
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +138,17 @@ class SaveSchedule:
             self.next_auto = epoch + self._interval(epoch_times)
 
 
-def checkpoint_config_hash(cfg: Any) -> str:
-    """sha256 of the resolved config's JSON (sorted keys), without ``threads`` and ``device``."""
+def _hashed_config(cfg: Any) -> dict[str, Any]:
     d = resolve(cfg).model_dump(mode="json")
     for key in HASH_EXCLUDED:
         d.pop(key, None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return d
+
+
+def checkpoint_config_hash(cfg: Any) -> str:
+    """The fingerprint (:func:`pal_study.fingerprints.digest`, version :data:`FINGERPRINT_VERSION`) of
+    the resolved config, without ``threads`` and ``device``."""
+    return digest(_hashed_config(cfg))
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None:
@@ -156,7 +161,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: dict[str, Any]) -> None
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f"{p.name}.tmp-{os.getpid()}")
-    payload = {**state, "format": FORMAT, "version": VERSION}
+    payload = {**state, "format": FORMAT, "version": VERSION, "config_hash_version": FINGERPRINT_VERSION}
     try:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
@@ -212,13 +217,17 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> dict[str, Any] | None:
+def load_checkpoint(
+    path: str | os.PathLike[str], expected_hash: str | None, *, config: Any = None
+) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if it is usable for a config of hash ``expected_hash``, else None.
 
     A missing file is None without a word. A torn, truncated or garbage file, one of another
     format version, or one written for another config ("foreign") is None with one warning that
     names the file and the reason; none of these raise. ``expected_hash=None`` skips the config
-    check (for reading a model out of any checkpoint).
+    check (for reading a model out of any checkpoint). A checkpoint whose hash predates versioned
+    config hashes (version 1) is checked against the version-1 hash of ``config``, the trial's
+    config (without it, such a checkpoint counts as foreign).
     """
     p = Path(path)
     if not p.exists():
@@ -248,7 +257,7 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
     if missing:
         log.warning("ignoring checkpoint %s: incomplete, missing %s", p, ", ".join(missing))
         return None
-    if expected_hash is not None and state["config_hash"] != expected_hash:
+    if expected_hash is not None and state["config_hash"] != _expected(state, expected_hash, config):
         log.warning(
             "ignoring checkpoint %s: foreign checkpoint, written for another config "
             "(config hash %.12s, this trial's config hash %.12s)",
@@ -258,6 +267,16 @@ def load_checkpoint(path: str | os.PathLike[str], expected_hash: str | None) -> 
         )
         return None
     return state
+
+
+def _expected(state: dict[str, Any], expected_hash: str, config: Any) -> str | None:
+    """The hash ``state`` must carry to belong to this trial, in the version it was written with."""
+    version = state.get("config_hash_version", 1)
+    if version == FINGERPRINT_VERSION:
+        return expected_hash
+    if version == 1 and config is not None:
+        return config_hash_v1(_hashed_config(config))
+    return None
 
 
 def incompatibility(state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> str | None:

@@ -16,28 +16,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     ValidationError,
     create_model,
     field_validator,
-    model_serializer,
     model_validator,
 )
 
 # The allowed values of the config come from the registries: data sets (data/sets/), heads
 # (heads.py), losses and their hyperparameters (losses.py), models (models.py).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
-from pal_study.data.sources import SYNTHETIC_DEFAULTS
 from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
 from pal_study.methods import method_label, parse_method
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from pal_study.schema import StrictModel as _Strict
 
 
 def _finite(v: float | None) -> float | None:
@@ -58,66 +51,27 @@ class ImbalanceConfig(_Strict):
     _fin = field_validator("ratio")(_finite)
 
 
-_SYN = SYNTHETIC_DEFAULTS  # the one definition of the synthetic defaults (data/sources.py)
-
-
-class SyntheticConfig(_Strict):
-    num_classes: int = Field(_SYN["num_classes"], ge=2, le=10_000)
-    dim: int = Field(_SYN["dim"], ge=1, le=100_000)
-    train_per_class: int = Field(_SYN["train_per_class"], ge=1, le=1_000_000)
-    test_per_class: int = Field(_SYN["test_per_class"], ge=1, le=1_000_000)
-    separation: float = Field(_SYN["separation"], gt=0.0)
-    input_shape: list[int] | None = Field(_SYN["input_shape"], description="e.g. [3, 32, 32] for image-shaped data")
-    data_seed: int = Field(
-        _SYN["data_seed"], ge=0, description="draws the data; the trial seed varies noise and splits"
-    )
-    augment: Literal["none", "crop_flip"] = _SYN["augment"]
-
-    @field_validator("input_shape")
-    @classmethod
-    def _shape(cls, v: list[int] | None) -> list[int] | None:
-        if v is not None and (not v or any(d < 1 for d in v)):
-            raise ValueError("must be a non-empty list of positive ints, e.g. [3, 32, 32]")
-        return v
-
-    @model_validator(mode="after")
-    def _augment_needs_images(self) -> SyntheticConfig:
-        if self.augment == "crop_flip" and (self.input_shape is None or len(self.input_shape) != 3):
-            raise KeyedError("augment", "crop_flip needs an image input_shape [C, H, W]")
-        return self
-
-
-class Mnist1dConfig(_Strict):
-    num_samples: int = Field(
-        5000, ge=100, le=1_000_000, description="sequences generated (80/20 train/test); 5000 is the standard set"
-    )
-
-    @field_validator("num_samples")
-    @classmethod
-    def _tens(cls, v: int) -> int:
-        if v % 10:
-            raise ValueError(f"must be a multiple of 10 (one tenth per digit), got {v}")
-        return v
-
-
-class DataConfig(_Strict):
+class _DataConfigBase(_Strict):
     name: Literal[dataset_names()] = "digits"  # type: ignore[valid-type]
     root: str | None = Field(None, description="directory holding the torchvision data set files")
     download: bool = False
     val_fraction: float = Field(0.1, ge=0.0, le=0.5)
     noise: NoiseConfig = NoiseConfig()
     imbalance: ImbalanceConfig = ImbalanceConfig()
-    synthetic: SyntheticConfig = SyntheticConfig()
-    mnist1d: Mnist1dConfig = Mnist1dConfig()
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The mnist1d section is left out of dumps at its defaults: configs dump (and hash:
-        # checkpoints, study fingerprints) exactly as before the section existed.
-        d = handler(self)
-        if d.get("mnist1d") == Mnist1dConfig().model_dump():
-            d.pop("mnist1d", None)
-        return d
+
+# data.<options_key> for every data set with options of its own (data.synthetic, data.mnist1d): each
+# data set's module defines its options model beside its registry entry (DatasetSpec.options).
+DataConfig = create_model(
+    "DataConfig",
+    __base__=_DataConfigBase,
+    __module__=__name__,
+    **{
+        spec.options_key: (spec.options, spec.options())
+        for spec in DATASET_REGISTRY.entries()
+        if spec.options_key is not None and spec.options is not None
+    },
+)
 
 
 class ModelConfig(_Strict):
@@ -184,16 +138,6 @@ class _LossConfigBase(_Strict):
         if v not in LOSS_REGISTRY:
             raise ValueError(f"unknown loss {v!r}; allowed: {', '.join(LOSS_REGISTRY.names())}")
         return v
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Unset DRW keys are left out of dumps: configs without DRW dump (and hash: checkpoints,
-        # study fingerprints) exactly as before these keys existed.
-        d = handler(self)
-        for key in DRW_KEYS:
-            if d.get(key) is None:
-                d.pop(key, None)
-        return d
 
     @property
     def drw_active(self) -> bool:
@@ -381,7 +325,7 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         if key in loss and loss[key] is None:
             loss[key] = value
     # Deferred re-weighting: the long-tail recipe's epoch for a loss defined with it (ldam: LDAM-DRW);
-    # β only where DRW is on (unset keys stay out of the dump: see _LossConfigBase._dump).
+    # β only where DRW is on.
     spec = get_loss(loss["name"])
     if loss.get("drw_epoch") is None and spec.recipe_drw:
         loss["drw_epoch"] = get_dataset(cfg.data.name).recipe_for(cfg.data.imbalance.ratio).drw_epoch

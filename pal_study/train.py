@@ -306,7 +306,7 @@ def train(
     if checkpoint is not None:
         config_hash = ckpt.checkpoint_config_hash(cfg)
         ckpt.remove_stale_tmp(checkpoint.path)
-        state = ckpt.load_checkpoint(checkpoint.path, config_hash)
+        state = ckpt.load_checkpoint(checkpoint.path, config_hash, config=cfg)
         mismatch = ckpt.incompatibility(state, model, optimizer) if state is not None else None
         if mismatch:
             log.warning("ignoring checkpoint %s: %s", checkpoint.path, mismatch)

@@ -14,6 +14,7 @@ import pal_study.train as train_mod
 from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import ConfigError, TrainConfig, resolve, validate_train_config
 from pal_study.data.sets.cifar10 import CIFAR_LT_RECIPE
+from pal_study.fingerprints_v1 import old_config
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, build_loss, class_balanced_weights
 from pal_study.train import build_dataset_for, drw_applies, train
 
@@ -143,11 +144,11 @@ def test_cifar_lt_recipe_turns_drw_on_for_ldam_only():
         assert r.loss.drw_epoch is None and not r.loss.drw_active
 
 
-def test_configs_without_drw_dump_as_before():
-    # Unset DRW keys stay out of the dump, so checkpoint hashes and study fingerprints of
-    # existing configs do not change.
-    d = resolve(TrainConfig(method="ce")).model_dump(mode="json")["loss"]
-    assert "drw_epoch" not in d and "drw_beta" not in d
+def test_configs_without_drw_dump_every_key():
+    # Dumps are complete (unset DRW keys as None); version-1 hashes were of dumps without them.
+    d = resolve(TrainConfig(method="ce")).model_dump(mode="json")
+    assert d["loss"]["drw_epoch"] is None and d["loss"]["drw_beta"] is None
+    assert "drw_epoch" not in old_config(d)["loss"] and "drw_beta" not in old_config(d)["loss"]
     d = resolve(_cfg(method="ce", loss={"drw_epoch": 2})).model_dump(mode="json")["loss"]
     assert d["drw_epoch"] == 2 and d["drw_beta"] == DRW_BETA
 

@@ -34,14 +34,15 @@ from pal_study.config import (
 from pal_study.data import AUGMENTS, DataError, build_dataset
 from pal_study.data.formats import write_cifar10, write_cifar100, write_mnist
 from pal_study.data.sets import DATASET_REGISTRY, dataset_needs_files, expected_files
+from pal_study.fingerprints_v1 import fingerprint_v1, old_study
 from pal_study.heads import ANCHORED_HEADS, HEAD_REGISTRY, HEADS, NORMALIZED_HEADS, build_head
 from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY, build_loss, config_params, loss_defaults
 from pal_study.models import MODEL_REGISTRY, build_model
 from pal_study.registry import Registry, UnknownName
 from pal_study.study import load_study
 from pal_study.study.listing import LISTINGS, listing, render_listing
-from pal_study.study.pruners import PRUNER_REGISTRY, build_pruner
-from pal_study.study.samplers import SAMPLER_REGISTRY, build_sampler
+from pal_study.study.pruners import PRUNER_REGISTRY, build_pruner, pruner_options
+from pal_study.study.samplers import SAMPLER_REGISTRY, build_sampler, sampler_options
 from pal_study.study.spec import BudgetSpec
 
 # --------------------------------------------------------------------------------------------
@@ -384,8 +385,8 @@ def test_sampler_draws_like_the_engine_copy(name):
     assert draws(build_sampler(spec, 2, 5)) != draws(build_sampler(spec, 2, 6))
 
 
-# The flat PrunerSpec/SamplerSpec before the split dumped every option; the study fingerprint
-# hashes those dumps, so they must not change.
+# The flat PrunerSpec/SamplerSpec before the split dumped every option; version-1 study
+# fingerprints hashed those dumps, which the legacy computation derives from today's plain ones.
 OLD_PRUNER_DUMP = {
     "n_startup_trials": 2,
     "n_warmup_steps": 2,
@@ -396,24 +397,52 @@ OLD_PRUNER_DUMP = {
 }
 
 
+def _v1_payload(budget: dict) -> dict:
+    spec = BudgetSpec.model_validate(budget)
+    plain = {
+        "cells": [],
+        "pruner": spec.pruner.model_dump(mode="json"),
+        "sampler": spec.sampler.model_dump(mode="json"),
+    }
+    return old_study(plain)
+
+
 @pytest.mark.parametrize("name", PRUNER_REGISTRY.names())
-def test_pruner_dump_is_the_old_flat_one(name):
+def test_pruner_v1_dump_is_the_old_flat_one(name):
     spec = BudgetSpec.model_validate({"pruner": {"name": name}}).pruner
-    assert spec.model_dump(mode="json") == {"name": name, **OLD_PRUNER_DUMP}
+    assert spec.model_dump(mode="json") == {"name": name, **pruner_options(name)}  # its own options only
+    assert _v1_payload({"pruner": {"name": name}})["pruner"] == {"name": name, **OLD_PRUNER_DUMP}
 
 
 @pytest.mark.parametrize("name", SAMPLER_REGISTRY.names())
-def test_sampler_dump_is_the_old_flat_one(name):
+def test_sampler_v1_dump_is_the_old_flat_one(name):
     spec = BudgetSpec.model_validate({"sampler": {"name": name, "seed": 2}}).sampler
-    assert spec.model_dump(mode="json") == {"name": name, "seed": 2, "n_startup_trials": 4}
+    assert spec.model_dump(mode="json") == {"name": name, **sampler_options(name), "seed": 2}
+    assert _v1_payload({"sampler": {"name": name, "seed": 2}})["sampler"] == {
+        "name": name,
+        "seed": 2,
+        "n_startup_trials": 4,
+    }
 
 
 # Stored runs of the shipped studies must not be declared "a different version of the study" by
-# accident. Changed on purpose: long_tail (its grid gained DRW, loss.drw_epoch, cells), quickstart
+# accident. Changed on purpose: every study when fingerprints got versioned (version 2: the plain,
+# complete dumps; SHIPPED_FINGERPRINTS_V1 are those before, which results stored then are checked
+# against), and, before that, long_tail (its grid gained DRW, loss.drw_epoch, cells), quickstart
 # (its pruner waits 15 epochs instead of 3: benchmarks/README.md, pruning under label noise), and
 # every study when tuning trials moved to their own seed (budget.tuning_seed, 1000: disjoint from
 # the final seeds; before, tuning ran on the base config's seed 0, also a final seed).
 SHIPPED_FINGERPRINTS = {
+    "long_tail": "bf3828a37c43969d",
+    "margin_ablation": "c86d4990beb42202",
+    "noisy_labels": "798fd24e242cb760",
+    "paper_claims": "80c97fb37ae9b101",
+    "paper_claims_quick": "ccb25ca54400bcfa",
+    "quickstart": "56875e11c95170d5",
+    "scale_ablation": "b478471b08621932",
+    "weight_decay": "50eb936665f8f21c",
+}
+SHIPPED_FINGERPRINTS_V1 = {
     "long_tail": "2df6e54e1fdd35c3",
     "margin_ablation": "8a919f21341b0cd5",
     "noisy_labels": "9994bcad35c11222",
@@ -425,12 +454,22 @@ SHIPPED_FINGERPRINTS = {
 }
 
 
+def test_every_shipped_study_has_pinned_fingerprints():
+    from pal_study.study.listing import shipped_dir
+
+    shipped = {p.stem for p in shipped_dir("studies").glob("*.yaml")}
+    assert shipped == set(SHIPPED_FINGERPRINTS) == set(SHIPPED_FINGERPRINTS_V1)
+
+
 @pytest.mark.parametrize("study", sorted(SHIPPED_FINGERPRINTS))
 def test_shipped_study_fingerprints_unchanged(study):
     from pal_study.study.listing import shipped_dir
-    from pal_study.study.store import fingerprint
+    from pal_study.study.store import fingerprint, fingerprint_payload
 
-    assert fingerprint(load_study(shipped_dir("studies") / f"{study}.yaml")) == SHIPPED_FINGERPRINTS[study]
+    loaded = load_study(shipped_dir("studies") / f"{study}.yaml")
+    assert fingerprint(loaded) == SHIPPED_FINGERPRINTS[study]
+    # The v1 -> v2 mapping: results stored with the v1 fingerprint are recognised (and upgraded).
+    assert fingerprint_v1(fingerprint_payload(loaded)) == SHIPPED_FINGERPRINTS_V1[study]
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BeforeValidator, Field
 
 from pal_study.config import _Strict
 from pal_study.registry import Registry
@@ -21,18 +21,6 @@ if TYPE_CHECKING:
     import optuna
 
 DEFAULT = "median"
-
-# Until the pruners were split, one flat model held every option and its dump (which the study
-# fingerprint hashes) carried them all. Dumps keep these keys, at those old defaults, so stored
-# runs of existing studies keep their fingerprint.
-_LEGACY_DUMP: dict[str, Any] = {
-    "n_startup_trials": 2,
-    "n_warmup_steps": 2,
-    "interval_steps": 1,
-    "percentile": 50.0,
-    "min_resource": "auto",
-    "reduction_factor": 3,
-}
 
 
 class BasePrunerSpec(_Strict):
@@ -48,11 +36,6 @@ class BasePrunerSpec(_Strict):
         each report is a round trip through Ray Tune's driver that holds the trial. Pruners
         that do not say are asked at every epoch."""
         return {"from": 1, "every": 1}
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        d = handler(self)
-        return {"name": d["name"], **_LEGACY_DUMP, **d}
 
 
 PRUNER_REGISTRY: Registry[type[BasePrunerSpec]] = Registry("pruner")

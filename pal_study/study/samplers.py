@@ -12,7 +12,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BeforeValidator, Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BeforeValidator, Field
 
 from pal_study.config import _Strict
 from pal_study.registry import Registry
@@ -21,10 +21,6 @@ if TYPE_CHECKING:
     import optuna
 
 DEFAULT = "tpe"
-
-# The flat model before the split dumped n_startup_trials for every sampler; dumps keep it (at its
-# old default) so stored runs of existing studies keep their fingerprint.
-_LEGACY_DUMP: dict[str, Any] = {"seed": 0, "n_startup_trials": 4}
 
 
 class BaseSamplerSpec(_Strict):
@@ -39,11 +35,6 @@ class BaseSamplerSpec(_Strict):
 
     def build(self, seed: int) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
-        d = handler(self)
-        return {"name": d["name"], **_LEGACY_DUMP, **d}
 
 
 SAMPLER_REGISTRY: Registry[type[BaseSamplerSpec]] = Registry("sampler")

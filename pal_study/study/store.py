@@ -9,7 +9,6 @@ killed at any moment loses at most the trials that were running.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pal_study._compat import journal_lock_path
 from pal_study.errors import ConfigError
+from pal_study.fingerprints import FINGERPRINT_VERSION, digest
+from pal_study.fingerprints_v1 import fingerprint_v1
 from pal_study.study.spec import Cell, Study
 
 JOURNAL = "optuna.journal"
@@ -42,11 +43,12 @@ class StudyLockedError(ConfigError):
     """Another driver holds this study's directory."""
 
 
-def fingerprint(study: Study) -> str:
+def fingerprint_payload(study: Study) -> dict[str, Any]:
     """What must not change under stored results: cells, their spaces, objective, sampler, pruner,
-    finals epochs. The budget (trials per cell) and the list of final seeds may grow on resume."""
+    finals epochs, as plain dumps. The budget (trials per cell) and the list of final seeds may grow
+    on resume."""
     s = study.spec
-    payload: dict[str, Any] = {
+    return {
         "cells": [
             {
                 "label": c.label,
@@ -60,7 +62,11 @@ def fingerprint(study: Study) -> str:
         "pruner": s.budget.pruner.model_dump(mode="json"),
         "finals_epochs": s.finals.epochs,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(study: Study) -> str:
+    """The study's fingerprint (16 hex characters) of version :data:`FINGERPRINT_VERSION`."""
+    return digest(fingerprint_payload(study))[:16]
 
 
 class _JournalLock(JournalFileSymlinkLock):
@@ -111,6 +117,9 @@ class StudyStore:
             self.checkpoints = Path(os.path.abspath(Path(root) / study.spec.name / "checkpoints"))
         else:
             self.checkpoints = self.dir / "checkpoints"
+        # The version-1 fingerprint of stored results upgraded to the current version (see
+        # check_fingerprint): the MLflow parent run of such a study still carries it.
+        self.fingerprint_v1: str | None = None
         self._lock_fd: int | None = None
         self._storage: JournalStorage | None = None
 
@@ -190,26 +199,39 @@ class StudyStore:
                 child.unlink()
 
     def check_fingerprint(self) -> None:
-        """Refuse to resume stored results of a different study under the same name."""
+        """Refuse to resume stored results of a different study under the same name.
+
+        A ``study.json`` written before fingerprints were versioned (version 1) is verified with the
+        version-1 computation and, if it matches, rewritten with the current fingerprint; the old
+        one is kept as ``fingerprint_v1`` (the study's MLflow parent run is tagged with it)."""
         path = self.dir / STUDY_COPY
-        fp = fingerprint(self.study)
-        if path.exists():
-            stored = json.loads(path.read_text())
-            if stored.get("fingerprint") != fp:
-                budget = (stored.get("spec") or {}).get("budget") or {}
-                why = (
-                    "it was run before tuning trials got their own seed (budget.tuning_seed): its tuning "
-                    "ran on seed 0, which is also a final seed"
-                    if "tuning_seed" not in budget
-                    else "its cells, search spaces, objective, sampler, pruner, final epochs or sensitivity changed"
-                )
-                raise ConfigError(
-                    f"{self.dir} holds results of a different version of study "
-                    f"{self.study.spec.name!r} ({why}); run again with --restart to discard them, or give "
-                    "the study a new name (pal-study report still reads the stored results)",
-                    source=str(self.study.path),
-                    key="name",
-                )
+        if not path.exists():
+            return
+        stored = json.loads(path.read_text())
+        version = stored.get("fingerprint_version", 1)
+        if version == FINGERPRINT_VERSION:
+            same = stored.get("fingerprint") == fingerprint(self.study)
+        else:
+            same = version == 1 and stored.get("fingerprint") == fingerprint_v1(fingerprint_payload(self.study))
+        if same:
+            self.fingerprint_v1 = stored.get("fingerprint") if version == 1 else stored.get("fingerprint_v1")
+            if version != FINGERPRINT_VERSION:
+                self.write_fingerprint()
+            return
+        budget = (stored.get("spec") or {}).get("budget") or {}
+        why = (
+            "it was run before tuning trials got their own seed (budget.tuning_seed): its tuning "
+            "ran on seed 0, which is also a final seed"
+            if "tuning_seed" not in budget
+            else "its cells, search spaces, objective, sampler, pruner, final epochs or sensitivity changed"
+        )
+        raise ConfigError(
+            f"{self.dir} holds results of a different version of study "
+            f"{self.study.spec.name!r} ({why}); run again with --restart to discard them, or give "
+            "the study a new name (pal-study report still reads the stored results)",
+            source=str(self.study.path),
+            key="name",
+        )
 
     def write_fingerprint(self) -> None:
         """``study.json``: the fingerprint, the spec and each cell's budget, rewritten at every
@@ -221,6 +243,8 @@ class StudyStore:
             json.dumps(
                 {
                     "fingerprint": fingerprint(self.study),
+                    "fingerprint_version": FINGERPRINT_VERSION,
+                    **({"fingerprint_v1": self.fingerprint_v1} if self.fingerprint_v1 else {}),
                     "name": s.name,
                     "source": str(self.study.path),
                     "spec": s.model_dump(mode="json"),

@@ -95,13 +95,21 @@ class StudyTracker:
         t0 = time.perf_counter()
         c = self.t.client
         fp = fingerprint(self.study)
-        runs = c.search_runs(
-            [self.exp_id],
-            filter_string=f"tags.`pal.stage` = 'study' and tags.`pal.fingerprint` = '{fp}'",
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-        )
+        # A study stored with a version-1 fingerprint has its parent run tagged with that one
+        # (re-tagged below).
+        runs = []
+        for tag in [fp, *([self.store.fingerprint_v1] if self.store.fingerprint_v1 else [])]:
+            runs = c.search_runs(
+                [self.exp_id],
+                filter_string=f"tags.`pal.stage` = 'study' and tags.`pal.fingerprint` = '{tag}'",
+                max_results=1,
+                order_by=["attributes.start_time DESC"],
+            )
+            if runs:
+                break
         if runs:
+            if runs[0].data.tags.get("pal.fingerprint") != fp:
+                c.set_tag(runs[0].info.run_id, "pal.fingerprint", fp)
             self.parent_id = runs[0].info.run_id
             if runs[0].info.status != "RUNNING":
                 c.update_run(self.parent_id, status="RUNNING")

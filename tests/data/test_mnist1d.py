@@ -12,6 +12,7 @@ from pal_study.config import TrainConfig, resolve
 from pal_study.data import build_dataset
 from pal_study.data.sets import get_dataset
 from pal_study.data.sets.mnist1d import _generate, load_mnist1d, mnist1d_params
+from pal_study.fingerprints_v1 import old_config
 from pal_study.models import build_model
 
 
@@ -88,9 +89,10 @@ def test_larger_variant_from_the_trial_config():
     b = build_dataset_for(cfg)
     assert b.train_x.shape[0] + b.val_x.shape[0] == 8000 and b.test_x.shape[0] == 2000
     assert cfg.model_dump()["data"]["mnist1d"] == {"num_samples": 10_000}
-    # at the default the section is left out of dumps: hashes and fingerprints as before it existed
+    # dumps are complete: the section at its default too (version-1 hashes left it out)
     default = resolve(TrainConfig.model_validate({"data": {"name": "mnist1d"}}))
-    assert "mnist1d" not in default.model_dump()["data"]
+    assert default.model_dump()["data"]["mnist1d"] == {"num_samples": 5000}
+    assert "mnist1d" not in old_config(default.model_dump(mode="json"))["data"]
     assert build_dataset_for(default).test_x.shape[0] == 1000
     with pytest.raises(ConfigError) as e:
         load_train_config(None, ["data.name=mnist1d", "data.mnist1d.num_samples=10005"])

@@ -1,7 +1,10 @@
 """The data sets: one module each in this package, each defining ``SPEC = DatasetSpec(...)``.
 
 Adding a data set is adding a module here (see ``digits.py`` for a set held in memory,
-``mnist.py`` for one read from files) and a row for it in ``tests/test_registries.py``. Every
+``mnist.py`` for one read from files) and a row for it in ``tests/test_registries.py``. A data set
+with options of its own defines their model beside its ``SPEC`` and names it there (``options``,
+under the config section ``data.<options_key>``; see ``mnist1d.py``): the trial config's
+``data`` section is built from these, so the options are validated with the config. Every
 module of the package (but ``base`` and ``_*``) is registered under ``SPEC.name`` when the package
 is imported: those in ``ORDER`` first (the order of listings and of every "allowed: ..."
 message), then the others alphabetically.

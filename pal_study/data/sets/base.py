@@ -9,8 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pydantic import ValidationError
+
 from pal_study.metrics import GROUP_THRESHOLDS, scaled_thresholds
 from pal_study.registry import Registry
+from pal_study.schema import StrictModel
 
 if TYPE_CHECKING:
     from pal_study.data.sources import RawData
@@ -82,6 +85,9 @@ class DatasetSpec:
     group_thresholds: tuple[float, float] = GROUP_THRESHOLDS  # many > hi >= medium >= lo > few
     group_reference_max: int = 500  # largest class the thresholds were defined for
     options_key: str | None = None  # the ``data.<key>`` config section holding its options
+    # The model of that section (its keys, defaults and checks): the trial config's ``data.<key>``
+    # is this model, so options are validated where the config is.
+    options: type[StrictModel] | None = None
     # Clean training examples before the validation split and any subsampling (validate's warnings
     # size the validation split from it without loading the data); None: unknown.
     train_size: int | Callable[[Options], int] | None = None
@@ -134,6 +140,21 @@ class DatasetSpec:
     def group_thresholds_for(self, class_counts: list[int]) -> tuple[float, float]:
         """Many/medium/few thresholds for these training class sizes (see metrics.scaled_thresholds)."""
         return scaled_thresholds(class_counts, self.group_reference_max, self.group_thresholds)
+
+
+def parse_options(model: type[StrictModel], dataset: str, options: Options | None) -> dict[str, Any]:
+    """``options`` (None values meaning "default") checked by the data set's options ``model``, strictly
+    (no coercion: these come from code, the config has validated a user's), with its defaults
+    filled in; a ValueError naming the data set and the key otherwise."""
+    given = {k: v for k, v in dict(options or {}).items() if v is not None}
+    try:
+        return model.model_validate(given, strict=True).model_dump()
+    except ValidationError as err:
+        e = err.errors()[0]
+        key = ".".join(str(part) for part in e["loc"])
+        if e["type"] == "extra_forbidden":
+            raise ValueError(f"unknown {dataset} option {key!r}; allowed: {tuple(model.model_fields)}") from None
+        raise ValueError(f"{dataset} {key}: {e['msg'].removeprefix('Value error, ')}, got {e.get('input')!r}") from None
 
 
 DATASET_REGISTRY: Registry[DatasetSpec] = Registry("data set")

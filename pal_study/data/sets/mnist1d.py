@@ -22,30 +22,42 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
-from pal_study.data.sets.base import DatasetSpec, Recipe
+from pal_study.data.sets.base import DatasetSpec, Recipe, parse_options
 from pal_study.data.sets.mnist import ASYMMETRIC_MAP as MNIST_ASYMMETRIC_MAP
 from pal_study.data.sources import DataError, RawData
+from pal_study.schema import StrictModel
 
 NUM_CLASSES = 10
 SEQ_LEN = 40  # the package's final_seq_length
-DEFAULTS: dict[str, Any] = dict(num_samples=5000)  # the package's standard size
 MAX_SAMPLES = 1_000_000
 
 
+class Mnist1dOptions(StrictModel):
+    """``data.mnist1d``: the larger variant."""
+
+    num_samples: int = Field(
+        5000,
+        ge=100,
+        le=MAX_SAMPLES,
+        description="sequences generated (80/20 train/test); 5000 is the standard set",
+    )
+
+    @field_validator("num_samples")
+    @classmethod
+    def _tens(cls, v: int) -> int:
+        if v % NUM_CLASSES:
+            raise ValueError(f"must be a multiple of {NUM_CLASSES} (one tenth per digit), got {v}")
+        return v
+
+
+DEFAULTS: dict[str, Any] = Mnist1dOptions().model_dump()  # the package's standard size
+
+
 def mnist1d_params(options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults merged with ``options`` (None values mean "default"), validated."""
-    p = dict(DEFAULTS)
-    for key, value in dict(options or {}).items():
-        if key not in DEFAULTS:
-            raise ValueError(f"unknown mnist1d option {key!r}; allowed: {tuple(DEFAULTS)}")
-        if value is not None:
-            p[key] = value
-    n = p["num_samples"]
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 100 <= n <= MAX_SAMPLES or n % NUM_CLASSES:
-        raise ValueError(f"mnist1d num_samples must be a multiple of {NUM_CLASSES} in [100, {MAX_SAMPLES}], got {n!r}")
-    p["num_samples"] = int(n)
-    return p
+    """Defaults merged with ``options`` (None values mean "default"), validated by :class:`Mnist1dOptions`."""
+    return parse_options(Mnist1dOptions, "mnist1d", options)
 
 
 @functools.lru_cache(maxsize=4)
@@ -116,4 +128,5 @@ SPEC = DatasetSpec(
     loss_defaults="mnist",  # MNIST's values: digits again, a small net
     asymmetric_map=MNIST_ASYMMETRIC_MAP,  # the same ten digits (7->1, 2->7, 5<->6, 3->8)
     options_key="mnist1d",  # data.mnist1d.num_samples: the larger variant
+    options=Mnist1dOptions,
 )
