@@ -13,7 +13,7 @@ from pal_study.metrics import GROUP_THRESHOLDS, scaled_thresholds
 from pal_study.registry import Registry
 
 if TYPE_CHECKING:
-    from pal_study.data.sources import RawData
+    from pal_study.data.raw import RawData
 
 Options = Mapping[str, Any]  # the data set's own options (``data.synthetic`` for synthetic), or {}
 Shape = tuple[int, ...]
