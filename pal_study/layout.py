@@ -22,6 +22,7 @@ SUMMARY = "summary.json"  # the cells' best configs, finals and claims' verdicts
 SUMMARY_CSV = "summary.csv"  # the cells of summary.json as a table
 CHECKPOINTS = "checkpoints"  # trial checkpoints, one directory per cell (unless stored elsewhere)
 TUNE_LOGS = "tune"  # Ray Tune's trial directories
+TRACKING_INCOMPLETE = "tracking_incomplete.json"  # what the tracking store never took (only then)
 
 # The final-run numbers a finals trial records as Optuna user attributes, and the tracker logs as
 # ``final_<key>``: the same set, so the journal and the tracking store give the same report.
@@ -229,6 +230,7 @@ __all__ = [
     "SUMMARY",
     "SUMMARY_CSV",
     "SUMMARY_KEYS",
+    "TRACKING_INCOMPLETE",
     "TUNE_LOGS",
     "CellStudyName",
     "JobName",

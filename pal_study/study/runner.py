@@ -23,7 +23,7 @@ from typing import Any
 from rich.console import Console
 
 from pal_study._compat import journal_lock_path
-from pal_study.layout import JOURNAL, TUNE_LOGS
+from pal_study.layout import JOURNAL, TRACKING_INCOMPLETE, TUNE_LOGS
 from pal_study.study.preflight import check_data
 from pal_study.study.ray_env import (
     RAY_ENV,
@@ -317,7 +317,7 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
         report_rows=None if outcome.interrupted else report_rows,
     )
     if undelivered:
-        note = store.dir / "tracking_incomplete.json"
+        note = store.dir / TRACKING_INCOMPLETE
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
         console.print(
             f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "
