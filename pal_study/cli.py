@@ -691,8 +691,8 @@ def dashboard(
     SIGTERM, SIGINT or SIGHUP stops it (exit 0)."""
     import importlib
 
+    from pal_study.layout import JOURNAL
     from pal_study.servers import run_server
-    from pal_study.study.store import JOURNAL
 
     try:
         importlib.import_module("optuna_dashboard")

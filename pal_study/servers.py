@@ -33,6 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from pal_study.analysis.journal import open_journal_readonly
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 GRACE_S = 10.0
 _POLL_S = 0.1
@@ -168,30 +170,12 @@ def run_server(
 # -- optuna-dashboard -----------------------------------------------------------------------------
 
 
-def open_journal_readonly(path: str | Path) -> Any:
-    """An Optuna JournalStorage over an existing journal file that refuses every write.
-
-    Optuna's file backend reads without a lock (it stops before a half-written last line) and
-    takes its lock file only to append, so a reader never blocks the running study's writer; and
-    refusing writes keeps the dashboard's buttons (delete a study, tell a trial, notes) from
-    changing the study under its driver."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    class ReadOnlyJournal(JournalFileBackend):
-        def append_logs(self, logs: list[dict[str, Any]]) -> None:
-            raise RuntimeError("pal-study dashboard serves the study's Optuna journal read-only")
-
-    path = str(path)
-    if not os.path.isfile(path):  # the backend's constructor would create it
-        raise FileNotFoundError(path)
-    return JournalStorage(ReadOnlyJournal(path))
-
-
 def serve_optuna_dashboard(journal: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
-    """Serve optuna-dashboard over ``journal`` (read-only) on ``host:port`` until killed, with a
-    threaded wsgiref server (as optuna-dashboard's own CLI; its ``run_server`` is single-threaded)
-    that does not log every request."""
+    """Serve optuna-dashboard over ``journal`` on ``host:port`` until killed, with a threaded
+    wsgiref server (as optuna-dashboard's own CLI; its ``run_server`` is single-threaded) that
+    does not log every request. The journal is opened read-only, which keeps the dashboard's
+    buttons (delete a study, tell a trial, notes) from changing the study under its driver, and
+    never blocks the driver's appends."""
     import socket
     from socketserver import ThreadingMixIn
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server

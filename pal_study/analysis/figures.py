@@ -39,6 +39,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from pal_study.analysis.journal import StudyRecord
+from pal_study.layout import factors_of
 from pal_study.methods import base_loss, head_of, method_order, suffix_heads
 
 DPI = 110
@@ -105,16 +107,12 @@ class TrialCurve:
         return e, self.values[e]
 
 
-def journal_curves(journal_path: str | Path) -> dict[str, list[TrialCurve]]:
-    """Cell label -> its tuning trials (by number), from the study's Optuna journal, read only.
-    Finals studies (``…/finals``) are left out; no journal: {}."""
+def journal_curves(journal: StudyRecord | str | Path) -> dict[str, list[TrialCurve]]:
+    """Cell label -> its tuning trials (by number), from the study's Optuna journal (a record, or
+    a journal file's path), read only. Finals studies (``…/finals``) are left out; no journal: {}."""
     from optuna.trial import TrialState
 
-    from pal_study.analysis.importance import open_journal
-
-    path = Path(journal_path)
-    if not path.is_file():
-        return {}
+    record = StudyRecord.of(journal)
     states = {
         TrialState.COMPLETE: "complete",
         TrialState.PRUNED: "pruned",
@@ -122,14 +120,11 @@ def journal_curves(journal_path: str | Path) -> dict[str, list[TrialCurve]]:
         TrialState.RUNNING: "running",
         TrialState.WAITING: "running",
     }
-    storage = open_journal(path)
     out: dict[str, list[TrialCurve]] = {}
-    for st in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
-        if st.study_name.endswith("/finals"):
-            continue
+    for st in record.tuning_studies():
         cell = str(st.user_attrs.get("cell", st.study_name))
         method = str(st.user_attrs.get("method") or factors_of(cell).get("method", "?"))
-        trials = storage.get_all_trials(storage.get_study_id_from_name(st.study_name), deepcopy=False)
+        trials = record.trials(st)
         items = out.setdefault(cell, [])
         for t in trials:
             items.append(
@@ -152,23 +147,6 @@ def journal_curves(journal_path: str | Path) -> dict[str, list[TrialCurve]]:
 
 
 # -- labels, families, colours -----------------------------------------------------------------
-
-_KEY = re.compile(r"^[A-Za-z_][\w.\-]*=")
-
-
-def factors_of(label: str) -> dict[str, str]:
-    """``k=v,k=v`` (a cell or group label) as a dict of strings; "all" or "": {}."""
-    out: dict[str, str] = {}
-    if not label or label == "all":
-        return out
-    key = None
-    for part in label.split(","):
-        if key is None or _KEY.match(part):
-            key, _, value = part.partition("=")
-            out[key] = value
-        else:  # a value with a comma in it
-            out[key] += "," + part
-    return out
 
 
 def short_label(factors: Iterable[tuple[str, Any]]) -> str:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pal_study.analysis.journal import StudyRecord
+
 EVALUATORS = ("fanova", "ped_anova")
 MIN_TRIALS = 3  # fewer completed trials than this: no importance
 FEW_TRIALS = 12  # below this, the note says the ranking is a hint (see the module docstring)
@@ -52,28 +54,19 @@ def _evaluator(name: str, seed: int):
     raise ValueError(f"unknown importance evaluator {name!r}; allowed: {', '.join(EVALUATORS)}")
 
 
-def open_journal(path: Path):
-    """The study's Optuna journal, for reading (reads take no lock; the running driver may append)."""
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def study_importances(journal: str | Path, evaluator: str = "ped_anova", seed: int = 0) -> list[CellImportance]:
-    """One entry per tuning study (cell) in ``journal``, in cell order."""
+def study_importances(
+    journal: StudyRecord | str | Path, evaluator: str = "ped_anova", seed: int = 0
+) -> list[CellImportance]:
+    """One entry per tuning study (cell) in the study's journal (a record, or a journal file's
+    path), in cell order."""
     import optuna
     from optuna.trial import TrialState
 
     _evaluator(evaluator, seed)  # a bad name fails before the journal is read
-    storage = open_journal(Path(journal))
+    record = StudyRecord.of(journal)
     out = []
-    for summary in sorted(
-        optuna.get_all_study_summaries(storage, include_best_trial=False), key=lambda s: s.study_name
-    ):
-        if summary.study_name.endswith("/finals"):
-            continue
-        st = optuna.load_study(study_name=summary.study_name, storage=storage)
+    for summary in record.tuning_studies():
+        st = record.load(summary)
         trials = st.get_trials(deepcopy=False)
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
         searched = sorted({p for t in done for p in t.params})

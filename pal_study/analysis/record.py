@@ -13,12 +13,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pal_study.analysis.journal import StudyRecord
 from pal_study.analysis.report import FinalRun
 from pal_study.errors import ConfigError
-from pal_study.study.store import JOURNAL
 
 # The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
-from pal_study.study.tracker import SUMMARY_KEYS
+from pal_study.layout import JOURNAL, SUMMARY_KEYS, cell_label, tuning_of
 
 
 def _num(v: Any) -> float | None:
@@ -28,29 +28,26 @@ def _num(v: Any) -> float | None:
 def journal_finals(run_dir: str | Path) -> list[FinalRun]:
     """Completed final runs of the study whose record is ``run_dir`` (``runs/<study>``), in the
     order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``."""
-    import optuna
     from optuna.trial import TrialState
 
     from pal_study.analysis.failed_finals import num_classes
-    from pal_study.analysis.importance import open_journal
     from pal_study.config import TrainConfig, method_name
-    from pal_study.study.spec import cell_label
 
-    path = Path(run_dir) / JOURNAL
-    if not path.is_file():
+    record = StudyRecord(run_dir)
+    if not record.has_journal():
         raise ConfigError(
             f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir", key="--runs-dir"
         )
-    storage = open_journal(path)
-    names = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    names = {s.study_name for s in record.studies()}
     out = []
-    for name in sorted(n for n in names if n.endswith("/finals")):
-        finals_study = optuna.load_study(study_name=name, storage=storage)
+    for finals_summary in record.finals_studies():
+        name = finals_summary.study_name
+        finals_study = record.load(name)
         own = finals_study.user_attrs  # a sensitivity cell's: what it is, whose tuning picked it
-        tuning_name = str(own.get("tuning_study") or name.removesuffix("/finals"))
+        tuning_name = str(own.get("tuning_study") or tuning_of(name))
         attrs, best = {}, None
         if tuning_name in names:
-            tuning = optuna.load_study(study_name=tuning_name, storage=storage)
+            tuning = record.load(tuning_name)
             attrs = tuning.user_attrs
             done = [t for t in tuning.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
             if done:
@@ -105,14 +102,9 @@ def journal_judge(
     across its sensitivity knobs."""
     from pal_study.analysis.report import judge_finals, stated_claims
 
-    try:
-        saved = json.loads((Path(run_dir) / "summary.json").read_text()).get("claims") or []
-    except (OSError, ValueError):
-        return [], []
-    try:
-        spec = json.loads((Path(run_dir) / "study.json").read_text()).get("spec")
-    except (OSError, ValueError):
-        spec = None
+    record = StudyRecord(run_dir)
+    saved = record.summary().get("claims") or []
+    spec = record.study_copy().get("spec")
     if not saved:
         return [], []
     return judge_finals(stated_claims(saved, spec), runs, adjust)
@@ -179,7 +171,7 @@ def open_source(
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
     run_dir = Path(runs_dir) / study
-    has_record = (run_dir / JOURNAL).is_file()
+    has_record = StudyRecord(run_dir).has_journal()
     uri = resolve_uri(tracking_uri)
     store_named = bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
     local_db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None

@@ -15,6 +15,7 @@ from typing import Any
 
 from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
 from pal_study.analysis.failed_finals import apply_rule, failed_metrics
+from pal_study.analysis.journal import StudyRecord
 from pal_study.analysis.ranking import probability_of_improvement, rank_methods
 from pal_study.analysis.sensitivity import Variant, judge
 from pal_study.analysis.stats import Paired, adjust_all, paired
@@ -301,23 +302,18 @@ def analyse(
         y = {g: v for (g, m), v in per_seed.items() if m == base}
         if set(x) & set(y):
             out.improvements.append(probability_of_improvement(x, y, method=method, base=base))
+    record = StudyRecord(run_dir) if run_dir is not None else None
     if importance:
-        from pathlib import Path
-
         from pal_study.analysis.importance import study_importances
-        from pal_study.study.store import JOURNAL
 
-        if run_dir is not None and (Path(run_dir) / JOURNAL).is_file():
-            out.importance = study_importances(Path(run_dir) / JOURNAL, evaluator=importance)
+        if record is not None and record.has_journal():
+            out.importance = study_importances(record, evaluator=importance)
         else:
             out.importance_note = "parameter importance needs the study's Optuna journal (--runs-dir)"
-    if run_dir is not None:
-        from pathlib import Path
-
+    if record is not None:
         from pal_study.analysis.figures import journal_curves
-        from pal_study.study.store import JOURNAL
 
-        out.curves = journal_curves(Path(run_dir) / JOURNAL) or None
+        out.curves = journal_curves(record) or None
     return out
 
 

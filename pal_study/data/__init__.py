@@ -23,8 +23,16 @@ from pal_study.data.corruption import (
     stratified_split,
     symmetric_noise,
 )
-from pal_study.data.sets import DATASET_REGISTRY, DatasetSpec, Recipe, dataset_names, dataset_needs_files, get_dataset
-from pal_study.data.sources import DataError, expected_files
+from pal_study.data.sets import (
+    DATASET_REGISTRY,
+    DatasetSpec,
+    Recipe,
+    dataset_names,
+    dataset_needs_files,
+    expected_files,
+    get_dataset,
+)
+from pal_study.data.sources import DataError
 
 __all__ = [
     "ASYMMETRIC_MAPS",

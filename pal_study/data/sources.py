@@ -12,7 +12,6 @@ import logging
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +19,10 @@ import numpy as np
 import torch
 
 from pal_study.data.batching import AUGMENTS
+from pal_study.data.raw import RawData
 
 if TYPE_CHECKING:
-    from pal_study.data.sets import DatasetSpec
+    from pal_study.data.sets.base import DatasetSpec
 
 log = logging.getLogger(__name__)
 
@@ -49,19 +49,6 @@ DEFAULT_ROOT_ENV = "PAL_STUDY_DATA"
 
 class DataError(ValueError):
     """A data set cannot be loaded: files missing or unreadable, download failed."""
-
-
-@dataclass
-class RawData:
-    train_x: torch.Tensor  # (N, *input_shape) float32, normalised
-    train_y: torch.Tensor  # (N,) int64, clean
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]
-    augment: str
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,14 +120,6 @@ def load_digits() -> RawData:
 
 # --------------------------------------------------------------------------------------------
 # torchvision sources (which files, which class: the data set modules in data/sets/)
-
-
-def expected_files(name: str, root: str | os.PathLike[str]) -> list[Path]:
-    """The files ``build_dataset(name, root=root)`` reads ([] for a data set that needs none)."""
-    # Not at the top: the data set modules import this module's loaders as they register.
-    from pal_study.data.sets import get_dataset
-
-    return get_dataset(name).expected_files(root)
 
 
 def default_root() -> Path:

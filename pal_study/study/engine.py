@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 
 from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
+from pal_study.layout import TUNE_LOGS, final_job_name, tune_job_name
 from pal_study.study.events import (
     EpochReported,
     FinalEnded,
@@ -61,10 +62,10 @@ class Job:
 
 def job_name(payload: dict[str, Any]) -> str:
     """A job's readable name, as in its Ray Tune trial directory: cell003-tune-0007, cell003-final-s0-1."""
-    cell = f"cell{int(payload.get('cell', 0)):03d}"
+    cell = int(payload.get("cell", 0))
     if payload.get("stage") == "tune":
-        return f"{cell}-tune-{int(payload.get('optuna_trial', 0)):04d}"
-    return f"{cell}-final-s{'-'.join(str(s) for s in payload.get('seeds', []))}"
+        return tune_job_name(cell, int(payload.get("optuna_trial", 0)))
+    return final_job_name(cell, payload.get("seeds", []))
 
 
 class StudySearcher(Searcher):
@@ -260,7 +261,7 @@ class StudySearcher(Searcher):
             "seeds": job.seeds,
             "optuna_trial": job.trial.number if job.trial is not None else 0,
         }
-        return str(self.store.dir / "tune" / "*" / f"{job_name(key)}_*")
+        return str(self.store.dir / TUNE_LOGS / "*" / f"{job_name(key)}_*")
 
     def _payload(self, job: Job) -> dict[str, Any]:
         every = self.spec.checkpoint.every_epochs
@@ -362,7 +363,7 @@ class StudySearcher(Searcher):
                     why = (
                         (
                             "the trial process died (see its Ray logs under "
-                            f"{self.store.dir / 'tune'}/*/cellNNN-final-sN_*)"
+                            f"{self.store.dir / TUNE_LOGS}/*/cellNNN-final-sN_*)"
                         )
                         if error
                         else "the trial ended without a result"
@@ -398,7 +399,7 @@ class StudySearcher(Searcher):
         elif died:
             reason = (
                 "the trial process died or raised outside the trainer (see its Ray logs under "
-                f"{self.store.dir / 'tune'}/*/cellNNN-tune-NNNN_*)"
+                f"{self.store.dir / TUNE_LOGS}/*/cellNNN-tune-NNNN_*)"
             )
             trial.set_user_attr("tune_logs", self._logs_glob(job))
             log.warning("%s: tuning trial %d failed: %s", job.cell.label, trial.number, reason)

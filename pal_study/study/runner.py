@@ -22,6 +22,8 @@ from typing import Any
 
 from rich.console import Console
 
+from pal_study._compat import journal_lock_path
+from pal_study.layout import JOURNAL, TRACKING_INCOMPLETE, TUNE_LOGS
 from pal_study.study.preflight import check_data
 from pal_study.study.ray_env import (
     RAY_ENV,
@@ -77,7 +79,7 @@ def run_study(
     try:
         if store.clear_stale_journal_lock():
             console.print(
-                f"removed a stale Optuna journal lock ({store.dir / 'optuna.journal.lock'}) left by a "
+                f"removed a stale Optuna journal lock ({journal_lock_path(store.dir / JOURNAL)}) left by a "
                 "killed driver: this process holds the study's lock, so no other writer exists",
                 soft_wrap=True,
                 highlight=False,
@@ -222,7 +224,7 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
             ),
             run_config=tune.RunConfig(
                 name=stamp if session == 0 else f"{stamp}-{session}",
-                storage_path=str((store.dir / "tune").resolve()),
+                storage_path=str((store.dir / TUNE_LOGS).resolve()),
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
@@ -316,7 +318,7 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
         report_rows=None if outcome.interrupted else report_rows,
     )
     if undelivered:
-        note = store.dir / "tracking_incomplete.json"
+        note = store.dir / TRACKING_INCOMPLETE
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
         console.print(
             f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "

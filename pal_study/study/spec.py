@@ -29,9 +29,11 @@ from pal_study.config import (
     validate_train_config,
     validation_error_to_config_error,
 )
-from pal_study.study import pruners, samplers
+from pal_study.layout import cell_label
 from pal_study.study.protocol import check_equal_tuning, knob_applies, tuning_budget
+from pal_study.study.pruners import DEFAULT as DEFAULT_PRUNER
 from pal_study.study.pruners import PrunerSpec, default_pruner
+from pal_study.study.samplers import DEFAULT as DEFAULT_SAMPLER
 from pal_study.study.samplers import SamplerSpec, default_sampler
 from pal_study.study.space import Param, SearchSpace, active_params, resolve_space_path
 
@@ -228,16 +230,6 @@ class Cell:
         return self.parent is not None
 
 
-def cell_label(factors: dict[str, Any]) -> str:
-    if not factors:
-        return "all"
-    return ",".join(f"{k}={_fmt(v)}" for k, v in factors.items())
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 @dataclass
 class Study:
     spec: StudySpec
@@ -284,7 +276,7 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     data = apply_overrides(
         data,
         [o for o in overrides or [] if not o.startswith(keyed)],
-        reset_on_name={"budget.pruner": pruners.DEFAULT, "budget.sampler": samplers.DEFAULT},
+        reset_on_name={"budget.pruner": DEFAULT_PRUNER, "budget.sampler": DEFAULT_SAMPLER},
     )
     for item in overrides or []:
         if item.startswith(keyed):

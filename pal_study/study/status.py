@@ -20,42 +20,19 @@ from pathlib import Path
 from typing import Any
 
 from optuna.storages import JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from pal_study.analysis.journal import StudyRecord, direction_mode
 from pal_study.errors import ConfigError
+from pal_study.layout import JOURNAL, LOCK, STATUS, STUDY_COPY, cell_key
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
-from pal_study.study.store import (
-    JOURNAL,
-    LOCK,
-    STUDY_COPY,
-    best_trial,
-    failure_counts,
-    jsonable,
-    lock_owner,
-    state_counts,
-)
+from pal_study.study.store import best_trial, failure_counts, jsonable, lock_owner, state_counts
 
 log = logging.getLogger(__name__)
 
-STATUS = "status.json"
 # A driver on another host (shared filesystem) is invisible to /proc/locks: it counts as running
 # while its status.json is fresher than this (its writer refreshes it at least every 30 s).
 REMOTE_FRESH_S = 120.0
-
-
-class _ReadOnlyJournal(JournalFileBackend):
-    """Optuna's journal file backend that refuses to append (status never writes)."""
-
-    def append_logs(self, logs: list[dict[str, Any]]) -> None:  # pragma: no cover - a guard
-        raise RuntimeError("pal-study status opens the Optuna journal read-only")
-
-
-def open_journal_readonly(path: Path) -> JournalStorage:
-    """A JournalStorage over an existing journal file, never written (the backend's constructor
-    creates a missing file: callers check that it exists first)."""
-    assert path.exists(), path
-    return JournalStorage(_ReadOnlyJournal(str(path)))
 
 
 # -- is a driver running it? ---------------------------------------------------------------
@@ -182,34 +159,22 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
     )
     finals_epochs = (spec.get("finals") or {}).get("epochs")
 
-    # Optuna studies by name (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals").
+    # The cells' Optuna studies (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals").
     tuning: dict[int, list[FrozenTrial]] = {}
     finals: dict[int, list[FrozenTrial]] = {}
     attrs: dict[int, dict[str, Any]] = {}
-    if storage is None and journal.exists():
-        storage = open_journal_readonly(journal)
-    if storage is not None:
-        prefix = f"{name}/cell"
-        for fs in storage.get_all_studies():
-            sname = fs.study_name
-            if not sname.startswith(prefix):
-                continue
-            rest = sname[len(prefix) :]
-            is_finals = rest.endswith("/finals")
-            num = rest[: -len("/finals")] if is_finals else rest
-            if not num.isdigit():
-                continue
-            trials = storage.get_all_trials(storage.get_study_id_from_name(sname), deepcopy=False)
-            if is_finals:
-                finals[int(num)] = trials
-            else:
-                tuning[int(num)] = trials
-                attrs[int(num)] = fs.user_attrs
-                if not objective.get("mode"):
-                    mode = "max" if fs.direction.name == "MAXIMIZE" else "min"
+    record = StudyRecord(study_dir, storage=storage)
+    for idx, cell in record.cells(name).items():
+        if cell.finals is not None:
+            finals[idx] = record.trials(cell.finals)
+        if cell.tuning is not None:
+            tuning[idx] = record.trials(cell.tuning)
+            attrs[idx] = cell.tuning.user_attrs
+            if not objective.get("mode"):
+                mode = direction_mode(cell.tuning)
 
     cell_meta = copy.get("cells") or [
-        {"index": i, "label": attrs[i].get("cell", f"cell{i:03d}"), "method": attrs[i].get("method")}
+        {"index": i, "label": attrs[i].get("cell", cell_key(i)), "method": attrs[i].get("method")}
         for i in sorted(tuning)
     ]
     running, owner = driver_running(study_dir, now)
@@ -281,7 +246,7 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
         cells.append(
             {
                 "index": idx,
-                "label": meta.get("label", f"cell{idx:03d}"),
+                "label": meta.get("label", cell_key(idx)),
                 "method": meta.get("method"),
                 "factors": meta.get("factors", {}),
                 **{k: counts[k] for k in ("completed", "pruned", "failed", "running")},
@@ -551,4 +516,4 @@ def render_status(status: dict) -> list[Any]:
     return lines
 
 
-__all__ = ["StatusWriter", "driver_running", "open_journal_readonly", "render_status", "study_status"]
+__all__ = ["StatusWriter", "driver_running", "render_status", "study_status"]

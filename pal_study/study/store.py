@@ -27,11 +27,21 @@ from pal_study._compat import journal_lock_path
 from pal_study.errors import ConfigError
 from pal_study.fingerprints import FINGERPRINT_VERSION, digest
 from pal_study.fingerprints_v1 import fingerprint_v1
+from pal_study.layout import (
+    CHECKPOINTS,
+    JOURNAL,
+    LOCK,
+    STUDY_COPY,
+    cell_key,
+    final_checkpoint_name,
+    finals_study_name,
+    is_finals_study,
+    parse_tuning_checkpoint,
+    tuning_checkpoint_name,
+    tuning_study_name,
+)
 from pal_study.study.spec import Cell, Study
 
-JOURNAL = "optuna.journal"
-STUDY_COPY = "study.json"
-LOCK = ".lock"
 # Test hook: ``journal_lock@N`` SIGKILLs the driver on its N-th journal append, inside Optuna's
 # locked section (the one instant a kill leaves the journal lock behind).
 DRIVER_FAULT_ENV = "PAL_STUDY_DRIVER_FAULT"
@@ -114,9 +124,9 @@ class StudyStore:
         # trials run in other working directories.
         root = storage if storage is not None else study.spec.checkpoint.dir
         if root:
-            self.checkpoints = Path(os.path.abspath(Path(root) / study.spec.name / "checkpoints"))
+            self.checkpoints = Path(os.path.abspath(Path(root) / study.spec.name / CHECKPOINTS))
         else:
-            self.checkpoints = self.dir / "checkpoints"
+            self.checkpoints = self.dir / CHECKPOINTS
         # The version-1 fingerprint of stored results upgraded to the current version (see
         # check_fingerprint): the MLflow parent run of such a study still carries it.
         self.fingerprint_v1: str | None = None
@@ -136,7 +146,7 @@ class StudyStore:
         for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
             trials = storage.get_all_trials(storage.get_study_id_from_name(summary.study_name), deepcopy=False)
             n = sum(t.state.is_finished() for t in trials)
-            if summary.study_name.endswith("/finals"):
+            if is_finals_study(summary.study_name):
                 finals += n
             else:
                 done += n
@@ -276,13 +286,13 @@ class StudyStore:
 
     # -- trial checkpoints ---------------------------------------------------------------------
     def checkpoint_dir(self, cell: Cell) -> Path:
-        return self.checkpoints / f"cell{cell.index:03d}"
+        return self.checkpoints / cell_key(cell.index)
 
     def tuning_checkpoint(self, cell: Cell, number: int) -> Path:
-        return self.checkpoint_dir(cell) / f"tune-{number:04d}.pt"
+        return self.checkpoint_dir(cell) / tuning_checkpoint_name(number)
 
     def final_checkpoint(self, cell: Cell, seed: int) -> Path:
-        return self.checkpoint_dir(cell) / f"final-seed{seed}.pt"
+        return self.checkpoint_dir(cell) / final_checkpoint_name(seed)
 
     def sweep_checkpoints(self) -> int:
         """Delete what no running trial needs: tuning checkpoints of finished Optuna trials (a
@@ -295,9 +305,7 @@ class StudyStore:
                 continue
             finished = {t.number for t in self.tuning_trials(cell) if t.state.is_finished()}
             for f in d.iterdir():
-                stale = ".tmp" in f.name or (
-                    f.name.startswith("tune-") and f.stem[5:].isdigit() and int(f.stem[5:]) in finished
-                )
+                stale = ".tmp" in f.name or parse_tuning_checkpoint(f.name) in finished
                 if stale:
                     f.unlink(missing_ok=True)
                     removed += 1
@@ -313,10 +321,10 @@ class StudyStore:
         return self._storage
 
     def tuning_name(self, cell: Cell) -> str:
-        return f"{self.study.spec.name}/cell{cell.index:03d}"
+        return tuning_study_name(self.study.spec.name, cell.index)
 
     def finals_name(self, cell: Cell) -> str:
-        return f"{self.tuning_name(cell)}/finals"
+        return finals_study_name(self.study.spec.name, cell.index)
 
     def open_tuning(
         self,

@@ -13,6 +13,7 @@ from typing import Any
 
 from rich.table import Table
 
+from pal_study.layout import SUMMARY, SUMMARY_CSV
 from pal_study.metrics import mean_std
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, best_trial, failure_counts, state_counts
@@ -170,7 +171,7 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
 def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
     """``runs/<study>/summary.json`` and ``summary.csv``, written atomically."""
     rows = [asdict(c) for c in outcome.cells]
-    path = store.dir / "summary.json"
+    path = store.dir / SUMMARY
     tmp = path.with_suffix(".json.tmp")
     # complete: false while the study runs (rewritten as each cell's finals end) or when interrupted.
     tmp.write_text(
@@ -187,7 +188,7 @@ def write_summary(store: StudyStore, outcome: RunOutcome) -> Path:
         )
     )
     os.replace(tmp, path)
-    csv_path = store.dir / "summary.csv"
+    csv_path = store.dir / SUMMARY_CSV
     tmp = csv_path.with_suffix(".csv.tmp")
     with tmp.open("w", newline="") as f:
         w = csv.writer(f)

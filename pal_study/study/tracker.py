@@ -15,6 +15,7 @@ import threading
 import time
 from typing import Any
 
+from pal_study.layout import SUMMARY, SUMMARY_KEYS, cell_label, parse_cell_key, run_key
 from pal_study.study.events import (
     EpochReported,
     Event,
@@ -48,26 +49,6 @@ TABLE_FILE = "report/comparison_table.json"
 
 # Per epoch (step = epoch); timings only in the closing summary: every key costs on every epoch.
 METRIC_KEYS = ("train_loss", "val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "lr")
-SUMMARY_KEYS = (
-    "val_acc",
-    "val_acc_clean",
-    "test_acc",
-    "ece",
-    "gamma_min",
-    "margin_mean",
-    "train_loss",
-    "epochs_run",
-    "train_time_s",
-    "wall_time_s",
-    "test_acc_many",
-    "test_acc_medium",
-    "test_acc_few",
-    "proto_norm_min",
-    "proto_norm_max",
-    "proto_cos_max",
-    "feature_norm_mean",
-    "feature_norm_std",
-)
 
 
 class StudyTracker:
@@ -169,8 +150,9 @@ class StudyTracker:
                 if not token:
                     break
         for key, r in self.children.items():
-            if _is_cell_key(key):
-                self._cells[int(key[4:])] = {
+            index = parse_cell_key(key)  # a cell run's key: cellNNN
+            if index is not None:
+                self._cells[index] = {
                     "run_id": r.info.run_id,
                     "status": r.info.status,
                     "params": bool(r.data.params),
@@ -195,7 +177,7 @@ class StudyTracker:
         for cell in self.study.cells:
             trials = self.store.tuning_trials(cell)
             finals = self.store.final_results(cell)
-            prefix = f"cell{cell.index:03d}/"
+            prefix = run_key(cell.index) + "/"  # its trials' runs
             if not trials and not finals and not any(k.startswith(prefix) for k in self.children):
                 continue  # not started: its cell run comes with its first trial
             cell_id = self._cell_run(
@@ -324,7 +306,7 @@ class StudyTracker:
             try:
                 files = dict(make_files() or {}) if make_files is not None else {}
                 if summary is not None:
-                    files["summary.json"] = json.dumps(summary, indent=1, default=str)
+                    files[SUMMARY] = json.dumps(summary, indent=1, default=str)
                     counts = summary["counts"]
                     causes = summary["failure_causes"]
                     tags = {"failure_causes": "; ".join(f"{n} × {r}" for r, n in causes[:5])} if causes else {}
@@ -420,7 +402,7 @@ class StudyTracker:
             return False
 
     def _key(self, job: Any, suffix: str) -> str:
-        return f"cell{job.cell.index:03d}/{suffix}"
+        return run_key(job.cell.index, suffix)
 
     def _child(
         self, key: str, name: str, tags: dict[str, Any], start_time: int | None = None, *, parent: str
@@ -456,7 +438,7 @@ class StudyTracker:
                 self.t.client.update_run(info["run_id"], status="RUNNING")
                 info["status"] = "RUNNING"
             return info["run_id"]
-        key = f"cell{cell.index:03d}"
+        key = run_key(cell.index)
         tags = trial_tags(
             cfg,
             cell=cell.label,
@@ -717,10 +699,6 @@ class StudyTracker:
         self.t.client.set_terminated(run_id, status="FINISHED" if outcome == "completed" else "FAILED")
 
 
-def _is_cell_key(key: str) -> bool:
-    return key.startswith("cell") and key[4:].isdigit()  # a cell run's key: cellNNN
-
-
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
@@ -789,8 +767,6 @@ def variant_tags(study: Any, cell: Any) -> dict[str, str]:
 def _group(cell: Any) -> str:
     """The cell's factors other than the method: cells of one group differ only by method, so
     the report compares each with the CE cell of its group."""
-    from pal_study.study.spec import cell_label
-
     return cell_label({k: v for k, v in cell.factors.items() if k != "method"})
 
 

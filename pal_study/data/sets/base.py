@@ -16,7 +16,7 @@ from pal_study.registry import Registry
 from pal_study.schema import StrictModel
 
 if TYPE_CHECKING:
-    from pal_study.data.sources import RawData
+    from pal_study.data.raw import RawData
 
 Options = Mapping[str, Any]  # the data set's own options (``data.synthetic`` for synthetic), or {}
 Shape = tuple[int, ...]
