@@ -66,17 +66,17 @@ def _trial_records(runs: Path, name: str) -> list[dict[str, Any]]:
 def _ablate(lever: str) -> None:
     """Turn one of the driver levers off in this process (benchmark only, not a product switch)."""
     if lever == "batching":  # every epoch its own report, as before the batching
+        import dataclasses
+
         from pal_study.study import engine
 
-        payload = engine.StudySearcher._payload
+        trial_job = engine.StudySearcher._trial_job
 
         def every_epoch(self, job):
-            out = payload(self, job)
-            if out.get("stage") == "tune":
-                out["report"] = None
-            return out
+            out = trial_job(self, job)
+            return dataclasses.replace(out, decision_epochs=None) if out.stage == "tune" else out
 
-        engine.StudySearcher._payload = every_epoch
+        engine.StudySearcher._trial_job = every_epoch
     elif lever == "thread":  # MLflow writes on Tune's event loop, as before the tracking thread
         from pal_study.study import tracker
 

@@ -62,7 +62,7 @@ def main() -> None:
                         "wall_s": wall,
                         "epoch_s": spent[0],
                         "overhead_s": wall - spent[0],
-                        "payload_bytes": len(out.get("details_json", "")),
+                        "payload_bytes": len(out.to_tune().get("details_json", "")),
                     }
                 )
     rows = []

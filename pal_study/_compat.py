@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from pal_study.study.trial import bulky_keys
+
 # -- Ray ------------------------------------------------------------------------------------------
 
 
@@ -26,8 +28,9 @@ def keep_local_ray_on_loopback() -> None:
 
 
 def drop_bulky_results_callback() -> Any:
-    """A Ray Tune callback that deletes the ``*_json`` payloads (reliability PNG, geometry,
-    history) from each result once the searcher has taken them. It relies on Tune handing
+    """A Ray Tune callback that deletes a trial report's bulky payloads (reliability PNG, geometry,
+    history, held-back epochs: :func:`~pal_study.study.trial.bulky_keys`) from each result once
+    the searcher has taken them. It relies on Tune handing
     ``Callback.on_trial_result`` the very dict that becomes ``trial.last_result`` (undocumented):
     Tune keeps every trial's last result until ``fit()`` returns, so without this the driver's
     memory grows with the payloads of every trial of a Tuner."""
@@ -35,7 +38,7 @@ def drop_bulky_results_callback() -> Any:
 
     class DropBulkyResults(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            for key in [k for k in result if k.endswith("_json")]:
+            for key in bulky_keys(result):
                 del result[key]
 
     return DropBulkyResults()

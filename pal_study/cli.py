@@ -433,13 +433,12 @@ def status(
 ) -> None:
     """Where a study stands, from its run directory alone: per cell trials done/pruned/failed/running/left,
     best value and params, finals; running or not, elapsed, ETA, failures. Never locks or writes."""
-    import json
 
     from pal_study.study.status import render_status, study_status
 
     st = study_status(runs_dir / _study_name(study))
     if as_json:
-        sys.stdout.write(json.dumps(st, default=str) + "\n")
+        sys.stdout.write(st.to_json() + "\n")
         sys.stdout.flush()
         return
     for part in render_status(st):

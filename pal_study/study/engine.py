@@ -26,7 +26,7 @@ from ray.tune.search import Searcher
 
 from pal_study._compat import resume_trial, searcher_pickle_state
 from pal_study.config import apply_overrides, resolve, validate_train_config
-from pal_study.layout import TUNE_LOGS, final_job_name, tune_job_name
+from pal_study.layout import TUNE_LOGS
 from pal_study.study.events import (
     EpochReported,
     FinalEnded,
@@ -41,6 +41,7 @@ from pal_study.study.samplers import build_sampler
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
+from pal_study.study.trial import CheckpointPlan, TrialJob, TrialReport, job_name
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +56,9 @@ class Job:
     seeds: list[int] = field(default_factory=list)
     reported: set[int] = field(default_factory=set)
     pruned_at: int | None = None
-    closing: dict[str, Any] | None = None
+    closing: TrialReport | None = None
     last_epoch: int = 0
     epoch_time_s: float = 0.0
-
-
-def job_name(payload: dict[str, Any]) -> str:
-    """A job's readable name, as in its Ray Tune trial directory: cell003-tune-0007, cell003-final-s0-1."""
-    cell = int(payload.get("cell", 0))
-    if payload.get("stage") == "tune":
-        return tune_job_name(cell, int(payload.get("optuna_trial", 0)))
-    return final_job_name(cell, payload.get("seeds", []))
 
 
 class StudySearcher(Searcher):
@@ -157,9 +150,9 @@ class StudySearcher(Searcher):
         self.jobs[trial_id] = job
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)
-        payload = self._payload(job)
-        self.on_event(TrialStarted(job, payload))
-        return {"pal": payload}
+        trial_job = self._trial_job(job)
+        self.on_event(TrialStarted(job, trial_job))
+        return trial_job.to_tune()
 
     def _next_job(self) -> Job | None:
         if self._resume:
@@ -255,42 +248,35 @@ class StudySearcher(Searcher):
 
     def _logs_glob(self, job: Job) -> str:
         """Where a person finds this job's Ray Tune trial directories (one per attempt)."""
-        key = {
-            "stage": job.stage,
-            "cell": job.cell.index,
-            "seeds": job.seeds,
-            "optuna_trial": job.trial.number if job.trial is not None else 0,
-        }
-        return str(self.store.dir / TUNE_LOGS / "*" / f"{job_name(key)}_*")
+        number = job.trial.number if job.trial is not None else 0
+        name = job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
+        return str(self.store.dir / TUNE_LOGS / "*" / f"{name}_*")
 
-    def _payload(self, job: Job) -> dict[str, Any]:
+    def _trial_job(self, job: Job) -> TrialJob:
         every = self.spec.checkpoint.every_epochs
         if job.stage == "tune":
             params = suggest(job.trial, job.cell.params)
-            ckpt = {"path": str(self.store.tuning_checkpoint(job.cell, job.trial.number)), "every_epochs": every}
-            return {
-                "stage": "tune",
-                "cell": job.cell.index,
-                "optuna_trial": job.trial.number,
-                "config": self.trial_config(job.cell, params),
-                "details": self.details,
-                "checkpoint": ckpt if every != 0 else None,
-                "report": self.spec.budget.pruner.decision_epochs(),
-            }
+            path = str(self.store.tuning_checkpoint(job.cell, job.trial.number))
+            return TrialJob(
+                stage="tune",
+                cell=job.cell.index,
+                optuna_trial=job.trial.number,
+                config=self.trial_config(job.cell, params),
+                details=self.details,
+                checkpoint=CheckpointPlan(every, path=path) if every != 0 else None,
+                decision_epochs=self.spec.budget.pruner.decision_epochs(),
+            )
         best = self.best(job.cell)
-        ckpt = {
-            "paths": {str(s): str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds},
-            "every_epochs": every,
-        }
-        return {
-            "stage": "final",
-            "cell": job.cell.index,
-            "seeds": job.seeds,
-            "best_trial": best.number,
-            "config": self.trial_config(job.cell, self.final_params(job.cell, best), epochs=self.spec.finals.epochs),
-            "details": self.details,
-            "checkpoint": ckpt if every != 0 else None,
-        }
+        paths = {s: str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds}
+        return TrialJob(
+            stage="final",
+            cell=job.cell.index,
+            seeds=tuple(job.seeds),
+            best_trial=best.number,
+            config=self.trial_config(job.cell, self.final_params(job.cell, best), epochs=self.spec.finals.epochs),
+            details=self.details,
+            checkpoint=CheckpointPlan(every, paths=paths) if every != 0 else None,
+        )
 
     # -- pruning (called by the scheduler, which sees every result first) -------------------
     def report(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -300,28 +286,26 @@ class StudySearcher(Searcher):
         job = self.jobs.get(trial_id)
         if job is None:
             return False
-        if result.get("closing"):
-            result = {k: v for k, v in result.items() if not k.endswith("_json")} | {
-                k[:-5]: json.loads(v) for k, v in result.items() if k.endswith("_json") and isinstance(v, str)
-            }
+        report = TrialReport.from_tune(result)
+        if report.closing:
             if job.stage == "tune":
                 # The first copy is whole; a later one (the same result again at completion) has
                 # lost its bulky fields to DropBulkyResults.
                 if job.closing is None:
-                    job.closing = result
-                    for held in result.pop("epochs", None) or []:  # epochs the trial held back
+                    job.closing = report
+                    for held in report.epochs()[:-1]:  # epochs the trial held back
                         self._epoch(job, held, decide=False)
             else:
-                self._record_final(job, result)
+                self._record_final(job, report)
             return False
         if job.stage != "tune":
             return False
-        held = result.get("epochs_json")
-        for earlier in json.loads(held) if isinstance(held, str) else []:
+        *held, current = report.epochs()
+        for earlier in held:
             self._epoch(job, earlier, decide=False)
-        return self._epoch(job, result, decide=True)
+        return self._epoch(job, current, decide=True)
 
-    def _epoch(self, job: Job, result: dict[str, Any], decide: bool) -> bool:
+    def _epoch(self, job: Job, report: TrialReport, decide: bool) -> bool:
         """One epoch of a tuning trial: to its Optuna trial and the sinks; with ``decide``, ask the
         pruner (True: prune). Held-back epochs come without ``decide``, before the one that has it."""
         if job.pruned_at is not None:
@@ -329,16 +313,17 @@ class StudySearcher(Searcher):
             # Recording that epoch would make the Optuna record depend on timing (TPE ranks pruned
             # trials by their last step and value, so a rerun or a resume would sample other configs).
             return True
-        epoch = int(result["epoch"])
+        metrics = report.metrics
+        epoch = report.epoch
         job.last_epoch = epoch
-        job.epoch_time_s += float(result.get("train_time_s", 0.0)) + float(result.get("eval_time_s", 0.0))
-        value = result.get(self.spec.objective.metric)
+        job.epoch_time_s += float(metrics.get("train_time_s", 0.0)) + float(metrics.get("eval_time_s", 0.0))
+        value = metrics.get(self.spec.objective.metric)
         if value is None or not math.isfinite(value):
             return False
         if epoch not in job.reported:  # a resumed trial re-reports the epochs it already stored
             job.trial.report(float(value), step=epoch)
             job.reported.add(epoch)
-        self.on_event(EpochReported(job, epoch, float(value), result))
+        self.on_event(EpochReported(job, epoch, float(value), report))
         if decide and job.trial.should_prune():
             job.pruned_at = epoch
             return True
@@ -353,7 +338,7 @@ class StudySearcher(Searcher):
         if job is None:
             return
         # A trial that reported its own failure raised afterwards (TrialFailed): not a death.
-        died = error and not (job.closing and job.closing.get("status") == "failed")
+        died = error and not (job.closing is not None and job.closing.status == "failed")
         if died and job.pruned_at is None and self._retry(job):
             return
         if job.stage == "final":
@@ -368,11 +353,12 @@ class StudySearcher(Searcher):
                         if error
                         else "the trial ended without a result"
                     )
-                    self._record_final(job, {"status": "failed", "reason": why, "seed": seed})
+                    failure = TrialReport(stage="final", closing=True, status="failed", reason=why, seed=seed)
+                    self._record_final(job, failure)
             return
         st = self._tuning[job.cell.index]
         trial = job.trial
-        closing = job.closing or {}
+        closing = job.closing.values() if job.closing is not None else {}
         for key in (
             "epochs_run",
             "train_time_s",
@@ -416,7 +402,7 @@ class StudySearcher(Searcher):
                 trial.set_user_attr("reason", reason)
                 st.tell(trial, state=TrialState.FAIL)
                 outcome, value = "failed", None
-        self.on_event(TrialEnded(job, outcome, value, reason, closing))
+        self.on_event(TrialEnded(job, outcome, value, reason, job.closing))
 
     def _retry(self, job: Job) -> bool:
         """Hand a died trial's work out again if it has retries left (True), under the same
@@ -447,20 +433,16 @@ class StudySearcher(Searcher):
         self.on_event(TrialRetried(job, attempt, seeds if job.stage == "final" else []))
         return True
 
-    def _record_final(self, job: Job, result: dict[str, Any]) -> None:
-        if int(result["seed"]) in job.reported:
+    def _record_final(self, job: Job, report: TrialReport) -> None:
+        seed = int(report.seed)
+        if seed in job.reported:
             return  # the same last result can arrive twice (as a result and at completion)
-        job.reported.add(int(result["seed"]))
+        job.reported.add(seed)
         best = self.best(job.cell)
         finals = self.store.open_finals(job.cell)
-        seed = int(result["seed"])
-        value = result.get(self.spec.objective.metric)
-        ok = result.get("status") == "completed" and value is not None and math.isfinite(value)
-        attrs = {
-            k: jsonable(v)
-            for k, v in result.items()
-            if k not in ("closing", "stage", "config", "pal") and isinstance(v, (int, float, str, type(None)))
-        }
+        value = report.metrics.get(self.spec.objective.metric)
+        ok = report.status == "completed" and value is not None and math.isfinite(value)
+        attrs = {k: jsonable(v) for k, v in report.record_attrs().items()}
         cfg = self.trial_config(job.cell, self.final_params(job.cell, best), seed=seed, epochs=self.spec.finals.epochs)
         attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
         finals.add_trial(
@@ -473,9 +455,7 @@ class StudySearcher(Searcher):
         if not ok:  # a failed final's partial state is no trained model worth keeping
             self.store.final_checkpoint(job.cell, seed).unlink(missing_ok=True)
         self.on_event(
-            FinalEnded(
-                job, seed, ok, value if ok else None, result.get("reason"), result, cfg, best.value if best else None
-            )
+            FinalEnded(job, seed, ok, value if ok else None, report.reason, report, cfg, best.value if best else None)
         )
 
 
@@ -493,7 +473,7 @@ class OptunaPruningScheduler(FIFOScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result: dict[str, Any]) -> None:
         # A trial's last result comes here, not to on_trial_result (and, flattened, to the searcher).
-        if result and result.get("closing"):
+        if result and TrialReport.is_closing(result):
             self.searcher.report(trial.trial_id, result)
 
     def save(self, checkpoint_path: str) -> None:

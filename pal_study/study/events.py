@@ -10,37 +10,42 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
+from pal_study.study.trial import TrialJob, TrialReport
+
 
 @dataclass(frozen=True)
 class TrialStarted:
-    """A tuning trial or a final (one or more seeds) was handed to Ray Tune."""
+    """A tuning trial or a final (one or more seeds) was handed to Ray Tune (``payload``: what its
+    worker got)."""
 
     kind: ClassVar[str] = "started"
     job: Any
-    payload: dict[str, Any]
+    payload: TrialJob
 
 
 @dataclass(frozen=True)
 class EpochReported:
-    """A tuning trial reported an epoch (already given to its Optuna trial)."""
+    """A tuning trial reported an epoch (already given to its Optuna trial); ``result``: that
+    epoch's report (its ``metrics``)."""
 
     kind: ClassVar[str] = "epoch"
     job: Any
     epoch: int
     value: float
-    result: dict[str, Any]
+    result: TrialReport
 
 
 @dataclass(frozen=True)
 class TrialEnded:
-    """A tuning trial ended and Optuna was told: completed (value), pruned or failed (reason)."""
+    """A tuning trial ended and Optuna was told: completed (value), pruned or failed (reason);
+    ``closing``: the trial's closing report (None when it sent none: pruned, or its process died)."""
 
     kind: ClassVar[str] = "trial_ended"
     job: Any
     outcome: Literal["completed", "pruned", "failed"]
     value: float | None = None
     reason: str | None = None
-    closing: dict[str, Any] = field(default_factory=dict)
+    closing: TrialReport | None = None
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,8 @@ class TrialRetried:
 
 @dataclass(frozen=True)
 class FinalEnded:
-    """One final seed was recorded in Optuna: ``ok`` (completed) or failed with ``reason``."""
+    """One final seed was recorded in Optuna: ``ok`` (completed) or failed with ``reason``;
+    ``result``: the seed's closing report."""
 
     kind: ClassVar[str] = "final_ended"
     job: Any
@@ -63,7 +69,7 @@ class FinalEnded:
     ok: bool
     value: float | None
     reason: str | None
-    result: dict[str, Any]
+    result: TrialReport
     config: dict[str, Any]
     best_value: float | None
 

@@ -12,6 +12,7 @@ from pal_study._compat import keep_local_ray_on_loopback
 from pal_study.device import affinity_cpus
 from pal_study.errors import ConfigError
 from pal_study.study.spec import Study
+from pal_study.study.trial import TrialJob
 
 # Set before Ray is imported: Tune's CSV/JSON/TensorBoard loggers cost ~40 ms per trial and we
 # track elsewhere; no usage reporting (the network rule); experiment snapshots rarely, since
@@ -110,6 +111,4 @@ def slots_for_nodes(nodes: list[dict[str, float]], study: Study, max_concurrent:
 def trial_name(trial: Any) -> str:
     """Ray Tune's name and directory for a trial, readable by a person following a failure:
     ``cell003-tune-0007_<tune id>`` (Optuna trial 7 of cell 3) or ``cell003-final-s0-1_<tune id>``."""
-    from pal_study.study.engine import job_name
-
-    return f"{job_name(trial.config.get('pal') or {})}_{trial.trial_id}"
+    return f"{TrialJob.from_tune(trial.config).name}_{trial.trial_id}"

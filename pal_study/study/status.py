@@ -16,6 +16,8 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +95,133 @@ def driver_running(study_dir: Path, now: float | None = None) -> tuple[bool, dic
     return fresh, owner
 
 
-# -- the status --------------------------------------------------------------------------
+# -- the status, as status.json holds it -----------------------------------------------------
+@dataclass(frozen=True)
+class Failure:
+    reason: str
+    count: int
+
+
+@dataclass(frozen=True)
+class DriverInfo:
+    """The running driver, from the study's lock file."""
+
+    pid: int | None
+    host: str | None
+    started_at: float | None
+    slots: int | None
+
+
+@dataclass(frozen=True)
+class CellStatus:
+    """One cell: its tuning trials by state (``interrupted``: left RUNNING by a driver that no
+    longer runs; they run again on resume), its best trial, its finals and its phase."""
+
+    index: int
+    label: str
+    method: str | None
+    factors: dict[str, Any]
+    completed: int
+    pruned: int
+    failed: int
+    running: int
+    interrupted: int
+    remaining: int | None
+    budget: int | None
+    best_value: float | None
+    best_params: dict[str, Any]
+    best_trial: int | None
+    finals_done: int
+    finals_failed: int
+    finals_planned: int
+    finals_skipped: bool
+    final_mean: float | None
+    phase: str  # tuning | finals | done
+    failures: list[Failure]
+
+
+@dataclass(frozen=True)
+class Totals:
+    completed: int
+    pruned: int
+    failed: int
+    running: int
+    interrupted: int
+    finals_done: int
+    finals_failed: int
+    finals_planned: int
+    remaining: int
+    budget: int
+    finals_remaining: int
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    """Where a study stands (see :func:`study_status`); :meth:`to_dict` is ``status.json``.
+    ``ended`` is set only by the driver's last write (its :class:`StatusWriter` closing)."""
+
+    study: str
+    dir: str
+    metric: str
+    mode: str
+    running: bool
+    driver: DriverInfo | None
+    last_driver: dict[str, Any] | None
+    elapsed_s: float | None
+    eta_s: float | None
+    updated_at: float
+    done: bool
+    totals: Totals
+    cells: list[CellStatus]
+    failures: list[Failure]
+    ended: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``status.json`` and ``pal-study status --json``."""
+        out = asdict(self)
+        if self.ended is None:
+            del out["ended"]
+        return out
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), default=str, **kwargs)
+
+    def ending(self) -> StudyStatus:
+        """The status the driver writes last: it no longer runs the study."""
+        return replace(
+            self, running=False, ended=True, last_driver=_as_record(self.driver) or self.last_driver, driver=None
+        )
+
+
+def _as_record(driver: DriverInfo | None) -> dict[str, Any] | None:
+    return asdict(driver) if driver is not None else None
+
+
+@dataclass(frozen=True)
+class _Meta:
+    """What the study's ``study.json`` copy says (with the defaults of a study without one)."""
+
+    name: str
+    metric: str
+    mode: str | None  # None: unsaid (the tuning studies' direction then decides)
+    seeds: list[int]
+    default_budget: int | None
+    tune_epochs: int | None
+    finals_epochs: int | None
+    cells: list[dict[str, Any]] | None
+
+
+@dataclass
+class _Timings:
+    """What the ETA and elapsed time are computed from, gathered cell by cell."""
+
+    tune_durations: list[float] = field(default_factory=list)
+    final_walls: list[float] = field(default_factory=list)
+    tune_epochs: list[int] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+
+
 def _duration(t: FrozenTrial) -> float | None:
     if t.datetime_start is None or t.datetime_complete is None:
         return None
@@ -104,8 +232,8 @@ def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _failure_list(counts: dict[str, int]) -> list[dict[str, Any]]:
-    return [{"reason": r, "count": n} for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+def _failure_list(counts: dict[str, int]) -> list[Failure]:
+    return [Failure(r, n) for r, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
 
 def _unknown_study(study_dir: Path) -> ConfigError:
@@ -120,14 +248,207 @@ def _unknown_study(study_dir: Path) -> ConfigError:
     return ConfigError(f"no study {study_dir.name!r} in runs directory {runs} ({held})")
 
 
-def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now: float | None = None) -> dict:
-    """A study's state from its own files (the Optuna journal, ``study.json``, ``.lock``), as one
-    JSON-able object. Never writes anything, never takes the study's lock.
+def _read_meta(study_dir: Path) -> _Meta:
+    copy_path = study_dir / STUDY_COPY
+    try:
+        copy = json.loads(copy_path.read_text()) if copy_path.exists() else {}
+    except (OSError, ValueError):
+        copy = {}
+    spec = copy.get("spec") or {}
+    objective = spec.get("objective") or {}
+    budget = spec.get("budget") or {}
+    finals = spec.get("finals") or {}
+    return _Meta(
+        name=copy.get("name") or study_dir.name,
+        metric=objective.get("metric") or "val_acc",
+        mode=objective.get("mode"),
+        seeds=list(finals.get("seeds") or []),
+        default_budget=budget.get("trials_per_cell"),
+        tune_epochs=budget.get("epochs") or ((spec.get("base") or {}).get("optim") or {}).get("epochs"),
+        finals_epochs=finals.get("epochs"),
+        cells=copy.get("cells"),
+    )
+
+
+@dataclass
+class _Trials:
+    """The study's Optuna trials by cell (tuning, finals), the tuning studies' attributes, and the
+    objective's direction as Optuna holds it."""
+
+    tuning: dict[int, list[FrozenTrial]] = field(default_factory=dict)
+    finals: dict[int, list[FrozenTrial]] = field(default_factory=dict)
+    attrs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    mode: str | None = None
+
+
+def _read_trials(study_dir: Path, storage: JournalStorage | None, name: str) -> _Trials:
+    """The cells' Optuna studies (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals")."""
+    out = _Trials()
+    record = StudyRecord(study_dir, storage=storage)
+    if not record.has_journal():
+        return out
+    for idx, cell in record.cells(name).items():
+        if cell.finals is not None:
+            out.finals[idx] = record.trials(cell.finals)
+        if cell.tuning is not None:
+            out.tuning[idx] = record.trials(cell.tuning)
+            out.attrs[idx] = cell.tuning.user_attrs
+            out.mode = direction_mode(cell.tuning)
+    return out
+
+
+def _final_by_seed(finals: list[FrozenTrial], seeds: list[int]) -> dict[int, FrozenTrial]:
+    by_seed: dict[int, FrozenTrial] = {}
+    for t in finals:
+        seed = t.user_attrs.get("seed")
+        if t.state.is_finished() and seed is not None and (not seeds or int(seed) in seeds):
+            by_seed[int(seed)] = t  # the last record wins, as in StudyStore.final_results
+    return by_seed
+
+
+def _cell_budget(cell: dict[str, Any], meta: _Meta, finished: int, running: int, has_finals: bool) -> int | None:
+    if "budget" in cell:
+        return cell["budget"]
+    if has_finals and meta.default_budget is not None:
+        # An older study.json (no per-cell budget): finals only start once tuning is over, and
+        # a cell that searches nothing ran 1 trial, not trials_per_cell.
+        return min(int(meta.default_budget), finished + running)
+    return meta.default_budget
+
+
+def _cell_status(
+    cell: dict[str, Any],
+    trials: list[FrozenTrial],
+    finals: list[FrozenTrial],
+    meta: _Meta,
+    mode: str,
+    running: bool,
+    timings: _Timings,
+) -> tuple[CellStatus, dict[str, int], int]:
+    """One cell's status, its failures by reason and its final seeds still to run; adds its
+    trials' times to ``timings``."""
+    idx = int(cell["index"])
+    counts = state_counts(trials)
+    stale = 0 if running else counts["running"]
+    if stale:
+        counts["running"] = 0
+    finished = counts["completed"] + counts["pruned"] + counts["failed"]
+    best = best_trial(trials, mode)
+    planned = int(cell.get("finals_planned", len(meta.seeds)))
+    by_seed = _final_by_seed(finals, meta.seeds)
+    budget = _cell_budget(cell, meta, finished, counts["running"], bool(by_seed))
+    remaining = max(0, int(budget) - finished - counts["running"]) if budget is not None else None
+    f_done = [t for t in by_seed.values() if t.state == TrialState.COMPLETE]
+    f_failed = [t for t in by_seed.values() if t.state == TrialState.FAIL]
+    tuning_over = remaining == 0 and counts["running"] == 0 and not stale
+    skipped = tuning_over and best is None and not by_seed
+    f_left = 0 if skipped else max(0, planned - len(by_seed))
+    fails = failure_counts(trials)
+    for reason, n in failure_counts(list(by_seed.values())).items():
+        fails[reason] = fails.get(reason, 0) + n
+
+    for t in trials:
+        if t.state.is_finished():
+            d = _duration(t)
+            if d is not None:
+                timings.tune_durations.append(d)
+            if t.datetime_complete is not None:
+                timings.ends.append(t.datetime_complete.timestamp())
+        if t.datetime_start is not None:
+            timings.starts.append(t.datetime_start.timestamp())
+    for t in by_seed.values():
+        w = _finite(t.user_attrs.get("wall_time_s"))
+        if w is not None:
+            timings.final_walls.append(w)
+        if t.datetime_complete is not None:
+            timings.ends.append(t.datetime_complete.timestamp())
+    epochs = cell.get("epochs") or meta.tune_epochs
+    if epochs:
+        timings.tune_epochs.append(int(epochs))
+
+    values = [v for v in (_finite(t.value) for t in f_done) if v is not None]
+    status = CellStatus(
+        index=idx,
+        label=cell.get("label", cell_key(idx)),
+        method=cell.get("method"),
+        factors=cell.get("factors", {}),
+        completed=counts["completed"],
+        pruned=counts["pruned"],
+        failed=counts["failed"],
+        running=counts["running"],
+        interrupted=stale,
+        remaining=remaining,
+        budget=budget,
+        best_value=_finite(best.value) if best else None,
+        best_params=jsonable(dict(best.params)) if best else {},
+        best_trial=best.number if best else None,
+        finals_done=len(f_done),
+        finals_failed=len(f_failed),
+        finals_planned=planned,
+        finals_skipped=skipped,
+        final_mean=statistics.fmean(values) if values else None,
+        phase="tuning" if not tuning_over else ("finals" if f_left else "done"),
+        failures=_failure_list(fails),
+    )
+    return status, fails, f_left
+
+
+def _totals(cells: list[CellStatus], finals_remaining: int) -> Totals:
+    def total(key: str) -> int:
+        return sum(getattr(c, key) or 0 for c in cells)
+
+    return Totals(
+        **{
+            k: total(k)
+            for k in (
+                "completed",
+                "pruned",
+                "failed",
+                "running",
+                "interrupted",
+                "finals_done",
+                "finals_failed",
+                "finals_planned",
+                "remaining",
+                "budget",
+            )
+        },
+        finals_remaining=finals_remaining,
+    )
+
+
+def _elapsed(timings: _Timings, running: bool, now: float) -> float | None:
+    if not timings.starts:
+        return None
+    end = now if running else (max(timings.ends) if timings.ends else min(timings.starts))
+    return max(0.0, end - min(timings.starts))
+
+
+def _eta(done: bool, totals: Totals, timings: _Timings, finals_epochs: int | None, slots: int) -> float | None:
+    if done:
+        return 0.0
+    if not timings.tune_durations and not timings.final_walls:
+        return None
+    tune_mean = statistics.fmean(timings.tune_durations) if timings.tune_durations else None
+    if timings.final_walls:
+        seed_mean = statistics.fmean(timings.final_walls)
+    elif tune_mean is not None:
+        te = statistics.fmean(timings.tune_epochs) if timings.tune_epochs else None
+        seed_mean = tune_mean * (finals_epochs / te if finals_epochs and te else 1.0)
+    else:
+        seed_mean = None
+    if (totals.remaining and tune_mean is None) or (totals.finals_remaining and seed_mean is None):
+        return None
+    work = totals.remaining * (tune_mean or 0.0) + totals.finals_remaining * (seed_mean or 0.0)
+    return work / max(1, slots)
+
+
+def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now: float | None = None) -> StudyStatus:
+    """A study's state from its own files (the Optuna journal, ``study.json``, ``.lock``). Never
+    writes anything, never takes the study's lock.
 
     ``storage``: the running driver passes its own JournalStorage (replayed incrementally: cheap);
-    otherwise the journal is opened read-only. Keys: ``study``, ``dir``, ``metric``, ``mode``,
-    ``running``, ``driver`` (pid, host, started_at, slots; null when not running), ``last_driver``,
-    ``elapsed_s``, ``eta_s``, ``updated_at``, ``done``, ``totals``, ``cells``, ``failures``.
+    otherwise the journal is opened read-only. ``driver`` is null when no driver runs it.
 
     Tuning trials left RUNNING in the journal by a driver that no longer runs are ``interrupted``
     (they run again on resume) and count as remaining. ``elapsed_s`` runs from the first tuning
@@ -139,200 +460,54 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
     """
     study_dir = Path(os.path.abspath(study_dir))
     journal = study_dir / JOURNAL
-    copy_path = study_dir / STUDY_COPY
-    if not journal.exists() and not copy_path.exists():
+    if not journal.exists() and not (study_dir / STUDY_COPY).exists():
         raise _unknown_study(study_dir)
     now = time.time() if now is None else now
-    try:
-        copy = json.loads(copy_path.read_text()) if copy_path.exists() else {}
-    except (OSError, ValueError):
-        copy = {}
-    spec = copy.get("spec") or {}
-    name = copy.get("name") or study_dir.name
-    objective = spec.get("objective") or {}
-    mode = objective.get("mode") or "max"
-    metric = objective.get("metric") or "val_acc"
-    seeds = list((spec.get("finals") or {}).get("seeds") or [])
-    default_budget = (spec.get("budget") or {}).get("trials_per_cell")
-    tune_epochs_default = (spec.get("budget") or {}).get("epochs") or ((spec.get("base") or {}).get("optim") or {}).get(
-        "epochs"
-    )
-    finals_epochs = (spec.get("finals") or {}).get("epochs")
-
-    # The cells' Optuna studies (tuning "<name>/cellNNN", finals "<name>/cellNNN/finals").
-    tuning: dict[int, list[FrozenTrial]] = {}
-    finals: dict[int, list[FrozenTrial]] = {}
-    attrs: dict[int, dict[str, Any]] = {}
-    record = StudyRecord(study_dir, storage=storage)
-    for idx, cell in record.cells(name).items():
-        if cell.finals is not None:
-            finals[idx] = record.trials(cell.finals)
-        if cell.tuning is not None:
-            tuning[idx] = record.trials(cell.tuning)
-            attrs[idx] = cell.tuning.user_attrs
-            if not objective.get("mode"):
-                mode = direction_mode(cell.tuning)
-
-    cell_meta = copy.get("cells") or [
-        {"index": i, "label": attrs[i].get("cell", cell_key(i)), "method": attrs[i].get("method")}
-        for i in sorted(tuning)
+    meta = _read_meta(study_dir)
+    trials = _read_trials(study_dir, storage, meta.name)
+    mode = meta.mode or trials.mode or "max"
+    cell_meta = meta.cells or [
+        {"index": i, "label": trials.attrs[i].get("cell", cell_key(i)), "method": trials.attrs[i].get("method")}
+        for i in sorted(trials.tuning)
     ]
     running, owner = driver_running(study_dir, now)
 
-    cells = []
+    cells: list[CellStatus] = []
     all_failures: dict[str, int] = {}
-    tune_durations: list[float] = []
-    final_walls: list[float] = []
-    tune_epochs: list[int] = []
-    remaining_finals = 0
-    starts: list[float] = []
-    ends: list[float] = []
-    for meta in cell_meta:
-        idx = int(meta["index"])
-        trials = tuning.get(idx, [])
-        counts = state_counts(trials)
-        stale = 0 if running else counts["running"]
-        if stale:
-            counts["running"] = 0
-        finished = counts["completed"] + counts["pruned"] + counts["failed"]
-        best = best_trial(trials, mode)
-        planned = int(meta.get("finals_planned", len(seeds)))
-        by_seed: dict[int, FrozenTrial] = {}
-        for t in finals.get(idx, []):
-            seed = t.user_attrs.get("seed")
-            if t.state.is_finished() and seed is not None and (not seeds or int(seed) in seeds):
-                by_seed[int(seed)] = t  # the last record wins, as in StudyStore.final_results
-        if "budget" in meta:
-            budget = meta["budget"]
-        elif by_seed and default_budget is not None:
-            # An older study.json (no per-cell budget): finals only start once tuning is over, and
-            # a cell that searches nothing ran 1 trial, not trials_per_cell.
-            budget = min(int(default_budget), finished + counts["running"])
-        else:
-            budget = default_budget
-        remaining = max(0, int(budget) - finished - counts["running"]) if budget is not None else None
-        f_done = [t for t in by_seed.values() if t.state == TrialState.COMPLETE]
-        f_failed = [t for t in by_seed.values() if t.state == TrialState.FAIL]
-        tuning_over = remaining == 0 and counts["running"] == 0 and not stale
-        skipped = tuning_over and best is None and not by_seed
-        f_left = 0 if skipped else max(0, planned - len(by_seed))
-        phase = "tuning" if not tuning_over else ("finals" if f_left else "done")
-        remaining_finals += f_left
-        fails = failure_counts(trials)
-        for reason, n in failure_counts(list(by_seed.values())).items():
-            fails[reason] = fails.get(reason, 0) + n
+    timings = _Timings()
+    finals_remaining = 0
+    for cell in cell_meta:
+        idx = int(cell["index"])
+        status, fails, finals_left = _cell_status(
+            cell, trials.tuning.get(idx, []), trials.finals.get(idx, []), meta, mode, running, timings
+        )
+        cells.append(status)
+        finals_remaining += finals_left
         for reason, n in fails.items():
             all_failures[reason] = all_failures.get(reason, 0) + n
-        for t in trials:
-            if t.state.is_finished():
-                d = _duration(t)
-                if d is not None:
-                    tune_durations.append(d)
-                if t.datetime_complete is not None:
-                    ends.append(t.datetime_complete.timestamp())
-            if t.datetime_start is not None:
-                starts.append(t.datetime_start.timestamp())
-        for t in by_seed.values():
-            w = _finite(t.user_attrs.get("wall_time_s"))
-            if w is not None:
-                final_walls.append(w)
-            if t.datetime_complete is not None:
-                ends.append(t.datetime_complete.timestamp())
-        epochs = meta.get("epochs") or tune_epochs_default
-        if epochs:
-            tune_epochs.append(int(epochs))
-        values = [_finite(t.value) for t in f_done]
-        values = [v for v in values if v is not None]
-        cells.append(
-            {
-                "index": idx,
-                "label": meta.get("label", cell_key(idx)),
-                "method": meta.get("method"),
-                "factors": meta.get("factors", {}),
-                **{k: counts[k] for k in ("completed", "pruned", "failed", "running")},
-                "interrupted": stale,
-                "remaining": remaining,
-                "budget": budget,
-                "best_value": _finite(best.value) if best else None,
-                "best_params": jsonable(dict(best.params)) if best else {},
-                "best_trial": best.number if best else None,
-                "finals_done": len(f_done),
-                "finals_failed": len(f_failed),
-                "finals_planned": planned,
-                "finals_skipped": skipped,
-                "final_mean": statistics.fmean(values) if values else None,
-                "phase": phase,
-                "failures": _failure_list(fails),
-            }
-        )
 
-    done = bool(cells) and all(c["phase"] == "done" for c in cells)
-    totals = {
-        k: sum(c[k] for c in cells)
-        for k in (
-            "completed",
-            "pruned",
-            "failed",
-            "running",
-            "interrupted",
-            "finals_done",
-            "finals_failed",
-            "finals_planned",
-        )
-    }
-    totals["remaining"] = sum(c["remaining"] or 0 for c in cells)
-    totals["budget"] = sum(c["budget"] or 0 for c in cells)
-    totals["finals_remaining"] = remaining_finals
-
-    elapsed = None
-    if starts:
-        end = now if running else (max(ends) if ends else min(starts))
-        elapsed = max(0.0, end - min(starts))
+    done = bool(cells) and all(c.phase == "done" for c in cells)
+    totals = _totals(cells, finals_remaining)
     slots = int(owner.get("slots") or 1) if owner else 1
-    eta: float | None
-    if done:
-        eta = 0.0
-    elif not tune_durations and not final_walls:
-        eta = None
-    else:
-        tune_mean = statistics.fmean(tune_durations) if tune_durations else None
-        if final_walls:
-            seed_mean = statistics.fmean(final_walls)
-        elif tune_mean is not None:
-            te = statistics.fmean(tune_epochs) if tune_epochs else None
-            seed_mean = tune_mean * (finals_epochs / te if finals_epochs and te else 1.0)
-        else:
-            seed_mean = None
-        if (totals["remaining"] and tune_mean is None) or (remaining_finals and seed_mean is None):
-            eta = None
-        else:
-            work = totals["remaining"] * (tune_mean or 0.0) + remaining_finals * (seed_mean or 0.0)
-            eta = work / max(1, slots)
-
     driver = None
     if running and owner is not None:
-        driver = {
-            "pid": owner.get("pid"),
-            "host": owner.get("host"),
-            "started_at": owner.get("started_at"),
-            "slots": owner.get("slots"),
-        }
-    return {
-        "study": name,
-        "dir": str(study_dir),
-        "metric": metric,
-        "mode": mode,
-        "running": running,
-        "driver": driver,
-        "last_driver": None if running else owner,
-        "elapsed_s": elapsed,
-        "eta_s": eta,
-        "updated_at": now,
-        "done": done,
-        "totals": totals,
-        "cells": cells,
-        "failures": _failure_list(all_failures),
-    }
+        driver = DriverInfo(owner.get("pid"), owner.get("host"), owner.get("started_at"), owner.get("slots"))
+    return StudyStatus(
+        study=meta.name,
+        dir=str(study_dir),
+        metric=meta.metric,
+        mode=mode,
+        running=running,
+        driver=driver,
+        last_driver=None if running else owner,
+        elapsed_s=_elapsed(timings, running, now),
+        eta_s=_eta(done, totals, timings, meta.finals_epochs, slots),
+        updated_at=now,
+        done=done,
+        totals=totals,
+        cells=cells,
+        failures=_failure_list(all_failures),
+    )
 
 
 # -- the running driver's status.json ------------------------------------------------------
@@ -406,14 +581,12 @@ class StatusWriter:
             try:
                 status = study_status(self.store.dir, storage=self.store.storage)
                 if final:  # the driver is ending: it no longer runs the study
-                    status.update(
-                        running=False, ended=True, last_driver=status["driver"] or status["last_driver"], driver=None
-                    )
-                for c in status["cells"]:  # re-anchor the event counts on the journal's
-                    self._finished[c["index"]] = c["completed"] + c["pruned"] + c["failed"]
-                    self._finals[c["index"]] = c["finals_done"] + c["finals_failed"]
+                    status = status.ending()
+                for c in status.cells:  # re-anchor the event counts on the journal's
+                    self._finished[c.index] = c.completed + c.pruned + c.failed
+                    self._finals[c.index] = c.finals_done + c.finals_failed
                 tmp = self.path.with_name(f"{STATUS}.{os.getpid()}.tmp")
-                tmp.write_text(json.dumps(status, indent=1, default=str))
+                tmp.write_text(status.to_json(indent=1))
                 os.replace(tmp, self.path)
                 self.writes += 1
             except Exception as e:
@@ -449,12 +622,12 @@ def fmt_params(p: dict[str, Any]) -> str:
     return ", ".join(f"{k.rsplit('.', 1)[-1]}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in p.items())
 
 
-def render_status(status: dict) -> list[Any]:
+def render_status(status: StudyStatus) -> list[Any]:
     """A rich table per cell and the study's lines (for ``pal-study status``)."""
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"study {escape(status['study'])} ({status['dir']})")
+    t = Table(title=f"study {escape(status.study)} ({status.dir})")
     for col, just in (
         ("#", "right"),
         ("cell", "left"),
@@ -464,56 +637,75 @@ def render_status(status: dict) -> list[Any]:
         ("failed", "right"),
         ("running", "right"),
         ("left", "right"),
-        (f"best {status['metric']}", "right"),
+        (f"best {status.metric}", "right"),
         ("best params", "left"),
         ("finals", "right"),
     ):
         t.add_column(col, justify=just)
-    for c in status["cells"]:
-        finals = f"{c['finals_done']}/{c['finals_planned']}"
-        if c["finals_failed"]:
-            finals += f" ({c['finals_failed']} failed)"
-        if c["finals_skipped"]:
-            finals = "skipped"
-        running = str(c["running"]) + (f" (+{c['interrupted']} interrupted)" if c["interrupted"] else "")
-        t.add_row(
-            str(c["index"]),
-            escape(c["label"]),
-            c["phase"],
-            str(c["completed"]),
-            str(c["pruned"]),
-            str(c["failed"]),
-            running,
-            "?" if c["remaining"] is None else str(c["remaining"]),
-            "-" if c["best_value"] is None else f"{c['best_value']:.4f}",
-            escape(fmt_params(c["best_params"])) if c["best_trial"] is not None else "-",
-            finals,
-        )
-    lines: list[Any] = [t]
-    tot = status["totals"]
-    if status["running"]:
-        d = status["driver"] or {}
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d["started_at"])) if d.get("started_at") else "?"
-        slots = f", {d['slots']} trial slots" if d.get("slots") else ""
-        state = f"running: pid {d.get('pid')}@{d.get('host')} since {since}{slots}"
-    elif status["done"]:
-        state = "done"
-    else:
-        state = "not running" + (" (interrupted: run it again to resume)" if status["last_driver"] else "")
-    lines.append(
-        f"{state}; tuning {tot['completed'] + tot['pruned'] + tot['failed']}/{tot['budget']} finished "
-        f"({tot['completed']} completed, {tot['pruned']} pruned, {tot['failed']} failed, "
-        f"{tot['running']} running, {tot['remaining']} left); finals {tot['finals_done']}/"
-        f"{tot['finals_planned']} done" + (f", {tot['finals_failed']} failed" if tot["finals_failed"] else "")
-    )
-    eta = "-" if status["done"] else ("unknown" if status["eta_s"] is None else f"~{fmt_duration(status['eta_s'])}")
-    lines.append(
-        f"elapsed {fmt_duration(status['elapsed_s'])}; eta {eta}"
-        + ("" if status["done"] or status["running"] or status["eta_s"] is None else " once resumed")
-    )
-    if status["failures"]:
-        lines.append("failures:\n" + "\n".join(f"  {f['count']} × {f['reason']}" for f in status["failures"][:8]))
+    for c in status.cells:
+        t.add_row(*_cell_row(c, escape))
+    lines: list[Any] = [t, _state_line(status), _timing_line(status)]
+    if status.failures:
+        lines.append("failures:\n" + "\n".join(f"  {f.count} × {f.reason}" for f in status.failures[:8]))
     return lines
 
 
-__all__ = ["StatusWriter", "driver_running", "render_status", "study_status"]
+def _cell_row(c: CellStatus, escape: Callable[[str], str]) -> list[str]:
+    finals = f"{c.finals_done}/{c.finals_planned}"
+    if c.finals_failed:
+        finals += f" ({c.finals_failed} failed)"
+    if c.finals_skipped:
+        finals = "skipped"
+    running = str(c.running) + (f" (+{c.interrupted} interrupted)" if c.interrupted else "")
+    return [
+        str(c.index),
+        escape(c.label),
+        c.phase,
+        str(c.completed),
+        str(c.pruned),
+        str(c.failed),
+        running,
+        "?" if c.remaining is None else str(c.remaining),
+        "-" if c.best_value is None else f"{c.best_value:.4f}",
+        escape(fmt_params(c.best_params)) if c.best_trial is not None else "-",
+        finals,
+    ]
+
+
+def _state_line(status: StudyStatus) -> str:
+    tot = status.totals
+    if status.running:
+        d = status.driver or DriverInfo(None, None, None, None)
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(d.started_at)) if d.started_at else "?"
+        slots = f", {d.slots} trial slots" if d.slots else ""
+        state = f"running: pid {d.pid}@{d.host} since {since}{slots}"
+    elif status.done:
+        state = "done"
+    else:
+        state = "not running" + (" (interrupted: run it again to resume)" if status.last_driver else "")
+    return (
+        f"{state}; tuning {tot.completed + tot.pruned + tot.failed}/{tot.budget} finished "
+        f"({tot.completed} completed, {tot.pruned} pruned, {tot.failed} failed, "
+        f"{tot.running} running, {tot.remaining} left); finals {tot.finals_done}/"
+        f"{tot.finals_planned} done" + (f", {tot.finals_failed} failed" if tot.finals_failed else "")
+    )
+
+
+def _timing_line(status: StudyStatus) -> str:
+    eta = "-" if status.done else ("unknown" if status.eta_s is None else f"~{fmt_duration(status.eta_s)}")
+    return f"elapsed {fmt_duration(status.elapsed_s)}; eta {eta}" + (
+        "" if status.done or status.running or status.eta_s is None else " once resumed"
+    )
+
+
+__all__ = [
+    "CellStatus",
+    "DriverInfo",
+    "Failure",
+    "StatusWriter",
+    "StudyStatus",
+    "Totals",
+    "driver_running",
+    "render_status",
+    "study_status",
+]

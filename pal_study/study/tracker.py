@@ -377,9 +377,9 @@ class StudyTracker:
         job = event.job
         try:
             if isinstance(event, TrialStarted) and job.stage == "tune":
-                self._start_tuning(job, event.payload)
+                self._start_tuning(job, event.payload.config)
             elif isinstance(event, EpochReported):
-                self._epoch(job, event.result)
+                self._epoch(job, event.result.metrics)
             elif isinstance(event, TrialEnded):
                 self._end_tuning(event)
             elif isinstance(event, FinalEnded):
@@ -553,8 +553,7 @@ class StudyTracker:
         else:
             c.log_table(self.parent_id, data=df, artifact_file=TABLE_FILE)
 
-    def _start_tuning(self, job: Any, payload: dict[str, Any]) -> None:
-        cfg = payload["config"]
+    def _start_tuning(self, job: Any, cfg: dict[str, Any]) -> None:
         key = self._key(job, f"tune/{job.trial.number}")
         tags = trial_tags(
             cfg,
@@ -611,7 +610,7 @@ class StudyTracker:
         live = self._live.get(id(job))
         if live is None:
             return
-        closing = event.closing or {}
+        closing = event.closing.values() if event.closing is not None else {}
         if not live.get("summarised"):
             live["buffer"] += [
                 (f"final_{k}", closing[k], 0) for k in SUMMARY_KEYS if isinstance(closing.get(k), (int, float))
@@ -629,7 +628,7 @@ class StudyTracker:
             live["run_id"],
             trial_artifacts(
                 live["cfg"],
-                closing.get("details"),
+                event.closing.details if event.closing is not None else None,
                 f"{self.study.spec.name} {job.cell.label} tuning trial {job.trial.number}: pal-study train THIS_FILE",
             ),
         )
@@ -651,7 +650,7 @@ class StudyTracker:
     def _final_run(self, event: FinalEnded, key: str, cell_id: str) -> None:
         job = event.job
         seed = int(event.seed)
-        result = event.result or {}
+        result = event.result.values()
         cfg = event.config
         outcome = "completed" if event.ok else "failed"
         tags = trial_tags(
@@ -676,7 +675,7 @@ class StudyTracker:
         run_id, existed = self._child(key, f"{job.cell.label} final seed {seed}", {}, started, parent=cell_id)
         metrics = [
             (k, h[k], int(h["epoch"]))
-            for h in result.get("history", [])
+            for h in event.result.history or []
             for k in METRIC_KEYS
             if isinstance(h.get(k), (int, float))
         ]
@@ -692,7 +691,7 @@ class StudyTracker:
             run_id,
             trial_artifacts(
                 cfg,
-                result.get("details"),
+                event.result.details,
                 f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE",
             ),
         )

@@ -4,7 +4,7 @@ A tuning trial reports every epoch (the Optuna pruner's scheduler decides on eac
 closing result (``closing: True``) with the trial's outcome. A final trial runs several seeds of
 one config in turn (same actor, data and model code warm: the fixed costs are paid once) and
 reports once per seed. Exceptions never escape: they become a closing ``failed`` result with the
-reason, so Optuna records why.
+reason, so Optuna records why. What a trial gets and reports is typed in :mod:`pal_study.study.trial`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import TrainConfig
+from pal_study.study.trial import Stage, TrialJob, TrialReport, held_to_tune
 
 # Trials in a reused actor often share a data set (same cell or same seed): keep a few built.
 _DATA_CACHE: OrderedDict[str, Any] = OrderedDict()
@@ -42,34 +45,35 @@ def _data_for(cfg: TrainConfig):
     return data
 
 
-def summarize(result) -> dict[str, Any]:
-    """The closing numbers of one trained config (what Optuna and the tables keep)."""
+def summarize(result, *, stage: Stage = "tune", seed: int | None = None) -> TrialReport:
+    """The closing report of one trained config: the numbers Optuna and the tables keep."""
     final = result.final or {}
-    out = {
-        "status": result.status,
-        "reason": result.reason,
-        "epochs_run": result.epochs_completed,
-        "wall_time_s": result.wall_time_s,
-        "train_time_s": sum(h["train_time_s"] + h["eval_time_s"] for h in result.history),
-    }
-    if result.resumed_from_epoch is not None:
-        out["resumed_from_epoch"] = result.resumed_from_epoch
-    if result.checkpoint_path:
-        out["checkpoint_path"] = result.checkpoint_path
-    for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min", "margin_mean", "train_loss"):
-        out[key] = final.get(key)
+    scores = {key: final.get(key) for key in ("val_acc", "val_acc_clean", "test_acc", "ece", "gamma_min")}
+    scores.update({key: final.get(key) for key in ("margin_mean", "train_loss")})
     geo = result.prototype_geometry or {}
     for key in ("norm_min", "norm_max", "cos_max"):
         if key in geo:
-            out[f"proto_{key}"] = geo[key]
+            scores[f"proto_{key}"] = geo[key]
     fn = result.feature_norm or {}
     if "overall_mean" in fn:
-        out["feature_norm_mean"], out["feature_norm_std"] = fn["overall_mean"], fn.get("overall_std")
+        scores["feature_norm_mean"], scores["feature_norm_std"] = fn["overall_mean"], fn.get("overall_std")
     if result.group_acc:
         for group in ("many", "medium", "few"):
             g = result.group_acc.get(group)
-            out[f"test_acc_{group}"] = g.get("acc") if isinstance(g, dict) else g
-    return out
+            scores[f"test_acc_{group}"] = g.get("acc") if isinstance(g, dict) else g
+    return TrialReport(
+        stage=stage,
+        closing=True,
+        metrics=scores,
+        status=result.status,
+        reason=result.reason,
+        epochs_run=result.epochs_completed,
+        wall_time_s=result.wall_time_s,
+        train_time_s=sum(h["train_time_s"] + h["eval_time_s"] for h in result.history),
+        resumed_from_epoch=result.resumed_from_epoch,
+        checkpoint_path=result.checkpoint_path or None,
+        seed=seed,
+    )
 
 
 def details(result, png: bool = True) -> dict[str, Any]:
@@ -155,13 +159,14 @@ def run_one(
     with_details: bool = False,
     details_png: bool = True,
     with_history: bool = False,
-    checkpoint: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Train one config; never raises for a trial's own failure. ``checkpoint`` ({path,
-    every_epochs, keep_final}) makes it save as it goes and continue from its last save."""
-    from pal_study.checkpoint import CheckpointPolicy
+    checkpoint: CheckpointPolicy | None = None,
+    stage: Stage = "tune",
+) -> TrialReport:
+    """Train one config into its closing report; never raises for a trial's own failure.
+    ``checkpoint`` makes it save as it goes and continue from its last save."""
     from pal_study.train import train
 
+    seed = cfg_dict.get("seed") if stage == "final" else None
     try:
         fault = inject_fault(cfg_dict)
         cfg = TrainConfig.model_validate(cfg_dict)
@@ -171,69 +176,72 @@ def run_one(
             fault(m.epoch)
             return stop
 
-        policy = None
-        if checkpoint:
-            policy = CheckpointPolicy(
-                path=Path(checkpoint["path"]),
-                every_epochs=checkpoint["every_epochs"],
-                keep_final=bool(checkpoint.get("keep_final")),
-            )
-        result = train(cfg, report, data=_data_for(cfg), checkpoint=policy, replay=True)
-        out = summarize(result)
-        # As JSON strings: Tune flattens nested dicts in results before schedulers see them.
+        result = train(cfg, report, data=_data_for(cfg), checkpoint=checkpoint, replay=True)
+        out = summarize(result, stage=stage, seed=seed)
         if with_details and result.status == "completed":
-            out["details_json"] = json.dumps(details(result, png=details_png), default=_jsonable)
+            out = replace(out, details=details(result, png=details_png))
         if with_history:
-            out["history_json"] = json.dumps(result.history, default=_jsonable)
+            out = replace(out, history=result.history)
         return out
     except Exception as e:
         tb = traceback.extract_tb(e.__traceback__)
         where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return {
-            "status": "failed",
-            "reason": f"{type(e).__name__}: {e}{where}",
-            "epochs_run": 0,
-            "train_time_s": 0.0,
-            "wall_time_s": 0.0,
-        }
+        return TrialReport(
+            stage=stage,
+            closing=True,
+            status="failed",
+            reason=f"{type(e).__name__}: {e}{where}",
+            epochs_run=0,
+            wall_time_s=0.0,
+            train_time_s=0.0,
+            seed=seed,
+        )
+
+
+def _policy(path: str | None, every_epochs: int | str, keep_final: bool = False) -> CheckpointPolicy | None:
+    return CheckpointPolicy(path=Path(path), every_epochs=every_epochs, keep_final=keep_final) if path else None
 
 
 def tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable; ``config["pal"]`` is made by the study's searcher."""
+    """Ray Tune function trainable; ``config`` is a :class:`TrialJob` made by the study's searcher."""
     from ray import tune
 
-    job = config["pal"]
-    if job["stage"] == "tune":
-        batch = EpochBatcher(job.get("report"))
+    job = TrialJob.from_tune(config)
+    ckpt = job.checkpoint
+    if job.stage == "tune":
+        batch = EpochBatcher(job.decision_epochs)
 
         def on_epoch(m) -> None:
-            metrics = {k: v for k, v in m.as_dict().items() if v is not None}
-            out = batch.add(metrics)
-            if out is not None:
-                tune.report({**out, "stage": "tune", "closing": False})
+            ready = batch.take({k: v for k, v in m.as_dict().items() if v is not None})
+            if ready is not None:
+                held, metrics = ready
+                tune.report(TrialReport(stage="tune", metrics=metrics, held=held).to_tune())
 
-        summary = run_one(
-            job["config"],
+        closing = run_one(
+            job.config,
             on_epoch,
-            with_details=job.get("details", True),
+            with_details=job.details,
             details_png=False,
-            checkpoint=job.get("checkpoint"),
+            checkpoint=_policy(ckpt.path, ckpt.every_epochs) if ckpt else None,
         )
-        tune.report({**_finite(summary), **batch.rest(), "stage": "tune", "closing": True, "node": _node()})
-        if summary.get("status") == "failed":
-            raise TrialFailed(summary.get("reason", "failed"))
+        tune.report(replace(closing, held=batch.take_rest(), node=_node()).to_tune())
+        if closing.status == "failed":
+            raise TrialFailed(closing.reason or "failed")
         return
     failed = []
-    for seed in job["seeds"]:
-        cfg = {**job["config"], "seed": seed}
-        ckpt = job.get("checkpoint")
-        if ckpt:
-            # A final keeps its last checkpoint: the trained model of the cell's best config.
-            ckpt = {"path": ckpt["paths"][str(seed)], "every_epochs": ckpt["every_epochs"], "keep_final": True}
-        summary = run_one(cfg, with_details=job.get("details", True), with_history=True, checkpoint=ckpt)
-        tune.report({**_finite(summary), "stage": "final", "seed": seed, "closing": True, "node": _node()})
-        if summary.get("status") == "failed":
-            failed.append(f"seed {seed}: {summary.get('reason', 'failed')}")
+    for seed in job.seeds:
+        # A final keeps its last checkpoint: the trained model of the cell's best config.
+        policy = _policy(ckpt.paths[seed], ckpt.every_epochs, keep_final=True) if ckpt else None
+        closing = run_one(
+            {**job.config, "seed": seed},
+            with_details=job.details,
+            with_history=True,
+            checkpoint=policy,
+            stage="final",
+        )
+        tune.report(replace(closing, node=_node()).to_tune())
+        if closing.status == "failed":
+            failed.append(f"seed {seed}: {closing.reason or 'failed'}")
     if failed:
         raise TrialFailed("; ".join(failed))
 
@@ -266,22 +274,27 @@ class EpochBatcher:
         # at the first epoch of each later interval.
         return epoch >= start and (epoch == max(start, 1) or (epoch - start) % every == 0)
 
-    def add(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
-        """The result to report now (with the held epochs), or None while holding this one."""
+    def take(self, metrics: dict[str, Any]) -> tuple[tuple[dict[str, Any], ...], dict[str, Any]] | None:
+        """(the held epochs, this one) to report now, or None while holding this one."""
         if not self.decides(int(metrics["epoch"])) and time.monotonic() - self.last < self.max_gap_s:
             self.held.append(metrics)
             return None
-        out = {**metrics, **self.rest()}
         self.last = time.monotonic()
-        return out
+        return self.take_rest(), metrics
+
+    def take_rest(self) -> tuple[dict[str, Any], ...]:
+        """The held epochs, for the next report (the closing one at the end), then forgotten."""
+        held, self.held = tuple(self.held), []
+        return held
+
+    def add(self, metrics: dict[str, Any]) -> dict[str, Any] | None:
+        """:meth:`take` as the fields of the Tune result it becomes (this epoch and ``epochs_json``)."""
+        ready = self.take(metrics)
+        return None if ready is None else {**ready[1], **held_to_tune(ready[0])}
 
     def rest(self) -> dict[str, Any]:
-        """The held epochs, for the next report (the closing one at the end), then forgotten."""
-        if not self.held:
-            return {}
-        out = {"epochs_json": json.dumps(self.held, default=_jsonable)}
-        self.held = []
-        return out
+        """:meth:`take_rest` as the field of the Tune result that carries them (none: no field)."""
+        return held_to_tune(self.take_rest())
 
 
 class TrialFailed(RuntimeError):
@@ -294,11 +307,3 @@ def _node() -> str:
     import ray
 
     return ray.util.get_node_ip_address()
-
-
-def _finite(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in d.items() if v is not None and not (isinstance(v, float) and v != v)}
-
-
-def _jsonable(o: Any) -> Any:
-    return None

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from pal_study.cli import main
 from pal_study.study import load_study
 from pal_study.study.store import StudyStore
+from pal_study.study.trial import TrialReport
 from tests.support import journal, studies_by_name, write_study
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -484,7 +485,7 @@ def test_a_trial_asked_but_not_sampled_before_a_kill_draws_the_params_it_would_h
         searcher = StudySearcher(study, store, slots=1)
         for n, value in enumerate([0.5, 0.7, 0.6]):
             searcher.suggest(f"t{n}")
-            searcher.jobs[f"t{n}"].closing = {"status": "completed", "val_acc": value}
+            searcher.jobs[f"t{n}"].closing = TrialReport(closing=True, status="completed", metrics={"val_acc": value})
             searcher.on_trial_complete(f"t{n}")
         if killed:
             searcher._tuning[0].ask()  # then the driver dies: no params stored
@@ -505,7 +506,7 @@ def test_an_epoch_that_lands_after_the_prune_is_not_recorded(tmp_path):
     searcher.suggest("t0")
     for epoch, value in enumerate([0.5, 0.6, 0.7, 0.8], start=1):
         assert searcher.report("t0", {"epoch": epoch, "val_acc": value}) is False
-    searcher.jobs["t0"].closing = {"status": "completed", "val_acc": 0.8}
+    searcher.jobs["t0"].closing = TrialReport(closing=True, status="completed", metrics={"val_acc": 0.8})
     searcher.on_trial_complete("t0")
     searcher.suggest("t1")
     assert searcher.report("t1", {"epoch": 1, "val_acc": 0.1}) is True  # below the 90th percentile

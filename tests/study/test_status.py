@@ -30,8 +30,9 @@ from optuna.trial import TrialState, create_trial
 from pal_study.cli import main
 from pal_study.config import ConfigError
 from pal_study.study import load_study
+from pal_study.study import status as status_module
 from pal_study.study.events import EpochReported, FinalEnded, TrialEnded
-from pal_study.study.status import StatusWriter, study_status
+from pal_study.study.status import StatusWriter
 from pal_study.study.store import StudyLockedError, StudyStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,6 +56,11 @@ CELL_KEYS = {
     "phase",
     "failures",
 }
+
+
+def study_status(study_dir: Path, **kwargs) -> dict:
+    """The status as its JSON object (what status.json and ``pal-study status --json`` hold)."""
+    return status_module.study_status(study_dir, **kwargs).to_dict()
 
 
 def write_study(tmp_path: Path, name: str, **overrides) -> Path:
