@@ -107,7 +107,7 @@ def test_reading_never_creates_changes_or_locks_a_file(tmp_path):
     runs = journal_finals(run_dir)
     assert {(r.cell, r.seed) for r in runs} >= {("method=ce", 0), ("method=ce+pal", 1)}
     assert journal_judge(run_dir, runs) == ([], [])
-    assert study_status(run_dir)["totals"]["completed"] == 10
+    assert study_status(run_dir).totals.completed == 10
     # Writes through the reader are refused, before Optuna's lock is taken.
     with pytest.raises(RuntimeError, match="read-only"):
         rec.load("s/cell000").set_user_attr("note", "x")
