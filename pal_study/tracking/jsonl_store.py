@@ -9,7 +9,7 @@ Layout under the root directory::
 A run's state is its records replayed in order: ``create`` (name, start time, tags), ``log``
 (metrics as [key, value, step], params, tags), ``status``, ``delete``. Each record is appended with
 one ``write`` to a file opened for appending, so a reader (a report while a study runs) sees whole
-records; a last line without its newline (a writer killed mid-write) is ignored. Readers replay
+records; a record torn by a writer killed mid-write is skipped. Readers replay
 only what was appended since they last looked. Needs no server and nothing but the standard
 library: a study's record can be read with ``jq`` or copied with ``cp``."""
 
@@ -199,8 +199,11 @@ class JsonlStore:
     @staticmethod
     def _append(path: Path, record: dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), allow_nan=True) + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # after a record torn by a killed writer: on a line of its own
             os.write(fd, line)
         finally:
             os.close(fd)
@@ -212,7 +215,10 @@ class JsonlStore:
             chunk = f.read()
         end = chunk.rfind(b"\n") + 1  # whole records only
         for line in chunk[:end].splitlines():
-            record = json.loads(line)
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # torn by a writer killed mid-record
             if state is None:
                 state = _Replayed(
                     Run(
