@@ -10,9 +10,8 @@ Checked with: ray 2.60.0, optuna 5.0.0, mlflow 3.17.2, torchvision 0.29.1.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
-
-from pal_study.study.trial import bulky_keys
 
 # -- Ray ------------------------------------------------------------------------------------------
 
@@ -27,9 +26,9 @@ def keep_local_ray_on_loopback() -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False
 
 
-def drop_bulky_results_callback() -> Any:
+def drop_bulky_results_callback(bulky_keys: Callable[[Mapping[str, Any]], Iterable[str]]) -> Any:
     """A Ray Tune callback that deletes a trial report's bulky payloads (reliability PNG, geometry,
-    history, held-back epochs: :func:`~pal_study.study.trial.bulky_keys`) from each result once
+    history, held-back epochs: the keys ``bulky_keys(result)`` names) from each result once
     the searcher has taken them. It relies on Tune handing
     ``Callback.on_trial_result`` the very dict that becomes ``trial.last_result`` (undocumented):
     Tune keeps every trial's last result until ``fit()`` returns, so without this the driver's

@@ -18,6 +18,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from pal_study import _compat
+from pal_study.study.trial import bulky_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +54,7 @@ def test_a_tune_callback_can_drop_bulky_fields_from_what_tune_keeps(tmp_path):
         grid = tune.Tuner(
             trainable,
             run_config=tune.RunConfig(
-                storage_path=str(tmp_path), verbose=0, callbacks=[_compat.drop_bulky_results_callback()]
+                storage_path=str(tmp_path), verbose=0, callbacks=[_compat.drop_bulky_results_callback(bulky_keys)]
             ),
         ).fit()
     finally:

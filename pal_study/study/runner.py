@@ -206,6 +206,7 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
     from pal_study._compat import drop_bulky_results_callback
     from pal_study.study.engine import OptunaPruningScheduler
     from pal_study.study.trainable import tune_trial
+    from pal_study.study.trial import bulky_keys
 
     r = study.spec.resources
     trainable = tune.with_resources(tune_trial, {"cpu": r.cpu, "gpu": r.gpu})
@@ -229,7 +230,7 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
                 verbose=0,
                 failure_config=tune.FailureConfig(max_failures=0),  # retries: the searcher's
                 checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False),
-                callbacks=[drop_bulky_results_callback()],
+                callbacks=[drop_bulky_results_callback(bulky_keys)],
             ),
         ).fit()
         # The Tuner's trials sit in reference cycles; with torch, Ray and MLflow loaded the heap
