@@ -78,7 +78,7 @@ def _ablate(lever: str) -> None:
 
         engine.StudySearcher._trial_job = every_epoch
     elif lever == "thread":  # MLflow writes on Tune's event loop, as before the tracking thread
-        from pal_study.study import tracker
+        from pal_study.study import tracker_thread
 
         class Inline:
             def __init__(self, t):
@@ -90,7 +90,7 @@ def _ablate(lever: str) -> None:
             def close(self):
                 pass
 
-        tracker.TrackerThread = Inline
+        tracker_thread.TrackerThread = Inline
     elif lever:
         raise SystemExit(f"unknown lever {lever!r}")
 

@@ -81,7 +81,9 @@ def _setup_logging(verbose: bool) -> None:
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns/)."
+        "--tracking-uri",
+        help="Tracking store: an MLflow tracking URI, or jsonl:///DIR for plain JSON-lines files "
+        "(default: $MLFLOW_TRACKING_URI, else sqlite under ./mlruns/).",
     ),
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log to MLflow.")]
@@ -137,9 +139,9 @@ def train(
     cfg = resolve(load_train_config(config, overrides))
     tracking = None
     if not no_track:
-        from pal_study.tracking import Tracking
+        from pal_study.tracking import open_store
 
-        tracking = Tracking(tracking_uri)
+        tracking = open_store(tracking_uri)
         tracking.check()
     try:
         data = build_dataset_for(cfg)
@@ -178,7 +180,7 @@ def train(
     _print_result(result)
     err.print(f"result: {out_path}")
     if tracking is not None:
-        from pal_study.tracking import log_train_result
+        from pal_study.tracking.train_run import log_train_result
 
         run_id = log_train_result(tracking, experiment, result)
         err.print(f"tracked: {tracking.uri} experiment {experiment!r} run {run_id}", soft_wrap=True, highlight=False)
@@ -606,9 +608,12 @@ def ui(
     """Serve the MLflow UI for the configured store (127.0.0.1 only unless --host says otherwise).
     SIGTERM, SIGINT or SIGHUP stops the server and all its processes (exit 0)."""
     from pal_study.servers import run_server
-    from pal_study.tracking import Tracking, cells_view_url, default_artifact_root, has_cells_view
+    from pal_study.tracking import open_store
+    from pal_study.tracking.mlflow_store import MlflowStore, cells_view_url, default_artifact_root, has_cells_view
 
-    tracking = Tracking(tracking_uri)
+    tracking = open_store(tracking_uri)
+    if not isinstance(tracking, MlflowStore):
+        raise UserError(f"pal-study ui serves MLflow stores; {tracking.uri} is not one (its runs are plain files)")
     tracking.check()
     warning = public_bind_warning(host)
     if warning:
@@ -617,7 +622,7 @@ def ui(
     shown = f"[{host}]" if ":" in host else host
     base = f"http://{shown}:{port}/"
     if study:
-        exp = tracking.client.get_experiment_by_name(_study_name(study))
+        exp = tracking.find_experiment(_study_name(study))
         if exp is None:
             raise UserError(f"--study: no experiment {study!r} in {tracking.uri}")
         if has_cells_view(exp):

@@ -19,6 +19,7 @@ from pal_study.errors import ConfigError
 
 # The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
 from pal_study.layout import JOURNAL, SUMMARY_KEYS, cell_label, tuning_of
+from pal_study.tracking.names import CONFIG_FILE
 
 
 def _num(v: Any) -> float | None:
@@ -140,19 +141,19 @@ class Source:
         if self.kind == "mlflow":
             from pal_study.analysis.report import judge_finals, study_claims
 
-            return judge_finals(study_claims(self.tracking.client, self.parent), self.runs, adjust)
+            return judge_finals(study_claims(self.tracking, self.parent), self.runs, adjust)
         return journal_judge(self.run_dir, self.runs, adjust)
 
     def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
         return self.judge(adjust)[0]
 
     def config_yaml(self, run: FinalRun, study: str) -> str:
-        """The re-runnable ``config.yaml`` of a final run, as MLflow holds it."""
+        """The re-runnable ``config.yaml`` of a final run, as the tracking store holds it."""
         if self.kind == "mlflow":
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as tmp:
-                return Path(self.tracking.client.download_artifacts(run.run_id, "config.yaml", tmp)).read_text()
+            content = self.tracking.read_file(run.run_id, CONFIG_FILE)
+            if content is None:
+                raise ConfigError(f"final run {run.run_id} has no {CONFIG_FILE} in {self.where}", key="STUDY")
+            return content.decode()
         from pal_study.tracking import config_yaml
 
         return config_yaml(run.config or {}, f"{study} {run.cell} final seed {run.seed}: pal-study train THIS_FILE")
@@ -163,26 +164,24 @@ def open_source(
 ) -> Source:
     """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
     ``auto``: the store when it holds the study, else the run directory."""
-    import os
-
     from pal_study.analysis.report import fetch_finals
-    from pal_study.tracking import Tracking, resolve_uri
+    from pal_study.tracking import open_store, resolve_uri, uri_named
 
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
     run_dir = Path(runs_dir) / study
     has_record = StudyRecord(run_dir).has_journal()
     uri = resolve_uri(tracking_uri)
-    store_named = bool(tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"))
+    store_named = uri_named(tracking_uri)
     local_db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
     if source == "runs" or (
         source == "auto" and has_record and not store_named and local_db is not None and not local_db.exists()
     ):
         return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
     try:
-        tracking = Tracking(tracking_uri)
+        tracking = open_store(tracking_uri)
         tracking.check()
-        exp_id, parent, runs = fetch_finals(tracking.client, study)
+        exp_id, parent, runs = fetch_finals(tracking, study)
     except ConfigError:
         if source == "auto" and has_record:
             return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)

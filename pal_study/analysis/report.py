@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
-from pal_study.analysis.failed_finals import apply_rule, failed_metrics
+from pal_study.analysis.failed_finals import apply_rule, failed_metrics, num_classes
 from pal_study.analysis.journal import StudyRecord
 from pal_study.analysis.ranking import probability_of_improvement, rank_methods
 from pal_study.analysis.sensitivity import Variant, judge
@@ -22,6 +22,8 @@ from pal_study.analysis.stats import Paired, adjust_all, paired
 from pal_study.errors import ConfigError
 from pal_study.methods import split_method
 from pal_study.metrics import mean_std
+from pal_study.tracking import names
+from pal_study.tracking.base import TrackingStore
 
 GROUPS = ("many", "medium", "few")
 
@@ -72,49 +74,32 @@ def _f(v: Any, default: float = 0.0) -> float:
         return default
 
 
-def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
+def fetch_finals(tracking: TrackingStore, study: str) -> tuple[str, str, list[FinalRun]]:
     """(experiment id, parent run id, completed final runs) of the study's latest parent run."""
-    exp = client.get_experiment_by_name(study)
+    exp = tracking.find_experiment(study)
     if exp is None:
-        raise ConfigError(f"no MLflow experiment named {study!r} in this tracking store", key="STUDY")
-    parents = client.search_runs(
-        [exp.experiment_id], "tags.`pal.stage` = 'study'", max_results=1, order_by=["attributes.start_time DESC"]
-    )
+        raise ConfigError(f"no experiment named {study!r} in the tracking store {tracking.uri}", key="STUDY")
+    parents = tracking.find_runs(exp.experiment_id, names.study_runs(), newest_first=True, limit=1)
     if not parents:
         raise ConfigError(f"experiment {study!r} holds no pal-study study run", key="STUDY")
-    parent = parents[0].info.run_id
+    parent = parents[0].run_id
     # Finals sit under their cell run and carry the study run's id (``pal.study_run``); studies
     # tracked before cell runs existed have them directly under the study run. Either layout,
-    # each run once.
+    # each run once; completed and failed finals, not a run still open.
     runs, seen = [], set()
-    for under in ("pal.study_run", "mlflow.parentRunId"):
-        token = None
-        while True:
-            page = client.search_runs(
-                [exp.experiment_id],
-                f"tags.`{under}` = '{parent}' and tags.stage = 'final'",
-                max_results=1000,
-                page_token=token,
-            )
-            # Completed and failed finals (MLflow's filter has no IN for tags); not a run still open.
-            runs += [
-                r for r in page if r.info.run_id not in seen and r.data.tags.get("outcome") in ("completed", "failed")
-            ]
-            seen.update(r.info.run_id for r in page)
-            token = page.token
-            if not token:
-                break
-    from pal_study.analysis.failed_finals import num_classes
-    from pal_study.tracking import SENSITIVITY_OF_TAG, SENSITIVITY_TAG
-
+    for link in (names.STUDY_RUN_TAG, names.PARENT_TAG):
+        for r in tracking.find_runs(exp.experiment_id, names.finals_of(parent, link)):
+            if r.run_id not in seen and r.tags.get(names.OUTCOME_TAG) in names.ENDED_OUTCOMES:
+                runs.append(r)
+            seen.add(r.run_id)
     out = []
     for r in runs:
-        t, p = r.data.tags, r.data.params
+        t, p = r.tags, r.params
         dataset = t.get("dataset", "?")
         options = {k.split(".", 2)[2]: v for k, v in p.items() if k.startswith(f"data.{dataset}.")}
         out.append(
             FinalRun(
-                run_id=r.info.run_id,
+                run_id=r.run_id,
                 cell=t.get("cell", "?"),
                 group=t.get("cell_group", ""),
                 method=t.get("method", "?"),
@@ -123,11 +108,15 @@ def fetch_finals(client, study: str) -> tuple[str, str, list[FinalRun]]:
                 imbalance_ratio=_f(t.get("imbalance_ratio"), 1.0),
                 seed=int(_f(t.get("seed"))),
                 weight_decay=_f(p["optim.weight_decay"]) if "optim.weight_decay" in p else None,
-                metrics={k.removeprefix("final_"): v for k, v in r.data.metrics.items() if k.startswith("final_")},
-                checkpoint=t.get("pal.checkpoint"),
-                failed=t.get("outcome") == "failed",
-                variant=json.loads(t[SENSITIVITY_TAG]) if t.get(SENSITIVITY_TAG) else None,
-                parent=t.get(SENSITIVITY_OF_TAG),
+                metrics={
+                    k.removeprefix(names.SUMMARY_PREFIX): v
+                    for k, v in r.metrics.items()
+                    if k.startswith(names.SUMMARY_PREFIX)
+                },
+                checkpoint=t.get(names.CHECKPOINT_TAG),
+                failed=t.get(names.OUTCOME_TAG) == "failed",
+                variant=json.loads(t[names.SENSITIVITY_TAG]) if t.get(names.SENSITIVITY_TAG) else None,
+                parent=t.get(names.SENSITIVITY_OF_TAG),
                 num_classes=num_classes(dataset, {"data": {dataset: {k: _num_or_str(v) for k, v in options.items()}}}),
             )
         )
@@ -346,19 +335,11 @@ def stated_claims(saved: list[dict[str, Any]] | None, spec: dict[str, Any] | Non
     )
 
 
-def study_claims(client: Any, parent_id: str) -> StatedClaims:
+def study_claims(tracking: TrackingStore, parent_id: str) -> StatedClaims:
     """The claims the study stated (its parent run's ``claims.json`` and resolved spec)."""
-    import tempfile
-    from pathlib import Path
-
-    names = {a.path for a in client.list_artifacts(parent_id)}
-    saved = spec = None
-    with tempfile.TemporaryDirectory() as tmp:
-        if "claims.json" in names:
-            saved = json.loads(Path(client.download_artifacts(parent_id, "claims.json", tmp)).read_text())
-        if "study_resolved.json" in names:
-            spec = json.loads(Path(client.download_artifacts(parent_id, "study_resolved.json", tmp)).read_text())
-    return stated_claims(saved, spec)
+    saved = tracking.read_file(parent_id, names.CLAIMS_FILE)
+    spec = tracking.read_file(parent_id, names.RESOLVED_SPEC_FILE)
+    return stated_claims(json.loads(saved) if saved else None, json.loads(spec) if spec else None)
 
 
 def _factors_of(label: str) -> dict[str, Any]:
@@ -402,6 +383,8 @@ def judge_finals(
     return results, [k.as_dict() for k in sens]
 
 
-def claim_results(client: Any, parent_id: str, runs: list[FinalRun], adjust: str = "bh") -> list[dict[str, Any]]:
+def claim_results(
+    tracking: TrackingStore, parent_id: str, runs: list[FinalRun], adjust: str = "bh"
+) -> list[dict[str, Any]]:
     """The study's claims judged on the final runs in the tracking store (as at the study's end)."""
-    return judge_finals(study_claims(client, parent_id), runs, adjust)[0]
+    return judge_finals(study_claims(tracking, parent_id), runs, adjust)[0]

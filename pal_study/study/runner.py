@@ -124,7 +124,8 @@ def run_study(
         tracker = None
         sinks: list[Any] = [display, SummaryOnFinals(study, store), status_writer]
         if tracking is not None:
-            from pal_study.study.tracker import StudyTracker, TrackerThread
+            from pal_study.study.tracker import StudyTracker
+            from pal_study.study.tracker_thread import TrackerThread
 
             tracker = StudyTracker(tracking, study, store)
             tracker.start()
@@ -267,9 +268,9 @@ class _Background:
 
 
 def _open_tracking(uri: str | None) -> Any:
-    from pal_study.tracking import Tracking
+    from pal_study.tracking import open_store
 
-    tracking = Tracking(uri)
+    tracking = open_store(uri)
     tracking.check()
     return tracking
 
@@ -282,12 +283,12 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     from pal_study.analysis.formats import report_files
     from pal_study.analysis.report import aggregate, analyse, fetch_finals
 
-    tracking = tracker.t
+    tracking = tracker.tracking
     read: list[Any] = []
 
     def report_rows() -> list[Any]:  # read back once, for the files and the cell runs
         if not read:
-            finals = fetch_finals(tracking.client, study.spec.name)[2]
+            finals = fetch_finals(tracking, study.spec.name)[2]
             read.append((finals, aggregate(finals)))
         return read[0][1]
 
@@ -322,7 +323,7 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
         note = store.dir / TRACKING_INCOMPLETE
         note.write_text(json.dumps({"tracking_uri": tracking.uri, "undelivered": undelivered}, indent=1))
         console.print(
-            f"[yellow]warning:[/] the MLflow store {tracking.uri} stayed unreachable: "
+            f"[yellow]warning:[/] the tracking store {tracking.uri} stayed unreachable: "
             f"{len(undelivered)} logs not delivered (listed in {note}); the study's results "
             "are complete in runs/ (Optuna journal, summary.json)",
             soft_wrap=True,

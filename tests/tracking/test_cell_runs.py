@@ -226,8 +226,10 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
     """A study logged in the old layout (finals directly under the study run, no cell runs, no
     ``pal.study_run``) reports the same finals as one in the cell layout, each run once."""
     from pal_study.analysis.report import aggregate, fetch_finals
+    from pal_study.tracking import open_store
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    tracking = open_store(f"sqlite:///{tmp_path}/mlflow.db")
+    client = tracking.client
     accs = {("ce", 0): 0.80, ("ce", 1): 0.82, ("ce+fnpal", 0): 0.85, ("ce+fnpal", 1): 0.88}
     results = {}
     for layout in ("old", "new"):
@@ -265,7 +267,7 @@ def test_fetch_finals_reads_studies_tracked_before_cell_runs(tmp_path):
                 ),
                 0.81,
             )
-        got_exp, got_study, finals = fetch_finals(client, layout)
+        got_exp, got_study, finals = fetch_finals(tracking, layout)
         assert (got_exp, got_study) == (exp_id, study)
         results[layout] = finals
     # Failed finals are read too (the report counts them), marked failed and without metrics.
@@ -294,11 +296,11 @@ def test_resume_reuses_or_creates_cell_runs_and_moves_old_runs_below_them(tmp_pa
     from pal_study.study.engine import StudySearcher
     from pal_study.study.store import StudyStore
     from pal_study.study.tracker import StudyTracker
-    from pal_study.tracking import Tracking
+    from pal_study.tracking import open_store
 
     study = load_study(study_file(tmp_path, "resume_cells", methods=("ce",), noise=(0.4,), seeds=(0, 1)))
     store = StudyStore(study, tmp_path / "runs")
-    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    tracking = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     client = tracking.client
     tracker = StudyTracker(tracking, study, store)
     study_id = tracker.start()
@@ -353,7 +355,7 @@ def test_resume_reuses_or_creates_cell_runs_and_moves_old_runs_below_them(tmp_pa
     assert done.info.status == "FINISHED"
     assert done.data.metrics["n_finals"] == 2 and done.data.metrics["final_test_acc_mean"] == pytest.approx(0.82)
     assert done.data.metrics["final_test_acc_std"] == pytest.approx(statistics.stdev([0.80, 0.84]))
-    assert sorted(f.seed for f in fetch_finals(client, "resume_cells")[2]) == [0, 1]
+    assert sorted(f.seed for f in fetch_finals(tracking, "resume_cells")[2]) == [0, 1]
     # Once more: nothing left to do, still one cell run.
     n, cell_runs = resume()
     assert n == 0 and [r.info.run_id for r in cell_runs] == [cell_id]

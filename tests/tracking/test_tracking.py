@@ -404,11 +404,11 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     from pal_study.study.engine import StudySearcher
     from pal_study.study.store import StudyStore
     from pal_study.study.tracker import StudyTracker
-    from pal_study.tracking import Tracking
+    from pal_study.tracking import open_store
 
     study = load_study(study_file(tmp_path, "reconcile"))
     store = StudyStore(study, tmp_path / "runs")
-    tracking = Tracking(f"sqlite:///{tmp_path}/mlflow.db")
+    tracking = open_store(f"sqlite:///{tmp_path}/mlflow.db")
     tracker = StudyTracker(tracking, study, store)
     parent = tracker.start()
     cell = study.cells[0]
