@@ -28,8 +28,9 @@ from pydantic import (
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
 from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
-from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
+from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss, loss_defaults
 from pal_study.methods import method_label, parse_method
+from pal_study.models import MODEL_REGISTRY, default_arch
 from pal_study.schema import StrictModel as _Strict
 
 
@@ -62,16 +63,12 @@ class _DataConfigBase(_Strict):
 
 # data.<options_key> for every data set with options of its own (data.synthetic, data.mnist1d): each
 # data set's module defines its options model beside its registry entry (DatasetSpec.options).
-DataConfig = create_model(
-    "DataConfig",
-    __base__=_DataConfigBase,
-    __module__=__name__,
-    **{
-        spec.options_key: (spec.options, spec.options())
-        for spec in DATASET_REGISTRY.entries()
-        if spec.options_key is not None and spec.options is not None
-    },
-)
+_data_options: dict[str, Any] = {
+    spec.options_key: (spec.options, spec.options())
+    for spec in DATASET_REGISTRY.entries()
+    if spec.options_key is not None and spec.options is not None
+}
+DataConfig = create_model("DataConfig", __base__=_DataConfigBase, __module__=__name__, **_data_options)
 
 
 class ModelConfig(_Strict):
@@ -80,8 +77,6 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        from pal_study.models import MODEL_REGISTRY
-
         if v != "auto" and v not in MODEL_REGISTRY:
             raise ValueError(f"unknown arch {v!r}; allowed: auto, {', '.join(MODEL_REGISTRY.names())}")
         return v
@@ -146,7 +141,7 @@ class _LossConfigBase(_Strict):
 
 
 def _param_field(p: LossParam) -> tuple[Any, Any]:
-    bounds: dict[str, float] = {}
+    bounds: dict[str, Any] = {}  # Field's keywords
     if p.low is not None:
         bounds["gt" if p.low_open else "ge"] = p.low
     if p.high is not None:
@@ -156,12 +151,13 @@ def _param_field(p: LossParam) -> tuple[Any, Any]:
 
 # loss.<hyperparameter> for every loss hyperparameter the registry marks ``config`` (q, gamma, alpha,
 # beta, max_m): unset (None) takes the data set's documented value in :func:`resolve`.
+_loss_params: dict[str, Any] = {name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()}
 LossConfig = create_model(
     "LossConfig",
     __base__=_LossConfigBase,
     __module__=__name__,
     __validators__={"_fin_params": field_validator(*config_params())(_finite)},
-    **{name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()},
+    **_loss_params,
 )
 
 
@@ -255,11 +251,11 @@ class TrainConfig(_Strict):
             )
         drw_set = [k for k in DRW_KEYS if getattr(self.loss, k) is not None]
         if drw_set and not spec.supports_weights:
-            users = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
+            weighted = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
             raise KeyedError(
                 f"loss.{drw_set[0]}",
                 f"loss {self.loss.name!r} takes no class weights: loss.{drw_set[0]} (deferred re-weighting) "
-                f"is accepted by {users}",
+                f"is accepted by {weighted}",
             )
         if self.loss.margin > 0 and self.head.kind not in NORMALIZED_HEADS:
             raise KeyedError(
@@ -299,8 +295,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     The resolved config is what is saved beside results, so re-running it gives the same trial
     even if the defaults change later.
     """
-    from pal_study.losses import loss_defaults
-
     d = cfg.model_dump()
     recipe = recipe_for(cfg)
     for key, value in recipe.items():
@@ -334,8 +328,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         loss["drw_beta"] = DRW_BETA
 
     if d["model"]["arch"] == "auto":
-        from pal_study.models import default_arch
-
         shape = _input_shape(cfg)
         d["model"]["arch"] = default_arch(cfg.data.name, shape)
     d["method"] = None
