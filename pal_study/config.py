@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -137,7 +138,13 @@ class _LossConfigBase(_Strict):
     @property
     def drw_active(self) -> bool:
         """Whether deferred re-weighting is on (a resolved config: drw_epoch an int)."""
-        return isinstance(self.drw_epoch, int) and not isinstance(self.drw_epoch, bool)
+        return self.drw_start is not None
+
+    @property
+    def drw_start(self) -> int | None:
+        """``drw_epoch`` where deferred re-weighting is on (an int), else None (unset or false)."""
+        e = self.drw_epoch
+        return e if isinstance(e, int) and not isinstance(e, bool) else None
 
 
 def _param_field(p: LossParam) -> tuple[Any, Any]:
@@ -161,6 +168,26 @@ LossConfig = create_model(
 )
 
 
+Schedule = Literal["cosine", "step", "constant"]
+
+
+@dataclass(frozen=True)
+class ResolvedOptim:
+    """The optimiser settings of a resolved config, every one set: what training reads."""
+
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    schedule: Schedule
+    warmup_epochs: int
+    milestones: list[int]
+    step_gamma: float
+    grad_clip: float  # 0: no clipping
+
+
 class OptimConfig(_Strict):
     lr: float | None = Field(None, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
@@ -168,13 +195,59 @@ class OptimConfig(_Strict):
     weight_decay: float | None = Field(None, ge=0.0)
     epochs: int | None = Field(None, ge=1, le=100_000)
     batch_size: int | None = Field(None, ge=1, le=1_000_000)
-    schedule: Literal["cosine", "step", "constant"] | None = None
+    schedule: Schedule | None = None
     warmup_epochs: int | None = Field(None, ge=0)
     milestones: list[int] | None = None
     step_gamma: float | None = Field(None, gt=0.0, le=1.0, description="lr factor per milestone")
     grad_clip: float | None = Field(None, ge=0.0, description="max grad norm; 0 disables")
 
     _fin = field_validator("lr", "weight_decay", "grad_clip")(_finite)
+
+    @property
+    def resolved(self) -> ResolvedOptim:
+        """These settings as :func:`resolve` fills them; a ValueError names the first one still unset."""
+        lr, wd, epochs, batch, schedule = self.lr, self.weight_decay, self.epochs, self.batch_size, self.schedule
+        warmup, milestones, gamma, clip = self.warmup_epochs, self.milestones, self.step_gamma, self.grad_clip
+        if (
+            lr is None
+            or wd is None
+            or epochs is None
+            or batch is None
+            or schedule is None
+            or warmup is None
+            or milestones is None
+            or gamma is None
+            or clip is None
+        ):
+            unset = next(k for k in _RESOLVED_OPTIM if getattr(self, k) is None)
+            raise ValueError(f"optim.{unset} is unset: resolve the config first (config.resolve)")
+        return ResolvedOptim(
+            lr=lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=wd,
+            epochs=epochs,
+            batch_size=batch,
+            schedule=schedule,
+            warmup_epochs=warmup,
+            milestones=milestones,
+            step_gamma=gamma,
+            grad_clip=clip,
+        )
+
+
+# The optim fields left unset (None) until resolve fills them.
+_RESOLVED_OPTIM = (
+    "lr",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "milestones",
+    "step_gamma",
+    "grad_clip",
+)
 
 
 class TrainConfig(_Strict):

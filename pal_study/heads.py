@@ -163,6 +163,9 @@ class NormHead(_HeadMixin, nn.Module):
         return self._describe()
 
 
+Head = LinearHead | AnchoredHead | NormHead  # what build_head gives
+
+
 def build_head(
     kind: str,
     in_dim: int,
@@ -173,7 +176,7 @@ def build_head(
     use_relu_prototypes: bool = False,
     seed: int = 0,
     prototype_steps: int = DEFAULT_STEPS,
-) -> nn.Module:
+) -> Head:
     """A head of ``kind`` in ``HEADS`` mapping in_dim features to num_classes logits.
 
     ``scale`` is s for fnpal/norm (None -> ``DEFAULT_SCALE``); ignored by linear/pal (their
