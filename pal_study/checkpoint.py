@@ -127,9 +127,9 @@ class SaveSchedule:
         return auto_interval(sum(self.save_times) / len(self.save_times), sum(epoch_times) / len(epoch_times))
 
     def due(self, epoch: int) -> bool:
-        if self.every == "auto":
-            return epoch >= self.next_auto
-        return self.every > 0 and epoch % self.every == 0
+        if isinstance(self.every, int):
+            return self.every > 0 and epoch % self.every == 0
+        return epoch >= self.next_auto  # "auto", the one string CheckpointPolicy admits
 
     def saved(self, epoch: int, save_s: float, epoch_times: list[float]) -> None:
         """Record a save after ``epoch`` that took ``save_s`` seconds; re-plan "auto"."""
@@ -314,7 +314,10 @@ def _short(e: BaseException, limit: int = 200) -> str:
 
 def capture_rng(generator: torch.Generator, on_cuda: bool) -> dict[str, Any]:
     """Every RNG a trial may draw from: torch CPU (+ CUDA), numpy and Python globals, the batcher's."""
-    name, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = np.random.get_state(legacy=True)
+    if isinstance(state, dict):  # only a generator other than MT19937 gives one; the global one is MT19937
+        raise RuntimeError(f"numpy's global RNG is not MT19937: {state.get('bit_generator')!r}")
+    name, keys, pos, has_gauss, cached = state
     return {
         "torch": torch.get_rng_state(),
         "cuda": list(torch.cuda.get_rng_state_all()) if on_cuda else None,

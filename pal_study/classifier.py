@@ -8,14 +8,17 @@ import torch
 from torch import nn
 
 from pal_study.config import TrainConfig
-from pal_study.heads import build_head
-from pal_study.models import build_model
+from pal_study.heads import Head, build_head
+from pal_study.models import Backbone, build_model
 
 
 class Classifier(nn.Module):
     """Backbone + head; returns (features, logits)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    backbone: Backbone
+    head: Head
+
+    def __init__(self, backbone: Backbone, head: Head):
         super().__init__()
         self.backbone = backbone
         self.head = head

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import typing
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,8 +29,9 @@ from pydantic import (
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
 from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
-from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss
+from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss, loss_defaults
 from pal_study.methods import method_label, parse_method
+from pal_study.models import MODEL_REGISTRY, default_arch
 from pal_study.schema import StrictModel as _Strict
 
 
@@ -62,16 +64,12 @@ class _DataConfigBase(_Strict):
 
 # data.<options_key> for every data set with options of its own (data.synthetic, data.mnist1d): each
 # data set's module defines its options model beside its registry entry (DatasetSpec.options).
-DataConfig = create_model(
-    "DataConfig",
-    __base__=_DataConfigBase,
-    __module__=__name__,
-    **{
-        spec.options_key: (spec.options, spec.options())
-        for spec in DATASET_REGISTRY.entries()
-        if spec.options_key is not None and spec.options is not None
-    },
-)
+_data_options: dict[str, Any] = {
+    spec.options_key: (spec.options, spec.options())
+    for spec in DATASET_REGISTRY.entries()
+    if spec.options_key is not None and spec.options is not None
+}
+DataConfig = create_model("DataConfig", __base__=_DataConfigBase, __module__=__name__, **_data_options)
 
 
 class ModelConfig(_Strict):
@@ -80,8 +78,6 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _arch(cls, v: str) -> str:
-        from pal_study.models import MODEL_REGISTRY
-
         if v != "auto" and v not in MODEL_REGISTRY:
             raise ValueError(f"unknown arch {v!r}; allowed: auto, {', '.join(MODEL_REGISTRY.names())}")
         return v
@@ -142,11 +138,17 @@ class _LossConfigBase(_Strict):
     @property
     def drw_active(self) -> bool:
         """Whether deferred re-weighting is on (a resolved config: drw_epoch an int)."""
-        return isinstance(self.drw_epoch, int) and not isinstance(self.drw_epoch, bool)
+        return self.drw_start is not None
+
+    @property
+    def drw_start(self) -> int | None:
+        """``drw_epoch`` where deferred re-weighting is on (an int), else None (unset or false)."""
+        e = self.drw_epoch
+        return e if isinstance(e, int) and not isinstance(e, bool) else None
 
 
 def _param_field(p: LossParam) -> tuple[Any, Any]:
-    bounds: dict[str, float] = {}
+    bounds: dict[str, Any] = {}  # Field's keywords
     if p.low is not None:
         bounds["gt" if p.low_open else "ge"] = p.low
     if p.high is not None:
@@ -156,13 +158,34 @@ def _param_field(p: LossParam) -> tuple[Any, Any]:
 
 # loss.<hyperparameter> for every loss hyperparameter the registry marks ``config`` (q, gamma, alpha,
 # beta, max_m): unset (None) takes the data set's documented value in :func:`resolve`.
+_loss_params: dict[str, Any] = {name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()}
 LossConfig = create_model(
     "LossConfig",
     __base__=_LossConfigBase,
     __module__=__name__,
     __validators__={"_fin_params": field_validator(*config_params())(_finite)},
-    **{name: _param_field(PARAM_REGISTRY.get(name)) for name in config_params()},
+    **_loss_params,
 )
+
+
+Schedule = Literal["cosine", "step", "constant"]
+
+
+@dataclass(frozen=True)
+class ResolvedOptim:
+    """The optimiser settings of a resolved config, every one set: what training reads."""
+
+    lr: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    epochs: int
+    batch_size: int
+    schedule: Schedule
+    warmup_epochs: int
+    milestones: list[int]
+    step_gamma: float
+    grad_clip: float  # 0: no clipping
 
 
 class OptimConfig(_Strict):
@@ -172,13 +195,59 @@ class OptimConfig(_Strict):
     weight_decay: float | None = Field(None, ge=0.0)
     epochs: int | None = Field(None, ge=1, le=100_000)
     batch_size: int | None = Field(None, ge=1, le=1_000_000)
-    schedule: Literal["cosine", "step", "constant"] | None = None
+    schedule: Schedule | None = None
     warmup_epochs: int | None = Field(None, ge=0)
     milestones: list[int] | None = None
     step_gamma: float | None = Field(None, gt=0.0, le=1.0, description="lr factor per milestone")
     grad_clip: float | None = Field(None, ge=0.0, description="max grad norm; 0 disables")
 
     _fin = field_validator("lr", "weight_decay", "grad_clip")(_finite)
+
+    @property
+    def resolved(self) -> ResolvedOptim:
+        """These settings as :func:`resolve` fills them; a ValueError names the first one still unset."""
+        lr, wd, epochs, batch, schedule = self.lr, self.weight_decay, self.epochs, self.batch_size, self.schedule
+        warmup, milestones, gamma, clip = self.warmup_epochs, self.milestones, self.step_gamma, self.grad_clip
+        if (
+            lr is None
+            or wd is None
+            or epochs is None
+            or batch is None
+            or schedule is None
+            or warmup is None
+            or milestones is None
+            or gamma is None
+            or clip is None
+        ):
+            unset = next(k for k in _RESOLVED_OPTIM if getattr(self, k) is None)
+            raise ValueError(f"optim.{unset} is unset: resolve the config first (config.resolve)")
+        return ResolvedOptim(
+            lr=lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=wd,
+            epochs=epochs,
+            batch_size=batch,
+            schedule=schedule,
+            warmup_epochs=warmup,
+            milestones=milestones,
+            step_gamma=gamma,
+            grad_clip=clip,
+        )
+
+
+# The optim fields left unset (None) until resolve fills them.
+_RESOLVED_OPTIM = (
+    "lr",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "milestones",
+    "step_gamma",
+    "grad_clip",
+)
 
 
 class TrainConfig(_Strict):
@@ -255,11 +324,11 @@ class TrainConfig(_Strict):
             )
         drw_set = [k for k in DRW_KEYS if getattr(self.loss, k) is not None]
         if drw_set and not spec.supports_weights:
-            users = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
+            weighted = ", ".join(s.name for s in LOSS_REGISTRY.entries() if s.supports_weights)
             raise KeyedError(
                 f"loss.{drw_set[0]}",
                 f"loss {self.loss.name!r} takes no class weights: loss.{drw_set[0]} (deferred re-weighting) "
-                f"is accepted by {users}",
+                f"is accepted by {weighted}",
             )
         if self.loss.margin > 0 and self.head.kind not in NORMALIZED_HEADS:
             raise KeyedError(
@@ -299,8 +368,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
     The resolved config is what is saved beside results, so re-running it gives the same trial
     even if the defaults change later.
     """
-    from pal_study.losses import loss_defaults
-
     d = cfg.model_dump()
     recipe = recipe_for(cfg)
     for key, value in recipe.items():
@@ -334,8 +401,6 @@ def resolve(cfg: TrainConfig) -> TrainConfig:
         loss["drw_beta"] = DRW_BETA
 
     if d["model"]["arch"] == "auto":
-        from pal_study.models import default_arch
-
         shape = _input_shape(cfg)
         d["model"]["arch"] = default_arch(cfg.data.name, shape)
     d["method"] = None

@@ -163,6 +163,9 @@ class NormHead(_HeadMixin, nn.Module):
         return self._describe()
 
 
+Head = LinearHead | AnchoredHead | NormHead  # what build_head gives
+
+
 def build_head(
     kind: str,
     in_dim: int,
@@ -173,7 +176,7 @@ def build_head(
     use_relu_prototypes: bool = False,
     seed: int = 0,
     prototype_steps: int = DEFAULT_STEPS,
-) -> nn.Module:
+) -> Head:
     """A head of ``kind`` in ``HEADS`` mapping in_dim features to num_classes logits.
 
     ``scale`` is s for fnpal/norm (None -> ``DEFAULT_SCALE``); ignored by linear/pal (their
@@ -188,18 +191,20 @@ def build_head(
         raise ValueError(f"in_dim must be an int >= 1, got {in_dim!r}")
     if not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    logit_scale = 1.0  # s of the normalised heads; the others' logits are unscaled
     if kind in NORMALIZED_HEADS:
         if scale is None:
             scale = DEFAULT_SCALE
         if not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
             raise ValueError(f"scale must be a finite number > 0 for head {kind!r}, got {scale!r}")
+        logit_scale = float(scale)
     elif scale is not None:
         log.debug("head %s: scale=%r ignored (unnormalised logits)", kind, scale)
 
     if kind == "linear":
         return LinearHead(in_dim, num_classes)
     if kind == "norm":
-        return NormHead(in_dim, num_classes, scale=float(scale))
+        return NormHead(in_dim, num_classes, scale=logit_scale)
 
     if isinstance(prototypes, torch.Tensor):
         if tuple(prototypes.shape) != (num_classes, in_dim):
@@ -211,4 +216,4 @@ def build_head(
         w = make_prototypes(
             num_classes, in_dim, prototypes, use_relu=use_relu_prototypes, seed=seed, steps=prototype_steps
         )
-    return AnchoredHead(w, normalize_features=kind == "fnpal", scale=float(scale) if kind == "fnpal" else 1.0)
+    return AnchoredHead(w, normalize_features=kind == "fnpal", scale=logit_scale)

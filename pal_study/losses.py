@@ -138,7 +138,7 @@ def _class_counts(loss: str, counts: Any, num_classes: int) -> list[int]:
         counts = counts.tolist()
     ok = isinstance(counts, Sequence) and not isinstance(counts, str | bytes)
     ok = ok and len(counts) == num_classes
-    ok = ok and all(isinstance(c, Integral) and not isinstance(c, bool) and c > 0 for c in counts)
+    ok = ok and all(isinstance(c, Integral) and not isinstance(c, bool) and int(c) > 0 for c in counts)
     if not ok:
         raise ValueError(
             f"loss {loss!r}: class_counts must be {num_classes} ints (one per class), all > 0, got {counts!r}"

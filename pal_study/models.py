@@ -30,12 +30,18 @@ from pal_study.registry import Registry
 log = logging.getLogger(__name__)
 
 
+class Backbone(nn.Module):
+    """What a backbone's build gives: ``forward(x)`` is (batch, ``feature_dim``) features."""
+
+    feature_dim: int
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """A backbone: ``build(input_shape, last_relu)`` -> module with ``feature_dim`` outputs."""
 
     name: str
-    build: Callable[[tuple[int, ...], bool], nn.Module]
+    build: Callable[[tuple[int, ...], bool], Backbone]
     feature_dim: int
     # Image nets take (C, H, W) with H, W >= min_side (every 2×2 max-pool / stride-2 stage must
     # leave >= 1 pixel); None: any shape, flattened.
@@ -49,10 +55,10 @@ MODELS = MODEL_REGISTRY  # names: iterate, ``in``, ``MODELS.get(name)``
 
 def register_model(
     name: str, *, feature_dim: int, min_side: int | None, summary: str
-) -> Callable[[Callable[[tuple[int, ...], bool], nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register ``build(input_shape, last_relu) -> nn.Module`` as backbone ``name``."""
+) -> Callable[[Callable[[tuple[int, ...], bool], Backbone]], Callable[..., Backbone]]:
+    """Decorator: register ``build(input_shape, last_relu) -> Backbone`` as backbone ``name``."""
 
-    def deco(build: Callable[[tuple[int, ...], bool], nn.Module]) -> Callable[..., nn.Module]:
+    def deco(build: Callable[[tuple[int, ...], bool], Backbone]) -> Callable[..., Backbone]:
         MODEL_REGISTRY.add(name, ModelSpec(name, build, feature_dim, min_side, summary))
         return build
 
@@ -89,7 +95,7 @@ def _apl_init(model: nn.Module) -> None:
             nn.init.xavier_uniform_(m.weight)
 
 
-class DigitsMLP(nn.Module):
+class DigitsMLP(Backbone):
     """Flatten → Linear 256 → BN → ReLU → Linear 128 → BN → [ReLU]; 128 features.
 
     BN makes plain SGD at the digits recipe's lr stable and costs nothing at this size; the BN
@@ -114,7 +120,7 @@ class DigitsMLP(nn.Module):
         return self.net(x)
 
 
-class DigitsCNN(nn.Module):
+class DigitsCNN(Backbone):
     """C×H×W (1×8×8 for digits) → conv32 → conv64 → max-pool 2 → FC 128 → BN → [ReLU]."""
 
     def __init__(self, in_channels: int, height: int, width: int, *, last_relu: bool = True):
@@ -128,7 +134,7 @@ class DigitsCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(Backbone):
     """APL's 4-layer MNIST CNN: [conv32-BN-ReLU-pool] [conv64-BN-ReLU-pool] FC128-BN-[ReLU]."""
 
     def __init__(self, in_channels: int = 1, height: int = 28, width: int = 28, *, last_relu: bool = True):
@@ -144,7 +150,7 @@ class MnistCNN(nn.Module):
         return self.fc(self.features(x))
 
 
-class CifarCNN8(nn.Module):
+class CifarCNN8(Backbone):
     """APL's 8-layer CIFAR-10 CNN: 3 blocks of two 3×3 convs (64, 128, 196) + pool, FC256-BN-[ReLU]."""
 
     def __init__(self, in_channels: int = 3, height: int = 32, width: int = 32, *, last_relu: bool = True):
@@ -192,7 +198,7 @@ class BasicBlock(nn.Module):
         return F.relu(out) if self.final_relu else out
 
 
-class ResNet32(nn.Module):
+class ResNet32(Backbone):
     """LDAM-DRW's CIFAR ResNet-32: conv16, 3 stages (16/32/64 ch) × 5 blocks, global avg-pool → 64.
 
     With ``last_relu=False`` only the last block's closing ReLU is dropped; average pooling keeps
@@ -222,7 +228,7 @@ class ResNet32(nn.Module):
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
 
-class Mnist1dMLP(nn.Module):
+class Mnist1dMLP(Backbone):
     """The MNIST-1D paper's MLP without its output layer: Flatten → Linear 100 → ReLU → Linear 100
     → [ReLU]; 100 features (the head is the paper's last Linear 100 → 10). PyTorch's default init,
     biases, no BN, as in the paper."""
@@ -246,7 +252,7 @@ def _conv1d_bn_relu(cin: int, cout: int, k: int) -> list[nn.Module]:
     return [nn.Conv1d(cin, cout, k, padding=k // 2, bias=False), nn.BatchNorm1d(cout), nn.ReLU(inplace=True)]
 
 
-class Mnist1dCNN(nn.Module):
+class Mnist1dCNN(Backbone):
     """A small 1-D CNN for (C, L) sequences (MNIST-1D: (1, 40)): [conv32 k5] [conv64 k3] pool 2
     [conv64 k3] pool 2, each conv-BN-ReLU, then FC 128 → BN → [ReLU]; 128 features.
 
@@ -290,27 +296,27 @@ def _as_sequence(shape: tuple[int, ...]) -> tuple[int, int]:
     min_side=None,
     summary="MLP 256-128 with BN, any input shape (flattened); digits' default",
 )
-def _digits_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _digits_mlp(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return DigitsMLP(math.prod(shape), last_relu=last_relu)
 
 
 @register_model("digits_cnn", feature_dim=128, min_side=2, summary="2 convs + max-pool + FC128, for small images")
-def _digits_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _digits_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return DigitsCNN(*shape, last_relu=last_relu)
 
 
 @register_model("mnist_cnn", feature_dim=128, min_side=4, summary="APL's 4-layer MNIST CNN; MNIST's default")
-def _mnist_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _mnist_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return MnistCNN(*shape, last_relu=last_relu)
 
 
 @register_model("cifar_cnn8", feature_dim=256, min_side=8, summary="APL's 8-layer CIFAR CNN; CIFAR-10's default")
-def _cifar_cnn8(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _cifar_cnn8(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return CifarCNN8(*shape, last_relu=last_relu)
 
 
 @register_model("resnet32", feature_dim=64, min_side=4, summary="LDAM-DRW's CIFAR ResNet-32; CIFAR-100's default")
-def _resnet32(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _resnet32(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return ResNet32(shape[0], last_relu=last_relu)
 
 
@@ -320,7 +326,7 @@ def _resnet32(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     min_side=None,
     summary="MNIST-1D paper's MLP 100-100 (no BN), any input shape (flattened)",
 )
-def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return Mnist1dMLP(math.prod(shape), last_relu=last_relu)
 
 
@@ -330,7 +336,7 @@ def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
     min_side=None,
     summary="3 conv1d + 2 max-pools + FC128, for sequences (C, L >= 4); MNIST-1D's default",
 )
-def _mnist1d_cnn(shape: tuple[int, ...], last_relu: bool) -> nn.Module:
+def _mnist1d_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     c, length = _as_sequence(shape)
     if length < 4:
         raise ValueError(f"arch 'mnist1d_cnn' expects sequences of length >= 4 (two 2x max-pools), got shape {shape}")
@@ -355,7 +361,7 @@ def _check_shape(spec: ModelSpec, shape: tuple[int, ...]) -> None:
 
 def build_model(
     arch: str, input_shape: tuple[int, ...], *, last_relu: bool = True, seed: int | None = None
-) -> nn.Module:
+) -> Backbone:
     """Backbone ``arch`` for per-sample inputs of ``input_shape`` (e.g. (1, 8, 8) or (32,)).
 
     With ``seed`` the initial weights come from a forked RNG seeded with it (the global RNG is

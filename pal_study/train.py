@@ -34,7 +34,7 @@ from pal_study.classifier import Classifier, build_classifier
 from pal_study.config import TrainConfig, method_name, resolve
 from pal_study.data import DataBundle, DeviceBatches, build_dataset, get_dataset
 from pal_study.device import configure_threads, select_device
-from pal_study.heads import ANCHORED_HEADS
+from pal_study.heads import ANCHORED_HEADS, Head
 from pal_study.losses import build_loss, class_balanced_weights, config_params, get_loss
 from pal_study.metrics import EvalAccumulator, group_accuracy
 from pal_study.prototypes import prototype_geometry
@@ -137,7 +137,7 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def loss_params(cfg: TrainConfig, head: nn.Module, class_counts: list[int]) -> dict[str, Any]:
+def loss_params(cfg: TrainConfig, head: Head, class_counts: list[int]) -> dict[str, Any]:
     """build_loss's keywords: the config's loss.* values the loss takes, the head's scale, the
     training class sizes where the loss takes them (LDAM). DRW's weights are not among them: the
     epoch loop sets them (:func:`drw_applies`)."""
@@ -158,7 +158,8 @@ def drw_applies(cfg: TrainConfig, epoch: int) -> bool:
     """Whether DRW's class weights apply to the training loss of (1-based) ``epoch``: once
     ``loss.drw_epoch`` epochs are done, counted like ``optim.milestones`` (LDAM-DRW's
     ``epoch // 160`` on 0-based epochs: drw_epoch=160 weights the 161st epoch on)."""
-    return cfg.loss.drw_active and epoch > cfg.loss.drw_epoch
+    start = cfg.loss.drw_start
+    return start is not None and epoch > start
 
 
 def drw_class_weights(
@@ -166,33 +167,36 @@ def drw_class_weights(
 ) -> torch.Tensor | None:
     """DRW's class-balanced weights of a resolved config, from the training split's observed class
     counts (the ones LDAM's margins use), or None when deferred re-weighting is off."""
-    if not cfg.loss.drw_active:
+    start, beta = cfg.loss.drw_start, cfg.loss.drw_beta
+    if start is None:
         return None
-    if cfg.loss.drw_epoch >= cfg.optim.epochs:
-        log.warning(
-            "loss.drw_epoch=%d >= optim.epochs=%d: the class weights never apply", cfg.loss.drw_epoch, cfg.optim.epochs
-        )
+    epochs = cfg.optim.resolved.epochs
+    if start >= epochs:
+        log.warning("loss.drw_epoch=%d >= optim.epochs=%d: the class weights never apply", start, epochs)
     if min(class_counts) < 1:
         empty = [c for c, n in enumerate(class_counts) if n < 1]
         raise ValueError(f"deferred re-weighting needs every class in the training split; empty: {empty}")
-    return class_balanced_weights(class_counts, cfg.loss.drw_beta).to(device)
+    if beta is None:
+        raise ValueError("loss.drw_beta is unset: resolve the config first (config.resolve)")
+    return class_balanced_weights(class_counts, beta).to(device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     # Anchored prototypes are buffers, so they are not here and never weight-decayed.
     params = [p for p in model.parameters() if p.requires_grad]
+    o = cfg.optim.resolved
     return torch.optim.SGD(
         params,
-        lr=cfg.optim.lr,
-        momentum=cfg.optim.momentum,
-        nesterov=cfg.optim.nesterov and cfg.optim.momentum > 0,
-        weight_decay=cfg.optim.weight_decay,
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=o.nesterov and o.momentum > 0,
+        weight_decay=o.weight_decay,
     )
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     """Multiplier of the base lr at optimiser step ``step`` (0-based): warm-up, then schedule."""
-    o = cfg.optim
+    o = cfg.optim.resolved
     total = max(1, o.epochs * steps_per_epoch)
     warm = o.warmup_epochs * steps_per_epoch
     if warm and step < warm:
@@ -291,12 +295,13 @@ def train(
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
     gen = torch.Generator().manual_seed(cfg.seed)
+    optim = cfg.optim.resolved
     batches = DeviceBatches(
-        data.train_x, data.train_y, cfg.optim.batch_size, shuffle=True, generator=gen, augment=data.augment
+        data.train_x, data.train_y, optim.batch_size, shuffle=True, generator=gen, augment=data.augment
     )
     steps_per_epoch = len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
-    clip = cfg.optim.grad_clip or 0.0
+    clip = optim.grad_clip or 0.0
 
     history: list[dict[str, Any]] = []
     status, reason = "completed", None
@@ -331,7 +336,7 @@ def train(
             epoch_times=_epoch_times(history),
         )
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, policy: CheckpointPolicy, schedule: ckpt.SaveSchedule) -> None:
         t = time.perf_counter()
         state = {
             "config_hash": config_hash,
@@ -350,12 +355,10 @@ def train(
             "torch": str(torch.__version__),
         }
         try:
-            ckpt.save_checkpoint(checkpoint.path, state)
+            ckpt.save_checkpoint(policy.path, state)
         except OSError as e:
             # The trial's result matters more than its checkpoint: warn and keep training.
-            log.warning(
-                "could not write checkpoint %s after epoch %d (training continues): %s", checkpoint.path, epoch, e
-            )
+            log.warning("could not write checkpoint %s after epoch %d (training continues): %s", policy.path, epoch, e)
             return
         dt = time.perf_counter() - t
         schedule.saved(epoch, dt, _epoch_times(history))
@@ -365,10 +368,10 @@ def train(
         for h in history:
             if on_epoch(EpochMetrics(**h)):
                 status, reason = "stopped", f"stopped by caller after epoch {h['epoch']}"
-                start_epoch = cfg.optim.epochs + 1  # nothing more to train
+                start_epoch = optim.epochs + 1  # nothing more to train
                 break
 
-    for epoch in range(start_epoch, cfg.optim.epochs + 1):
+    for epoch in range(start_epoch, optim.epochs + 1):
         t0 = time.perf_counter()
         lr_now = optimizer.param_groups[0]["lr"]
         if drw_weights is not None:
@@ -412,10 +415,10 @@ def train(
         if on_epoch is not None and on_epoch(metrics):
             status, reason = "stopped", f"stopped by caller after epoch {epoch}"
             break
-        if checkpoint is not None:
-            final_epoch = epoch == cfg.optim.epochs
+        if checkpoint is not None and schedule is not None:
+            final_epoch = epoch == optim.epochs
             if checkpoint.keep_final if final_epoch else schedule.due(epoch):
-                save(epoch)
+                save(epoch, checkpoint, schedule)
 
     result = _result(cfg, status, reason, history, last_eval, data, model, device, threads, t_start)
     if checkpoint is not None:
@@ -434,7 +437,7 @@ PHASES = ("data", "forward", "backward", "optimizer", "metrics")
 
 def train_epoch(
     model: Classifier,
-    net: nn.Module,
+    net: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
     batches: DeviceBatches,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from pal_study.analysis.failed_finals import apply_rule
-from pal_study.analysis.stats import Paired, adjust_all, paired, power_line
+from pal_study.analysis.stats import Paired, adjust_all, adjustment, paired, power_line
 from pal_study.analysis.stats import adjust as adjust_p
 from pal_study.errors import ConfigError
 
@@ -153,7 +153,7 @@ def evaluate(
                 )
             comps.append(unique[key])
         per_claim.append(comps)
-    adjust_all(list(unique.values()), adjust)
+    adjust_all(list(unique.values()), adjustment(adjust))
     out = []
     for claim, comps in zip(claims, per_claim, strict=False):
         direction = "lower" if claim.metric in LOWER_IS_BETTER else "higher"

@@ -96,8 +96,9 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
     (out_dir / "index.csv").write_text(buf.getvalue())
     if source.kind != "mlflow":
         return index
-    source.tracking.log_files(
-        parent,
+    tracking, parent_id = source.tracked()
+    tracking.log_files(
+        parent_id,
         {**files, "index.json": (out_dir / "index.json").read_text(), "index.csv": buf.getvalue()},
         artifact_path="export",
     )
@@ -105,4 +106,4 @@ def export_study(source: Source, study: str, out_dir: Path, *, weights: bool = F
 
 
 def _readable(path: str | None) -> bool:
-    return bool(path) and Path(path).is_file()
+    return bool(path and Path(path).is_file())

@@ -32,10 +32,11 @@ import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.layout_engine import ConstrainedLayoutEngine
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
@@ -197,7 +198,12 @@ def method_colors(methods: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def method_style(method: str) -> dict[str, str]:
+class MethodStyle(TypedDict):
+    linestyle: Literal["-", "--", "-.", ":"]
+    marker: str
+
+
+def method_style(method: str) -> MethodStyle:
     """Line style and marker of a method's head (base loss: solid circles)."""
     ls, marker = _by_head(method, ("-", "o"), _STYLES)
     return {"linestyle": ls, "marker": marker}
@@ -262,9 +268,7 @@ def _numbered(stem: str, figs: list[Figure]) -> dict[str, Figure]:
 
 def _figure(size: tuple[float, float]) -> Figure:
     """A constrained-layout figure with a margin at its edges (it is saved without a tight bbox)."""
-    fig = Figure(figsize=size, layout="constrained")
-    fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)
-    return fig
+    return Figure(figsize=size, layout=ConstrainedLayoutEngine(w_pad=0.1, h_pad=0.1))
 
 
 def _grid(n: int, max_cols: int, w: float, h: float, extra_w: float = 1.6) -> tuple[Figure, list[Any]]:
@@ -570,24 +574,24 @@ def _forest_figure(items, alpha: float, colors, method_of: dict[str, str], title
         ax.add_collection(
             LineCollection(segs, colors=seg_colors, linewidths=1.6, label="CI (sign-flip, over paired seeds)")
         )
-    sig = np.array(sig, dtype=bool)
+    sig_a = np.array(sig, dtype=bool)
     xs_a, cs_a = np.array(xs), np.array(cs, dtype=object)
     ax.scatter(
-        xs_a[sig],
-        ys[sig],
+        xs_a[sig_a],
+        ys[sig_a],
         s=42,
-        c=list(cs_a[sig]),
+        c=list(cs_a[sig_a]),
         edgecolors="black",
         linewidths=0.6,
         zorder=3,
         label=f"q ≤ {alpha:g}",
     )
     ax.scatter(
-        xs_a[~sig],
-        ys[~sig],
+        xs_a[~sig_a],
+        ys[~sig_a],
         s=42,
         facecolors="white",
-        edgecolors=list(cs_a[~sig]),
+        edgecolors=list(cs_a[~sig_a]),
         linewidths=1.4,
         zorder=3,
         label=f"q > {alpha:g} or no test",
@@ -727,7 +731,7 @@ def learning_curves(
     for part, start in enumerate(range(0, len(cells), size), 1):
         chunk = cells[start : start + size]
         fig, axes, ncols = _fixed_grid(len(chunk), 4, 2.7, 1.75)
-        methods = set()
+        methods: set[str] = set()
         for ax, (cell, trials) in zip(axes, chunk, strict=False):
             method = trials[0].method
             methods.update(t.method for t in trials)
@@ -740,7 +744,7 @@ def learning_curves(
                 es = sorted(t.values)
                 lines[t.state].append(np.column_stack([es, [scale * t.values[e] for e in es]]))
                 ends[t.state].append((es[-1], scale * t.values[es[-1]]))
-            styles = {
+            styles: dict[str, dict[str, Any]] = {  # LineCollection's keywords per trial state
                 "complete": dict(linewidths=1.3, alpha=0.95, linestyles="solid"),
                 "pruned": dict(linewidths=0.9, alpha=0.35, linestyles="solid"),
                 "fail": dict(linewidths=1.1, alpha=0.8, linestyles="dotted"),
@@ -829,7 +833,11 @@ def objective_vs_params(
     for i, (ds, chunk) in enumerate(rows_):
         for j, p in enumerate(params):
             ax = axes[i][j]
-            pts = {"complete": ([], [], []), "pruned": ([], [], [])}
+            # state -> (parameter values, objectives, colours or methods)
+            pts: dict[str, tuple[list[float], list[float], list[Any]]] = {
+                "complete": ([], [], []),
+                "pruned": ([], [], []),
+            }
             for t in by_ds[ds]:
                 v = t.params.get(p)
                 if t.method not in chunk or isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -1030,12 +1038,16 @@ def norms(rows, *, colors: dict[str, Any] | None = None, return_figures: bool = 
                 for j, metric in enumerate(metrics):
                     ax = axes[i][j]
                     for m in chunk:
-                        line = [r for r in facets[key][m] if metric in r.stats and _wd_of(r) is not None]
+                        # (x, row): the rows with the metric and a weight decay, 0 drawn at zero_at
+                        line = [
+                            (zero_at if w <= 0 else w, r)
+                            for r in facets[key][m]
+                            if metric in r.stats and (w := _wd_of(r)) is not None
+                        ]
                         if not line:
                             continue
-                        xs = [zero_at if _wd_of(r) <= 0 else _wd_of(r) for r in line]
                         pts = []
-                        for r, x in sorted(zip(line, xs, strict=False), key=lambda p: p[1]):
+                        for x, r in sorted(line, key=lambda p: p[0]):
                             mu, sd = r.stats[metric]
                             pts.append((x, mu, mu - sd, mu + sd, r.cell))
                         _draw_line(ax, pts, colors[m], m)
@@ -1149,7 +1161,7 @@ def study_figures(
     curves = curves or {}
     methods = {r.method for r in rows} | {t.method for ts in curves.values() for t in ts}
     colors = colors if colors is not None and methods <= set(colors) else method_colors(methods)
-    kw = {"colors": colors, "return_figures": return_figures}
+    kw: dict[str, Any] = {"colors": colors, "return_figures": return_figures}  # every figure's keywords
     out: dict[str, Any] = {}
     out.update(acc_vs_noise(rows, **kw))
     out.update(acc_vs_imbalance(rows, **kw))

@@ -93,7 +93,7 @@ def _delta(c: Paired | None) -> str:
         return "-"
     if c.p is None:
         return f"{100 * c.delta:+.2f} (n={c.n_pairs})"
-    if c.ci_low is None:
+    if c.ci_low is None or c.ci_high is None:  # set together
         return f"{100 * c.delta:+.2f} (unbounded at n={c.n_pairs})"
     return f"{100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"
 

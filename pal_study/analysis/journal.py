@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.storages import JournalStorage
@@ -22,6 +22,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
 from pal_study.layout import JOURNAL, STUDY_COPY, SUMMARY, is_finals_study, parse_study_name
+
+if TYPE_CHECKING:
+    # What a storage's get_all_studies gives; optuna.study does not export it.
+    from optuna.study._frozen import FrozenStudy
 
 
 class ReadOnlyJournal(JournalFileBackend):
@@ -46,8 +50,8 @@ class CellStudies:
     """One cell's Optuna studies in the journal: tuning (none for a sensitivity cell) and finals."""
 
     index: int
-    tuning: optuna.study.FrozenStudy | None = None
-    finals: optuna.study.FrozenStudy | None = None
+    tuning: FrozenStudy | None = None
+    finals: FrozenStudy | None = None
 
 
 class StudyRecord:
@@ -98,17 +102,17 @@ class StudyRecord:
             self._storage = open_journal_readonly(self.journal_path)
         return self._storage
 
-    def studies(self) -> list[optuna.study.FrozenStudy]:
+    def studies(self) -> list[FrozenStudy]:
         """Every Optuna study in the journal, by name; [] without a journal."""
         if not self.has_journal():
             return []
         return sorted(self.storage.get_all_studies(), key=lambda s: s.study_name)
 
-    def tuning_studies(self) -> list[optuna.study.FrozenStudy]:
+    def tuning_studies(self) -> list[FrozenStudy]:
         """The studies that are not finals (each cell's tuning), by name."""
         return [s for s in self.studies() if not is_finals_study(s.study_name)]
 
-    def finals_studies(self) -> list[optuna.study.FrozenStudy]:
+    def finals_studies(self) -> list[FrozenStudy]:
         """Each cell's finals study, by name."""
         return [s for s in self.studies() if is_finals_study(s.study_name)]
 
@@ -127,19 +131,19 @@ class StudyRecord:
                 cell.tuning = s
         return dict(sorted(out.items()))
 
-    def trials(self, study: optuna.study.FrozenStudy | str) -> list[FrozenTrial]:
+    def trials(self, study: FrozenStudy | str) -> list[FrozenTrial]:
         """An Optuna study's trials (not copied: do not change them)."""
         name = study if isinstance(study, str) else study.study_name
         storage = self.storage
         return storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False)
 
-    def load(self, study: optuna.study.FrozenStudy | str) -> optuna.Study:
+    def load(self, study: FrozenStudy | str) -> optuna.Study:
         """An Optuna study over the read-only journal (for Optuna's own analyses)."""
         name = study if isinstance(study, str) else study.study_name
         return optuna.load_study(study_name=name, storage=self.storage)
 
 
-def direction_mode(study: optuna.study.FrozenStudy) -> str:
+def direction_mode(study: FrozenStudy) -> str:
     """``max`` or ``min``: the objective's direction as the study spec writes it."""
     return "max" if study.direction == StudyDirection.MAXIMIZE else "min"
 

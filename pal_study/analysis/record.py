@@ -13,12 +13,18 @@ import json
 from pathlib import Path
 from typing import Any
 
+from optuna.trial import TrialState
+
+from pal_study.analysis.failed_finals import num_classes
 from pal_study.analysis.journal import StudyRecord
-from pal_study.analysis.report import FinalRun
+from pal_study.analysis.report import FinalRun, fetch_finals, judge_finals, stated_claims, study_claims
+from pal_study.config import TrainConfig, method_name
 from pal_study.errors import ConfigError
 
 # The final-run numbers the tracker logs (``final_<key>``): the same set, so both sources agree.
 from pal_study.layout import JOURNAL, SUMMARY_KEYS, cell_label, tuning_of
+from pal_study.tracking import config_yaml, open_store, resolve_uri, uri_named
+from pal_study.tracking.base import TrackingStore
 from pal_study.tracking.names import CONFIG_FILE
 
 
@@ -29,11 +35,6 @@ def _num(v: Any) -> float | None:
 def journal_finals(run_dir: str | Path) -> list[FinalRun]:
     """Completed final runs of the study whose record is ``run_dir`` (``runs/<study>``), in the
     order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``."""
-    from optuna.trial import TrialState
-
-    from pal_study.analysis.failed_finals import num_classes
-    from pal_study.config import TrainConfig, method_name
-
     record = StudyRecord(run_dir)
     if not record.has_journal():
         raise ConfigError(
@@ -101,8 +102,6 @@ def journal_judge(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The study's claims (as ``summary.json`` and ``study.json`` state them) judged on ``runs``, and
     across its sensitivity knobs."""
-    from pal_study.analysis.report import judge_finals, stated_claims
-
     record = StudyRecord(run_dir)
     saved = record.summary().get("claims") or []
     spec = record.study_copy().get("spec")
@@ -128,7 +127,7 @@ class Source:
         where: str,
         runs: list[FinalRun],
         *,
-        tracking: Any = None,
+        tracking: TrackingStore | None = None,
         parent: str | None = None,
         experiment_id: str | None = None,
         run_dir: Path | None = None,
@@ -136,13 +135,24 @@ class Source:
         self.kind, self.where, self.runs = kind, where, runs
         self.tracking, self.parent, self.experiment_id, self.run_dir = tracking, parent, experiment_id, run_dir
 
+    def tracked(self) -> tuple[TrackingStore, str]:
+        """The tracking store and the study's run in it, which an ``mlflow`` source has."""
+        if self.tracking is None or self.parent is None:
+            raise ValueError(f"a {self.kind} source ({self.where}) has no tracking store")
+        return self.tracking, self.parent
+
+    def record_dir(self) -> Path:
+        """The study's run directory, which a ``runs`` source reads (an ``mlflow`` one where it exists)."""
+        if self.run_dir is None:
+            raise ValueError(f"a {self.kind} source ({self.where}) has no run directory")
+        return self.run_dir
+
     def judge(self, adjust: str = "bh") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """(claims' verdicts, verdicts across each sensitivity knob)."""
         if self.kind == "mlflow":
-            from pal_study.analysis.report import judge_finals, study_claims
-
-            return judge_finals(study_claims(self.tracking, self.parent), self.runs, adjust)
-        return journal_judge(self.run_dir, self.runs, adjust)
+            tracking, parent = self.tracked()
+            return judge_finals(study_claims(tracking, parent), self.runs, adjust)
+        return journal_judge(self.record_dir(), self.runs, adjust)
 
     def claims(self, adjust: str = "bh") -> list[dict[str, Any]]:
         return self.judge(adjust)[0]
@@ -150,12 +160,10 @@ class Source:
     def config_yaml(self, run: FinalRun, study: str) -> str:
         """The re-runnable ``config.yaml`` of a final run, as the tracking store holds it."""
         if self.kind == "mlflow":
-            content = self.tracking.read_file(run.run_id, CONFIG_FILE)
+            content = self.tracked()[0].read_file(run.run_id, CONFIG_FILE)
             if content is None:
                 raise ConfigError(f"final run {run.run_id} has no {CONFIG_FILE} in {self.where}", key="STUDY")
             return content.decode()
-        from pal_study.tracking import config_yaml
-
         return config_yaml(run.config or {}, f"{study} {run.cell} final seed {run.seed}: pal-study train THIS_FILE")
 
 
@@ -164,9 +172,6 @@ def open_source(
 ) -> Source:
     """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
     ``auto``: the store when it holds the study, else the run directory."""
-    from pal_study.analysis.report import fetch_finals
-    from pal_study.tracking import open_store, resolve_uri, uri_named
-
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
     run_dir = Path(runs_dir) / study

@@ -18,7 +18,7 @@ from pal_study.analysis.failed_finals import apply_rule, failed_metrics, num_cla
 from pal_study.analysis.journal import StudyRecord
 from pal_study.analysis.ranking import probability_of_improvement, rank_methods
 from pal_study.analysis.sensitivity import Variant, judge
-from pal_study.analysis.stats import Paired, adjust_all, paired
+from pal_study.analysis.stats import Paired, adjust_all, adjustment, paired
 from pal_study.errors import ConfigError
 from pal_study.methods import split_method
 from pal_study.metrics import mean_std
@@ -190,7 +190,8 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
         rows.append(row)
     by_group = {(r.group, r.method): r for r in rows}
     for row in rows:
-        base = by_group.get((row.group, baseline_method(row.method, baseline)))
+        base_method = baseline_method(row.method, baseline)
+        base = by_group.get((row.group, base_method)) if base_method is not None else None
         if base is None or base is row:
             continue
         row.comparison = paired(
@@ -205,7 +206,7 @@ def aggregate(runs: list[FinalRun], baseline: str = "base", adjust: str = "bh") 
         row.comparison.failed_cell = tuple(marks["failed_cell"])
         row.comparison.failed_baseline = tuple(marks["failed_baseline"])
         row.comparison.note = marks.get("note")
-    adjust_all([r.comparison for r in rows if r.comparison is not None], adjust)
+    adjust_all([r.comparison for r in rows if r.comparison is not None], adjustment(adjust))
     rows.sort(key=lambda r: (r.dataset, r.imbalance_ratio, r.noise_rate, r.variant is not None, r.group, r.method))
     return rows
 
@@ -293,6 +294,7 @@ def analyse(
             out.improvements.append(probability_of_improvement(x, y, method=method, base=base))
     record = StudyRecord(run_dir) if run_dir is not None else None
     if importance:
+        # Lazy: optuna's importance evaluators stay out of ``report --format md``'s start-up.
         from pal_study.analysis.importance import study_importances
 
         if record is not None and record.has_journal():
@@ -300,6 +302,7 @@ def analyse(
         else:
             out.importance_note = "parameter importance needs the study's Optuna journal (--runs-dir)"
     if record is not None:
+        # Lazy: matplotlib (figures' import) stays out of ``report --format md``'s start-up.
         from pal_study.analysis.figures import journal_curves
 
         out.curves = journal_curves(record) or None

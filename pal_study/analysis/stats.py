@@ -32,13 +32,14 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
 
-ADJUSTMENTS = ("bh", "holm")
+Adjustment = Literal["bh", "holm"]
+ADJUSTMENTS: tuple[Adjustment, ...] = ("bh", "holm")
 WILCOXON_FROM = 6
 TIE_TOL = 1e-9
 """Differences (and subset sums) closer than this are equal: far below one test example
@@ -239,21 +240,25 @@ def _seeds_needed(delta: float | None, sd: float | None, alpha: float, power: fl
 
 
 def paired(
-    cell: str, baseline: str, metric: str, a: dict[int, float], b: dict[int, float], confidence: float = 0.95
+    cell: str,
+    baseline: str,
+    metric: str,
+    a: Mapping[int, float | None],
+    b: Mapping[int, float | None],
+    confidence: float = 0.95,
 ) -> Paired:
     """Compare ``a`` (seed -> value of the cell) with ``b`` (the baseline's) on their common seeds."""
     from scipy import stats
 
-    seeds = tuple(
-        sorted(
-            s
-            for s in set(a) & set(b)
-            if a[s] is not None and b[s] is not None and math.isfinite(a[s]) and math.isfinite(b[s])
-        )
-    )
+    diffs: dict[int, float] = {}  # seed -> a - b, on the common seeds where both are finite
+    for s in sorted(set(a) & set(b)):
+        x, y = a[s], b[s]
+        if x is not None and y is not None and math.isfinite(x) and math.isfinite(y):
+            diffs[s] = x - y
+    seeds = tuple(diffs)
     n = len(seeds)
     if n < 2:
-        delta = None if n == 0 else snap([a[seeds[0]] - b[seeds[0]]])[0]
+        delta = None if n == 0 else snap([diffs[seeds[0]]])[0]
         return Paired(
             cell,
             baseline,
@@ -269,7 +274,7 @@ def paired(
             min_p=None if n == 0 else 1.0,
         )
     alpha = round(1.0 - confidence, 12)
-    d = snap([a[s] - b[s] for s in seeds])
+    d = snap([diffs[s] for s in seeds])
     mean = math.fsum(d) / n
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (n - 1))
     if sd <= TIE_TOL:
@@ -328,6 +333,8 @@ def power_line(c: Paired, alpha: float = 0.05) -> str:
             f"smallest {n} seeds allow ({min_p(n):.3g}); the detectable |Δ| is undefined"
         )
     mdd = _mdd(n, c.sd, alpha)
+    if mdd is None:  # not reached: n can reach α and the spread is > 0
+        return f"with {n} seeds: no test"
     line = (
         f"with {n} seeds: detectable |Δ| ≥ {_pts(mdd)} points at {round(100 * POWER)} % power "
         f"(sd of differences {_pts(c.sd)} points)"
@@ -359,10 +366,17 @@ def underpowered(n_seeds: int, comparisons_per_claim: list[int], alpha: float = 
     return out
 
 
-def adjust(pvalues: Sequence[float | None], method: Literal["bh", "holm"] = "bh") -> list[float | None]:
+def adjustment(method: str) -> Adjustment:
+    """``method`` as one of :data:`ADJUSTMENTS`; a ValueError names them where it is none."""
+    for known in ADJUSTMENTS:
+        if method == known:
+            return known
+    raise ValueError(f"unknown adjustment {method!r}; allowed: {', '.join(ADJUSTMENTS)}")
+
+
+def adjust(pvalues: Sequence[float | None], method: Adjustment = "bh") -> list[float | None]:
     """q-values for ``pvalues`` (None stays None and does not count as a comparison)."""
-    if method not in ADJUSTMENTS:
-        raise ValueError(f"unknown adjustment {method!r}; allowed: {', '.join(ADJUSTMENTS)}")
+    method = adjustment(method)
     idx = [i for i, p in enumerate(pvalues) if p is not None]
     ps = [float(p) for p in pvalues if p is not None]
     out: list[float | None] = [None] * len(pvalues)
@@ -386,7 +400,7 @@ def adjust(pvalues: Sequence[float | None], method: Literal["bh", "holm"] = "bh"
     return out
 
 
-def adjust_all(comparisons: list[Paired], method: Literal["bh", "holm"] = "bh") -> list[Paired]:
+def adjust_all(comparisons: list[Paired], method: Adjustment = "bh") -> list[Paired]:
     """Set each comparison's ``q`` (in place; returned for chaining)."""
     for c, q in zip(comparisons, adjust([c.p for c in comparisons], method), strict=False):
         c.q = q
@@ -409,10 +423,12 @@ __all__ = [
     "MC_DRAWS",
     "MC_SEED",
     "TIE_TOL",
+    "Adjustment",
     "Paired",
     "SignFlip",
     "adjust",
     "adjust_all",
+    "adjustment",
     "min_p",
     "min_seeds",
     "paired",

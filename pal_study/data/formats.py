@@ -16,9 +16,9 @@ import io
 import os
 import pickle
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -73,7 +73,9 @@ class _Py2Str(bytes):
 
 
 class _Py2Pickler(pickle._Pickler):  # the pure-Python pickler lets us add one opcode writer
-    dispatch = pickle._Pickler.dispatch.copy()
+    # typeshed's table has its writers take an Unpickler; they take the pickler.
+    dispatch: ClassVar[dict[type, Callable[[Any, Any], None]]] = pickle._Pickler.dispatch.copy()
+    write: Callable[[bytes], object]  # bound per instance by _Pickler.__init__ (typeshed omits it)
 
     def _save_py2str(self, obj: _Py2Str) -> None:
         n = len(obj)

@@ -128,11 +128,11 @@ def default_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "pal-study" / "data"
 
 
-def _missing_message(spec: DatasetSpec, root: Path, missing: list[Path]) -> str:
-    sub, files = spec.files
-    listed = ", ".join(files)
+def _missing_message(name: str, files: tuple[str, tuple[str, ...]], root: Path, missing: list[Path]) -> str:
+    sub, names = files
+    listed = ", ".join(names)
     return (
-        f"{spec.name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
+        f"{name}: data files not found under root {str(root)!r}: expected {root / sub}/ with {listed} "
         f"(missing: {', '.join(str(p) for p in missing)}). Put the torchvision files there, or pass "
         f"--download (config: data.download: true) on a machine with network access."
     )
@@ -152,20 +152,21 @@ def load_torchvision(
     (one channel) or, with ``channels_last_arrays``, N×H×W×C (CIFAR's numpy layout).
     """
     name = spec.name
-    if spec.files is None:
+    files = spec.files
+    if files is None:
         raise ValueError(f"not a torchvision source: {name!r} declares no files")
     if root is None:
         if not download:
             raise DataError(
                 f"{name}: no data root given. Pass root=<dir> holding "
-                f"{spec.files[0]}/ ({', '.join(spec.files[1])}), or pass --download "
+                f"{files[0]}/ ({', '.join(files[1])}), or pass --download "
                 f"(config: data.download: true) on a machine with network access."
             )
         root = default_root()
     root = Path(root).expanduser()
     missing = [p for p in spec.expected_files(root) if not p.is_file()]
     if missing and not download:
-        raise DataError(_missing_message(spec, root, missing))
+        raise DataError(_missing_message(name, files, root, missing))
     cls = dataset_class()
     try:
         if download:
@@ -180,9 +181,9 @@ def load_torchvision(
             if download:
                 raise DataError(
                     f"{name}: download to {root} failed ({type(e).__name__}: {e}); "
-                    + _missing_message(spec, root, missing)
+                    + _missing_message(name, files, root, missing)
                 ) from e
-            raise DataError(f"{_missing_message(spec, root, missing)} ({type(e).__name__}: {e})") from e
+            raise DataError(f"{_missing_message(name, files, root, missing)} ({type(e).__name__}: {e})") from e
         what = "could not download or read" if download else "could not read"
         raise DataError(f"{name}: {what} the files under {root}: {type(e).__name__}: {e}") from e
 

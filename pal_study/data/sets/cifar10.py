@@ -30,7 +30,7 @@ def _cifar10_class() -> type:
     return lenient_cifar(datasets.CIFAR10)
 
 
-SPEC = DatasetSpec(
+SPEC: DatasetSpec = DatasetSpec(
     train_size=50000,
     name="cifar10",
     summary="CIFAR-10 32x32 colour (50k train / 10k test), torchvision files under data.root",

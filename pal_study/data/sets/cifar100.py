@@ -14,7 +14,7 @@ def _cifar100_class() -> type:
     return lenient_cifar(datasets.CIFAR100)
 
 
-SPEC = DatasetSpec(
+SPEC: DatasetSpec = DatasetSpec(
     train_size=50000,
     name="cifar100",
     summary="CIFAR-100 32x32 colour (50k train / 10k test), torchvision files under data.root",

@@ -15,7 +15,7 @@ def _mnist_class() -> type:
     return datasets.MNIST  # its _check_exists only tests that the raw files exist
 
 
-SPEC = DatasetSpec(
+SPEC: DatasetSpec = DatasetSpec(
     train_size=60000,
     name="mnist",
     summary="MNIST 28x28 digits (60k train / 10k test), torchvision files under data.root",
