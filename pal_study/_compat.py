@@ -76,7 +76,7 @@ def journal_lock_path(journal: str | os.PathLike[str]) -> str:
 # -- torchvision ----------------------------------------------------------------------------------
 
 
-def lenient_cifar(base: type) -> type:
+def lenient_cifar(base: type[Any]) -> type[Any]:
     """A torchvision CIFAR class that accepts well-formed files whose md5 differs from the release.
 
     torchvision checks the md5 of every batch file (and of the meta file) in private methods
@@ -94,7 +94,7 @@ def lenient_cifar(base: type) -> type:
 
     log = logging.getLogger("pal_study.data.sources")
 
-    class Lenient(base):  # type: ignore[misc, valid-type]
+    class Lenient(base):
         def _files_present(self) -> bool:
             names = [f for f, _ in self.train_list + self.test_list] + [self.meta["filename"]]
             return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in names)

@@ -160,11 +160,13 @@ def train(
     if checkpoint_dir is not None:
         from pal_study.checkpoint import CheckpointPolicy
 
-        every = checkpoint_every
-        if every != "auto":
-            if not every.isdigit() or int(every) < 1:
-                raise UserError(f"--checkpoint-every: {every!r}; allowed: auto or a whole number of epochs >= 1")
-            every = int(every)
+        every: int | str = checkpoint_every
+        if checkpoint_every != "auto":
+            if not checkpoint_every.isdigit() or int(checkpoint_every) < 1:
+                raise UserError(
+                    f"--checkpoint-every: {checkpoint_every!r}; allowed: auto or a whole number of epochs >= 1"
+                )
+            every = int(checkpoint_every)
         policy = CheckpointPolicy(path=checkpoint_dir / "checkpoint.pt", every_epochs=every, keep_final=True)
         # The trainer logs "resumed from epoch k (checkpoint ...)" when it loads one: show it.
         logging.getLogger("pal_study.train").setLevel(logging.INFO)
@@ -812,9 +814,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         # Usage errors (unknown option, bad type) from typer's click; duck-typed because
         # typer >= 0.29 vendors click under another module name.
-        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show(file=sys.stderr)
-            return e.exit_code
+        show, code = getattr(e, "show", None), getattr(e, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show(file=sys.stderr)
+            return code
         raise
     # In non-standalone mode click returns the code of typer.Exit / --help instead of exiting.
     return rc if isinstance(rc, int) else EXIT_OK

@@ -33,6 +33,7 @@ from pal_study.study.events import (
     FinalsSkipped,
     Sink,
     TrialEnded,
+    TrialOutcome,
     TrialRetried,
     TrialStarted,
 )
@@ -41,7 +42,7 @@ from pal_study.study.samplers import build_sampler
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
-from pal_study.study.trial import CheckpointPlan, TrialJob, TrialReport, job_name
+from pal_study.study.trial import CheckpointPlan, Stage, TrialJob, TrialReport, job_name
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class Job:
     """One Tune trial as the searcher handed it out."""
 
-    stage: str  # "tune" | "final"
+    stage: Stage
     cell: Cell
     trial: optuna.trial.Trial | None = None
     seeds: list[int] = field(default_factory=list)
@@ -59,6 +60,13 @@ class Job:
     closing: TrialReport | None = None
     last_epoch: int = 0
     epoch_time_s: float = 0.0
+
+    @property
+    def tuning_trial(self) -> optuna.trial.Trial:
+        """The Optuna trial of a tuning job (a final has none)."""
+        if self.trial is None:
+            raise ValueError(f"a {self.stage} job has no Optuna trial")
+        return self.trial
 
 
 class StudySearcher(Searcher):
@@ -140,7 +148,7 @@ class StudySearcher(Searcher):
     def session_full(self) -> bool:
         return self._session_quota is not None and self._session_issued >= self._session_quota
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]  # Ray's annotation leaves out Searcher.FINISHED, a documented return
         if self.session_full:
             return Searcher.FINISHED
         job = self._next_job()
@@ -255,18 +263,21 @@ class StudySearcher(Searcher):
     def _trial_job(self, job: Job) -> TrialJob:
         every = self.spec.checkpoint.every_epochs
         if job.stage == "tune":
-            params = suggest(job.trial, job.cell.params)
-            path = str(self.store.tuning_checkpoint(job.cell, job.trial.number))
+            trial = job.tuning_trial
+            params = suggest(trial, job.cell.params)
+            path = str(self.store.tuning_checkpoint(job.cell, trial.number))
             return TrialJob(
                 stage="tune",
                 cell=job.cell.index,
-                optuna_trial=job.trial.number,
+                optuna_trial=trial.number,
                 config=self.trial_config(job.cell, params),
                 details=self.details,
                 checkpoint=CheckpointPlan(every, path=path) if every != 0 else None,
                 decision_epochs=self.spec.budget.pruner.decision_epochs(),
             )
         best = self.best(job.cell)
+        if best is None:  # finals are handed out only once the cell has a best trial
+            raise ValueError(f"{job.cell.label}: finals without a completed tuning trial")
         paths = {s: str(self.store.final_checkpoint(job.cell, s)) for s in job.seeds}
         return TrialJob(
             stage="final",
@@ -293,8 +304,8 @@ class StudySearcher(Searcher):
                 # lost its bulky fields to DropBulkyResults.
                 if job.closing is None:
                     job.closing = report
-                    for held in report.epochs()[:-1]:  # epochs the trial held back
-                        self._epoch(job, held, decide=False)
+                    for held_back in report.epochs()[:-1]:  # epochs the trial held back
+                        self._epoch(job, held_back, decide=False)
             else:
                 self._record_final(job, report)
             return False
@@ -321,10 +332,10 @@ class StudySearcher(Searcher):
         if value is None or not math.isfinite(value):
             return False
         if epoch not in job.reported:  # a resumed trial re-reports the epochs it already stored
-            job.trial.report(float(value), step=epoch)
+            job.tuning_trial.report(float(value), step=epoch)
             job.reported.add(epoch)
         self.on_event(EpochReported(job, epoch, float(value), report))
-        if decide and job.trial.should_prune():
+        if decide and job.tuning_trial.should_prune():
             job.pruned_at = epoch
             return True
         return False
@@ -357,7 +368,7 @@ class StudySearcher(Searcher):
                     self._record_final(job, failure)
             return
         st = self._tuning[job.cell.index]
-        trial = job.trial
+        trial = job.tuning_trial
         closing = job.closing.values() if job.closing is not None else {}
         for key in (
             "epochs_run",
@@ -375,6 +386,7 @@ class StudySearcher(Searcher):
         # Its work is over whatever the outcome: only running trials and finals keep checkpoints.
         self.store.tuning_checkpoint(job.cell, trial.number).unlink(missing_ok=True)
         reason = None
+        outcome: TrialOutcome
         if job.pruned_at is not None:
             reason = f"pruned by {self.spec.budget.pruner.name} at epoch {job.pruned_at}"
             trial.set_user_attr("reason", reason)
@@ -408,7 +420,7 @@ class StudySearcher(Searcher):
         """Hand a died trial's work out again if it has retries left (True), under the same
         Optuna trial (epochs it already stored are not re-reported) or for the same seeds."""
         if job.stage == "tune":
-            key = ("tune", job.cell.index, job.trial.number)
+            key = ("tune", job.cell.index, job.tuning_trial.number)
         else:
             recorded = set(self.store.final_results(job.cell))
             seeds = [s for s in job.seeds if s not in recorded and s not in job.reported]
@@ -420,7 +432,7 @@ class StudySearcher(Searcher):
             return False
         self._attempts[key] = attempt
         if job.stage == "tune":
-            self._resume.append((job.cell, job.trial.number))
+            self._resume.append((job.cell, job.tuning_trial.number))
         else:
             self._finals_issued[job.cell.index].difference_update(seeds)
         log.warning(
@@ -434,6 +446,8 @@ class StudySearcher(Searcher):
         return True
 
     def _record_final(self, job: Job, report: TrialReport) -> None:
+        if report.seed is None:
+            raise ValueError(f"{job.cell.label}: a final's report without its seed")
         seed = int(report.seed)
         if seed in job.reported:
             return  # the same last result can arrive twice (as a result and at completion)
@@ -441,14 +455,15 @@ class StudySearcher(Searcher):
         best = self.best(job.cell)
         finals = self.store.open_finals(job.cell)
         value = report.metrics.get(self.spec.objective.metric)
-        ok = report.status == "completed" and value is not None and math.isfinite(value)
+        score = float(value) if report.status == "completed" and value is not None and math.isfinite(value) else None
+        ok = score is not None
         attrs = {k: jsonable(v) for k, v in report.record_attrs().items()}
         cfg = self.trial_config(job.cell, self.final_params(job.cell, best), seed=seed, epochs=self.spec.finals.epochs)
         attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
         finals.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.COMPLETE if ok else TrialState.FAIL,
-                value=float(value) if ok else None,
+                value=score,
                 user_attrs=attrs,
             )
         )

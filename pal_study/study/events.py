@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pal_study.study.trial import TrialJob, TrialReport
 
+TrialOutcome = Literal["completed", "pruned", "failed"]
+
 
 @dataclass(frozen=True)
 class TrialStarted:
@@ -42,7 +44,7 @@ class TrialEnded:
 
     kind: ClassVar[str] = "trial_ended"
     job: Any
-    outcome: Literal["completed", "pruned", "failed"]
+    outcome: TrialOutcome
     value: float | None = None
     reason: str | None = None
     closing: TrialReport | None = None
@@ -93,6 +95,7 @@ __all__ = [
     "FinalsSkipped",
     "Sink",
     "TrialEnded",
+    "TrialOutcome",
     "TrialRetried",
     "TrialStarted",
 ]

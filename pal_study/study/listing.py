@@ -12,6 +12,15 @@ from typing import Any
 
 from rich.table import Table
 
+from pal_study import resources
+from pal_study.config import ConfigError, DataConfig, method_name, read_yaml, validate_train_config
+from pal_study.data.sets import DATASET_REGISTRY
+from pal_study.heads import HEADS
+from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY
+from pal_study.models import MODEL_REGISTRY
+from pal_study.study.pruners import PRUNER_REGISTRY
+from pal_study.study.samplers import SAMPLER_REGISTRY
+
 LISTINGS = ("datasets", "models", "losses", "methods", "pruners", "samplers", "studies", "spaces")
 
 
@@ -24,9 +33,6 @@ def listing(what: str) -> list[dict[str, Any]]:
 
 
 def _datasets() -> list[dict[str, Any]]:
-    from pal_study.config import DataConfig
-    from pal_study.data.sets import DATASET_REGISTRY
-
     rows = []
     for spec in DATASET_REGISTRY.entries():
         options = getattr(DataConfig(), spec.options_key).model_dump() if spec.options_key else {}
@@ -52,8 +58,6 @@ def _datasets() -> list[dict[str, Any]]:
 
 
 def _models() -> list[dict[str, Any]]:
-    from pal_study.models import MODEL_REGISTRY
-
     return [
         {
             "name": m.name,
@@ -66,8 +70,6 @@ def _models() -> list[dict[str, Any]]:
 
 
 def _losses() -> list[dict[str, Any]]:
-    from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY
-
     rows = []
     for s in LOSS_REGISTRY.entries():
         params = {
@@ -90,10 +92,6 @@ def _losses() -> list[dict[str, Any]]:
 
 def _methods() -> list[dict[str, Any]]:
     """Every ``<loss>[+<head>]`` a config accepts; ``canonical``: the label results carry."""
-    from pal_study.config import ConfigError, method_name, validate_train_config
-    from pal_study.heads import HEADS
-    from pal_study.losses import LOSS_REGISTRY
-
     rows = []
     for loss in LOSS_REGISTRY.names():
         for method in (loss, *(f"{loss}+{head}" for head in HEADS)):
@@ -122,27 +120,19 @@ def _variants(registry: Any) -> list[dict[str, Any]]:
 
 
 def _pruners() -> list[dict[str, Any]]:
-    from pal_study.study.pruners import PRUNER_REGISTRY
-
     return _variants(PRUNER_REGISTRY)
 
 
 def _samplers() -> list[dict[str, Any]]:
-    from pal_study.study.samplers import SAMPLER_REGISTRY
-
     return _variants(SAMPLER_REGISTRY)
 
 
-def shipped_dir(kind: str) -> Path:
+def shipped_dir(kind: resources.Kind) -> Path:
     """The folder of the shipped ``studies`` or ``search_spaces`` (see pal_study.resources)."""
-    from pal_study import resources
-
-    return resources.shipped_dir(kind)  # type: ignore[arg-type]
+    return resources.shipped_dir(kind)
 
 
-def _shipped(kind: str) -> list[dict[str, Any]]:
-    from pal_study.config import ConfigError, read_yaml
-
+def _shipped(kind: resources.Kind) -> list[dict[str, Any]]:
     folder = shipped_dir(kind)
     rows = []
     for path in sorted(folder.glob("*.y*ml")) if folder.is_dir() else []:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 
+from pal_study.data import dataset_needs_files, expected_files
 from pal_study.errors import ConfigError
 from pal_study.study.spec import Study
 
 
 def check_data(study: Study) -> None:
     """Missing data set files are bad input, said before any trial starts (not 100 failed trials)."""
-    from pal_study.data import dataset_needs_files, expected_files
-
     seen: set[tuple[str, str]] = set()
     for cell in study.cells:
         d = cell.config.data

@@ -187,7 +187,8 @@ class StudyProgress:
                 self._last_line = now
 
     # -- state -----------------------------------------------------------------------------
-    def _better(self, value: float, best: tuple[float, Any, Any] | None) -> bool:
+    def _better(self, value: float, best: tuple[float, Any] | tuple[float, Any, Any] | None) -> bool:
+        """Whether ``value`` beats ``best`` (its value first: a cell's best record, or a (value, label) pair)."""
         return best is None or (value > best[0] if self.obj_mode == "max" else value < best[0])
 
     def _tuning_over(self, i: int) -> bool:

@@ -11,13 +11,15 @@ one side has (the scale of a normalised head) must be searched or declared ``pro
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol, TypeVar
 
+from pal_study.analysis.claims import CellInfo, expand
+from pal_study.analysis.stats import underpowered
+from pal_study.config import TrainConfig, resolve
+from pal_study.data.sets import get_dataset
 from pal_study.errors import ConfigError
 from pal_study.heads import NORMALIZED_HEADS
-
-if TYPE_CHECKING:
-    from pal_study.config import TrainConfig
 
 # What these checks read of a study and its cells, as structural types: study/spec.py builds both
 # and calls in here, so naming its classes would tie the two modules in a cycle.
@@ -25,11 +27,20 @@ StudySpec = Any  # pal_study.study.spec.StudySpec
 
 
 class Cell(Protocol):
-    label: str
-    method: str
-    factors: dict[str, Any]
-    config: TrainConfig
-    params: dict[str, Any]
+    # Read-only: these checks never set them, and a cell's label is a property of its factors.
+    @property
+    def label(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def factors(self) -> dict[str, Any]: ...
+    @property
+    def config(self) -> TrainConfig: ...
+    @property
+    def params(self) -> dict[str, Any]: ...
+
+
+CellT = TypeVar("CellT", bound=Cell)
 
 
 # Knobs of a head that have no neutral value: leaving one unsearched is a choice the study must own.
@@ -47,8 +58,6 @@ def knob_applies(key: str, cfg: TrainConfig) -> bool:
 
 def knob_value(key: str, cfg: TrainConfig) -> Any:
     """The value ``key`` has in ``cfg`` as a trial resolves it (the scale's default included)."""
-    from pal_study.config import resolve
-
     value: Any = resolve(cfg)
     for part in key.split("."):
         value = getattr(value, part, None)
@@ -98,16 +107,14 @@ def pair_problems(spec: StudySpec, cell: Cell, base: Cell) -> list[str]:
     return problems
 
 
-def claim_pairs(spec: StudySpec, cells: list[Cell]) -> list[list[tuple[Cell, Cell]]]:
+def claim_pairs(spec: StudySpec, cells: Sequence[CellT]) -> list[list[tuple[CellT, CellT]]]:
     """Per claim, its (cell, baseline) pairs as Cell objects."""
-    from pal_study.analysis.claims import CellInfo, expand
-
     by_label = {c.label: c for c in cells}
     infos = [CellInfo(c.label, c.method, c.factors) for c in cells]
     return [[(by_label[a.label], by_label[b.label]) for a, b in expand(claim, infos)] for claim in spec.claims]
 
 
-def check_equal_tuning(spec: StudySpec, cells: list[Cell], source: str) -> None:
+def check_equal_tuning(spec: StudySpec, cells: Sequence[Cell], source: str) -> None:
     """Bad input (exit 2) when a claim compares cells tuned with unequal effort."""
     for i, pairs in enumerate(claim_pairs(spec, cells)):
         for cell, base in pairs:
@@ -123,7 +130,7 @@ def check_equal_tuning(spec: StudySpec, cells: list[Cell], source: str) -> None:
                 )
 
 
-def protocol_notes(spec: StudySpec, cells: list[Cell]) -> list[list[str]]:
+def protocol_notes(spec: StudySpec, cells: Sequence[Cell]) -> list[list[str]]:
     """Per claim, what a reader must know beside its verdict: knobs fixed on purpose (and at which
     value), unequal tuning where the study allowed it, the knobs a sensitivity section varies."""
     out = []
@@ -158,8 +165,6 @@ def noisy_slope(kind: str, rate: float, k: int) -> float | None:
 def validation_size(cfg: TrainConfig) -> int | None:
     """Examples in a trial's validation split (round(f·n_c) per class of the noisy, subsampled
     training pool), from the data set's training size; None where it is not known without loading."""
-    from pal_study.data.sets import get_dataset
-
     spec = get_dataset(cfg.data.name)
     options = cfg.data.model_dump().get(spec.options_key or "", {}) if spec.options_key else {}
     n_train = spec.train_size_for(options)
@@ -179,11 +184,9 @@ def validation_size(cfg: TrainConfig) -> int | None:
     return sum(round(cfg.data.val_fraction * n) for n in counts)
 
 
-def objective_warnings(spec: StudySpec, cells: list[Cell], gap: float = 0.05) -> list[str]:
+def objective_warnings(spec: StudySpec, cells: Sequence[Cell], gap: float = 0.05) -> list[str]:
     """Cells whose tuning objective (noisy validation accuracy) cannot see a ``gap`` in clean accuracy:
     the expected noisy difference, slope·gap, below one validation accuracy's standard error."""
-    from pal_study.data.sets import get_dataset
-
     if spec.objective.metric != "val_acc":
         return []
     out = []
@@ -216,10 +219,8 @@ def objective_warnings(spec: StudySpec, cells: list[Cell], gap: float = 0.05) ->
     return out
 
 
-def power_warnings(spec: StudySpec, cells: list[Cell]) -> list[str]:
+def power_warnings(spec: StudySpec, cells: Sequence[Cell]) -> list[str]:
     """Claims the study's final seeds can never decide (the exact test's smallest p above α)."""
-    from pal_study.analysis.stats import underpowered
-
     if not spec.claims:
         return []
     sizes = [len(pairs) for pairs in claim_pairs(spec, cells)]

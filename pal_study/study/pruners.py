@@ -10,7 +10,7 @@ allowed ones. Adding a pruner is adding a class here, decorated with ``@_registe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import BeforeValidator, Field
 
@@ -157,15 +157,20 @@ def _default_name(value: Any) -> Any:
     return value
 
 
-PrunerSpec = Annotated[
-    Union[tuple(PRUNER_REGISTRY.entries())],  # type: ignore[valid-type]  # noqa: UP007  (a union built from the registry)
-    Field(discriminator="name"),
-    BeforeValidator(_default_name),
-]
+if TYPE_CHECKING:
+    # The union is built from the registry at run time; to the checker every member is a BasePrunerSpec.
+    PrunerSpec: TypeAlias = BasePrunerSpec
+else:
+    PrunerSpec = Annotated[
+        Union[tuple(PRUNER_REGISTRY.entries())],  # noqa: UP007  (a union built from the registry)
+        Field(discriminator="name"),
+        BeforeValidator(_default_name),
+    ]
 
 
 def default_pruner() -> BasePrunerSpec:
-    return PRUNER_REGISTRY.get(DEFAULT)()
+    # Each registered spec defaults its own name; the base class has none to default.
+    return PRUNER_REGISTRY.get(DEFAULT).model_validate({})
 
 
 def build_pruner(spec: BasePrunerSpec, epochs: int) -> optuna.pruners.BasePruner:

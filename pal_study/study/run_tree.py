@@ -122,6 +122,13 @@ class RunTree:
                 }
         return self.parent_id
 
+    @property
+    def study_run_id(self) -> str:
+        """The study run's id, once :meth:`start` has found or created it."""
+        if self.parent_id is None:
+            raise RuntimeError("the study run is not started: call start() first")
+        return self.parent_id
+
     def _create_study_run(self, fp: str) -> str:
         s = self.study.spec
         run_id = self.tracking.create_run(
@@ -178,13 +185,13 @@ class RunTree:
                     for c in k["claims"]
                 )[:5000]
             self.tracking.log_batch(
-                self.parent_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()], tags=tags
+                self.study_run_id, metrics=[(f"trials_{k}", v, 0) for k, v in counts.items()], tags=tags
             )
         if files:
-            self.tracking.log_files(self.parent_id, files)
+            self.tracking.log_files(self.study_run_id, files)
 
     def end(self, interrupted: bool) -> None:
-        self.tracking.set_status(self.parent_id, KILLED if interrupted else FINISHED)
+        self.tracking.set_status(self.study_run_id, KILLED if interrupted else FINISHED)
 
     # -- events ----------------------------------------------------------------------------------
     def handle(self, event: Event) -> None:
@@ -247,7 +254,7 @@ class RunTree:
         for trial_only in ("seed", "config_hash"):
             tags.pop(trial_only, None)
         tags[STAGE_TAG] = "cell"
-        run_id, _ = self.child(run_key(cell.index), cell.label, tags, parent=self.parent_id)
+        run_id, _ = self.child(run_key(cell.index), cell.label, tags, parent=self.study_run_id)
         self.cells[cell.index] = {"run_id": run_id, "status": RUNNING, "params": False, "metrics": {}, "tags": tags}
         return run_id
 
@@ -333,7 +340,7 @@ class RunTree:
                 self.tracking.log_batch(info["run_id"], metrics=metrics, tags=tags)
                 info["metrics"].update({k: v for k, v, _ in metrics})
                 info["tags"].update(tags)
-        self.tracking.log_table(self.parent_id, TABLE_FILE, comparison_table(rows))
+        self.tracking.log_table(self.study_run_id, TABLE_FILE, comparison_table(rows))
 
     # -- tuning trials ---------------------------------------------------------------------------
     def _start_tuning(self, job: Any, cfg: dict[str, Any]) -> None:

@@ -22,9 +22,12 @@ from typing import Any
 
 from rich.console import Console
 
-from pal_study._compat import journal_lock_path
+from pal_study._compat import drop_bulky_results_callback, journal_lock_path
+from pal_study.analysis.formats import report_files
+from pal_study.analysis.report import aggregate, analyse, fetch_finals
 from pal_study.layout import JOURNAL, TRACKING_INCOMPLETE, TUNE_LOGS
 from pal_study.study.preflight import check_data
+from pal_study.study.progress import StudyProgress
 from pal_study.study.ray_env import (
     RAY_ENV,
     quiet_tune_summary,
@@ -35,6 +38,7 @@ from pal_study.study.ray_env import (
     trial_slots,
 )
 from pal_study.study.spec import Study
+from pal_study.study.status import StatusWriter
 from pal_study.study.store import StudyStore
 from pal_study.study.summary import (
     CellSummary,
@@ -46,6 +50,11 @@ from pal_study.study.summary import (
     summarize,
     write_summary,
 )
+from pal_study.study.tracker import StudyTracker
+from pal_study.study.tracker_thread import TrackerThread
+from pal_study.study.trainable import tune_trial
+from pal_study.study.trial import bulky_keys
+from pal_study.tracking import open_store
 
 TRIALS_PER_TUNER = 250
 
@@ -107,9 +116,8 @@ def run_study(
         timings["ray_start_s"] = time.perf_counter() - t0 - timings["setup_s"]
         quiet_tune_summary()
 
+        # The engine imports Ray: only now that start_ray has set Ray's environment (RAY_ENV).
         from pal_study.study.engine import StudySearcher
-        from pal_study.study.progress import StudyProgress
-        from pal_study.study.status import StatusWriter
 
         slots = trial_slots(study, max_concurrent)
         store.write_fingerprint()
@@ -124,9 +132,6 @@ def run_study(
         tracker = None
         sinks: list[Any] = [display, SummaryOnFinals(study, store), status_writer]
         if tracking is not None:
-            from pal_study.study.tracker import StudyTracker
-            from pal_study.study.tracker_thread import TrackerThread
-
             tracker = StudyTracker(tracking, study, store)
             tracker.start()
             console.print(
@@ -201,12 +206,10 @@ def run_tuners(study: Study, store: StudyStore, searcher: Any, slots: int, trial
     until fit() returns; the state lives in Optuna, so the study runs as successive Tuners of at
     most ``trials_per_tuner`` trials and the driver's memory stays bounded however long the study is.
     """
+    # Here, not at the top: Ray is imported once start_ray has set its environment (RAY_ENV).
     from ray import tune
 
-    from pal_study._compat import drop_bulky_results_callback
     from pal_study.study.engine import OptunaPruningScheduler
-    from pal_study.study.trainable import tune_trial
-    from pal_study.study.trial import bulky_keys
 
     r = study.spec.resources
     trainable = tune.with_resources(tune_trial, {"cpu": r.cpu, "gpu": r.gpu})
@@ -268,8 +271,6 @@ class _Background:
 
 
 def _open_tracking(uri: str | None) -> Any:
-    from pal_study.tracking import open_store
-
     tracking = open_store(uri)
     tracking.check()
     return tracking
@@ -280,9 +281,6 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     does, once every log is in), trial counts, failure causes, its status; the cell runs: their
     comparison with their baselines (q adjusted over the whole study), their status; what the
     store never took is listed in ``tracking_incomplete.json``."""
-    from pal_study.analysis.formats import report_files
-    from pal_study.analysis.report import aggregate, analyse, fetch_finals
-
     tracking = tracker.tracking
     read: list[Any] = []
 

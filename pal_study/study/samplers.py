@@ -10,7 +10,7 @@ Adding a sampler is adding a class here, decorated with ``@_register``.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
 
 from pydantic import BeforeValidator, Field
 
@@ -81,15 +81,20 @@ def _default_name(value: Any) -> Any:
     return value
 
 
-SamplerSpec = Annotated[
-    Union[tuple(SAMPLER_REGISTRY.entries())],  # type: ignore[valid-type]  # noqa: UP007  (a union built from the registry)
-    Field(discriminator="name"),
-    BeforeValidator(_default_name),
-]
+if TYPE_CHECKING:
+    # The union is built from the registry at run time; to the checker every member is a BaseSamplerSpec.
+    SamplerSpec: TypeAlias = BaseSamplerSpec
+else:
+    SamplerSpec = Annotated[
+        Union[tuple(SAMPLER_REGISTRY.entries())],  # noqa: UP007  (a union built from the registry)
+        Field(discriminator="name"),
+        BeforeValidator(_default_name),
+    ]
 
 
 def default_sampler() -> BaseSamplerSpec:
-    return SAMPLER_REGISTRY.get(DEFAULT)()
+    # Each registered spec defaults its own name; the base class has none to default.
+    return SAMPLER_REGISTRY.get(DEFAULT).model_validate({})
 
 
 def build_sampler(spec: BaseSamplerSpec, cell_index: int, trial_number: int = 0) -> optuna.samplers.BaseSampler:

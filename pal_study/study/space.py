@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from pal_study.config import KeyedError, _Strict
+from pal_study.resources import find_shipped
 
 
 class When(_Strict):
@@ -114,8 +115,6 @@ def resolve_space_path(ref: str, study_dir: Path, spaces_dir: Path | None = None
     slash or a .yaml suffix is a path, relative to the study file (a bare ``weight_decay.yaml``
     found nowhere else is the shipped one). Bare names never match the study folder, where a
     study may share the name. Found nowhere: the first candidate, which does not exist."""
-    from pal_study.resources import find_shipped
-
     is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
     bases = [b for b in (spaces_dir, study_dir.parent / "search_spaces", Path.cwd() / "search_spaces") if b]
     if is_path:

@@ -30,7 +30,14 @@ from pal_study.config import (
     validation_error_to_config_error,
 )
 from pal_study.layout import cell_label
-from pal_study.study.protocol import check_equal_tuning, knob_applies, tuning_budget
+from pal_study.study.protocol import (
+    check_equal_tuning,
+    claim_pairs,
+    knob_applies,
+    objective_warnings,
+    power_warnings,
+    tuning_budget,
+)
 from pal_study.study.pruners import DEFAULT as DEFAULT_PRUNER
 from pal_study.study.pruners import PrunerSpec, default_pruner
 from pal_study.study.samplers import DEFAULT as DEFAULT_SAMPLER
@@ -406,8 +413,6 @@ def _expand(spec: StudySpec, base: dict[str, Any], src: str) -> list[Cell]:
 def _sensitivity_cells(spec: StudySpec, cells: list[Cell], src: str) -> list[Cell]:
     """One cell per sensitivity knob, value and claimed cell the knob applies to: the cell's best
     config with the knob fixed at the value, re-run over the final seeds (it tunes nothing)."""
-    from pal_study.study.protocol import claim_pairs
-
     if not spec.sensitivity:
         return []
     involved = {c.index for pairs in claim_pairs(spec, cells) for pair in pairs for c in pair}
@@ -495,7 +500,7 @@ def _space_src(spaces: list[tuple[str, SearchSpace]], key: str) -> str:
 def _probe_values(p: Param) -> list[Any]:
     if p.type == "categorical":
         return list(p.choices or [])
-    lo, hi = p.low, p.high
+    lo, hi = p.bounds
     if p.type == "int":
         return [int(lo), int(hi)]
     return [lo, hi] if math.isfinite(lo) and math.isfinite(hi) else []
@@ -523,14 +528,13 @@ def describe(study: Study) -> str:
         params = ", ".join(cell.params) or "(no search: base config only)"
         lines.append(f"  [{cell.index}] {cell.label}: {params}")
     for key, values in s.sensitivity.items():
-        parents = sorted({c.parent for c in study.sensitivity_cells if key in c.variant})
+        # A sensitivity cell always has a parent; the test only tells the checker so.
+        parents = sorted({c.parent for c in study.sensitivity_cells if key in c.variant and c.parent is not None})
         lines.append(f"  sensitivity {key} = {values}: finals of cells {parents} at each value")
     return "\n".join(lines)
 
 
 def warnings(study: Study) -> list[str]:
     """What ``validate`` (and ``run``, at its start) says before compute is spent."""
-    from pal_study.study.protocol import objective_warnings, power_warnings
-
     cells = study.factor_cells
     return power_warnings(study.spec, cells) + objective_warnings(study.spec, cells)

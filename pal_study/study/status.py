@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from optuna.storages import JournalStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -628,7 +628,7 @@ def render_status(status: StudyStatus) -> list[Any]:
     from rich.table import Table
 
     t = Table(title=f"study {escape(status.study)} ({status.dir})")
-    for col, just in (
+    columns: tuple[tuple[str, Literal["left", "right"]], ...] = (
         ("#", "right"),
         ("cell", "left"),
         ("phase", "left"),
@@ -640,7 +640,8 @@ def render_status(status: StudyStatus) -> list[Any]:
         (f"best {status.metric}", "right"),
         ("best params", "left"),
         ("finals", "right"),
-    ):
+    )
+    for col, just in columns:
         t.add_column(col, justify=just)
     for c in status.cells:
         t.add_row(*_cell_row(c, escape))

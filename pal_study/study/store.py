@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.storages import JournalStorage
@@ -326,17 +326,20 @@ class StudyStore:
     def finals_name(self, cell: Cell) -> str:
         return finals_study_name(self.study.spec.name, cell.index)
 
+    @property
+    def _direction(self) -> Literal["maximize", "minimize"]:
+        return "maximize" if self.study.spec.objective.mode == "max" else "minimize"
+
     def open_tuning(
         self,
         cell: Cell,
         sampler: optuna.samplers.BaseSampler | None = None,
         pruner: optuna.pruners.BasePruner | None = None,
     ) -> optuna.Study:
-        direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
         st = optuna.create_study(
             storage=self.storage,
             study_name=self.tuning_name(cell),
-            direction=direction,
+            direction=self._direction,
             sampler=sampler,
             pruner=pruner,
             load_if_exists=True,
@@ -348,9 +351,8 @@ class StudyStore:
         return st
 
     def open_finals(self, cell: Cell) -> optuna.Study:
-        direction = "maximize" if self.study.spec.objective.mode == "max" else "minimize"
         st = optuna.create_study(
-            storage=self.storage, study_name=self.finals_name(cell), direction=direction, load_if_exists=True
+            storage=self.storage, study_name=self.finals_name(cell), direction=self._direction, load_if_exists=True
         )
         if cell.is_variant:
             # A sensitivity cell has no tuning study of its own to say what it is. Each attribute
@@ -388,11 +390,11 @@ class StudyStore:
 
 def best_trial(trials: list[FrozenTrial], mode: str) -> FrozenTrial | None:
     """The best COMPLETE trial (ties: the earlier one), or None."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    done = [(t.value, t) for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
     if not done:
         return None
     sign = 1.0 if mode == "max" else -1.0
-    return max(done, key=lambda t: (sign * t.value, -t.number))
+    return max(done, key=lambda vt: (sign * vt[0], -vt[1].number))[1]
 
 
 def state_counts(trials: list[FrozenTrial]) -> dict[str, int]:

@@ -13,8 +13,13 @@ from typing import Any
 
 from rich.table import Table
 
+from pal_study.analysis.claims import CellInfo, evaluate
+from pal_study.analysis.failed_finals import failed_metrics, num_classes
+from pal_study.analysis.sensitivity import Variant, judge
 from pal_study.layout import SUMMARY, SUMMARY_CSV
 from pal_study.metrics import mean_std
+from pal_study.study.events import FinalEnded, FinalsSkipped
+from pal_study.study.protocol import protocol_notes
 from pal_study.study.spec import Study
 from pal_study.study.store import StudyStore, best_trial, failure_counts, state_counts
 
@@ -115,9 +120,13 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
 
 
 def _pm(mean: float | None, std: float | None, n: int, failed: int = 0) -> str:
-    if mean is None:
+    if mean is None or std is None:  # both or neither (_mean_std)
         return f"- ({failed} failed)" if failed else "-"
     return f"{100 * mean:.2f} ± {100 * std:.2f} (n={n}{f', {failed} of {n + failed} failed' if failed else ''})"
+
+
+def _group_pct(acc: float | None) -> str:
+    return "-" if acc is None else f"{100 * acc:.1f}"
 
 
 def _params(p: dict[str, Any]) -> str:
@@ -153,16 +162,7 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
             _pm(c.test_mean, c.test_std, n, failed),
             f"{c.counts['completed']}/{c.counts['pruned']}/{c.counts['failed']}"
             + (f" (+{c.counts['running']} unfinished)" if c.counts.get("running") else ""),
-            *(
-                [
-                    " / ".join(
-                        "-" if c.groups.get(g) is None else f"{100 * c.groups[g]:.1f}"
-                        for g in ("many", "medium", "few")
-                    )
-                ]
-                if with_groups
-                else []
-            ),
+            *([" / ".join(_group_pct(c.groups.get(g)) for g in ("many", "medium", "few"))] if with_groups else []),
             "-" if c.ece_mean is None else f"{c.ece_mean:.3f}",
         )
     return t
@@ -250,8 +250,6 @@ class SummaryOnFinals:
         self.t0 = time.perf_counter()
 
     def __call__(self, event: Any) -> None:
-        from pal_study.study.events import FinalEnded, FinalsSkipped
-
         if not isinstance(event, (FinalEnded, FinalsSkipped)):
             return
         recorded = set(self.store.final_results(event.job.cell))
@@ -266,8 +264,6 @@ class SummaryOnFinals:
 
 def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, dict[str, Any]]]:
     """label -> seed -> that final's metrics, failed finals as the failed-finals rule counts them."""
-    from pal_study.analysis.failed_finals import failed_metrics, num_classes
-
     by_index = {c.index: c for c in study.cells}
     values: dict[str, dict[int, dict[str, Any]]] = {}
     for c in cells:
@@ -283,9 +279,6 @@ def final_values(study: Study, cells: list[CellSummary]) -> dict[str, dict[int, 
 def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
     """The study's claims judged on its final seeds (from the Optuna journal), with what the
     protocol fixed beside each verdict."""
-    from pal_study.analysis.claims import CellInfo, evaluate
-    from pal_study.study.protocol import protocol_notes
-
     if not study.spec.claims:
         return []
     values = final_values(study, cells)
@@ -298,9 +291,6 @@ def claim_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any
 
 def sensitivity_verdicts(study: Study, cells: list[CellSummary]) -> list[dict[str, Any]]:
     """The claims judged at each value of the study's sensitivity knobs (from the Optuna journal)."""
-    from pal_study.analysis.claims import CellInfo
-    from pal_study.analysis.sensitivity import Variant, judge
-
     if not study.spec.sensitivity or not study.spec.claims:
         return []
     values = final_values(study, cells)

@@ -24,7 +24,10 @@ from typing import Any
 
 from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import TrainConfig
+from pal_study.plots import reliability_png
 from pal_study.study.trial import Stage, TrialJob, TrialReport, held_to_tune
+from pal_study.tracking import flatten
+from pal_study.train import build_dataset_for, train
 
 # Trials in a reused actor often share a data set (same cell or same seed): keep a few built.
 _DATA_CACHE: OrderedDict[str, Any] = OrderedDict()
@@ -32,8 +35,6 @@ _DATA_CACHE_SIZE = 4
 
 
 def _data_for(cfg: TrainConfig):
-    from pal_study.train import build_dataset_for
-
     key = json.dumps([cfg.data.model_dump(mode="json"), cfg.seed], sort_keys=True)
     if key in _DATA_CACHE:
         _DATA_CACHE.move_to_end(key)
@@ -89,8 +90,6 @@ def details(result, png: bool = True) -> dict[str, Any]:
     if result.reliability and png:
         import base64
 
-        from pal_study.plots import reliability_png
-
         png_bytes = reliability_png(result.reliability, (result.final or {}).get("ece"), result.method)
         out["reliability_png"] = base64.b64encode(png_bytes).decode()
     elif result.reliability:
@@ -112,7 +111,6 @@ def inject_fault(cfg_dict: dict[str, Any]) -> Callable[[int], None]:
     hooks: list[Callable[[int], None]] = []
     if not spec:
         return lambda epoch: None
-    from pal_study.tracking import flatten
 
     flat = {k: str(v) for k, v in flatten(cfg_dict).items()}
     for rule in spec.split(";"):
@@ -164,8 +162,6 @@ def run_one(
 ) -> TrialReport:
     """Train one config into its closing report; never raises for a trial's own failure.
     ``checkpoint`` makes it save as it goes and continue from its last save."""
-    from pal_study.train import train
-
     seed = cfg_dict.get("seed") if stage == "final" else None
     try:
         fault = inject_fault(cfg_dict)
