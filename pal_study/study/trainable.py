@@ -24,7 +24,6 @@ from typing import Any
 
 from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import TrainConfig
-from pal_study.plots import reliability_png
 from pal_study.study.trial import Stage, TrialJob, TrialReport, held_to_tune
 from pal_study.tracking import flatten
 from pal_study.train import build_dataset_for, train
@@ -89,6 +88,10 @@ def details(result, png: bool = True) -> dict[str, Any]:
     }
     if result.reliability and png:
         import base64
+
+        # Here, not at the top: matplotlib costs every trial worker ~0.5 s to import, and only
+        # trials that log details (tracking on) draw.
+        from pal_study.plots import reliability_png
 
         png_bytes = reliability_png(result.reliability, (result.final or {}).get("ece"), result.method)
         out["reliability_png"] = base64.b64encode(png_bytes).decode()
