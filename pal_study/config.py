@@ -27,6 +27,7 @@ from pydantic import (
 # The allowed values of the config come from the registries: data sets (data/sets/), heads
 # (heads.py), losses and their hyperparameters (losses.py), models (models.py).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
+from pal_study.data.sets.base import RECIPE_OPTIM_KEYS
 from pal_study.errors import ConfigError, KeyedError
 from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
 from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss, loss_defaults
@@ -236,18 +237,8 @@ class OptimConfig(_Strict):
         )
 
 
-# The optim fields left unset (None) until resolve fills them.
-_RESOLVED_OPTIM = (
-    "lr",
-    "weight_decay",
-    "epochs",
-    "batch_size",
-    "schedule",
-    "warmup_epochs",
-    "milestones",
-    "step_gamma",
-    "grad_clip",
-)
+# The optim fields left unset (None) until resolve fills them: those a data set's recipe sets.
+_RESOLVED_OPTIM = RECIPE_OPTIM_KEYS
 
 
 class TrainConfig(_Strict):

@@ -271,6 +271,31 @@ def _figure(size: tuple[float, float]) -> Figure:
     return Figure(figsize=size, layout=ConstrainedLayoutEngine(w_pad=0.1, h_pad=0.1))
 
 
+def _method_bars(
+    ax: Any,
+    xs: Sequence[float],
+    means: Sequence[float],
+    stds: Sequence[float],
+    width: float,
+    method: str,
+    colors: dict[str, Any],
+) -> None:
+    """One method's bars with error bars, in its colour and its head's hatch (legend label: the method)."""
+    ax.bar(
+        xs,
+        means,
+        width=width,
+        yerr=stds,
+        capsize=1.5,
+        color=colors[method],
+        edgecolor="black",
+        linewidth=0.4,
+        hatch=_by_head(method, "", _HATCHES),
+        label=method,
+        error_kw={"elinewidth": 0.8},
+    )
+
+
 def _grid(n: int, max_cols: int, w: float, h: float, extra_w: float = 1.6) -> tuple[Figure, list[Any]]:
     """A constrained-layout figure with ``n`` panels in rows of at most ``max_cols``."""
     ncols = max(1, min(n, max_cols))
@@ -958,18 +983,8 @@ def many_medium_few(rows, *, colors: dict[str, Any] | None = None, return_figure
                     100 * r.stats[f"test_acc_{g}"][0] if f"test_acc_{g}" in r.stats else float("nan") for g in GROUPS
                 ]
                 stds = [100 * r.stats[f"test_acc_{g}"][1] if f"test_acc_{g}" in r.stats else 0.0 for g in GROUPS]
-                ax.bar(
-                    [i - 0.4 + (j + 0.5) * width for i in range(len(GROUPS))],
-                    means,
-                    width=width,
-                    yerr=stds,
-                    capsize=1.5,
-                    color=colors[m],
-                    edgecolor="black",
-                    linewidth=0.4,
-                    hatch=_by_head(m, "", _HATCHES),
-                    label=m,
-                    error_kw={"elinewidth": 0.8},
+                _method_bars(
+                    ax, [i - 0.4 + (j + 0.5) * width for i in range(len(GROUPS))], means, stds, width, m, colors
                 )
                 methods.add(m)
             ax.set_xticks(range(len(GROUPS)), [f"{g}-shot" for g in GROUPS], fontsize=8)
@@ -1111,19 +1126,7 @@ def norms(rows, *, colors: dict[str, Any] | None = None, return_figures: bool = 
                                 means.append(r.stats[metric][0])
                                 stds.append(r.stats[metric][1])
                         if xs:
-                            ax.bar(
-                                xs,
-                                means,
-                                width=width,
-                                yerr=stds,
-                                capsize=1.5,
-                                color=colors[m],
-                                edgecolor="black",
-                                linewidth=0.4,
-                                hatch=_by_head(m, "", _HATCHES),
-                                label=m,
-                                error_kw={"elinewidth": 0.8},
-                            )
+                            _method_bars(ax, xs, means, stds, width, m, colors)
                             methods.add(m)
                     ax.set_xticks(
                         np.arange(len(conds)),

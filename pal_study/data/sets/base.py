@@ -23,6 +23,20 @@ Shape = tuple[int, ...]
 Loader = Callable[..., "RawData"]  # (root: str | PathLike | None, download: bool, options: Options)
 
 
+# The optim.* keys a recipe may set (and resolve fills where a config leaves them unset).
+RECIPE_OPTIM_KEYS = (
+    "lr",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "schedule",
+    "warmup_epochs",
+    "milestones",
+    "step_gamma",
+    "grad_clip",
+)
+
+
 @dataclass(frozen=True)
 class Recipe:
     """The optimiser settings a trial takes when its config leaves them unset (docs/method.md §5)."""
@@ -44,17 +58,7 @@ class Recipe:
     def as_optim(self) -> dict[str, Any]:
         """The ``optim.*`` values this recipe sets (unset ones left out), JSON-friendly."""
         out: dict[str, Any] = {}
-        for key in (
-            "lr",
-            "weight_decay",
-            "epochs",
-            "batch_size",
-            "schedule",
-            "warmup_epochs",
-            "milestones",
-            "step_gamma",
-            "grad_clip",
-        ):
+        for key in RECIPE_OPTIM_KEYS:
             value = getattr(self, key)
             if value is not None:
                 out[key] = list(value) if isinstance(value, tuple) else value
