@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    # The type of what an Optuna storage's get_all_studies returns; optuna.study does not export
+    # it (type-checking only: nothing imports it at run time).
+    from optuna.study._frozen import FrozenStudy as FrozenStudy
 
 # -- Ray ------------------------------------------------------------------------------------------
 

@@ -24,8 +24,7 @@ from optuna.trial import FrozenTrial
 from pal_study.layout import JOURNAL, STUDY_COPY, SUMMARY, is_finals_study, parse_study_name
 
 if TYPE_CHECKING:
-    # What a storage's get_all_studies gives; optuna.study does not export it.
-    from optuna.study._frozen import FrozenStudy
+    from pal_study._compat import FrozenStudy
 
 
 class ReadOnlyJournal(JournalFileBackend):
