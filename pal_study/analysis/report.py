@@ -20,6 +20,7 @@ from pal_study.analysis.ranking import probability_of_improvement, rank_methods
 from pal_study.analysis.sensitivity import Variant, judge
 from pal_study.analysis.stats import Paired, adjust_all, adjustment, paired
 from pal_study.errors import ConfigError
+from pal_study.layout import factors_of
 from pal_study.methods import split_method
 from pal_study.metrics import mean_std
 from pal_study.tracking import names
@@ -346,9 +347,9 @@ def study_claims(tracking: TrackingStore, parent_id: str) -> StatedClaims:
 
 
 def _factors_of(label: str) -> dict[str, Any]:
+    """A cell label's factors (layout's parser), numbers as floats as the claims compare them."""
     out: dict[str, Any] = {}
-    for part in label.split(","):
-        key, _, value = part.partition("=")
+    for key, value in factors_of(label).items():
         try:
             out[key] = float(value)
         except ValueError:
