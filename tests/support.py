@@ -85,3 +85,22 @@ def studies_by_name(storage) -> dict[str, optuna.Study]:
         s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
         for s in optuna.get_all_study_summaries(storage)
     }
+
+
+def ensure_local_ray() -> None:
+    """Start the shared local Ray of this test process unless a Ray is up (see conftest's
+    ``local_ray``): on 127.0.0.1 only, with the environment the study runner gives Ray."""
+    import ray
+
+    from pal_study.study.ray_env import start_ray
+
+    if not ray.is_initialized():
+        start_ray(None)
+
+
+def stop_local_ray() -> None:
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -35,6 +35,7 @@ def test_keep_local_ray_on_loopback_sets_the_constant_ray_reads():
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
+@pytest.mark.own_ray
 def test_a_tune_callback_can_drop_bulky_fields_from_what_tune_keeps(tmp_path):
     """A real Tuner: the trial's retained last result no longer holds the *_json payload."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"

@@ -25,6 +25,9 @@ from pal_study.config import TrainConfig
 from pal_study.train import train
 from tests.support import journal, studies_by_name  # the same small-study helpers
 
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 ROOT = Path(__file__).resolve().parents[2]
 SAME = ("val_acc", "val_acc_clean", "test_acc", "train_loss", "ece")
 
@@ -35,6 +38,7 @@ def uninterrupted(cfg: dict) -> dict:
     return result.final
 
 
+@pytest.mark.own_ray
 def test_killed_trials_resume_from_their_checkpoints_with_the_same_metrics(tmp_path, monkeypatch):
     """A tuning trial's process SIGKILLed after epoch 3 and a final's after epoch 2 (a fault hook,
     so the instants are certain); --trial-retries hands them out again and each continues from

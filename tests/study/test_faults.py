@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 from mlflow import MlflowClient
 from optuna.storages import JournalStorage
@@ -14,6 +15,9 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from pal_study.cli import main
+
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +36,7 @@ def write(tmp_path: Path, name: str, methods: list[str], **base) -> Path:
     return p
 
 
+@pytest.mark.own_ray
 def test_failing_trials_are_recorded_with_reasons_and_the_study_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PAL_STUDY_FAULT", "raise:head.kind=pal;kill:head.kind=fnpal")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
@@ -89,6 +94,7 @@ def test_a_study_whose_every_trial_fails_exits_1_with_the_causes(tmp_path, capsy
     assert sum(counts) == 4, err
 
 
+@pytest.mark.own_ray
 def test_a_trial_whose_process_dies_is_run_again_under_the_same_optuna_trial(tmp_path, monkeypatch):
     """--trial-retries: a tuning trial SIGKILLed after epoch 2 and a final SIGKILLed after epoch 1
     are handed out again by the searcher; each ends COMPLETE once, its epochs stored once, its
@@ -130,6 +136,7 @@ def test_a_trial_whose_process_dies_is_run_again_under_the_same_optuna_trial(tmp
     assert len(finals) == 2 and all(r.info.status == "FINISHED" for r in finals)
 
 
+@pytest.mark.own_ray
 def test_without_retries_a_died_trial_is_failed(tmp_path, monkeypatch):
     monkeypatch.setenv("PAL_STUDY_FAULT", "killonce:head.kind=pal@1")
     monkeypatch.setenv("PAL_STUDY_FAULT_DIR", str(tmp_path))

@@ -61,6 +61,7 @@ def test_a_gpu_share_with_a_cpu_device_is_refused(tmp_path, capsys):
     assert "reserves a GPU share" in capsys.readouterr().err
 
 
+@pytest.mark.own_ray
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_a_gpu_share_without_cuda_fails_the_trial_instead_of_training_on_the_cpu(tmp_path):
     """Ray is told there is a GPU (a real local Ray started with num_gpus=1); the trials get their

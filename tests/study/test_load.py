@@ -26,6 +26,9 @@ from pal_study.study import load_study
 from pal_study.study import progress as progress_mod
 from pal_study.study.runner import run_study
 
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
+
 ROOT = Path(__file__).resolve().parents[2]
 OVERRIDES = [
     "base.optim.epochs=1",

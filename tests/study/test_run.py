@@ -6,13 +6,16 @@ Read back through Optuna's own API (``optuna.load_study``), not the runner's sum
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stdout
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -22,16 +25,28 @@ from pal_study.cli import main
 from pal_study.study import load_study
 from pal_study.study.store import StudyStore
 from pal_study.study.trial import TrialReport
-from tests.support import journal, studies_by_name, write_study
+from tests.support import ensure_local_ray, journal, studies_by_name, write_study
+
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(tmp_path, capsys):
-    path = write_study(tmp_path)
-    runs = tmp_path / "runs"
-    assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
-    out = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def ci_study(tmp_path_factory):
+    """The small study several tests here read: 4 cells x 5 trials, an aggressive pruner, 2 seeds."""
+    tmp = tmp_path_factory.mktemp("ci")
+    path = write_study(tmp)
+    printed = io.StringIO()
+    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
+    with redirect_stdout(printed):
+        assert main(["run", str(path), "--runs-dir", str(tmp / "runs")]) == 0
+    return SimpleNamespace(path=path, runs=tmp / "runs", out=printed.getvalue())
+
+
+def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(ci_study, capsys):
+    path, runs, out = ci_study.path, ci_study.runs, ci_study.out
     assert "study ci" in out and "finals over seeds [0, 1]" in out
 
     studies = studies_by_name(journal(runs, "ci"))
@@ -354,35 +369,10 @@ def test_trials_use_the_gpu_ray_gives_them_and_no_gpu_otherwise(tmp_path, gpu, d
     assert cfg["device"] == device and cfg["threads"] == 2
 
 
-def test_same_study_same_seeds_gives_the_same_table(tmp_path):
-    """Reproducibility on CPU: with at least as many cells as slots each cell runs one trial at a
-    time, so sampling and pruning see the same history in every run."""
-    path = write_study(tmp_path, name="repro")
-    tables = []
-    for i in range(2):
-        runs = tmp_path / f"runs{i}"
-        assert main(["run", str(path), "--runs-dir", str(runs), "--no-track"]) == 0
-        cells = json.loads((runs / "repro" / "summary.json").read_text())["cells"]
-        tables.append(
-            [
-                (
-                    c["label"],
-                    c["best_params"],
-                    c["best_value"],
-                    c["counts"],
-                    c["val_mean"],
-                    c["test_mean"],
-                    c["test_std"],
-                )
-                for c in cells
-            ]
-        )
-    assert tables[0] == tables[1]
-
-
 def _table(runs: Path, name: str) -> list:
     cells = json.loads((runs / name / "summary.json").read_text())["cells"]
-    return [(c["label"], c["counts"], c["best_params"], c["best_value"], c["val_mean"], c["test_mean"]) for c in cells]
+    keys = ("label", "counts", "best_params", "best_value", "val_mean", "test_mean", "test_std")
+    return [tuple(c[k] for k in keys) for c in cells]
 
 
 @pytest.mark.slow
@@ -518,26 +508,23 @@ def test_an_epoch_that_lands_after_the_prune_is_not_recorded(tmp_path):
     assert pruned.user_attrs["epochs_run"] == 1 and "at epoch 1" in pruned.user_attrs["reason"]
 
 
-def test_a_study_runs_as_successive_tuners_with_the_same_outcome(tmp_path):
-    """Driver memory stays bounded because a long study runs as several Tuners (each keeps its
-    trials until it returns); the boundaries change nothing in the results."""
+def test_the_same_study_again_as_successive_tuners_gives_the_same_table(ci_study, tmp_path):
+    """Reproducibility on CPU, and driver memory kept bounded by running a long study as several
+    Tuners (each keeps its trials until it returns) without changing its results: the study run
+    again in a fresh directory, 12 trials per Tuner, gives the same table to the last digit. With at
+    least as many cells as slots each cell runs one trial at a time, so sampling and pruning see the
+    same history in every run."""
     from rich.console import Console
 
     from pal_study.study.runner import run_study
 
-    path = write_study(
-        tmp_path,
-        name="tuners",
-        factors={"method": ["ce", "ce+fnpal"]},
-        base={"data": {"name": "digits"}, "optim": {"epochs": 2}},
-        budget={"trials_per_cell": 3, "sampler": {"seed": 1, "n_startup_trials": 2}, "pruner": {"name": "none"}},
+    again = run_study(
+        load_study(ci_study.path),
+        runs_dir=tmp_path / "again",
+        console=Console(quiet=True),
+        track=False,
+        trials_per_tuner=12,
     )
-    study = load_study(path)
-    quiet = Console(quiet=True)
-    one = run_study(study, runs_dir=tmp_path / "one", console=quiet, track=False)
-    many = run_study(study, runs_dir=tmp_path / "many", console=quiet, track=False, trials_per_tuner=2)
-    assert one.timings["tuners"] == 1
-    assert many.timings["tuners"] == 4  # 2 x 3 tuning trials + 2 final trials (both seeds in each)
-    assert len(list((tmp_path / "many" / "tuners" / "tune").glob("session-*"))) == 4
-    assert _table(tmp_path / "many", "tuners") == _table(tmp_path / "one", "tuners")
-    assert all(c.counts == {"completed": 3, "pruned": 0, "failed": 0, "running": 0} for c in many.cells)
+    assert again.timings["tuners"] == 2  # 4 x 5 tuning trials + 4 final trials (both seeds in each)
+    assert len(list((tmp_path / "again" / "ci" / "tune").glob("session-*"))) == 2
+    assert _table(tmp_path / "again", "ci") == _table(ci_study.runs, "ci")

@@ -14,7 +14,10 @@ from mlflow import MlflowClient
 
 from pal_study.cli import main
 from pal_study.study import load_study
-from tests.support import study_file  # the same small digits study the other tracking tests run
+from tests.support import ensure_local_ray, study_file  # the same small digits study the other tracking tests run
+
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 SEEDS = (0, 1, 2)
 TABLE = "report/comparison_table.json"
@@ -30,6 +33,7 @@ def cells(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cells")
     uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     path = study_file(tmp, "cells", noise=(0.4,), trials=2, seeds=SEEDS, epochs=2)
+    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
     assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri]) == 0
     client = MlflowClient(tracking_uri=uri)
     exp_id = client.get_experiment_by_name("cells").experiment_id

@@ -17,7 +17,10 @@ from pal_study.cli import main
 from pal_study.tracking import open_store
 from pal_study.tracking.jsonl_store import JsonlStore
 from pal_study.tracking.names import PARENT_TAG, STUDY_RUN_TAG, TABLE_FILE, study_runs
-from tests.support import EPOCHS, study_file
+from tests.support import EPOCHS, ensure_local_ray, study_file
+
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +30,7 @@ def jsonl_study(tmp_path_factory):
     path = study_file(
         tmp, "plain", noise=(0.4,), trials=2, claims=[{"better": "ce+fnpal", "than": "ce", "metric": "ece"}]
     )
+    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
     assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri, "--progress", "none"]) == 0
     return tmp, uri
 

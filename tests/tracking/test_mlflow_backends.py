@@ -27,7 +27,7 @@ import yaml
 from mlflow import MlflowClient
 
 from pal_study.cli import main
-from tests.support import study_file  # the same small study the SQLite tests log
+from tests.support import ensure_local_ray, study_file  # the same small study the SQLite tests log
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"
@@ -39,7 +39,8 @@ METHODS = ["ce", "ce+fnpal"]
 TRIALS_PER_CELL = 2
 SEEDS = [0]
 
-pytestmark = pytest.mark.slow
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 
 def pg_bin(name: str) -> str | None:
@@ -189,6 +190,7 @@ def pg_mlflow_server(tmp_path_factory):
         wait_http_ok(f"{uri}/health", 90, server, server_log)
 
         path = study_file(tmp, STUDY, methods=METHODS, noise=[0.0], trials=TRIALS_PER_CELL, seeds=SEEDS, epochs=EPOCHS)
+        ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
         rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
         assert rc == 0, f"pal-study run exited {rc}; server log:\n{tail(server_log)}"
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name(STUDY)

@@ -14,7 +14,10 @@ import yaml
 from mlflow import MlflowClient
 
 from pal_study.cli import main
-from tests.support import EPOCHS, study_file
+from tests.support import EPOCHS, ensure_local_ray, study_file
+
+# Studies run on one local Ray per test process (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,6 +34,7 @@ def tracked_study(tmp_path_factory):
             {"better": "ce+fnpal", "than": "ce", "metric": "ece"},
         ],
     )
+    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
     rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
     assert rc == 0
     return tmp, uri, path
