@@ -48,13 +48,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def local_ray():
+def local_ray(request: pytest.FixtureRequest):
     """One local Ray per test process, kept between the tests that ask for it: starting Ray costs
     ~4 s and stopping it ~1 s on 2 cores, more than the small studies most tests run. A study run
-    finds it started and leaves it up (as with ``--address``)."""
+    finds it started and leaves it up (as with ``--address``). A test marked ``own_ray`` in a
+    module that asks for it gets none (see ``_own_ray``)."""
     from tests.support import ensure_local_ray
 
-    ensure_local_ray()
+    if not request.node.get_closest_marker("own_ray"):
+        ensure_local_ray()
     yield
 
 
@@ -62,7 +64,8 @@ def local_ray():
 def _own_ray(request: pytest.FixtureRequest):
     """Tests marked ``own_ray`` get a Ray of their own: their trials read variables from the
     environment (fault injection), which Ray's workers inherit only from the process that starts
-    Ray, or they start Ray with settings of their own."""
+    Ray, or they start Ray with settings of their own. Autouse fixtures come first: the shared
+    Ray is down before ``local_ray`` or the test run."""
     if request.node.get_closest_marker("own_ray"):
         from tests.support import stop_local_ray
 

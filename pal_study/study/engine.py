@@ -460,11 +460,19 @@ class StudySearcher(Searcher):
         attrs = {k: jsonable(v) for k, v in report.record_attrs().items()}
         cfg = self.trial_config(job.cell, self.final_params(job.cell, best), seed=seed, epochs=self.spec.finals.epochs)
         attrs.update(seed=seed, best_trial=best.number if best else None, config=json.dumps(cfg))
+        # Its val_acc per epoch, as a tuning trial's: what rebuilds the final's curve in the
+        # tracking store when a killed driver never logged it (the reconcile).
+        curve = {
+            int(h["epoch"]): float(h["val_acc"])
+            for h in report.history or []
+            if isinstance(h.get("val_acc"), (int, float)) and math.isfinite(h["val_acc"])
+        }
         finals.add_trial(
             optuna.trial.create_trial(
                 state=TrialState.COMPLETE if ok else TrialState.FAIL,
                 value=score,
                 user_attrs=attrs,
+                intermediate_values=curve,
             )
         )
         if not ok:  # a failed final's partial state is no trained model worth keeping

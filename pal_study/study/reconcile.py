@@ -1,6 +1,7 @@
 """Repair a study's run tree after a driver was killed while logging: every finished Optuna trial
 and final seed gets a finished run (rebuilt from the Optuna record when its own logs never
-arrived), and runs of the layout before cell runs move under their cell's run."""
+arrived: its closing numbers and its val_acc per epoch), and runs of the layout before cell runs
+move under their cell's run."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
     for cell in study.cells:
         trials = store.tuning_trials(cell)
         finals = store.final_results(cell)
+        curves = store.final_curves(cell) if finals else {}
         prefix = run_key(cell.index) + "/"  # its trials' runs
         if not trials and not finals and not any(k.startswith(prefix) for k in tree.children):
             continue  # not started: its cell run comes with its first trial
@@ -78,7 +80,8 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
                 **variant_tags(study, cell),
             )
             cfg = json.loads(rec["config"])
-            _repair(tree, key, f"{cell.label} final seed {seed}", cfg, outcome, status, rec, [], tags, cell_id)
+            metrics = [("val_acc", v, int(step)) for step, v in sorted(curves.get(seed, {}).items())]
+            _repair(tree, key, f"{cell.label} final seed {seed}", cfg, outcome, status, rec, metrics, tags, cell_id)
             repaired += 1
         for key, run in tree.children.items():
             if key.startswith(prefix) and _misplaced(run, cell_id, tree.parent_id):

@@ -375,6 +375,11 @@ class StudyStore:
             return []
         return self.open_tuning(cell).get_trials(deepcopy=False)
 
+    def final_curves(self, cell: Cell) -> dict[int, dict[int, float]]:
+        """Finished final runs' val_acc per epoch by seed (recorded since the curve was kept)."""
+        trials = self.open_finals(cell).get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+        return {int(t.user_attrs["seed"]): dict(t.intermediate_values) for t in trials}
+
     def final_results(self, cell: Cell) -> dict[int, dict[str, Any]]:
         """Finished final runs by seed (the last record wins if a seed was somehow recorded twice)."""
         out: dict[int, dict[str, Any]] = {}

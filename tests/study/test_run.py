@@ -169,92 +169,6 @@ def _listeners_of_session(sid: int) -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill_runs_every_budget_once(tmp_path):
-    path = write_study(
-        tmp_path,
-        name="resume",
-        base={"data": {"name": "digits"}, "optim": {"epochs": 12}},
-        budget={"trials_per_cell": 6, "pruner": {"name": "none"}},
-        finals={"seeds": [0, 1, 2]},
-    )
-    runs = tmp_path / "runs"
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", str(runs), "--tracking-uri", uri]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline:
-            if (runs / "resume" / "optuna.journal").exists() and len(_finished(runs, "resume")) >= 6:
-                break
-            assert proc.poll() is None, proc.stderr.read().decode()
-            time.sleep(0.2)
-        else:
-            pytest.fail("the study did not get going")
-        # Nothing the study started listens beyond loopback (local Ray, its workers, the driver).
-        listeners = _listeners_of_session(proc.pid)
-        assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), (
-            listeners
-        )
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        # The driver's Ray processes die with it; make sure, so nothing leaks into later tests.
-        time.sleep(1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-    before = _finished(runs, "resume")
-    storage = journal(runs, "resume")
-    cut = studies_by_name(storage)
-    running = sum(t.state == TrialState.RUNNING for s in cut.values() for t in s.trials)
-    assert running >= 1, "the kill should catch trials mid-run"
-    total_before = sum(len(s.trials) for s in cut.values())
-    assert total_before < 4 * 6 + 4 * 3
-
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert "interrupted trials to run again" in done.stderr
-
-    after = _finished(runs, "resume")
-    # Nothing that had finished was run again or changed.
-    for key, record in before.items():
-        assert after[key] == record, key
-    studies = studies_by_name(journal(runs, "resume"))
-    for name, st in studies.items():
-        if name.endswith("/finals"):
-            assert sorted(t.user_attrs["seed"] for t in st.trials) == [0, 1, 2], name
-        else:
-            # Every cell's full budget, no extra Optuna trial: interrupted trials were resumed
-            # under their own trial numbers.
-            assert [t.number for t in st.trials] == list(range(6)), name
-            assert all(t.state == TrialState.COMPLETE for t in st.trials), name
-
-    # MLflow: one parent, one run per cell under it, one run per trial and final seed under its
-    # cell, none duplicated, none left RUNNING.
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("resume")
-    all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
-    assert len(cells) == 4 and {r.data.tags["stage"] for r in cells} == {"cell"}
-    assert all(r.info.status == "FINISHED" for r in cells)
-    cell_ids = {r.info.run_id for r in cells}
-    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in cell_ids]
-    assert len(kids) == len(all_runs) - 1 - 4 == 4 * 6 + 4 * 3
-    assert all(r.data.tags["pal.study_run"] == parents[0].info.run_id for r in kids)
-    keys = [r.data.tags["pal.run_key"] for r in kids + cells]
-    assert len(set(keys)) == len(keys)
-    assert all(r.info.status == "FINISHED" for r in kids)
-    for r in kids:
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert steps == sorted(set(steps)) == list(range(1, 13)), (r.data.tags["pal.run_key"], steps)
-
-
 def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):
     runs = tmp_path / "runs"
     path = write_study(
@@ -376,66 +290,88 @@ def _table(runs: Path, name: str) -> list:
 
 
 @pytest.mark.slow
-def test_driver_killed_at_several_moments_ends_as_an_uninterrupted_run(tmp_path):
-    """SIGKILL the driver inside Optuna's journal lock (a fault hook makes that instant certain),
-    then at four points (early tuning to finals), restarting each time from a relative
-    --runs-dir: no rerun waits on the dead driver's journal lock, and the final table equals an
-    uninterrupted run's; MLflow has no duplicate and no RUNNING runs."""
-    path = write_study(
-        tmp_path,
-        name="kills",
-        base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
-        budget={
-            "trials_per_cell": 5,
-            "sampler": {"seed": 3, "n_startup_trials": 2},
-            "pruner": {"name": "median", "n_startup_trials": 1, "n_warmup_steps": 2},
-        },
-        finals={"seeds": [0, 1]},
-    )
-    straight = tmp_path / "straight"
-    assert main(["run", str(path), "--runs-dir", str(straight), "--no-track"]) == 0
-
+def test_a_driver_killed_at_any_moment_resumes_to_the_uninterrupted_table(ci_study, tmp_path):
+    """The ci study, tracked, with its driver SIGKILLed inside Optuna's journal lock (a fault hook
+    makes that instant certain), then at three points from early tuning to the finals, restarted
+    each time from a relative --runs-dir, as users type it: no rerun waits on the dead driver's
+    journal lock; nothing the study started listens beyond loopback; what had finished before a
+    kill is never run again or changed; interrupted trials resume under their own Optuna trial
+    numbers (every cell's budget once); the final table equals the uninterrupted run's; MLflow
+    holds one run per trial, cell and study, none duplicated, none left RUNNING."""
+    path = write_study(tmp_path)  # the ci study again, in this test's directory
     runs = tmp_path / "runs"
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    # Relative, as users type it: the journal lock's symlink target must not dangle.
     cmd = [sys.executable, "-m", "pal_study.cli", "run", str(path), "--runs-dir", "runs", "--tracking-uri", uri]
     env = {**os.environ, "PAL_STUDY_DRIVER_FAULT": "journal_lock@60"}
     killed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    assert os.path.islink(runs / "kills" / "optuna.journal.lock"), "the kill should leave the journal lock"
-    kills = 1
-    for threshold in (2, 9, 16, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds
+    assert os.path.islink(runs / "ci" / "optuna.journal.lock"), "the kill should leave the journal lock"
+
+    kills, before, running, listeners = 1, {}, 0, None
+    for threshold in (2, 12, 22):  # of 4 x 5 tuning trials + 4 x 2 final seeds: early, mid-tuning, finals
         proc = subprocess.Popen(
             cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
-        deadline = time.time() + 240
-        while proc.poll() is None and time.time() < deadline:
-            if len(_finished(runs, "kills")) >= threshold:
+        try:
+            deadline = time.time() + 240
+            while proc.poll() is None and time.time() < deadline:
+                if len(_finished(runs, "ci")) >= threshold:
+                    if listeners is None:
+                        listeners = _listeners_of_session(proc.pid)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    kills += 1
+                    break
+                time.sleep(0.1)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            # The driver's Ray processes die with it; make sure, so nothing leaks into later tests.
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                kills += 1
-                break
-            time.sleep(0.1)
-        _, stderr = proc.communicate(timeout=60)
         if threshold == 2:
             assert "removed a stale Optuna journal lock" in stderr, stderr[-2000:]
             assert "taking longer than" not in stderr
         time.sleep(0.5)
-    assert kills >= 4, "the study finished before the kills could land"
+        finished = _finished(runs, "ci")
+        assert all(finished[key] == record for key, record in before.items())
+        before = finished
+        running += sum(
+            t.state == TrialState.RUNNING for s in studies_by_name(journal(runs, "ci")).values() for t in s.trials
+        )
+    assert kills >= 4  # the lock and three thresholds, "the study finished before the kills could land"
+    assert running >= 1, "the kills should catch trials mid-run"
+    assert listeners and all(addr in ("127.0.0.1", "[::ffff:127.0.0.1]", "[::1]") for addr, _ in listeners), listeners
+
     done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "taking longer than" not in done.stderr
-    assert _table(runs, "kills") == _table(straight, "kills")
+    assert "taking longer than" not in done.stderr and "interrupted trials to run again" in done.stderr
+    after = _finished(runs, "ci")
+    assert all(after[key] == record for key, record in before.items())
+    assert _table(runs, "ci") == _table(ci_study.runs, "ci")
+    for name, st in studies_by_name(journal(runs, "ci")).items():
+        if name.endswith("/finals"):
+            assert sorted(t.user_attrs["seed"] for t in st.trials) == [0, 1], name
+        else:
+            assert [t.number for t in st.trials] == list(range(5)), name
+        assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in st.trials), name
 
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name("kills")
+    exp = client.get_experiment_by_name("ci")
     all_runs = client.search_runs([exp.experiment_id], max_results=1000)
-    kids = [r for r in all_runs if r.data.tags.get("stage") in ("tune", "final")]
-    assert len(kids) == 4 * 5 + 4 * 2
-    assert len({r.data.tags["pal.run_key"] for r in kids}) == len(kids)
     assert all(r.info.status in ("FINISHED", "KILLED") for r in all_runs), [r.info.status for r in all_runs]
-    assert [r.info.status for r in all_runs if r.data.tags.get("pal.stage") == "study"] == ["FINISHED"]
+    [parent] = [r for r in all_runs if r.data.tags.get("pal.stage") == "study"]
+    assert parent.info.status == "FINISHED"
+    cells = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(cells) == 4 and {r.data.tags["stage"] for r in cells} == {"cell"}
+    kids = [r for r in all_runs if r.data.tags.get("mlflow.parentRunId") in {r.info.run_id for r in cells}]
+    assert len(kids) == len(all_runs) - 1 - 4 == 4 * 5 + 4 * 2
+    assert {r.data.tags["stage"] for r in kids} == {"tune", "final"}
+    keys = [r.data.tags["pal.run_key"] for r in kids + cells]
+    assert len(set(keys)) == len(keys)
+    for r in kids:
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert steps == list(range(1, len(steps) + 1)) and steps, (r.data.tags["pal.run_key"], steps)
 
 
 def test_a_stale_journal_lock_is_removed_by_the_driver_that_holds_the_study(tmp_path, monkeypatch):

@@ -401,7 +401,7 @@ def test_ui_warns_before_binding_publicly():
 
 def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     """A trial told PRUNED in Optuna whose MLflow run was left RUNNING, and a final seed recorded
-    in Optuna with no MLflow run at all: both end finished, from the Optuna record."""
+    in Optuna with no MLflow run at all: both end finished, from the Optuna record, curves included."""
     import optuna
 
     from pal_study.study import load_study
@@ -430,6 +430,7 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
         optuna.trial.create_trial(
             value=0.9,
             user_attrs={"seed": 0, "val_acc": 0.9, "test_acc": 0.88, "config": json.dumps({**cfg, "seed": 0})},
+            intermediate_values={1: 0.7, 2: 0.8, 3: 0.9},  # as the engine records a final's curve
         )
     )
 
@@ -450,6 +451,8 @@ def test_reconcile_finishes_runs_a_killed_driver_left_behind(tmp_path):
     assert [m.step for m in client.get_metric_history(tune.info.run_id, "val_acc")] == [1]
     final = by_key["cell000/final/seed0"]
     assert final.info.status == "FINISHED" and final.data.metrics["final_test_acc"] == 0.88
+    curve = [(m.step, m.value) for m in client.get_metric_history(final.info.run_id, "val_acc")]
+    assert curve == [(1, 0.7), (2, 0.8), (3, 0.9)]
     assert final.data.params["seed"] == "0"
     # A second start finds nothing left to repair.
     tracker3 = StudyTracker(tracking, study, store)
