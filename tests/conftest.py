@@ -23,21 +23,31 @@ if "MLFLOW_TRACKING_URI" not in os.environ or os.environ.get("PAL_TEST_MLFLOW_OW
 import pytest  # noqa: E402  (after the environment above, which must precede every import of Ray or MLflow)
 
 
-def _module_scoped(item: pytest.Item) -> bool:
-    defs = getattr(item, "_fixtureinfo", None)
-    return defs is not None and any(
-        d.scope in ("module", "package") for ds in defs.name2fixturedefs.values() for d in ds
-    )
+def _shared_group(item: pytest.Item) -> str | None:
+    """The xdist group of a test that reads a study the suite runs once per process: the session
+    fixture's name (a study several modules read) or the module (a module-scoped one). Only the
+    suite's own fixtures count (their ``baseid`` is under tests/), not pytest's (tmp_path_factory)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    defs = [d for ds in info.name2fixturedefs.values() for d in ds if d.baseid.startswith("tests")]
+    shared = sorted(d.argname for d in defs if d.scope in ("session", "package"))
+    if shared:
+        return shared[0]
+    if any(d.scope == "module" for d in defs):
+        return item.module.__name__ if item.module else item.nodeid
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Keep a module whose tests share a module-scoped study on one xdist worker (two workers would
-    each run the study), and hand out the longest work first: slow tests, then those shared
-    studies, then the rest, which then fill the gaps (the suite's wall is the busier worker's)."""
+    """Keep the tests that read one shared study on one xdist worker (two workers would each run
+    the study), and hand out the longest work first: slow tests, then those shared studies, then
+    the rest, which then fill the gaps (the suite's wall is the busier worker's)."""
     for item in items:
-        if _module_scoped(item) and not any(item.iter_markers("xdist_group")):
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+        group = _shared_group(item)
+        if group and not any(item.iter_markers("xdist_group")):
+            item.add_marker(pytest.mark.xdist_group(group))
 
     def cost_class(item: pytest.Item) -> int:
         if item.get_closest_marker("slow"):
@@ -71,3 +81,29 @@ def _own_ray(request: pytest.FixtureRequest):
 
         stop_local_ray()
     yield
+
+
+@pytest.fixture(scope="session")
+def tracked_study(tmp_path_factory):
+    """The small digits study the tracking tests read (tests/tracking/): ce and ce+fnpal at 0 and
+    40 % noise, 3 trials per cell, finals over seeds 0-2, two claims, tracked to its own SQLite
+    store. Run once per test process; its readers share one xdist worker (see above).
+
+    Returns (directory, tracking URI, study file); the run directory is ``directory / "runs"``."""
+    from pal_study.cli import main
+    from tests.support import ensure_local_ray, study_file
+
+    tmp = tmp_path_factory.mktemp("tracked")
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    path = study_file(
+        tmp,
+        "tracked",
+        seeds=(0, 1, 2),
+        claims=[
+            {"better": "*+fnpal", "than": "*", "where": {"data.noise.rate": 0.4}},
+            {"better": "ce+fnpal", "than": "ce", "metric": "ece"},
+        ],
+    )
+    ensure_local_ray()  # before any function fixture (local_ray) runs
+    assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri]) == 0
+    return tmp, uri, path

@@ -14,12 +14,13 @@ from mlflow import MlflowClient
 
 from pal_study.cli import main
 from pal_study.study import load_study
-from tests.support import ensure_local_ray, study_file  # the same small digits study the other tracking tests run
+from tests.support import study_file
 
 # Studies run on one local Ray per test process (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("local_ray")
 
-SEEDS = (0, 1, 2)
+SEEDS = (0, 1, 2)  # the shared study's
+CELLS, TRIALS = 4, 3
 TABLE = "report/comparison_table.json"
 
 
@@ -27,16 +28,13 @@ def _all_runs(client: MlflowClient, exp_id: str) -> list:
     return client.search_runs([exp_id], max_results=1000)
 
 
-@pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    """Two cells (ce, ce+fnpal at 40 % noise), 2 tuning trials each, 3 final seeds, 2 epochs."""
-    tmp = tmp_path_factory.mktemp("cells")
-    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    path = study_file(tmp, "cells", noise=(0.4,), trials=2, seeds=SEEDS, epochs=2)
-    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
-    assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri]) == 0
+@pytest.fixture
+def cells(tracked_study):
+    """The shared tracked study (tests/conftest.py: 4 cells, 3 trials each, 3 final seeds) as
+    MLflow holds it."""
+    tmp, uri, path = tracked_study
     client = MlflowClient(tracking_uri=uri)
-    exp_id = client.get_experiment_by_name("cells").experiment_id
+    exp_id = client.get_experiment_by_name("tracked").experiment_id
     runs = _all_runs(client, exp_id)
     [study_run] = [r for r in runs if r.data.tags.get("pal.stage") == "study"]
     cell_runs = client.search_runs([exp_id], f"tags.`mlflow.parentRunId` = '{study_run.info.run_id}'")
@@ -61,29 +59,32 @@ def _trials_and_finals(cells) -> list:
 def test_one_cell_run_per_cell_parents_its_tuning_and_final_runs(cells):
     study_id = cells.study.info.run_id
     # The study run's children are exactly its cells, one run each, named by the cell label.
-    assert [r.data.tags["stage"] for r in cells.cell_runs] == ["cell", "cell"]
+    assert [r.data.tags["stage"] for r in cells.cell_runs] == ["cell"] * CELLS
     labels = {c.label: c for c in cells.spec.cells}
     assert sorted(cells.cells) == sorted(labels) and sorted(r.info.run_name for r in cells.cell_runs) == sorted(labels)
-    assert len(cells.runs) == 1 + 2 + 2 * 2 + 2 * len(SEEDS)
+    assert len(cells.runs) == 1 + CELLS + CELLS * TRIALS + CELLS * len(SEEDS)
     for label, run in cells.cells.items():
         t = run.data.tags
         assert run.info.status == "FINISHED"
         assert t["pal.stage"] == "cell" and t["pal.run_key"] == f"cell{labels[label].index:03d}"
-        assert t["study"] == "cells" and t["pal.study_run"] == study_id
+        assert t["study"] == "tracked" and t["pal.study_run"] == study_id
         assert t["method"] == labels[label].method and t["dataset"] == "digits"
-        assert float(t["noise_rate"]) == 0.4 and float(t["imbalance_ratio"]) == 1.0
-        assert t["cell_group"] == "data.noise.rate=0.4"
+        rate = labels[label].factors["data.noise.rate"]
+        assert float(t["noise_rate"]) == rate and float(t["imbalance_ratio"]) == 1.0
+        assert t["cell_group"] == f"data.noise.rate={rate:g}"
         assert "seed" not in t and "config_hash" not in t
     # Every tuning and final run sits below its own cell's run and names the study run.
     kids = _trials_and_finals(cells)
-    assert len(kids) == 2 * 2 + 2 * len(SEEDS)
+    assert len(kids) == CELLS * TRIALS + CELLS * len(SEEDS)
     for r in kids:
         t = r.data.tags
         assert t["mlflow.parentRunId"] == cells.cells[t["cell"]].info.run_id, t["pal.run_key"]
         assert t["pal.study_run"] == study_id
     # Filtering by tag works the same on cell runs as on trial runs.
     fnpal = cells.client.search_runs([cells.exp_id], "tags.stage = 'cell' and tags.method = 'ce+fnpal'")
-    assert [r.data.tags["cell"] for r in fnpal] == [c.label for c in cells.spec.cells if c.method == "ce+fnpal"]
+    assert sorted(r.data.tags["cell"] for r in fnpal) == sorted(
+        c.label for c in cells.spec.cells if c.method == "ce+fnpal"
+    )
     # Params: the cell's best config as its finals log it, less their seed.
     for label, run in cells.cells.items():
         final = next(r for r in kids if r.data.tags["cell"] == label and r.data.tags["stage"] == "final")
@@ -112,22 +113,29 @@ def test_cell_metrics_aggregate_its_completed_finals(cells):
 
 def test_cell_comparison_is_the_reports(cells, capsys):
     capsys.readouterr()
-    assert main(["report", "cells", "--format", "json", "--tracking-uri", cells.uri]) == 0
+    assert main(["report", "tracked", "--format", "json", "--tracking-uri", cells.uri]) == 0
     report = json.loads(capsys.readouterr().out)
-    [comp] = report["comparisons"]  # ce+fnpal against ce
-    run = cells.cells[comp["cell"]]
-    m = run.data.metrics
-    [ce] = [c.label for c in cells.spec.cells if c.method == "ce"]
-    assert run.data.tags["baseline"] == comp["baseline"] == ce
-    assert m["delta_test_acc"] == pytest.approx(comp["delta"], abs=1e-12)
-    for key in ("ci_low", "ci_high", "p", "q"):
-        if comp[key] is None:
-            assert key not in m
-        else:
-            assert m[key] == pytest.approx(comp[key], abs=1e-12), key
-    assert comp["q"] is not None  # 3 seeds with differing differences: a test, and q over 1 comparison = p
-    baseline = cells.cells[comp["baseline"]]
-    assert "baseline" not in baseline.data.tags and "delta_test_acc" not in baseline.data.metrics
+    comps = report["comparisons"]  # ce+fnpal against ce at each noise rate
+    assert len(comps) == 2
+    for comp in comps:
+        run = cells.cells[comp["cell"]]
+        m = run.data.metrics
+        [ce] = [
+            c.label
+            for c in cells.spec.cells
+            if c.method == "ce" and c.factors["data.noise.rate"] == float(run.data.tags["noise_rate"])
+        ]
+        assert run.data.tags["baseline"] == comp["baseline"] == ce
+        assert m["delta_test_acc"] == pytest.approx(comp["delta"], abs=1e-12)
+        for key in ("ci_low", "ci_high", "p", "q"):
+            if comp[key] is None:
+                assert key not in m
+            else:
+                assert m[key] == pytest.approx(comp[key], abs=1e-12), key
+        baseline = cells.cells[comp["baseline"]]
+        assert "baseline" not in baseline.data.tags and "delta_test_acc" not in baseline.data.metrics
+    # 3 seeds with differing differences: a test, and q adjusted over the 2 comparisons
+    assert any(comp["q"] is not None for comp in comps)
 
 
 def test_comparison_table_is_an_mlflow_table_on_the_study_run(cells, capsys):
@@ -168,7 +176,7 @@ def test_comparison_table_is_an_mlflow_table_on_the_study_run(cells, capsys):
     import pandas as pd
 
     df = pd.read_json(path, orient="split")
-    assert len(df) == 2 and set(df["cell"]) == set(cells.cells)
+    assert len(df) == CELLS and set(df["cell"]) == set(cells.cells)
 
 
 def test_rerunning_the_finished_study_adds_nothing(cells):
@@ -179,12 +187,12 @@ def test_rerunning_the_finished_study_adds_nothing(cells):
     after = _all_runs(c, cells.exp_id)
     assert sorted(r.info.run_id for r in after) == sorted(r.info.run_id for r in cells.runs)
     cell_runs = [r for r in after if r.data.tags.get("stage") == "cell"]
-    assert len(cell_runs) == 2 and all(r.info.status == "FINISHED" for r in cell_runs)
+    assert len(cell_runs) == CELLS and all(r.info.status == "FINISHED" for r in cell_runs)
     for r in cell_runs:
         for key in ("n_finals", "final_test_acc_mean", *(("delta_test_acc", "q") if "baseline" in r.data.tags else ())):
             assert len(c.get_metric_history(r.info.run_id, key)) == 1, key
     doc = json.loads(Path(c.download_artifacts(cells.study.info.run_id, TABLE, str(cells.tmp / "table2"))).read_text())
-    assert len(doc["data"]) == 2
+    assert len(doc["data"]) == CELLS
 
 
 # -- without training --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -14,30 +15,12 @@ import yaml
 from mlflow import MlflowClient
 
 from pal_study.cli import main
-from tests.support import EPOCHS, ensure_local_ray, study_file
+from tests.support import EPOCHS, study_file
 
 # Studies run on one local Ray per test process (tests/conftest.py).
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tracked_study(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tracked")
-    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
-    path = study_file(
-        tmp,
-        "tracked",
-        claims=[
-            {"better": "*+fnpal", "than": "*", "where": {"data.noise.rate": 0.4}},
-            {"better": "ce+fnpal", "than": "ce", "metric": "ece"},
-        ],
-    )
-    ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
-    rc = main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri])
-    assert rc == 0
-    return tmp, uri, path
 
 
 def children(client: MlflowClient, exp_id: str, parent: str) -> list:
@@ -55,11 +38,11 @@ def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     kids = children(client, exp.experiment_id, parent.info.run_id)
-    # Every run of the study is below its study run: 4 cells x 3 trials + 4 cells x 2 seeds (and 4 cell runs).
-    assert len(kids) == len(runs) - 1 - 4 == 4 * 3 + 4 * 2
+    # Every run of the study is below its study run: 4 cells x 3 trials + 4 cells x 3 seeds (and 4 cell runs).
+    assert len(kids) == len(runs) - 1 - 4 == 4 * 3 + 4 * 3
     tune = [r for r in kids if r.data.tags["stage"] == "tune"]
     final = [r for r in kids if r.data.tags["stage"] == "final"]
-    assert len(tune) == 12 and len(final) == 8
+    assert len(tune) == 12 and len(final) == 12
     assert {r.info.status for r in kids} <= {"FINISHED", "KILLED"}
     for r in kids:
         t = r.data.tags
@@ -97,7 +80,7 @@ def test_parent_and_child_runs_with_tags_metrics_artifacts(tracked_study):
         assert ({"reliability.png", "reliability.json"} - {diagram}).isdisjoint(names)
         cfg = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "config.yaml", str(tmp))).read_text())
         assert cfg["optim"]["epochs"] == EPOCHS and cfg["seed"] == int(r.data.tags["seed"])
-    assert sorted(int(r.data.tags["seed"]) for r in final) == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert sorted(int(r.data.tags["seed"]) for r in final) == [0] * 4 + [1] * 4 + [2] * 4
     parent_files = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert "study.yaml" in parent_files and "report" in parent_files
     report_files = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
@@ -491,16 +474,16 @@ def test_report_json_pairs_finals_by_seed_and_adjusts_over_comparisons(tracked_s
         assert "ce+fnpal" in c["cell"] and "method=ce," in c["baseline"] + "," and c["metric"] == "test_acc"
         a, b = acc[c["cell"]], acc[c["baseline"]]
         seeds = sorted(set(a) & set(b))
-        assert c["n_pairs"] == len(seeds) == 2
+        assert c["n_pairs"] == len(seeds) == 3
         d = [a[s] - b[s] for s in seeds]
         assert c["delta"] == pytest.approx(sum(d) / len(d))
-        # The verdicts' test: the exact sign-flip p over the 2^n sign assignments (n = 2: 0.5 or 1),
-        # an interval that is unbounded at this n; the paired t-test beside it.
+        # The verdicts' test: the exact sign-flip p over the 2^n sign assignments (n = 3: at least
+        # 0.25), an interval that is unbounded at this n; the paired t-test beside it.
         hits = sum(
-            abs(sum(x * sg for x, sg in zip(d, signs, strict=False))) >= abs(sum(d)) - 1e-12
-            for signs in ((1, 1), (1, -1), (-1, 1), (-1, -1))
+            abs(sum(x * sg for x, sg in zip(d, signs, strict=True))) >= abs(sum(d)) - 1e-12
+            for signs in itertools.product((1, -1), repeat=len(d))
         )
-        assert c["p"] == pytest.approx(hits / 4) and c["ci_low"] is None and c["ci_high"] is None
+        assert c["p"] == pytest.approx(hits / 2 ** len(d)) and c["ci_low"] is None and c["ci_high"] is None
         if len(set(d)) > 1:
             assert c["p_t"] == pytest.approx(st.ttest_rel([a[s] for s in seeds], [b[s] for s in seeds]).pvalue)
         ps.append(c["p"])
@@ -529,7 +512,7 @@ def test_claims_get_verdicts_at_the_end_in_summary_mlflow_and_report(tracked_stu
     for c in claims:
         assert c["verdict"] in ("supported", "contradicted", "inconclusive")
         for comp in c["comparisons"]:
-            assert comp["verdict"] in ("supported", "contradicted", "inconclusive") and comp["n_pairs"] == 2
+            assert comp["verdict"] in ("supported", "contradicted", "inconclusive") and comp["n_pairs"] == 3
             decided = comp["q"] is not None and comp["q"] < 0.05
             assert (comp["verdict"] != "inconclusive") == (decided and comp["delta"] != 0)
     client = MlflowClient(tracking_uri=uri)
