@@ -245,6 +245,7 @@ def test_installed_shell_completion(installed):
     assert words.split() == ["quickstart"]
 
 
+@pytest.mark.slow
 def test_installed_run_quickstart_from_an_empty_dir(installed):
     exe, tmp = str(installed["exe"]), installed["tmp"]
     cwd = tmp / "run-here"

@@ -38,6 +38,7 @@ def uninterrupted(cfg: dict) -> dict:
     return result.final
 
 
+@pytest.mark.slow
 @pytest.mark.own_ray
 def test_killed_trials_resume_from_their_checkpoints_with_the_same_metrics(tmp_path, monkeypatch):
     """A tuning trial's process SIGKILLed after epoch 3 and a final's after epoch 2 (a fault hook,

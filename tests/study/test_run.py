@@ -169,6 +169,7 @@ def _listeners_of_session(sid: int) -> list[tuple[str, str]]:
     return out
 
 
+@pytest.mark.slow
 def test_changed_study_under_same_name_exits_2_until_restart(tmp_path, capsys):
     runs = tmp_path / "runs"
     path = write_study(

@@ -133,6 +133,7 @@ def _report(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_report_formats_go_to_stdout_and_parse(tracked_study):
     import csv
     import io
@@ -158,6 +159,7 @@ def test_report_formats_go_to_stdout_and_parse(tracked_study):
     assert html.startswith("<!doctype html>") and "Probability of improvement" in html
 
 
+@pytest.mark.slow
 def test_report_and_export_from_the_run_directory_equal_the_tracking_stores(tracked_study, tmp_path):
     tmp, uri, _ = tracked_study
     runs = str(tmp / "runs")
