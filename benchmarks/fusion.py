@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="fusion", help="results file: benchmarks/results/NAME.json")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
+    described = machine([a.threads])  # before the run: its load average is the one at the start
     models = a.models or (["digits_mlp", "mnist1d_mlp"] if a.quick else list(MODELS))
     unknown = [m for m in models if m not in CASES]
     if unknown:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         "warmup": a.warmup,
         "threads": a.threads,
     }
-    path = write_json(a.name, a.quick, {"machine": machine([a.threads]), "args": args, "rows": rows})
+    path = write_json(a.name, a.quick, {"machine": described, "args": args, "rows": rows})
     print(f"\nwritten: {path}")
     return 0
 

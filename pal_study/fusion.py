@@ -60,10 +60,6 @@ class StackedModules:
     def eval(self) -> StackedModules:
         return self.train(False)
 
-    @property
-    def training(self) -> bool:
-        return self._base.training
-
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
 
@@ -128,21 +124,17 @@ class FusedSGD:
             if p.grad is None:
                 continue
             b = self._b
+            m = b(self.momentum, p)
             g = p.grad + b(self.weight_decay, p) * p
             buf = self._buf[i]
             if buf is None:
                 buf = g.clone()
                 self._buf[i] = buf
             else:
-                buf.mul_(b(self.momentum, p)).add_(g)
+                buf.mul_(m).add_(g)
             # Members without momentum step on the gradient itself (their buffer is unused).
-            m = b(self.momentum, p)
             direction = torch.where(m > 0, torch.where(b(self.nesterov, p), g + m * buf, buf), g)
             p.sub_(b(self.lr, p) * factor * direction)
-
-    def state(self, k: int) -> list[torch.Tensor | None]:
-        """Member ``k``'s momentum buffers, in parameter order (None before the first step)."""
-        return [None if buf is None else buf[k].clone() for buf in self._buf]
 
 
 __all__ = ["FusedSGD", "StackedModules"]

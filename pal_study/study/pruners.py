@@ -10,12 +10,13 @@ allowed ones. Adding a pruner is adding a class here, decorated with ``@_registe
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from pal_study.config import _Strict
 from pal_study.registry import Registry
+from pal_study.schema import registry_union
 
 if TYPE_CHECKING:
     import optuna
@@ -150,22 +151,12 @@ class NoPrunerSpec(BasePrunerSpec):
         return {"from": None, "every": 1}
 
 
-def _default_name(value: Any) -> Any:
-    """A pruner given without a name is the default one (as before the split)."""
-    if isinstance(value, dict) and "name" not in value:
-        return {"name": DEFAULT, **value}
-    return value
-
-
 if TYPE_CHECKING:
     # The union is built from the registry at run time; to the checker every member is a BasePrunerSpec.
     PrunerSpec: TypeAlias = BasePrunerSpec
 else:
-    PrunerSpec = Annotated[
-        Union[tuple(PRUNER_REGISTRY.entries())],  # noqa: UP007  (a union built from the registry)
-        Field(discriminator="name"),
-        BeforeValidator(_default_name),
-    ]
+    # A pruner given without a name is the default one (as before the split).
+    PrunerSpec = registry_union(PRUNER_REGISTRY, DEFAULT)
 
 
 def default_pruner() -> BasePrunerSpec:

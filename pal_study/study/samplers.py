@@ -10,12 +10,13 @@ Adding a sampler is adding a class here, decorated with ``@_register``.
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeAlias, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
 from pal_study.config import _Strict
 from pal_study.registry import Registry
+from pal_study.schema import registry_union
 
 if TYPE_CHECKING:
     import optuna
@@ -74,22 +75,12 @@ class RandomSamplerSpec(BaseSamplerSpec):
         return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _default_name(value: Any) -> Any:
-    """A sampler given without a name is the default one (as before the split)."""
-    if isinstance(value, dict) and "name" not in value:
-        return {"name": DEFAULT, **value}
-    return value
-
-
 if TYPE_CHECKING:
     # The union is built from the registry at run time; to the checker every member is a BaseSamplerSpec.
     SamplerSpec: TypeAlias = BaseSamplerSpec
 else:
-    SamplerSpec = Annotated[
-        Union[tuple(SAMPLER_REGISTRY.entries())],  # noqa: UP007  (a union built from the registry)
-        Field(discriminator="name"),
-        BeforeValidator(_default_name),
-    ]
+    # A sampler given without a name is the default one (as before the split).
+    SamplerSpec = registry_union(SAMPLER_REGISTRY, DEFAULT)
 
 
 def default_sampler() -> BaseSamplerSpec:
