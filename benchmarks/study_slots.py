@@ -7,12 +7,14 @@
 Runs, each in a fresh process (so Ray and Tune's environment start clean), in one invocation:
   pal-median  ``pal-study run`` of the study as shipped (its pruner), MLflow tracking on;
   pal-none    the same study and seeds with ``budget.pruner.name=none``;
+  unpacked    the study as shipped with ``budget.pack.size=1``: one Ray Tune trial per trial;
   ablations   pal-median with one driver lever off (``--no-ablations`` skips them): every epoch
               its own report (no batching), and the MLflow writes on Tune's event loop (no
               tracking thread);
   tune-reuse  a plain Ray Tune script running exactly pal-median's trials (same configs, each for
               the epochs it ran) with ``reuse_actors=True`` and Tune's loggers off: no Optuna, no
               pruning, no tracking;
+  optuna      plain Optuna running the same trials in one process, ``n_jobs`` = slots threads;
   tune-plain  (``--tune-defaults``, ~10 min more) the same with Tune's defaults (no actor reuse,
               default loggers).
 Slot efficiency = Σ epoch time in trials (the trainer's own per-epoch train + eval time) /
@@ -199,6 +201,49 @@ def side_tune(jobs_path: Path, reuse: bool, slots: int) -> dict[str, Any]:
     }
 
 
+def side_optuna(jobs_path: Path, slots: int) -> dict[str, Any]:
+    """Plain Optuna in one process: ``study.optimize(n_jobs=slots)`` (threads; torch releases the
+    GIL in its kernels), each trial training the next of the same jobs with the project's trainer,
+    one torch thread each. No Ray, no pruning, no tracking."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    import threading
+
+    import optuna
+    import torch
+
+    from pal_study.study.trainable import run_one
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    jobs = json.loads(jobs_path.read_text())
+    lock = threading.Lock()
+    spent = [0.0]
+
+    def objective(trial: optuna.Trial) -> float:
+        cfg = jobs[trial.number]
+        done = [0.0]
+
+        def on_epoch(m) -> None:
+            done[0] += m.train_time_s + m.eval_time_s
+            trial.report(m.val_acc or 0.0, step=m.epoch)
+
+        closing = run_one(cfg, on_epoch)
+        with lock:
+            spent[0] += done[0]
+        return float(closing.metrics.get("val_acc") or 0.0)
+
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(objective, n_trials=len(jobs), n_jobs=slots)
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "driver_cpu_s": time.process_time() - cpu0,
+        "slots": slots,
+        "epoch_time_s": spent[0],
+        "trials": len(jobs),
+        "errors": sum(t.state != optuna.trial.TrialState.COMPLETE for t in study.trials),
+    }
+
+
 def _child(args: list[str]) -> dict[str, Any]:
     res = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
     if res.returncode != 0:
@@ -210,7 +255,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--study", default=str(ROOT / "studies/quickstart.yaml"))
     ap.add_argument("--set", dest="overrides", action="append", default=[])
-    ap.add_argument("--side", choices=["pal", "tune"], help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=["pal", "tune", "optuna"], help=argparse.SUPPRESS)
     ap.add_argument("--reuse", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--slots", type=int, default=2, help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
@@ -233,6 +278,9 @@ def main() -> None:
     if a.side == "tune":
         print(json.dumps(side_tune(Path(a.work) / "jobs.json", a.reuse, a.slots)))
         return
+    if a.side == "optuna":
+        print(json.dumps(side_optuna(Path(a.work) / "jobs.json", a.slots)))
+        return
 
     t_all = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="bench-study-"))
@@ -253,6 +301,21 @@ def main() -> None:
             "budget.pruner.name=none",
         ]
     )
+    unpacked_work = work / "unpacked"
+    unpacked_work.mkdir()
+    unpacked = _child(
+        [
+            "--side",
+            "pal",
+            "--study",
+            a.study,
+            "--work",
+            str(unpacked_work),
+            *[x for o in a.overrides for x in ("--set", o)],
+            "--set",
+            "budget.pack.size=1",
+        ]
+    )
     ablations = {}
     for lever in [] if a.no_ablations else ["batching", "thread"]:
         lever_work = work / lever
@@ -271,6 +334,7 @@ def main() -> None:
             ]
         )
     reuse = _child(["--side", "tune", "--reuse", "--work", str(work), "--slots", str(median["slots"])])
+    in_optuna = _child(["--side", "optuna", "--work", str(work), "--slots", str(median["slots"])])
     plain = (
         _child(["--side", "tune", "--work", str(work), "--slots", str(median["slots"])]) if a.tune_defaults else None
     )
@@ -278,12 +342,17 @@ def main() -> None:
     def eff(r: dict[str, Any]) -> float:
         return r["epoch_time_s"] / (r["wall_s"] * r["slots"])
 
-    rows = [("pal-study (shipped pruner)", median), ("pal-study (pruner none)", none)]
+    rows = [
+        ("pal-study (shipped pruner)", median),
+        ("pal-study (pruner none)", none),
+        ("pal-study, packs off (pack.size 1)", unpacked),
+    ]
     rows += [
         (f"pal-study, {'one report per epoch' if k == 'batching' else 'MLflow on Tune loop'}", r)
         for k, r in ablations.items()
     ]
     rows.append(("plain Ray Tune, reuse_actors + loggers off", reuse))
+    rows.append(("plain Optuna, n_jobs = slots, in-process", in_optuna))
     if plain is not None:
         rows.append(("plain Ray Tune, defaults", plain))
     print(f"\nslot efficiency = Σ epoch time / (wall × {median['slots']} slots); study {a.study} {a.overrides}")
@@ -296,6 +365,10 @@ def main() -> None:
         f"  the same trials' Σ epoch time in plain Tune / in pal-study: "
         f"{reuse['epoch_time_s'] / median['epoch_time_s']:.2f} (below 1: pal-study's epochs ran slower, "
         f"sharing the cores with its driver); wall pal-study / plain Tune {median['wall_s'] / reuse['wall_s']:.2f}"
+    )
+    print(
+        f"  wall / plain Tune's: pal-study {median['wall_s'] / reuse['wall_s']:.2f}, packs off "
+        f"{unpacked['wall_s'] / reuse['wall_s']:.2f}, plain Optuna {in_optuna['wall_s'] / reuse['wall_s']:.2f}"
     )
     t = median["timings"]
     print(

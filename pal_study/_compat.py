@@ -55,6 +55,35 @@ def searcher_pickle_state(searcher: Any) -> dict[str, Any]:
     return {"_metric": searcher.metric, "_mode": searcher.mode}
 
 
+_KV_NAMESPACE = "pal_study"
+
+
+def kv_put(key: str, value: str) -> None:
+    """Put a short string into the Ray cluster's key-value store (the GCS), where every worker
+    can read it: how the study's driver tells a running trial pack which member comes next or that
+    a member is pruned. Ray Tune gives a function trainable no way to hear back from the driver
+    except a stop of the whole trial, and ``ray.experimental.internal_kv`` (what Ray's own
+    libraries use for this) is not documented API."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=_KV_NAMESPACE)
+
+
+def kv_get(key: str) -> str | None:
+    """What :func:`kv_put` stored under ``key`` (None: nothing)."""
+    from ray.experimental import internal_kv
+
+    value = internal_kv._internal_kv_get(key, namespace=_KV_NAMESPACE)
+    return None if value is None else value.decode()
+
+
+def kv_delete(key: str) -> None:
+    """Forget ``key`` (nothing stored: nothing to do)."""
+    from ray.experimental import internal_kv
+
+    internal_kv._internal_kv_del(key, namespace=_KV_NAMESPACE)
+
+
 # -- Optuna ---------------------------------------------------------------------------------------
 
 

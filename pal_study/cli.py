@@ -369,7 +369,9 @@ def run(
     _setup_logging(False)
     study = load_study(resolve_study(study_file), list(set_ or []))
     err.print(f"pal-study {version()} · {describe(study).splitlines()[0]}", highlight=False, soft_wrap=True)
-    from pal_study.study.spec import warnings
+    from pal_study.study.spec import describe_packs, warnings
+
+    err.print(describe_packs(study.spec.budget.pack), highlight=False, soft_wrap=True)
 
     for line in warnings(study):
         err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)

@@ -53,7 +53,10 @@ def study_file(
     return path
 
 
-def write_study(tmp_path: Path, name: str = "ci", **overrides) -> Path:
+def write_study(tmp_path: Path, name: str = "ci", pack_size: int | None = None, **overrides) -> Path:
+    """The small study most tests run (4 digits cells, 5 trials each, aggressive pruner, finals
+    over 2 seeds); keyword arguments replace its top-level keys; ``pack_size`` sets
+    ``budget.pack.size`` (1: one Ray Tune trial per trial, as a searcher driven by hand expects)."""
     spec = {
         "name": name,
         "base": {"data": {"name": "digits"}, "optim": {"epochs": 4}},
@@ -71,6 +74,8 @@ def write_study(tmp_path: Path, name: str = "ci", **overrides) -> Path:
     }
     for key, value in overrides.items():
         spec[key] = value
+    if pack_size is not None:
+        spec["budget"] = {**spec["budget"], "pack": {"size": pack_size}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path

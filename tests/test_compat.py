@@ -64,6 +64,24 @@ def test_a_tune_callback_can_drop_bulky_fields_from_what_tune_keeps(tmp_path):
     assert last["value"] == 1.0 and "blob_json" not in last
 
 
+def test_the_cluster_key_value_store_carries_a_drivers_word_to_a_worker(local_ray):
+    """What a trial pack's channel rests on: a string the driver puts is read in a Ray worker
+    process, overwritten, then gone once deleted."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def read(key: str) -> tuple[int, str | None]:
+        return os.getpid(), _compat.kv_get(key)
+
+    _compat.kv_put("compat-test/next", "first")
+    _compat.kv_put("compat-test/next", "second")
+    pid, seen = ray.get(read.remote("compat-test/next"))
+    assert pid != os.getpid() and seen == "second"
+    _compat.kv_delete("compat-test/next")
+    assert ray.get(read.remote("compat-test/next"))[1] is None and _compat.kv_get("compat-test/next") is None
+    _compat.kv_delete("compat-test/never-put")  # deleting what is not there is no error
+
+
 def test_the_searcher_pickles_with_its_metric_and_mode(tmp_path):
     from pal_study.study import load_study
     from pal_study.study.engine import StudySearcher

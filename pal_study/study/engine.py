@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import optuna
@@ -37,6 +37,7 @@ from pal_study.study.events import (
     TrialRetried,
     TrialStarted,
 )
+from pal_study.study.pack import PackChannel, new_pack_key
 from pal_study.study.pruners import build_pruner
 from pal_study.study.samplers import build_sampler
 from pal_study.study.space import suggest
@@ -60,6 +61,8 @@ class Job:
     closing: TrialReport | None = None
     last_epoch: int = 0
     epoch_time_s: float = 0.0
+    failed: bool = False  # a final seed or the tuning trial reported its own failure
+    tune_name: str | None = None  # the Ray Tune trial it ran in (a pack's: its first member's)
 
     @property
     def tuning_trial(self) -> optuna.trial.Trial:
@@ -91,6 +94,9 @@ class StudySearcher(Searcher):
         # Artifacts (geometry, per-class accuracy, reliability PNG) in closing results: for tracking.
         self.details = True
         self.jobs: dict[str, Job] = {}
+        # Ray Tune trial id -> its pack's channel, when packs hold more than one trial.
+        self.pack_size = study.spec.budget.pack.members
+        self.packs: dict[str, PackChannel] = {}
         epochs = study.spec.budget.epochs or max(c.config.optim.epochs or 1 for c in study.cells)
         self._tuning: dict[int, optuna.Study] = {}
         self._resume: list[tuple[Cell, int]] = []
@@ -154,13 +160,36 @@ class StudySearcher(Searcher):
         job = self._next_job()
         if job is None:
             return Searcher.FINISHED if self.done() else None
+        trial_job = self._start(trial_id, job)
+        if self.pack_size > 1:
+            key = new_pack_key()
+            self.packs[trial_id] = PackChannel(key, self.pack_size, trial_job.name)
+            trial_job = replace(trial_job, pack=key)
+        return trial_job.to_tune()
+
+    def _start(self, trial_id: str, job: Job) -> TrialJob:
         self._session_issued += 1
         self.jobs[trial_id] = job
+        pack = self.packs.get(trial_id)
+        job.tune_name = pack.first if pack is not None else None
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)
         trial_job = self._trial_job(job)
         self.on_event(TrialStarted(job, trial_job))
-        return trial_job.to_tune()
+        return trial_job
+
+    def _member_done(self, trial_id: str, job: Job) -> None:
+        """A pack's member has sent its last report: record its end, then hand the pack its next
+        job (a failed member ends the pack: its worker raises, as an unpacked trial does)."""
+        pack = self.packs[trial_id]
+        del self.jobs[trial_id]
+        self._finish(job, error=False)
+        nxt = None
+        if not job.failed and not pack.full and not self.session_full:
+            following = self._next_job()
+            if following is not None:
+                nxt = replace(self._start(trial_id, following), pack=pack.key)
+        pack.hand(nxt)
 
     def _next_job(self) -> Job | None:
         if self._resume:
@@ -257,7 +286,7 @@ class StudySearcher(Searcher):
     def _logs_glob(self, job: Job) -> str:
         """Where a person finds this job's Ray Tune trial directories (one per attempt)."""
         number = job.trial.number if job.trial is not None else 0
-        name = job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
+        name = job.tune_name or job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
         return str(self.store.dir / TUNE_LOGS / "*" / f"{name}_*")
 
     def _trial_job(self, job: Job) -> TrialJob:
@@ -298,23 +327,39 @@ class StudySearcher(Searcher):
         if job is None:
             return False
         report = TrialReport.from_tune(result)
+        pack = self.packs.get(trial_id)
         if report.closing:
             if job.stage == "tune":
                 # The first copy is whole; a later one (the same result again at completion) has
                 # lost its bulky fields to DropBulkyResults.
                 if job.closing is None:
                     job.closing = report
+                    job.failed = report.status == "failed"
                     for held_back in report.epochs()[:-1]:  # epochs the trial held back
                         self._epoch(job, held_back, decide=False)
+                    if pack is not None:
+                        self._member_done(trial_id, job)
             else:
                 self._record_final(job, report)
+                if pack is not None and job.reported >= set(job.seeds):
+                    self._member_done(trial_id, job)
             return False
         if job.stage != "tune":
             return False
         *held, current = report.epochs()
         for earlier in held:
             self._epoch(job, earlier, decide=False)
-        return self._epoch(job, current, decide=True)
+        prune = self._epoch(job, current, decide=True)
+        if prune and pack is not None:
+            # Only this member stops (a STOP would end the pack); it answers with its closing report.
+            pack.prune(self._trial_job_name(job))
+            return False
+        return prune
+
+    @staticmethod
+    def _trial_job_name(job: Job) -> str:
+        number = job.trial.number if job.trial is not None else None
+        return job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
 
     def _epoch(self, job: Job, report: TrialReport, decide: bool) -> bool:
         """One epoch of a tuning trial: to its Optuna trial and the sinks; with ``decide``, ask the
@@ -345,9 +390,17 @@ class StudySearcher(Searcher):
         pass  # everything is taken in report(), from the scheduler, which sees results first
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        pack = self.packs.pop(trial_id, None)
+        if pack is not None:
+            pack.close()
         job = self.jobs.pop(trial_id, None)
         if job is None:
             return
+        self._finish(job, error)
+
+    def _finish(self, job: Job, error: bool) -> None:
+        """Record the end of a job: its Optuna trial told, or its final seeds recorded; a job
+        whose process died is handed out again while it has retries left."""
         # A trial that reported its own failure raised afterwards (TrialFailed): not a death.
         died = error and not (job.closing is not None and job.closing.status == "failed")
         if died and job.pruned_at is None and self._retry(job):
@@ -369,7 +422,10 @@ class StudySearcher(Searcher):
             return
         st = self._tuning[job.cell.index]
         trial = job.tuning_trial
-        closing = job.closing.values() if job.closing is not None else {}
+        # A pruned trial's record holds what the pruner saw, not a closing report that may or may
+        # not have come (in a pack it always comes; unpacked, the stop usually lands first).
+        report = job.closing if job.pruned_at is None else None
+        closing = report.values() if report is not None else {}
         for key in (
             "epochs_run",
             "train_time_s",
@@ -414,7 +470,7 @@ class StudySearcher(Searcher):
                 trial.set_user_attr("reason", reason)
                 st.tell(trial, state=TrialState.FAIL)
                 outcome, value = "failed", None
-        self.on_event(TrialEnded(job, outcome, value, reason, job.closing))
+        self.on_event(TrialEnded(job, outcome, value, reason, report))
 
     def _retry(self, job: Job) -> bool:
         """Hand a died trial's work out again if it has retries left (True), under the same
@@ -452,6 +508,7 @@ class StudySearcher(Searcher):
         if seed in job.reported:
             return  # the same last result can arrive twice (as a result and at completion)
         job.reported.add(seed)
+        job.failed = job.failed or report.status == "failed"
         best = self.best(job.cell)
         finals = self.store.open_finals(job.cell)
         value = report.metrics.get(self.spec.objective.metric)

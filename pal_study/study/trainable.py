@@ -24,6 +24,7 @@ from typing import Any
 
 from pal_study.checkpoint import CheckpointPolicy
 from pal_study.config import TrainConfig
+from pal_study.study.pack import is_pruned, next_member
 from pal_study.study.trial import Stage, TrialJob, TrialReport, held_to_tune
 from pal_study.tracking import flatten
 from pal_study.train import build_dataset_for, train
@@ -202,19 +203,37 @@ def _policy(path: str | None, every_epochs: int | str, keep_final: bool = False)
 
 
 def tune_trial(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable; ``config`` is a :class:`TrialJob` made by the study's searcher."""
+    """Ray Tune function trainable; ``config`` is a :class:`TrialJob` made by the study's searcher.
+    In a pack (``job.pack``) it then runs each job the driver hands it, until none comes."""
+    job: TrialJob | None = TrialJob.from_tune(config)
+    done = 0
+    while job is not None:
+        failed = run_job(job)
+        done += 1
+        if failed:
+            # After its closing report, so the searcher holds the reason: Tune marks the trial
+            # ERROR and the searcher does not take it for a death. It also ends a pack.
+            raise TrialFailed(failed)
+        job = next_member(job.pack, done) if job.pack else None
+
+
+def run_job(job: TrialJob) -> str | None:
+    """One job to its closing report(s); returns why it failed (None: it did not)."""
     from ray import tune
 
-    job = TrialJob.from_tune(config)
     ckpt = job.checkpoint
     if job.stage == "tune":
         batch = EpochBatcher(job.decision_epochs)
+        pack, name = job.pack, job.name
 
-        def on_epoch(m) -> None:
+        def on_epoch(m) -> bool:
             ready = batch.take({k: v for k, v in m.as_dict().items() if v is not None})
-            if ready is not None:
-                held, metrics = ready
-                tune.report(TrialReport(stage="tune", metrics=metrics, held=held).to_tune())
+            if ready is None:
+                return False
+            held, metrics = ready
+            tune.report(TrialReport(stage="tune", metrics=metrics, held=held).to_tune())
+            # In a pack the driver's pruner answers through the pack's channel, not with a STOP.
+            return pack is not None and is_pruned(pack, name)
 
         closing = run_one(
             job.config,
@@ -224,9 +243,7 @@ def tune_trial(config: dict[str, Any]) -> None:
             checkpoint=_policy(ckpt.path, ckpt.every_epochs) if ckpt else None,
         )
         tune.report(replace(closing, held=batch.take_rest(), node=_node()).to_tune())
-        if closing.status == "failed":
-            raise TrialFailed(closing.reason or "failed")
-        return
+        return (closing.reason or "failed") if closing.status == "failed" else None
     failed = []
     for seed in job.seeds:
         # A final keeps its last checkpoint: the trained model of the cell's best config.
@@ -241,8 +258,7 @@ def tune_trial(config: dict[str, Any]) -> None:
         tune.report(replace(closing, node=_node()).to_tune())
         if closing.status == "failed":
             failed.append(f"seed {seed}: {closing.reason or 'failed'}")
-    if failed:
-        raise TrialFailed("; ".join(failed))
+    return "; ".join(failed) or None
 
 
 class EpochBatcher:

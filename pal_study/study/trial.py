@@ -105,6 +105,8 @@ class TrialJob:
     config over some of the final seeds). ``config`` is the resolved train config (JSON);
     ``decision_epochs`` the study pruner's plan (``{"from", "every"}``: which epochs a tuning trial
     reports at once); ``details``: send the MLflow artifacts' material in the closing report.
+    ``pack``: the key under which the driver says what the trial's pack does next (None: the Tune
+    trial runs this job only; see :mod:`pal_study.study.pack`).
     Fault injection for the harness's tests is not part of it: it comes from the worker's
     environment (``trainable.FAULT_ENV``)."""
 
@@ -117,6 +119,7 @@ class TrialJob:
     decision_epochs: dict[str, Any] | None = None
     seeds: tuple[int, ...] = ()
     best_trial: int | None = None
+    pack: str | None = None
 
     @property
     def name(self) -> str:
@@ -145,6 +148,8 @@ class TrialJob:
                 "details": self.details,
                 "checkpoint": ckpt,
             }
+        if self.pack is not None:
+            job["pack"] = self.pack
         return {TUNE_KEY: job}
 
     @classmethod
@@ -160,6 +165,7 @@ class TrialJob:
             decision_epochs=job.get("report"),
             seeds=tuple(int(s) for s in job.get("seeds") or ()),
             best_trial=job.get("best_trial"),
+            pack=job.get("pack"),
         )
 
 
@@ -209,11 +215,15 @@ class TrialReport:
         return {k: v for k, v in out.items() if v is not None}
 
     def record_attrs(self) -> dict[str, Any]:
-        """A final seed's Optuna user attributes: its scalars and the scalar keys Tune added."""
+        """A final seed's Optuna user attributes: its scalars and the scalar keys Tune added, less
+        the Tune trial's config (flattened, ``config/...``): in a pack that is its first member's,
+        and the final records its own."""
         extra = {
             k: v
             for k, v in self.tune.items()
-            if k not in ("config", TUNE_KEY) and (v is None or isinstance(v, (int, float, str)))
+            if k not in ("config", TUNE_KEY)
+            and not k.startswith("config/")
+            and (v is None or isinstance(v, (int, float, str)))
         }
         return {**extra, **{k: v for k, v in self.values().items() if isinstance(v, (int, float, str))}}
 

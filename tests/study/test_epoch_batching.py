@@ -104,7 +104,13 @@ def _drive(tmp_path, name: str, pruner: dict, batched: bool) -> list[tuple]:
             name=name,
             factors={"method": ["ce+fnpal"]},
             base={"data": {"name": "digits"}, "optim": {"epochs": 8}},
-            budget={"trials_per_cell": len(CURVES), "pruner": pruner, "sampler": {"name": "random", "seed": 0}},
+            # One Ray Tune trial per trial (no packs): this drives the searcher as Tune would.
+            budget={
+                "trials_per_cell": len(CURVES),
+                "pruner": pruner,
+                "sampler": {"name": "random", "seed": 0},
+                "pack": {"size": 1},
+            },
         )
     )
     searcher = StudySearcher(study, StudyStore(study, tmp_path / name), slots=1)

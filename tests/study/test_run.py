@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -35,14 +35,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def ci_study(tmp_path_factory):
-    """The small study several tests here read: 4 cells x 5 trials, an aggressive pruner, 2 seeds."""
+    """The small study several tests here read: 4 cells x 5 trials, an aggressive pruner, 2 seeds,
+    in packs (``budget.pack.size`` auto), tracked in a store of its own."""
     tmp = tmp_path_factory.mktemp("ci")
     path = write_study(tmp)
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
     printed = io.StringIO()
     ensure_local_ray()  # module fixtures run before function ones (the local_ray mark)
     with redirect_stdout(printed):
-        assert main(["run", str(path), "--runs-dir", str(tmp / "runs")]) == 0
-    return SimpleNamespace(path=path, runs=tmp / "runs", out=printed.getvalue())
+        assert main(["run", str(path), "--runs-dir", str(tmp / "runs"), "--tracking-uri", uri]) == 0
+    return SimpleNamespace(path=path, runs=tmp / "runs", out=printed.getvalue(), uri=uri)
 
 
 def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(ci_study, capsys):
@@ -375,6 +377,89 @@ def test_a_driver_killed_at_any_moment_resumes_to_the_uninterrupted_table(ci_stu
         assert steps == list(range(1, len(steps) + 1)) and steps, (r.data.tags["pal.run_key"], steps)
 
 
+# What differs between two runs of the same trials whatever the packing: timings, where and in
+# which Ray Tune trial they ran, Tune's own bookkeeping, the run directory's paths.
+_VOLATILE = {
+    "node",
+    "wall_time_s",
+    "train_time_s",
+    "tune_trial_id",
+    "tune_logs",
+    "checkpoint_path",
+    "timestamp",
+    "time_total_s",
+    "time_this_iter_s",
+    "time_since_restore",
+    "iterations_since_restore",
+    "training_iteration",
+    "trial_id",
+    "pid",
+    "hostname",
+    "node_ip",
+    "date",
+    "checkpoint_dir_name",
+    "done",
+}
+
+
+def _records(runs: Path, name: str) -> dict[str, list[tuple]]:
+    return {
+        sname: [
+            (
+                t.number,
+                t.state,
+                t.params,
+                t.value,
+                t.intermediate_values,
+                {k: v for k, v in t.user_attrs.items() if k not in _VOLATILE},
+            )
+            for t in st.trials
+        ]
+        for sname, st in studies_by_name(journal(runs, name)).items()
+    }
+
+
+def _mlflow_records(uri: str, name: str) -> dict[str, tuple]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(name)
+    out = {}
+    for r in client.search_runs([exp.experiment_id], max_results=1000):
+        key = r.data.tags.get("pal.run_key") or r.data.tags.get("pal.stage")
+        curve = [(m.step, m.value) for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        artifacts = sorted(a.path for a in client.list_artifacts(r.info.run_id))
+        tags = {k for k in r.data.tags if not k.startswith("mlflow.")}
+        out[key] = (r.info.status, sorted(r.data.metrics), sorted(r.data.params), sorted(tags), artifacts, curve)
+    return out
+
+
+@pytest.mark.slow
+def test_a_packed_study_records_what_an_unpacked_one_records(ci_study, tmp_path):
+    """The ci study with one Ray Tune trial per trial (``budget.pack.size: 1``) against the shared
+    packed run: the same Optuna trials (states, params, values, every epoch, pruning decisions,
+    user attributes but timings and placement), the same table, and in MLflow the same runs
+    with the same tags, params, metrics, artifacts and val_acc curves (bit-identical: a member
+    trains exactly as a trial alone)."""
+    path = write_study(tmp_path, pack_size=1)
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    printed = io.StringIO()
+    with redirect_stderr(printed), redirect_stdout(io.StringIO()):
+        assert main(["run", str(path), "--runs-dir", str(tmp_path / "runs"), "--tracking-uri", uri]) == 0
+    assert "packs: off, one Ray Tune trial per trial" in printed.getvalue()
+    unpacked, packed = _records(tmp_path / "runs", "ci"), _records(ci_study.runs, "ci")
+    assert sorted(unpacked) == sorted(packed)
+    for name in unpacked:
+        assert unpacked[name] == packed[name], name
+    states = [t[1] for name, trials in packed.items() for t in trials]
+    assert TrialState.PRUNED in states and TrialState.COMPLETE in states
+    assert _table(tmp_path / "runs", "ci") == _table(ci_study.runs, "ci")
+    tracked_unpacked, tracked_packed = _mlflow_records(uri, "ci"), _mlflow_records(ci_study.uri, "ci")
+    assert sorted(tracked_unpacked) == sorted(tracked_packed) and len(tracked_packed) == 1 + 4 + 4 * 5 + 4 * 2
+    for key in tracked_unpacked:
+        assert tracked_unpacked[key] == tracked_packed[key], key
+
+
 def test_a_stale_journal_lock_is_removed_by_the_driver_that_holds_the_study(tmp_path, monkeypatch):
     """A dangling relative symlink, as a driver killed mid-append leaves it, is cleared at once by
     the next driver (which holds the study's own lock), and the journal path is absolute."""
@@ -428,7 +513,7 @@ def test_an_epoch_that_lands_after_the_prune_is_not_recorded(tmp_path):
     step, and a record that depends on timing would make reruns and resumes sample other configs."""
     from pal_study.study.engine import StudySearcher
 
-    study = load_study(write_study(tmp_path, name="late", factors={"method": ["ce+fnpal"]}))
+    study = load_study(write_study(tmp_path, name="late", factors={"method": ["ce+fnpal"]}, pack_size=1))
     searcher = StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
     searcher.suggest("t0")
     for epoch, value in enumerate([0.5, 0.6, 0.7, 0.8], start=1):
