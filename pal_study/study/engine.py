@@ -43,6 +43,7 @@ from pal_study.study.samplers import build_sampler
 from pal_study.study.space import suggest
 from pal_study.study.spec import Cell, Study, _yaml_value
 from pal_study.study.store import StudyStore, best_trial, jsonable
+from pal_study.study.trainable import EpochBatcher
 from pal_study.study.trial import CheckpointPlan, Stage, TrialJob, TrialReport, job_name
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,7 @@ class StudySearcher(Searcher):
         # Artifacts (geometry, per-class accuracy, reliability PNG) in closing results: for tracking.
         self.details = True
         self.jobs: dict[str, Job] = {}
+        self._plan = EpochBatcher(study.spec.budget.pruner.decision_epochs())
         # Ray Tune trial id -> its pack's channel, when packs hold more than one trial.
         self.pack_size = study.spec.budget.pack.members
         self.packs: dict[str, PackChannel] = {}
@@ -336,7 +338,7 @@ class StudySearcher(Searcher):
                     job.closing = report
                     job.failed = report.status == "failed"
                     for held_back in report.epochs()[:-1]:  # epochs the trial held back
-                        self._epoch(job, held_back, decide=False)
+                        self._epoch(job, held_back, decide=self._decides(held_back.epoch))
                     if pack is not None:
                         self._member_done(trial_id, job)
             else:
@@ -347,9 +349,9 @@ class StudySearcher(Searcher):
         if job.stage != "tune":
             return False
         *held, current = report.epochs()
-        for earlier in held:
-            self._epoch(job, earlier, decide=False)
-        prune = self._epoch(job, current, decide=True)
+        # Held decision epochs are decided now, in order; after a prune, _epoch ignores the rest.
+        prune = any([self._epoch(job, earlier, decide=self._decides(earlier.epoch)) for earlier in held])
+        prune = self._epoch(job, current, decide=True) or prune
         if prune and pack is not None:
             # Only this member stops (a STOP would end the pack); it answers with its closing report.
             pack.prune(self._trial_job_name(job))
@@ -360,6 +362,10 @@ class StudySearcher(Searcher):
     def _trial_job_name(job: Job) -> str:
         number = job.trial.number if job.trial is not None else None
         return job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
+
+    def _decides(self, epoch: int) -> bool:
+        """Whether the study's pruner can act at ``epoch`` (its decision epochs)."""
+        return self._plan.decides(epoch)
 
     def _epoch(self, job: Job, report: TrialReport, decide: bool) -> bool:
         """One epoch of a tuning trial: to its Optuna trial and the sinks; with ``decide``, ask the

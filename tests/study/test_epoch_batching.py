@@ -97,7 +97,7 @@ CURVES = [
 ]
 
 
-def _drive(tmp_path, name: str, pruner: dict, batched: bool) -> list[tuple]:
+def _drive(tmp_path, name: str, pruner: dict, batched: bool, min_gap_s: float = 0.0) -> list[tuple]:
     study = load_study(
         write_study(
             tmp_path,
@@ -117,7 +117,7 @@ def _drive(tmp_path, name: str, pruner: dict, batched: bool) -> list[tuple]:
     for n, curve in enumerate(CURVES):
         tid = f"t{n}"
         payload = searcher.suggest(tid)["pal"]
-        batch = EpochBatcher(payload["report"] if batched else None, max_gap_s=1e9)
+        batch = EpochBatcher(payload["report"] if batched else None, max_gap_s=1e9, min_gap_s=min_gap_s)
         stopped = False
         for e, v in enumerate(curve, start=1):
             out = batch.add({"epoch": e, "val_acc": v, "train_time_s": 0.01, "eval_time_s": 0.0})
@@ -150,6 +150,10 @@ def test_a_batched_study_records_what_one_report_per_epoch_records(tmp_path, pru
     per_epoch = _drive(tmp_path, "one", pruner, batched=False)
     batched = _drive(tmp_path, "batched", pruner, batched=True)
     assert batched == per_epoch
+    # Decision epochs held too (min_gap_s): here every epoch rides with the closing report, and
+    # the searcher decides on each held decision epoch in order, pruning where it would have.
+    held = _drive(tmp_path, "held", pruner, batched=True, min_gap_s=1e9)
+    assert held == per_epoch
     if pruner["name"] != "none":
         assert any(t[1] == TrialState.PRUNED for t in per_epoch), "the curves should make the pruner act"
     assert all(len(t[3]) == (t[5] or 8) for t in per_epoch)
