@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/fusion.py                    # every registered model, K = 1 2 4 8 16
     .venv/bin/python benchmarks/fusion.py --quick            # smoke run: two small models, K = 1 2, ~20 s
     .venv/bin/python benchmarks/fusion.py --models resnet32 --ks 1 4 --steps 3 --threads 2
+    .venv/bin/python benchmarks/fusion.py --shared --name fusion_shared   # members share their batches
 
 For each registered backbone, on inputs of its data set's shape at that recipe's batch size
 (random inputs and labels: only time is measured), one training step of K members:
@@ -13,7 +14,9 @@ For each registered backbone, on inputs of its data set's shape at that recipe's
 - ``fused``: the same K members as one ``StackedModules`` (vmapped forward, one backward) with
   ``FusedSGD`` (per-member lr/momentum/weight decay), heads and losses per member.
 
-Per-member step time = step time / K; speed-up = sequential / fused at the same K. Warm-up
+``--shared``: every member gets the same batch (a tuning pack of one cell: one seed, one data
+order, as ``pal_study.fused_train`` trains it); the fused side then runs ``StackedModules.shared``
+(the inputs not stacked). Per-member step time = step time / K; speed-up = sequential / fused at the same K. Warm-up
 steps first, then ``--rounds`` rounds of ``--steps`` steps per side, the order of the two sides
 alternating per round (same background load on each); medians over the rounds.
 Results: ``benchmarks/results/fusion.json`` (``fusion_quick.json`` for ``--quick``; ``--name``
@@ -57,7 +60,7 @@ def _members(arch: str, shape: tuple[int, ...], k: int) -> tuple[list[nn.Module]
     return backbones, heads
 
 
-def _sequential(arch: str, shape: tuple[int, ...], k: int) -> Any:
+def _sequential(arch: str, shape: tuple[int, ...], k: int, shared: bool = False) -> Any:
     models, heads = _members(arch, shape, k)
     opts = [torch.optim.SGD(m.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4) for m in models]
     loss = nn.CrossEntropyLoss()
@@ -65,13 +68,13 @@ def _sequential(arch: str, shape: tuple[int, ...], k: int) -> Any:
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         for i, (m, h, o) in enumerate(zip(models, heads, opts, strict=True)):
             o.zero_grad(set_to_none=True)
-            loss(h(m(x[i])), y[i]).backward()
+            loss(h(m(x[0] if shared else x[i])), y[0] if shared else y[i]).backward()
             o.step()
 
     return step
 
 
-def _fused(arch: str, shape: tuple[int, ...], k: int) -> Any:
+def _fused(arch: str, shape: tuple[int, ...], k: int, shared: bool = False) -> Any:
     models, heads = _members(arch, shape, k)
     fused = StackedModules(models).train()
     opt = FusedSGD(fused.parameters(), lr=[0.05] * k, momentum=[0.9] * k, weight_decay=[5e-4] * k)
@@ -79,20 +82,20 @@ def _fused(arch: str, shape: tuple[int, ...], k: int) -> Any:
 
     def step(x: torch.Tensor, y: torch.Tensor) -> None:
         opt.zero_grad()
-        z = fused(x)
-        total = sum(loss(h(z[i]), y[i]) for i, h in enumerate(heads))
+        z = fused.shared(x[0]) if shared else fused(x)
+        total = sum(loss(h(z[i]), y[0] if shared else y[i]) for i, h in enumerate(heads))
         total.backward()
         opt.step()
 
     return step
 
 
-def measure(arch: str, k: int, steps: int, rounds: int, warmup: int) -> dict[str, Any]:
+def measure(arch: str, k: int, steps: int, rounds: int, warmup: int, shared: bool = False) -> dict[str, Any]:
     shape, batch = CASES[arch]
     g = torch.Generator().manual_seed(0)
     x = torch.randn(k, batch, *shape, generator=g)
     y = torch.randint(0, 10, (k, batch), generator=g)
-    sides = {"sequential": _sequential(arch, shape, k), "fused": _fused(arch, shape, k)}
+    sides = {"sequential": _sequential(arch, shape, k, shared), "fused": _fused(arch, shape, k, shared)}
     for fn in sides.values():
         for _ in range(warmup):
             fn(x, y)
@@ -109,6 +112,7 @@ def measure(arch: str, k: int, steps: int, rounds: int, warmup: int) -> dict[str
         "model": arch,
         "k": k,
         "batch": batch,
+        "shared_batches": shared,
         "per_member_step_s": {"sequential": seq, "fused": fus},
         "speedup": seq / fus,
         "raw_per_member_step_s": times,
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (a trial's share)")
     p.add_argument("--quick", action="store_true", help="smoke run: digits_mlp and mnist1d_mlp, K = 1 2")
     p.add_argument("--name", default="fusion", help="results file: benchmarks/results/NAME.json")
+    p.add_argument("--shared", action="store_true", help="every member gets the same batch (a tuning pack)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     described = machine([a.threads])  # before the run: its load average is the one at the start
@@ -138,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for arch in models:
         for k in ks:
-            r = measure(arch, k, steps, rounds, a.warmup)
+            r = measure(arch, k, steps, rounds, a.warmup, a.shared)
             rows.append(r)
             s = r["per_member_step_s"]
             print(

@@ -6,12 +6,13 @@ clear message on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -125,8 +126,27 @@ def train(
             "--checkpoint-every", help="With --checkpoint-dir: save every N epochs, or auto (cost < 2 % of epoch time)."
         ),
     ] = "auto",
+    member: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--member",
+            help=(
+                "One member of a pack: its own overrides on top of --set, separated by ';' (e.g. "
+                "'optim.lr=0.1;head.scale=5'). Repeat it: the members train in this process, fused into one "
+                "model where they share data, seed, model and loss (see --fuse), else one after another."
+            ),
+        ),
+    ] = None,
+    fuse: Annotated[
+        str,
+        typer.Option(
+            "--fuse",
+            help="With --member: auto (fuse where it measured faster for the model on this device), on, off.",
+        ),
+    ] = "auto",
 ) -> None:
-    """Train one model and write its result JSON (metrics per epoch, geometry, calibration)."""
+    """Train one model (or a pack of variants, --member) and write its result JSON (metrics per
+    epoch, geometry, calibration)."""
     from pal_study.config import dump_yaml, load_train_config, method_name, resolve
     from pal_study.data import DataError
     from pal_study.train import build_dataset_for
@@ -136,6 +156,13 @@ def train(
     overrides = list(set_ or [])
     if download:
         overrides.append("data.download=true")
+    if fuse not in ("auto", "on", "off"):
+        raise UserError(f"--fuse: unknown {fuse!r}; allowed: auto, on, off")
+    if member:
+        if checkpoint_dir is not None:
+            raise UserError("--checkpoint-dir saves one model; a pack (--member) writes no checkpoints")
+        _train_pack(config, overrides, member, fuse, out_path, quiet, not no_track, tracking_uri, experiment)
+        return
     cfg = resolve(load_train_config(config, overrides))
     tracking = None
     if not no_track:
@@ -189,6 +216,115 @@ def train(
     if result.status == "failed":
         err.print(f"[red]failed:[/] {result.reason}")
         raise typer.Exit(EXIT_FAILED)
+
+
+def _train_pack(
+    config: Path | None,
+    overrides: list[str],
+    members: list[str],
+    fuse: str,
+    out_path: Path | None,
+    quiet: bool,
+    track: bool,
+    tracking_uri: str | None,
+    experiment: str,
+) -> None:
+    """``pal-study train --member ...``: several variants of one config in this process."""
+    from pal_study.config import dump_yaml, load_train_config, resolve
+    from pal_study.data import DataError
+    from pal_study.fused_train import fuse_blocker, fusion_pays, train_fused
+    from pal_study.train import build_dataset_for
+    from pal_study.train import train as run_train
+
+    extra = [[o.strip() for o in m.split(";") if o.strip()] for m in members]
+    cfgs = [resolve(load_train_config(config, overrides + own)) for own in extra]
+    why = fuse_blocker(cfgs)
+    if fuse == "on" and why is not None:
+        raise UserError(f"--fuse on: these members do not fuse: {why}")
+    fused = why is None and (fuse == "on" or (fuse == "auto" and fusion_pays(cfgs[0], len(cfgs))))
+    tracking = None
+    if track:
+        from pal_study.tracking import open_store
+
+        tracking = open_store(tracking_uri)
+        tracking.check()
+    run_dir = out_path or Path("runs") / "train" / f"{time.strftime('%Y%m%d-%H%M%S')}-pack{len(cfgs)}"
+    apart = why or ("--fuse off" if fuse == "off" else "fusing measured no faster for this model here")
+    how = "fused into one model" if fused else f"one after another ({apart})"
+    err.print(f"pack of {len(cfgs)} members, {how}", highlight=False, soft_wrap=True)
+    try:
+        shared = build_dataset_for(cfgs[0])
+    except DataError as e:
+        raise UserError(f"data: {e}") from None
+    epochs = [c.optim.epochs or 0 for c in cfgs]
+    with _pack_progress(quiet, extra, epochs) as hooks:
+        if fused:
+            results = train_fused(cfgs, hooks, data=shared)
+        else:
+            results = []
+            for cfg, hook in zip(cfgs, hooks, strict=True):
+                # Members that share the data set and seed reuse the one already built.
+                same = cfg.data == cfgs[0].data and cfg.seed == cfgs[0].seed
+                results.append(run_train(cfg, hook, data=shared if same else build_dataset_for(cfg)))
+    table = Table(title=f"pack of {len(cfgs)} ({'fused' if fused else 'one after another'})", show_header=True)
+    for col in ("member", "overrides", "status", "val_acc", "test_acc", "train_loss", "result"):
+        table.add_column(col, justify="right" if col in ("val_acc", "test_acc", "train_loss") else "left")
+    failed = 0
+    for n, (cfg, own, result) in enumerate(zip(cfgs, extra, results, strict=True)):
+        member_dir = Path(run_dir) / f"member{n}"
+        member_dir.mkdir(parents=True, exist_ok=True)
+        (member_dir / "config.yaml").write_text(dump_yaml(cfg))
+        result.save(member_dir / "result.json")
+        failed += result.status == "failed"
+        f = result.final
+        table.add_row(
+            str(n),
+            "; ".join(own) or "(--set only)",
+            result.status,
+            *("n/a" if f.get(key) is None else f"{f[key]:.4f}" for key in ("val_acc", "test_acc", "train_loss")),
+            str(member_dir / "result.json"),
+        )
+        if tracking is not None:
+            from pal_study.tracking.train_run import log_train_result
+
+            log_train_result(tracking, experiment, result)
+    out.print(table)
+    if tracking is not None:
+        err.print(f"tracked: {tracking.uri} experiment {experiment!r}, one run per member", soft_wrap=True)
+    if failed:
+        err.print(f"[red]failed:[/] {failed} of {len(cfgs)} members (their reasons are in their result.json)")
+        raise typer.Exit(EXIT_FAILED)
+
+
+@contextlib.contextmanager
+def _pack_progress(quiet: bool, names: list[list[str]], epochs: list[int]):
+    """One progress bar per member; yields the members' on_epoch hooks."""
+    if quiet:
+        yield [None] * len(names)
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        MofNCompleteColumn(),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=err,
+    ) as progress:
+        tasks = [
+            progress.add_task(f"member {n}", total=e, info="; ".join(own))
+            for n, (own, e) in enumerate(zip(names, epochs, strict=True))
+        ]
+
+        def hook(task: Any):
+            def on_epoch(m) -> None:
+                val = "n/a" if m.val_acc is None else f"{m.val_acc:.3f}"
+                progress.update(task, completed=m.epoch, info=f"loss {m.train_loss:.4f} · val {val}")
+
+            return on_epoch
+
+        yield [hook(t) for t in tasks]
 
 
 def _train_with_progress(run_train, cfg, data, quiet: bool, policy=None, fault=None):

@@ -53,6 +53,36 @@ class StackedModules:
             raise ValueError(f"inputs for {x.shape[0]} members, {self.k} stacked")
         return vmap(self._one, randomness="different")(self.params, self.buffers, x)
 
+    @property
+    def structure(self) -> nn.Module:
+        """The module (member 0's, on the meta device) that every member's tensors run through."""
+        return self._base
+
+    def shared(self, x: torch.Tensor) -> Any:
+        """Every member on the same inputs ``x`` (batch, ...): a pack whose members share their
+        data order (a tuning pack of one cell: one seed, one batch stream)."""
+        return vmap(self._one, in_dims=(0, 0, None), randomness="different")(self.params, self.buffers, x)
+
+    def select(self, keep: Sequence[int]) -> StackedModules:
+        """The members ``keep`` (indices, in order) as a new stack of their current state: how a
+        pack drops a member that stopped. The new parameters are new leaves."""
+        out = copy.copy(self)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=next(iter(self.params.values())).device)
+        out.k = len(keep)
+        out.params = {n: t.detach()[idx].clone().requires_grad_(t.requires_grad) for n, t in self.params.items()}
+        out.buffers = {n: t[idx].clone() for n, t in self.buffers.items()}
+        return out
+
+    @torch.no_grad()
+    def load_member(self, k: int, model: nn.Module) -> nn.Module:
+        """Copy member ``k``'s parameters and buffers into ``model`` (one model of the
+        architecture, e.g. the member's own, to evaluate or save it alone)."""
+        for n, t in self.params.items():
+            model.get_parameter(n).copy_(t[k])
+        for n, t in self.buffers.items():
+            model.get_buffer(n).copy_(t[k])
+        return model
+
     def train(self, mode: bool = True) -> StackedModules:
         self._base.train(mode)
         return self
@@ -118,8 +148,22 @@ class FusedSGD:
         for p in self.params:
             p.grad = None
 
+    def select(self, keep: Sequence[int], params: Sequence[torch.Tensor]) -> FusedSGD:
+        """The optimiser of the members ``keep`` (indices) over their new stacked ``params``
+        (:meth:`StackedModules.select`'s), momentum buffers carried over."""
+        out = copy.copy(self)
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=self.lr.device)
+        out.params = list(params)
+        out.k = len(keep)
+        out.lr, out.momentum, out.weight_decay = self.lr[idx], self.momentum[idx], self.weight_decay[idx]
+        out.nesterov = self.nesterov[idx]
+        out._buf = [None if b is None else b[idx].clone() for b in self._buf]
+        return out
+
     @torch.no_grad()
-    def step(self, factor: float = 1.0) -> None:
+    def step(self, factor: float = 1.0, lr: torch.Tensor | None = None) -> None:
+        """One update; ``lr`` (K,) replaces the learning rates for this step (a schedule per
+        member), else each member's ``lr`` times ``factor``."""
         for i, p in enumerate(self.params):
             if p.grad is None:
                 continue
@@ -134,7 +178,8 @@ class FusedSGD:
                 buf.mul_(m).add_(g)
             # Members without momentum step on the gradient itself (their buffer is unused).
             direction = torch.where(m > 0, torch.where(b(self.nesterov, p), g + m * buf, buf), g)
-            p.sub_(b(self.lr, p) * factor * direction)
+            step_lr = b(lr.to(p.dtype), p) if lr is not None else b(self.lr, p) * factor
+            p.sub_(step_lr * direction)
 
 
 __all__ = ["FusedSGD", "StackedModules"]

@@ -127,14 +127,19 @@ class TrialResult:
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(p.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False, default=_json_default))
+        tmp.write_text(json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False))
         tmp.replace(p)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, float) and not math.isfinite(o):
-        return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+def _finite(o: Any) -> Any:
+    """``o`` with every NaN or infinity as None (JSON has neither; a diverged trial has both)."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def loss_params(cfg: TrainConfig, head: Head, class_counts: list[int]) -> dict[str, Any]:

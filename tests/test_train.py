@@ -95,6 +95,15 @@ def test_nan_loss_fails_cleanly():
     assert r.epochs_completed < 5
 
 
+def test_a_diverged_result_saves_as_json_with_nulls(tmp_path):
+    """Its weights are NaN, so is its (learnt) prototype geometry: JSON has no NaN, the file has null."""
+    r = train(_cfg("ce", optim={"lr": 1e30, "grad_clip": 0.0, "epochs": 2, "warmup_epochs": 0}))
+    assert r.status == "failed" and any(v != v for v in r.prototype_geometry.values())
+    r.save(tmp_path / "r.json")
+    back = json.loads((tmp_path / "r.json").read_text())
+    assert back["status"] == "failed" and None in back["prototype_geometry"].values()
+
+
 def test_on_epoch_can_stop_the_trial():
     seen = []
 

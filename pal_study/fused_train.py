@@ -1,0 +1,278 @@
+"""A pack of trial configs trained as one fused model: ``train_fused(cfgs) -> [TrialResult]``.
+
+The members of a tuning pack of one cell share their data set and seed, hence the same split,
+noisy labels, initial weights and batch order, and the same architecture, batch size and epochs;
+they differ in their hyperparameters (learning rate and schedule, momentum, weight decay, head
+scale, loss parameters). So one batch stream feeds all of them: their parameters are stacked
+along a member axis and run as one vmapped forward and one backward (:mod:`pal_study.fusion`),
+with an SGD step that takes each member's learning rate, momentum, weight decay and schedule.
+Each member keeps its own head scale (applied to the stacked logits as a (K, 1, 1) tensor), its
+own loss with its own parameters, its own gradient clipping, batch-norm statistics, evaluation
+and stop: a member whose ``on_epoch`` returns True (pruned) or whose loss goes non-finite leaves
+the stack, the others train on.
+
+What fuses is checked by :func:`fuse_blocker`, which says why not (the caller then trains the
+members one at a time with :func:`pal_study.train.train`). A fused member equals the same config
+trained alone up to float rounding: the forward of the first step is bit-identical; the SGD
+update multiplies by per-member tensors where ``torch.optim.SGD`` uses Python scalars, and the
+members' gradient norms are reduced per member, so the last bits drift (tests/test_fused_train.py
+bounds it after one epoch and checks the final metrics). Like :func:`~pal_study.train.train`, it
+knows nothing of Ray, Optuna or MLflow. Not here (yet): checkpoints (a killed fused pack's members
+start again), ``torch.compile``, deferred re-weighting (DRW changes a member's loss weights per
+epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+
+from pal_study.classifier import build_classifier
+from pal_study.config import TrainConfig, resolve
+from pal_study.data import DataBundle, DeviceBatches
+from pal_study.device import configure_threads, select_device
+from pal_study.fusion import FusedSGD, StackedModules
+from pal_study.losses import build_loss
+from pal_study.train import (
+    EpochMetrics,
+    TrialResult,
+    _result,
+    accuracy,
+    build_dataset_for,
+    evaluate,
+    loss_params,
+    lr_factor,
+    use_channels_last,
+)
+
+log = logging.getLogger(__name__)
+
+OnEpoch = Callable[[EpochMetrics], "bool | None"]
+
+
+def _shared(cfg: TrainConfig) -> dict[str, Any]:
+    """What every member of a fused pack must share (resolved config)."""
+    head = cfg.head.model_dump(mode="json")
+    head.pop("scale", None)  # a per-member value
+    optim = cfg.optim.resolved
+    return {
+        "data": cfg.data.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "model": cfg.model.model_dump(mode="json"),
+        "head": head,
+        "loss.name": cfg.loss.name,
+        "optim.batch_size": optim.batch_size,
+        "optim.epochs": optim.epochs,
+        "device": cfg.device,
+        "threads": cfg.threads,
+        "amp": cfg.amp,
+        "channels_last": cfg.channels_last,
+    }
+
+
+def fuse_blocker(cfgs: Sequence[TrainConfig]) -> str | None:
+    """Why these configs cannot train as one fused model (None: they can)."""
+    if not cfgs:
+        return "no configs"
+    resolved = [resolve(c) for c in cfgs]
+    first = _shared(resolved[0])
+    for n, cfg in enumerate(resolved[1:], start=1):
+        mine = _shared(cfg)
+        differ = [key for key in first if mine[key] != first[key]]
+        if differ:
+            return (
+                f"member {n} differs from member 0 in {', '.join(differ)}: a fused pack shares its data, seed "
+                "(split, noisy labels, initial weights, batch order), model, head, loss, batch size and epochs"
+            )
+    if any(c.loss.drw_start is not None for c in resolved):
+        return "deferred re-weighting (loss.drw_epoch) changes a member's loss weights per epoch"
+    return None
+
+
+# Where a fused pack trained faster than its members one at a time, and from how many members
+# (benchmarks/README.md (k): per-member step time, members sharing their batches as a tuning pack
+# does, 1 thread): on the CPU only the MNIST-1D MLP, 1.13-1.23x at K = 4-16 (the digits MLP
+# 1.06x at 16 only, every conv net slower). CUDA is not measured (no GPU was lent), so ``auto``
+# does not fuse there.
+FUSION_PAYS: dict[str, dict[str, int]] = {"cpu": {"mnist1d_mlp": 4}, "cuda": {}}
+
+
+def fusion_pays(cfg: TrainConfig, members: int) -> bool:
+    """Whether fusing ``members`` copies of ``cfg``'s model measured faster on its device."""
+    least = FUSION_PAYS.get(select_device(cfg.device).type, {}).get(cfg.model.arch)
+    return least is not None and members >= least
+
+
+def _member_lrs(cfgs: Sequence[TrainConfig], steps_per_epoch: int) -> torch.Tensor:
+    """(steps, K) learning rates, each what ``LambdaLR`` gives that member at each step
+    (its base lr times its warm-up and schedule factor, in double precision as Python does)."""
+    epochs = cfgs[0].optim.resolved.epochs
+    total = epochs * steps_per_epoch
+    cols = [[c.optim.resolved.lr * lr_factor(s, steps_per_epoch, c) for s in range(total)] for c in cfgs]
+    return torch.tensor(cols, dtype=torch.float64).T.contiguous()
+
+
+def train_fused(
+    cfgs: Sequence[TrainConfig],
+    on_epoch: Sequence[OnEpoch | None] | None = None,
+    *,
+    data: DataBundle | None = None,
+) -> list[TrialResult]:
+    """Train ``cfgs`` (see :func:`fuse_blocker`) together; one :class:`TrialResult` per config,
+    in order. ``on_epoch[k]`` gets member k's epochs; True stops that member (status stopped).
+    ``data``: the bundle all members share (built from the first config otherwise)."""
+    t_start = time.perf_counter()
+    cfgs = [resolve(c) for c in cfgs]
+    why = fuse_blocker(cfgs)
+    if why is not None:
+        raise ValueError(f"these configs do not train fused: {why}")
+    k_all = len(cfgs)
+    hooks = list(on_epoch) if on_epoch is not None else [None] * k_all
+    if len(hooks) != k_all:
+        raise ValueError(f"{k_all} configs, {len(hooks)} on_epoch callbacks")
+    base = cfgs[0]
+    device = select_device(base.device)
+    threads = configure_threads(base.threads)
+    if data is None:
+        data = build_dataset_for(base)
+    data = data.to(device)
+    k = data.num_classes
+    train_counts = torch.bincount(data.train_y.cpu(), minlength=k).tolist()
+
+    models = [build_classifier(c, tuple(data.input_shape), k).to(device) for c in cfgs]
+    channels_last = use_channels_last(base, device, data.train_x)
+    if channels_last:
+        models = [m.to(memory_format=torch.channels_last) for m in models]
+    criteria = [
+        build_loss(c.loss.name, k, **loss_params(c, m.head, train_counts)).to(device)
+        for c, m in zip(cfgs, models, strict=True)
+    ]
+    scales_all = torch.tensor([float(m.head.logit_scale) for m in models], device=device)
+    stack = StackedModules(models)
+    # The stack runs member 0's structure; its head then gives unscaled logits, and each member's
+    # scale multiplies its own slice (s · cos either way: one multiply, the same bits).
+    stack.structure.head.logit_scale = 1.0  # type: ignore[union-attr]
+    optims = [c.optim.resolved for c in cfgs]
+    opt = FusedSGD(
+        stack.parameters(),
+        lr=[o.lr for o in optims],
+        momentum=[o.momentum for o in optims],
+        weight_decay=[o.weight_decay for o in optims],
+        nesterov=[bool(o.nesterov and o.momentum > 0) for o in optims],
+    )
+    use_amp = device.type == "cuda" and base.amp
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    gen = torch.Generator().manual_seed(base.seed)
+    optim = base.optim.resolved
+    batches = DeviceBatches(
+        data.train_x, data.train_y, optim.batch_size, shuffle=True, generator=gen, augment=data.augment
+    )
+    steps_per_epoch = len(batches)
+    lrs_all = _member_lrs(cfgs, steps_per_epoch).to(device)
+    clips = torch.tensor([c.optim.resolved.grad_clip or 0.0 for c in cfgs], device=device)
+
+    active = list(range(k_all))  # members still training, in stack order
+    histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
+    outcome: list[tuple[str, str | None]] = [("completed", None)] * k_all
+    last_eval: list[dict[str, Any]] = [{} for _ in cfgs]
+    step = 0
+    for epoch in range(1, optim.epochs + 1):
+        if not active:
+            break
+        t0 = time.perf_counter()
+        idx = torch.tensor(active, device=device)
+        scales = scales_all[idx].view(-1, 1, 1)
+        clip = clips[idx]
+        stack.train()
+        loss_sum = torch.zeros(len(active), device=device)
+        n = 0
+        for xb, yb in batches:
+            if channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast():
+                _, raw = stack.shared(xb)
+            logits = raw.float() * scales
+            losses = torch.stack([criteria[m](logits[j], yb) for j, m in enumerate(active)])
+            opt.zero_grad()
+            losses.sum().backward()
+            if bool((clip > 0).any()):
+                _clip_per_member(stack.parameters(), clip)
+            opt.step(lr=lrs_all[step, idx])
+            step += 1
+            loss_sum += losses.detach() * yb.shape[0]
+            n += yb.shape[0]
+        train_losses = (loss_sum / max(1, n)).tolist()
+        train_share = (time.perf_counter() - t0) / len(active)
+
+        stack.eval()
+        stay = []
+        for j, m in enumerate(active):
+            t1 = time.perf_counter()
+            lr_now = float(lrs_all[step - steps_per_epoch, m])  # at the epoch's start, as train() reports it
+            if not math.isfinite(train_losses[j]):
+                outcome[m] = ("failed", f"non-finite training loss ({train_losses[j]}) in epoch {epoch}")
+                log.warning("fused member %d failed: %s", m, outcome[m][1])
+                continue
+            model = models[m]
+            stack.load_member(j, model)
+            model.eval()
+            val_acc, val_clean = accuracy(model, data.val_x, [data.val_y, data.val_y_clean], autocast, channels_last)
+            last_eval[m] = evaluate(model, data.test_x, data.test_y, k, autocast, channels_last)
+            metrics = EpochMetrics(
+                epoch=epoch,
+                train_loss=train_losses[j],
+                val_acc=val_acc,
+                val_acc_clean=val_clean,
+                test_acc=last_eval[m]["acc"],
+                ece=last_eval[m]["ece"],
+                gamma_min=last_eval[m]["gamma_min"],
+                margin_mean=last_eval[m]["margin_mean"],
+                lr=lr_now,
+                train_time_s=train_share,
+                eval_time_s=time.perf_counter() - t1,
+            )
+            histories[m].append(metrics.as_dict())
+            hook = hooks[m]
+            if hook is not None and hook(metrics):
+                outcome[m] = ("stopped", f"stopped by caller after epoch {epoch}")
+                continue
+            stay.append(j)
+        if len(stay) < len(active):
+            # Members that stopped or failed leave the stack: they cost nothing from here on.
+            active = [active[j] for j in stay]
+            if stay:
+                stack = stack.select(stay)
+                opt = opt.select(stay, stack.parameters())
+    if active:
+        for j, m in enumerate(active):
+            stack.load_member(j, models[m])
+    return [
+        _result(c, status, reason, histories[m], last_eval[m], data, models[m], device, threads, t_start)
+        for m, (c, (status, reason)) in enumerate(zip(cfgs, outcome, strict=True))
+    ]
+
+
+@torch.no_grad()
+def _clip_per_member(params: Sequence[torch.Tensor], max_norm: torch.Tensor) -> None:
+    """``torch.nn.utils.clip_grad_norm_`` per member of stacked (K, ...) gradients: each member's
+    total 2-norm over its own parameters, scaled by min(1, max_norm / (norm + 1e-6)); a member
+    with ``max_norm`` 0 is not clipped."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch.stack([torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1) for g in grads], dim=1)
+    total = torch.linalg.vector_norm(norms, dim=1)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    coef = torch.where(max_norm > 0, coef, torch.ones_like(coef))
+    for g in grads:
+        g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
+
+
+__all__ = ["FUSION_PAYS", "fuse_blocker", "fusion_pays", "train_fused"]
