@@ -76,6 +76,36 @@ def _shared(cfg: TrainConfig) -> dict[str, Any]:
     }
 
 
+# Config keys a fused pack's members share (``_shared``), as prefixes: a search over one of them
+# gives members that cannot fuse.
+SHARED_KEYS = (
+    "data.",
+    "seed",
+    "model.",
+    "head.kind",
+    "head.prototypes",
+    "head.last_relu",
+    "head.use_relu_prototypes",
+    "loss.name",
+    "loss.drw_",
+    "optim.batch_size",
+    "optim.epochs",
+    "device",
+    "threads",
+    "amp",
+    "channels_last",
+    "method",
+)
+
+
+def searched_blocker(keys: Sequence[str]) -> str | None:
+    """Why trials that search ``keys`` cannot fuse (None: what they vary is per member)."""
+    shared = [k for k in keys if any(k == p or (p.endswith(".") and k.startswith(p)) for p in SHARED_KEYS)]
+    if any(k.startswith("loss.drw_") for k in shared):
+        return "deferred re-weighting (loss.drw_epoch) changes a member's loss weights per epoch"
+    return f"the search varies {', '.join(shared)}, which a fused pack's members share" if shared else None
+
+
 def fuse_blocker(cfgs: Sequence[TrainConfig]) -> str | None:
     """Why these configs cannot train as one fused model (None: they can)."""
     if not cfgs:
@@ -275,4 +305,4 @@ def _clip_per_member(params: Sequence[torch.Tensor], max_norm: torch.Tensor) -> 
         g.mul_(coef.view(-1, *([1] * (g.dim() - 1))))
 
 
-__all__ = ["FUSION_PAYS", "fuse_blocker", "fusion_pays", "train_fused"]
+__all__ = ["FUSION_PAYS", "SHARED_KEYS", "fuse_blocker", "fusion_pays", "searched_blocker", "train_fused"]

@@ -63,6 +63,7 @@ class Job:
     last_epoch: int = 0
     epoch_time_s: float = 0.0
     failed: bool = False  # a final seed or the tuning trial reported its own failure
+    resumed: bool = False  # an interrupted tuning trial run again (never fused: it trains alone)
     tune_name: str | None = None  # the Ray Tune trial it ran in (a pack's: its first member's)
 
     @property
@@ -99,6 +100,7 @@ class StudySearcher(Searcher):
         # Ray Tune trial id -> its pack's channel, when packs hold more than one trial.
         self.pack_size = study.spec.budget.pack.members
         self.packs: dict[str, PackChannel] = {}
+        self._fusion: dict[int, bool] = {}
         epochs = study.spec.budget.epochs or max(c.config.optim.epochs or 1 for c in study.cells)
         self._tuning: dict[int, optuna.Study] = {}
         self._resume: list[tuple[Cell, int]] = []
@@ -162,35 +164,75 @@ class StudySearcher(Searcher):
         job = self._next_job()
         if job is None:
             return Searcher.FINISHED if self.done() else None
-        trial_job = self._start(trial_id, job)
         if self.pack_size > 1:
-            key = new_pack_key()
-            self.packs[trial_id] = PackChannel(key, self.pack_size, trial_job.name)
-            trial_job = replace(trial_job, pack=key)
-        return trial_job.to_tune()
+            self.packs[trial_id] = PackChannel(new_pack_key(), self.pack_size)
+        return self._launch(trial_id, job).to_tune()
 
-    def _start(self, trial_id: str, job: Job) -> TrialJob:
-        self._session_issued += 1
-        self.jobs[trial_id] = job
+    def _launch(self, trial_id: str, job: Job) -> TrialJob:
+        """What Tune trial ``trial_id`` runs next: ``job``, or, where its cell fuses, a fused pack of
+        it and more new trials of the cell (up to the pack size and the cell's budget; keys
+        ``<trial_id>#<member>`` in :attr:`jobs`). Each is asked and sampled in turn, its sampler
+        seeded for its own number; TPE's constant liar keeps such concurrent asks apart."""
+        grow = job.stage == "tune" and not job.resumed and self._fuses(job.cell)
+        group = [job]
+        members = [self._start(trial_id, job, f"{trial_id}#0" if grow else trial_id)]
+        while grow and len(group) < self.pack_size and self._issued[job.cell.index] < self.study.budget(job.cell):
+            group.append(self._ask(job.cell))
+            members.append(self._start(trial_id, group[-1], f"{trial_id}#{len(members)}"))
+        if grow and len(members) == 1:  # the cell's last trial: it trains alone
+            self.jobs[trial_id] = self.jobs.pop(f"{trial_id}#0")
+        trial_job = replace(members[0], fused=tuple(members)) if len(members) > 1 else members[0]
         pack = self.packs.get(trial_id)
-        job.tune_name = pack.first if pack is not None else None
+        if pack is None:
+            return trial_job
+        if pack.first is None:  # the Tune trial and its log directory are named after it
+            pack.first = trial_job.name
+        for j in group:
+            j.tune_name = pack.first
+        return replace(trial_job, pack=pack.key)
+
+    def _start(self, trial_id: str, job: Job, key: str) -> TrialJob:
+        self._session_issued += 1
+        self.jobs[key] = job
         if job.trial is not None:
             job.trial.set_user_attr("tune_trial_id", trial_id)
         trial_job = self._trial_job(job)
         self.on_event(TrialStarted(job, trial_job))
         return trial_job
 
-    def _member_done(self, trial_id: str, job: Job) -> None:
-        """A pack's member has sent its last report: record its end, then hand the pack its next
-        job (a failed member ends the pack: its worker raises, as an unpacked trial does)."""
+    def _fuses(self, cell: Cell) -> bool:
+        """Whether ``cell``'s new tuning trials train as fused packs (``budget.pack.fuse``)."""
+        if cell.index not in self._fusion:
+            from pal_study.config import TrainConfig
+            from pal_study.fused_train import fuse_blocker, fusion_pays, searched_blocker
+
+            fuse = self.spec.budget.pack.fuse
+            ok = fuse != "off" and self.pack_size > 1 and searched_blocker(list(cell.params)) is None
+            if ok:
+                cfg = TrainConfig.model_validate(self.trial_config(cell, {}))
+                ok = fuse_blocker([cfg, cfg]) is None and (fuse == "on" or fusion_pays(cfg, self.pack_size))
+            self._fusion[cell.index] = ok
+        return self._fusion[cell.index]
+
+    def _keys(self, trial_id: str) -> list[str]:
+        """The keys in :attr:`jobs` of what Tune trial ``trial_id`` runs (a fused pack: several)."""
+        return [k for k in self.jobs if k == trial_id or k.startswith(f"{trial_id}#")]
+
+    def _member_done(self, trial_id: str, key: str, job: Job) -> None:
+        """A pack's member has ended (its last report, or its prune in a fused pack): record it;
+        once nothing of the pack runs, hand it its next job (a failed member ends the pack: its
+        worker raises, as an unpacked trial does)."""
         pack = self.packs[trial_id]
-        del self.jobs[trial_id]
+        del self.jobs[key]
         self._finish(job, error=False)
+        pack.failed = pack.failed or job.failed
+        if self._keys(trial_id):
+            return  # fused members still training
         nxt = None
-        if not job.failed and not pack.full and not self.session_full:
+        if not pack.failed and not pack.full and not self.session_full:
             following = self._next_job()
             if following is not None:
-                nxt = replace(self._start(trial_id, following), pack=pack.key)
+                nxt = self._launch(trial_id, following)
         pack.hand(nxt)
 
     def _next_job(self) -> Job | None:
@@ -203,7 +245,7 @@ class StudySearcher(Searcher):
             st.sampler = build_sampler(self.spec.budget.sampler, cell.index, trial.number)
             frozen = next(t for t in st.get_trials(deepcopy=False) if t.number == number)
             done = set(frozen.intermediate_values)
-            return Job("tune", cell, trial=trial, reported=done)
+            return Job("tune", cell, trial=trial, reported=done, resumed=True)
         for cell in self.study.cells:
             seeds = self._missing_final_seeds(cell)
             if seeds:
@@ -217,7 +259,10 @@ class StudySearcher(Searcher):
         ]
         if not open_cells:
             return None
-        cell = min(open_cells, key=lambda c: (self._issued[c.index], c.index))
+        return self._ask(min(open_cells, key=lambda c: (self._issued[c.index], c.index)))
+
+    def _ask(self, cell: Cell) -> Job:
+        """A new tuning trial of ``cell`` (its sampler seeded for the trial's number)."""
         self._issued[cell.index] += 1
         st = self._tuning[cell.index]
         st.sampler = build_sampler(self.spec.budget.sampler, cell.index, len(st.get_trials(deepcopy=False)))
@@ -325,10 +370,11 @@ class StudySearcher(Searcher):
         """Take one result (as the trial reported it: Tune hands searchers a flattened copy, the
         scheduler the original). Epochs of tuning trials go to the Optuna trial; returns True when
         the study's pruner prunes it. Closing results are kept (tuning) or recorded (finals)."""
-        job = self.jobs.get(trial_id)
+        report = TrialReport.from_tune(result)
+        key = trial_id if report.member is None else f"{trial_id}#{report.member}"
+        job = self.jobs.get(key)
         if job is None:
             return False
-        report = TrialReport.from_tune(result)
         pack = self.packs.get(trial_id)
         if report.closing:
             if job.stage == "tune":
@@ -340,11 +386,11 @@ class StudySearcher(Searcher):
                     for held_back in report.epochs()[:-1]:  # epochs the trial held back
                         self._epoch(job, held_back, decide=self._decides(held_back.epoch))
                     if pack is not None:
-                        self._member_done(trial_id, job)
+                        self._member_done(trial_id, key, job)
             else:
                 self._record_final(job, report)
                 if pack is not None and job.reported >= set(job.seeds):
-                    self._member_done(trial_id, job)
+                    self._member_done(trial_id, key, job)
             return False
         if job.stage != "tune":
             return False
@@ -355,6 +401,9 @@ class StudySearcher(Searcher):
         if prune and pack is not None:
             # Only this member stops (a STOP would end the pack); it answers with its closing report.
             pack.prune(self._trial_job_name(job))
+            if report.member is not None:
+                # A fused member: recorded now, as its pruner saw it; the pack trains on without it.
+                self._member_done(trial_id, key, job)
             return False
         return prune
 
@@ -399,10 +448,8 @@ class StudySearcher(Searcher):
         pack = self.packs.pop(trial_id, None)
         if pack is not None:
             pack.close()
-        job = self.jobs.pop(trial_id, None)
-        if job is None:
-            return
-        self._finish(job, error)
+        for key in self._keys(trial_id):
+            self._finish(self.jobs.pop(key), error)
 
     def _finish(self, job: Job, error: bool) -> None:
         """Record the end of a job: its Optuna trial told, or its final seeds recorded; a job

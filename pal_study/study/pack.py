@@ -33,11 +33,12 @@ def new_pack_key() -> str:
 class PackChannel:
     """The driver's end of one pack: which member comes after the ``done``-th, and who is pruned."""
 
-    def __init__(self, key: str, size: int, first: str):
+    def __init__(self, key: str, size: int):
         self.key = key
         self.size = size
-        self.first = first  # the first member's name: the Tune trial's name and log directory
+        self.first: str | None = None  # the first job's name: the Tune trial's name and log directory
         self.handed = 1
+        self.failed = False  # a member reported its own failure: its worker raises, the pack ends
 
     @property
     def full(self) -> bool:

@@ -61,6 +61,12 @@ class PackSpec(_Strict):
         "and MLflow run",
     )
 
+    fuse: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="train a pack of one cell's tuning trials as one fused model: auto where it measured "
+        "faster for the model on the trial's device, on wherever the trials can fuse, off never",
+    )
+
     @field_validator("size")
     @classmethod
     def _size(cls, v: int | str) -> int | str:
@@ -544,9 +550,14 @@ def describe_packs(pack: PackSpec) -> str:
     auto = " (auto)" if pack.size == "auto" else ""
     if pack.members == 1:
         return "packs: off, one Ray Tune trial per trial (budget.pack.size 1)"
+    fuse = {
+        "auto": "fused into one model where that measured faster for the cell's model on its device (fuse auto)",
+        "on": "fused into one model wherever a cell's trials can fuse (fuse on)",
+        "off": "never fused (fuse off)",
+    }[pack.fuse]
     return (
-        f"packs: up to {pack.members}{auto} trials per Ray Tune trial, one after another in its worker; "
-        "each its own Optuna trial and MLflow run"
+        f"packs: up to {pack.members}{auto} trials per Ray Tune trial, one after another in its worker or "
+        f"{fuse}; each its own Optuna trial and MLflow run"
     )
 
 

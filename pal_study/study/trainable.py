@@ -184,18 +184,23 @@ def run_one(
             out = replace(out, history=result.history)
         return out
     except Exception as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
-        return TrialReport(
-            stage=stage,
-            closing=True,
-            status="failed",
-            reason=f"{type(e).__name__}: {e}{where}",
-            epochs_run=0,
-            wall_time_s=0.0,
-            train_time_s=0.0,
-            seed=seed,
-        )
+        return _failed_report(e, stage, seed)
+
+
+def _failed_report(e: Exception, stage: Stage, seed: int | None) -> TrialReport:
+    """The closing report of a trial whose training raised."""
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno}" if tb else ""
+    return TrialReport(
+        stage=stage,
+        closing=True,
+        status="failed",
+        reason=f"{type(e).__name__}: {e}{where}",
+        epochs_run=0,
+        wall_time_s=0.0,
+        train_time_s=0.0,
+        seed=seed,
+    )
 
 
 def _policy(path: str | None, every_epochs: int | str, keep_final: bool = False) -> CheckpointPolicy | None:
@@ -221,6 +226,8 @@ def run_job(job: TrialJob) -> str | None:
     """One job to its closing report(s); returns why it failed (None: it did not)."""
     from ray import tune
 
+    if job.fused:
+        return run_fused(job)
     ckpt = job.checkpoint
     if job.stage == "tune":
         batch = EpochBatcher(job.decision_epochs, min_gap_s=DECISION_GAP_S)
@@ -264,6 +271,48 @@ def run_job(job: TrialJob) -> str | None:
 # A decision epoch is reported at once only when this long has passed since the last report; the
 # driver decides on the held ones in order (see EpochBatcher).
 DECISION_GAP_S = 0.25
+
+
+def run_fused(job: TrialJob) -> str | None:
+    """A fused pack: its tuning trials trained as one model, each reporting as its own trial
+    (``member``: its index) and stopped alone when the driver prunes it."""
+    from ray import tune
+
+    from pal_study.fused_train import train_fused
+
+    members = job.fused
+    names = [m.name for m in members]
+    batches = [EpochBatcher(m.decision_epochs, min_gap_s=DECISION_GAP_S) for m in members]
+
+    def hook(k: int, fault: Callable[[int], None]) -> Callable[[Any], bool]:
+        def on_epoch(m) -> bool:
+            fault(m.epoch)
+            ready = batches[k].take({key: v for key, v in m.as_dict().items() if v is not None})
+            if ready is None:
+                return False
+            held, metrics = ready
+            tune.report(TrialReport(stage="tune", metrics=metrics, held=held, member=k).to_tune())
+            return job.pack is not None and is_pruned(job.pack, names[k])
+
+        return on_epoch
+
+    try:
+        hooks = [hook(k, inject_fault(m.config)) for k, m in enumerate(members)]
+        cfgs = [TrainConfig.model_validate(m.config) for m in members]
+        results = train_fused(cfgs, hooks, data=_data_for(cfgs[0]))
+        closings = [summarize(r) for r in results]
+        closings = [
+            replace(c, details=details(r, png=False)) if m.details and r.status == "completed" else c
+            for c, r, m in zip(closings, results, members, strict=True)
+        ]
+    except Exception as e:
+        closings = [_failed_report(e, "tune", None)] * len(members)
+    failed = []
+    for k, closing in enumerate(closings):
+        tune.report(replace(closing, held=batches[k].take_rest(), node=_node(), member=k).to_tune())
+        if closing.status == "failed":
+            failed.append(f"{names[k]}: {closing.reason or 'failed'}")
+    return "; ".join(failed) or None
 
 
 class EpochBatcher:

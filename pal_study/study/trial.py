@@ -106,7 +106,9 @@ class TrialJob:
     ``decision_epochs`` the study pruner's plan (``{"from", "every"}``: which epochs a tuning trial
     reports at once); ``details``: send the MLflow artifacts' material in the closing report.
     ``pack``: the key under which the driver says what the trial's pack does next (None: the Tune
-    trial runs this job only; see :mod:`pal_study.study.pack`).
+    trial runs this job only; see :mod:`pal_study.study.pack`). ``fused``: the tuning trials of
+    one cell this job trains together as one model (:mod:`pal_study.fused_train`); their reports
+    carry their index as ``member``.
     Fault injection for the harness's tests is not part of it: it comes from the worker's
     environment (``trainable.FAULT_ENV``)."""
 
@@ -120,9 +122,12 @@ class TrialJob:
     seeds: tuple[int, ...] = ()
     best_trial: int | None = None
     pack: str | None = None
+    fused: tuple[TrialJob, ...] = ()
 
     @property
     def name(self) -> str:
+        if self.fused:  # a fused pack: named after its first member
+            return f"{self.fused[0].name}-fused{len(self.fused)}"
         return job_name(self.stage, self.cell, optuna_trial=self.optuna_trial, seeds=self.seeds)
 
     def to_tune(self) -> dict[str, Any]:
@@ -150,6 +155,8 @@ class TrialJob:
             }
         if self.pack is not None:
             job["pack"] = self.pack
+        if self.fused:
+            job["fused"] = [m.to_tune()[TUNE_KEY] for m in self.fused]
         return {TUNE_KEY: job}
 
     @classmethod
@@ -166,6 +173,7 @@ class TrialJob:
             seeds=tuple(int(s) for s in job.get("seeds") or ()),
             best_trial=job.get("best_trial"),
             pack=job.get("pack"),
+            fused=tuple(cls.from_tune({TUNE_KEY: m}) for m in job.get("fused") or ()),
         )
 
 
@@ -195,6 +203,7 @@ class TrialReport:
     node: str | None = None
     details: dict[str, Any] | None = None
     history: list[dict[str, Any]] | None = None
+    member: int | None = None
     tune: dict[str, Any] = field(default_factory=dict)
 
     # -- reading it --------------------------------------------------------------------------
@@ -246,6 +255,8 @@ class TrialReport:
         out["closing"] = self.closing
         if self.node is not None:
             out["node"] = self.node
+        if self.member is not None:
+            out["member"] = self.member
         return {**self.tune, **out}
 
     @staticmethod
@@ -265,7 +276,7 @@ class TrialReport:
         }
         named = set(_CLOSING_FIELDS) if closing else set()
         metric_keys = SCORE_KEYS if closing else EPOCH_KEYS
-        own = {"stage", "closing", "seed", "node", *named, *(f"{k}{BULKY_SUFFIX}" for k in _BULKY)}
+        own = {"stage", "closing", "seed", "node", "member", *named, *(f"{k}{BULKY_SUFFIX}" for k in _BULKY)}
         return cls(
             stage=result.get("stage") or "tune",
             closing=closing,
@@ -275,6 +286,7 @@ class TrialReport:
             node=result.get("node"),
             details=bulky.get("details"),
             history=bulky.get("history"),
+            member=None if result.get("member") is None else int(result["member"]),
             tune={k: v for k, v in result.items() if k not in own and k not in metric_keys},
             **{k: result.get(k) for k in named},
         )

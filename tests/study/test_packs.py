@@ -128,7 +128,156 @@ def test_pack_size_is_checked_and_said_at_start(tmp_path):
     with pytest.raises(ConfigError, match=r"budget\.pack\.size.*auto or a number of trials from 1 to 1024"):
         load_study(write_study(tmp_path, name="bad", pack_size=0))
     with pytest.raises(ConfigError, match=r"budget\.pack"):
-        load_study(write_study(tmp_path, name="bad2", budget={"pack": {"size": 4, "fuse": "on"}}))
+        load_study(write_study(tmp_path, name="bad2", budget={"pack": {"size": 4, "fuse": "sometimes"}}))
     said = describe(load_study(write_study(tmp_path, name="auto")))
     assert f"packs: up to {AUTO_PACK_SIZE} (auto) trials per Ray Tune trial" in said
     assert "packs: off" in describe(load_study(write_study(tmp_path, name="off", pack_size=1)))
+
+
+def _fused_searcher(tmp_path, size=3, **overrides):
+    budget = {
+        "trials_per_cell": 4,
+        "sampler": {"name": "random", "seed": 0},
+        "pruner": {"name": "percentile", "percentile": 90, "n_startup_trials": 1, "n_warmup_steps": 1},
+        "pack": {"size": size, "fuse": "on"},
+    }
+    study = load_study(write_study(tmp_path, name="fused", budget=budget, **overrides))
+    return StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
+
+
+def _member(k, **fields):
+    return {"stage": "tune", "member": k, **fields}
+
+
+def test_a_fused_pack_hands_out_trials_of_one_cell_together_and_prunes_each_alone(tmp_path):
+    searcher = _fused_searcher(tmp_path, factors={"method": ["ce+fnpal", "ce"]})
+    pack = TrialJob.from_tune(searcher.suggest("t0"))
+    assert [m.optuna_trial for m in pack.fused] == [0, 1, 2] and {m.cell for m in pack.fused} == {0}
+    assert pack.name == "cell000-tune-0000-fused3" and pack.pack
+    assert len({m.config["optim"]["weight_decay"] for m in pack.fused}) == 3  # their own params
+    assert sorted(searcher.jobs) == ["t0#0", "t0#1", "t0#2"]
+    searcher.report("t0", _member(0, closing=False, epoch=1, val_acc=0.9))
+    searcher.report("t0", _member(0, closing=True, status="completed", val_acc=0.9, epochs_run=4))
+    assert _tuning(searcher)[0].state == TrialState.COMPLETE
+    # Member 1 below the 90th percentile at epoch 1: pruned and recorded at once, alone.
+    assert searcher.report("t0", _member(1, closing=False, epoch=1, val_acc=0.1)) is False
+    assert is_pruned(pack.pack, pack.fused[1].name)
+    assert _tuning(searcher)[1].state == TrialState.PRUNED and "t0#1" not in searcher.jobs
+    assert next_member(pack.pack, 1) is None, "the pack's member 2 still trains"
+    searcher.report("t0", _member(1, closing=True, status="stopped", val_acc=0.1))  # ignored now
+    assert _tuning(searcher)[1].user_attrs["epochs_run"] == 1 and "val_acc" not in _tuning(searcher)[1].user_attrs
+    searcher.report("t0", _member(2, closing=False, epoch=1, val_acc=0.95))
+    searcher.report("t0", _member(2, closing=True, status="completed", val_acc=0.95, epochs_run=4))
+    # Nothing of the pack runs: it gets its next job, the next cell's fused pack (fewest issued).
+    following = next_member(pack.pack, 1)
+    assert following is not None and following.cell == 1 and [m.optuna_trial for m in following.fused] == [0, 1, 2]
+    assert [t.state for t in _tuning(searcher)][:3] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+
+
+def test_a_fused_pack_that_dies_runs_its_unfinished_members_again_alone(tmp_path):
+    searcher = _fused_searcher(tmp_path, factors={"method": ["ce+fnpal"]})
+    searcher.retries = 1
+    pack = TrialJob.from_tune(searcher.suggest("t0"))
+    searcher.report("t0", _member(0, closing=True, status="completed", val_acc=0.9))
+    searcher.report("t0", _member(1, closing=False, epoch=1, val_acc=0.8))
+    searcher.on_trial_complete("t0", error=True)  # the worker died: members 1 and 2 had not ended
+    assert searcher.interrupted_to_resume == 2 and not searcher.jobs
+    again = [TrialJob.from_tune(searcher.suggest(f"r{n}")) for n in range(2)]
+    assert [j.optuna_trial for j in again] == [1, 2] and not any(j.fused for j in again)
+    assert next_member(pack.pack, 1) is None
+
+
+def test_a_failed_member_ends_a_fused_pack_after_its_siblings(tmp_path):
+    searcher = _fused_searcher(tmp_path, factors={"method": ["ce+fnpal"]})
+    pack = TrialJob.from_tune(searcher.suggest("t0"))
+    searcher.report("t0", _member(0, closing=True, status="failed", reason="ValueError: x"))
+    searcher.report("t0", _member(1, closing=True, status="completed", val_acc=0.9))
+    searcher.report("t0", _member(2, closing=True, status="completed", val_acc=0.8))
+    assert [t.state for t in _tuning(searcher)] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert next_member(pack.pack, 1) is None and not searcher.jobs
+
+
+def test_what_does_not_fuse_packs_one_after_another(tmp_path):
+    # A search over a shared key (the batch size) cannot fuse; nor can auto where fusing measured
+    # slower (the digits MLP on the CPU).
+    space = tmp_path / "batch.yaml"
+    space.write_text("params:\n  optim.batch_size: {type: categorical, choices: [32, 64]}\n")
+    searcher = _fused_searcher(tmp_path, factors={"method": ["ce"]}, search=[str(space)])
+    assert not TrialJob.from_tune(searcher.suggest("t0")).fused
+    study = load_study(write_study(tmp_path, name="auto", budget={"pack": {"size": 4, "fuse": "auto"}}))
+    auto = StudySearcher(study, StudyStore(study, tmp_path / "auto-runs"), slots=1)
+    assert not TrialJob.from_tune(auto.suggest("t0")).fused
+    study = load_study(
+        write_study(
+            tmp_path,
+            name="mlp",
+            base={"data": {"name": "mnist1d"}, "model": {"arch": "mnist1d_mlp"}, "optim": {"epochs": 2}},
+            budget={"pack": {"size": 4, "fuse": "auto"}},
+        )
+    )
+    mlp = StudySearcher(study, StudyStore(study, tmp_path / "mlp-runs"), slots=1)
+    assert len(TrialJob.from_tune(mlp.suggest("t0")).fused) == 4  # measured faster from 4 members
+
+
+@pytest.mark.slow
+def test_a_fused_study_trains_its_members_as_alone_and_records_each(tmp_path):
+    """A real study (digits, fuse on, packs of 4): each tuning trial is its own Optuna trial and
+    MLflow run with the params it would have unpacked (a random sampler seeds by trial number), the
+    same value to float drift, pruned members recorded where the pruner stopped them."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mlflow import MlflowClient
+
+    from pal_study.cli import main
+    from tests.support import journal, studies_by_name
+
+    def run(name, size, track):
+        budget = {
+            "trials_per_cell": 4,
+            "sampler": {"name": "random", "seed": 0},
+            "pruner": {"name": "percentile", "percentile": 75, "n_startup_trials": 1, "n_warmup_steps": 2},
+            "pack": {"size": size, "fuse": "on"},
+        }
+        path = write_study(
+            tmp_path / name,
+            name="fz",
+            factors={"method": ["ce+fnpal", "ce"]},
+            budget=budget,
+            finals={"seeds": [0]},
+            base={"data": {"name": "digits"}, "optim": {"epochs": 3}},
+        )
+        argv = ["run", str(path), "--runs-dir", str(tmp_path / name / "runs")]
+        argv += ["--tracking-uri", f"sqlite:///{tmp_path}/{name}/mlflow.db"] if track else ["--no-track"]
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            assert main(argv) == 0
+        return {
+            n: {t.number: t for t in st.trials}
+            for n, st in studies_by_name(journal(tmp_path / name / "runs", "fz")).items()
+        }
+
+    (tmp_path / "fused").mkdir()
+    (tmp_path / "alone").mkdir()
+    fused, alone = run("fused", 4, True), run("alone", 1, False)
+    assert sorted(fused) == sorted(alone)
+    logs = list((tmp_path / "fused" / "runs" / "fz" / "tune").glob("*/cell000-tune-0000-fused4_*"))
+    assert logs, "the Tune trial of cell 0's fused pack"
+    compared = 0
+    for name in (n for n in fused if not n.endswith("/finals")):
+        assert sorted(fused[name]) == [0, 1, 2, 3]
+        for number, t in fused[name].items():
+            assert t.params == alone[name][number].params
+            assert t.user_attrs["tune_logs" if t.state == TrialState.FAIL else "tune_trial_id"]
+            if t.state == TrialState.PRUNED:
+                step = max(t.intermediate_values)
+                assert t.user_attrs["epochs_run"] == step and f"at epoch {step}" in t.user_attrs["reason"]
+            else:
+                assert t.state == TrialState.COMPLETE and sorted(t.intermediate_values) == [1, 2, 3]
+                other = alone[name][number]
+                if other.state == TrialState.COMPLETE:
+                    assert abs(t.value - other.value) <= 0.02, (name, number)
+                    compared += 1
+    assert compared >= 4
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/fused/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("fz").experiment_id], max_results=100)
+    assert len(runs) == 1 + 2 + 2 * 4 + 2 * 1  # study, cells, tuning trials, finals
