@@ -26,6 +26,8 @@ CORE = (
     "pal_study.config",
     "pal_study.train",
     "pal_study.classifier",
+    "pal_study.fusion",
+    "pal_study.fused_train",
     "pal_study.checkpoint",
     "pal_study.losses",
     "pal_study.heads",

@@ -214,6 +214,18 @@ class StudySearcher(Searcher):
             self._fusion[cell.index] = ok
         return self._fusion[cell.index]
 
+    def describe_fusion(self) -> str:
+        """Which cells' tuning trials train as fused packs: said at the start of a run."""
+        if self.spec.budget.pack.fuse == "off" or self.pack_size < 2:
+            return "fused packs: off"
+        fused = [str(c.index) for c in self.study.factor_cells if self._fuses(c)]
+        if not fused:
+            return (
+                f"fused packs: no cell (fuse {self.spec.budget.pack.fuse}: a cell fuses where its search leaves "
+                "what members share alone and, under auto, its model measured faster fused on its device)"
+            )
+        return f"fused packs: cells {', '.join(fused)}, up to {self.pack_size} tuning trials as one model"
+
     def _keys(self, trial_id: str) -> list[str]:
         """The keys in :attr:`jobs` of what Tune trial ``trial_id`` runs (a fused pack: several)."""
         return [k for k in self.jobs if k == trial_id or k.startswith(f"{trial_id}#")]

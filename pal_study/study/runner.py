@@ -146,6 +146,7 @@ def run_study(
 
         searcher = StudySearcher(study, store, slots=slots, on_event=on_event, retries=retries)
         searcher.details = tracker is not None
+        console.print(searcher.describe_fusion(), soft_wrap=True, highlight=False)
         if tracker is not None:
             repaired = tracker.reconcile(searcher.trial_config)
             # From here on the tracker runs on its own thread (on_event reads `sinks` at each call).

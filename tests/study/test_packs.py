@@ -207,6 +207,7 @@ def test_what_does_not_fuse_packs_one_after_another(tmp_path):
     study = load_study(write_study(tmp_path, name="auto", budget={"pack": {"size": 4, "fuse": "auto"}}))
     auto = StudySearcher(study, StudyStore(study, tmp_path / "auto-runs"), slots=1)
     assert not TrialJob.from_tune(auto.suggest("t0")).fused
+    assert auto.describe_fusion().startswith("fused packs: no cell (fuse auto")
     study = load_study(
         write_study(
             tmp_path,
@@ -217,6 +218,7 @@ def test_what_does_not_fuse_packs_one_after_another(tmp_path):
     )
     mlp = StudySearcher(study, StudyStore(study, tmp_path / "mlp-runs"), slots=1)
     assert len(TrialJob.from_tune(mlp.suggest("t0")).fused) == 4  # measured faster from 4 members
+    assert mlp.describe_fusion() == "fused packs: cells 0, 1, 2, 3, up to 4 tuning trials as one model"
 
 
 @pytest.mark.slow
