@@ -8,6 +8,7 @@ Runs, each in a fresh process (so Ray and Tune's environment start clean), in on
   pal-median  ``pal-study run`` of the study as shipped (its pruner), MLflow tracking on;
   pal-none    the same study and seeds with ``budget.pruner.name=none``;
   unpacked    the study as shipped with ``budget.pack.size=1``: one Ray Tune trial per trial;
+  fuse-off    (``--fuse-off``) the study with packs but ``budget.pack.fuse=off``;
   ablations   pal-median with one driver lever off (``--no-ablations`` skips them): every epoch
               its own report (no batching), and the MLflow writes on Tune's event loop (no
               tracking thread);
@@ -267,6 +268,11 @@ def main() -> None:
         help="skip the two runs with one driver lever off each (epoch batching, tracking thread)",
     )
     ap.add_argument(
+        "--fuse-off",
+        action="store_true",
+        help="also run pal-study with packs but budget.pack.fuse=off (what fusion adds to packs)",
+    )
+    ap.add_argument(
         "--tune-defaults",
         action="store_true",
         help="also run plain Tune with its defaults (no actor reuse, default loggers): ~10 min more",
@@ -316,6 +322,23 @@ def main() -> None:
             "budget.pack.size=1",
         ]
     )
+    fuse_off = None
+    if a.fuse_off:
+        off_work = work / "fuse_off"
+        off_work.mkdir()
+        fuse_off = _child(
+            [
+                "--side",
+                "pal",
+                "--study",
+                a.study,
+                "--work",
+                str(off_work),
+                *[x for o in a.overrides for x in ("--set", o)],
+                "--set",
+                "budget.pack.fuse=off",
+            ]
+        )
     ablations = {}
     for lever in [] if a.no_ablations else ["batching", "thread"]:
         lever_work = work / lever
@@ -347,6 +370,8 @@ def main() -> None:
         ("pal-study (pruner none)", none),
         ("pal-study, packs off (pack.size 1)", unpacked),
     ]
+    if fuse_off is not None:
+        rows.append(("pal-study, packs, fusion off", fuse_off))
     rows += [
         (f"pal-study, {'one report per epoch' if k == 'batching' else 'MLflow on Tune loop'}", r)
         for k, r in ablations.items()

@@ -171,16 +171,16 @@ class StudySearcher(Searcher):
     def _launch(self, trial_id: str, job: Job) -> TrialJob:
         """What Tune trial ``trial_id`` runs next: ``job``, or, where its cell fuses, a fused pack of
         it and more new trials of the cell (up to the pack size and the cell's budget; keys
-        ``<trial_id>#<member>`` in :attr:`jobs`). Each is asked and sampled in turn, its sampler
+        ``<trial_id>#<member name>`` in :attr:`jobs`). Each is asked and sampled in turn, its sampler
         seeded for its own number; TPE's constant liar keeps such concurrent asks apart."""
         grow = job.stage == "tune" and not job.resumed and self._fuses(job.cell)
         group = [job]
-        members = [self._start(trial_id, job, f"{trial_id}#0" if grow else trial_id)]
+        members = [self._start(trial_id, job, self._member_key(trial_id, job) if grow else trial_id)]
         while grow and len(group) < self.pack_size and self._issued[job.cell.index] < self.study.budget(job.cell):
             group.append(self._ask(job.cell))
-            members.append(self._start(trial_id, group[-1], f"{trial_id}#{len(members)}"))
+            members.append(self._start(trial_id, group[-1], self._member_key(trial_id, group[-1])))
         if grow and len(members) == 1:  # the cell's last trial: it trains alone
-            self.jobs[trial_id] = self.jobs.pop(f"{trial_id}#0")
+            self.jobs[trial_id] = self.jobs.pop(self._member_key(trial_id, job))
         trial_job = replace(members[0], fused=tuple(members)) if len(members) > 1 else members[0]
         pack = self.packs.get(trial_id)
         if pack is None:
@@ -225,6 +225,11 @@ class StudySearcher(Searcher):
                 "what members share alone and, under auto, its model measured faster fused on its device)"
             )
         return f"fused packs: cells {', '.join(fused)}, up to {self.pack_size} tuning trials as one model"
+
+    def _member_key(self, trial_id: str, job: Job) -> str:
+        """A fused member's key in :attr:`jobs`: its Tune trial and its own name (what its reports
+        carry as ``member``), so a late report of a member never lands on a later pack's."""
+        return f"{trial_id}#{self._trial_job_name(job)}"
 
     def _keys(self, trial_id: str) -> list[str]:
         """The keys in :attr:`jobs` of what Tune trial ``trial_id`` runs (a fused pack: several)."""

@@ -275,7 +275,7 @@ DECISION_GAP_S = 0.25
 
 def run_fused(job: TrialJob) -> str | None:
     """A fused pack: its tuning trials trained as one model, each reporting as its own trial
-    (``member``: its index) and stopped alone when the driver prunes it."""
+    (``member``: its name) and stopped alone when the driver prunes it."""
     from ray import tune
 
     from pal_study.fused_train import train_fused
@@ -291,7 +291,7 @@ def run_fused(job: TrialJob) -> str | None:
             if ready is None:
                 return False
             held, metrics = ready
-            tune.report(TrialReport(stage="tune", metrics=metrics, held=held, member=k).to_tune())
+            tune.report(TrialReport(stage="tune", metrics=metrics, held=held, member=names[k]).to_tune())
             return job.pack is not None and is_pruned(job.pack, names[k])
 
         return on_epoch
@@ -309,7 +309,7 @@ def run_fused(job: TrialJob) -> str | None:
         closings = [_failed_report(e, "tune", None)] * len(members)
     failed = []
     for k, closing in enumerate(closings):
-        tune.report(replace(closing, held=batches[k].take_rest(), node=_node(), member=k).to_tune())
+        tune.report(replace(closing, held=batches[k].take_rest(), node=_node(), member=names[k]).to_tune())
         if closing.status == "failed":
             failed.append(f"{names[k]}: {closing.reason or 'failed'}")
     return "; ".join(failed) or None

@@ -108,7 +108,7 @@ class TrialJob:
     ``pack``: the key under which the driver says what the trial's pack does next (None: the Tune
     trial runs this job only; see :mod:`pal_study.study.pack`). ``fused``: the tuning trials of
     one cell this job trains together as one model (:mod:`pal_study.fused_train`); their reports
-    carry their index as ``member``.
+    carry their name as ``member``.
     Fault injection for the harness's tests is not part of it: it comes from the worker's
     environment (``trainable.FAULT_ENV``)."""
 
@@ -203,7 +203,7 @@ class TrialReport:
     node: str | None = None
     details: dict[str, Any] | None = None
     history: list[dict[str, Any]] | None = None
-    member: int | None = None
+    member: str | None = None
     tune: dict[str, Any] = field(default_factory=dict)
 
     # -- reading it --------------------------------------------------------------------------
@@ -286,7 +286,7 @@ class TrialReport:
             node=result.get("node"),
             details=bulky.get("details"),
             history=bulky.get("history"),
-            member=None if result.get("member") is None else int(result["member"]),
+            member=None if result.get("member") is None else str(result["member"]),
             tune={k: v for k, v in result.items() if k not in own and k not in metric_keys},
             **{k: result.get(k) for k in named},
         )

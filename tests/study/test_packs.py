@@ -145,8 +145,8 @@ def _fused_searcher(tmp_path, size=3, **overrides):
     return StudySearcher(study, StudyStore(study, tmp_path / "runs"), slots=1)
 
 
-def _member(k, **fields):
-    return {"stage": "tune", "member": k, **fields}
+def _member(name, **fields):
+    return {"stage": "tune", "member": name, **fields}
 
 
 def test_a_fused_pack_hands_out_trials_of_one_cell_together_and_prunes_each_alone(tmp_path):
@@ -155,31 +155,37 @@ def test_a_fused_pack_hands_out_trials_of_one_cell_together_and_prunes_each_alon
     assert [m.optuna_trial for m in pack.fused] == [0, 1, 2] and {m.cell for m in pack.fused} == {0}
     assert pack.name == "cell000-tune-0000-fused3" and pack.pack
     assert len({m.config["optim"]["weight_decay"] for m in pack.fused}) == 3  # their own params
-    assert sorted(searcher.jobs) == ["t0#0", "t0#1", "t0#2"]
-    searcher.report("t0", _member(0, closing=False, epoch=1, val_acc=0.9))
-    searcher.report("t0", _member(0, closing=True, status="completed", val_acc=0.9, epochs_run=4))
+    assert sorted(searcher.jobs) == [f"t0#cell000-tune-000{n}" for n in range(3)]
+    searcher.report("t0", _member(pack.fused[0].name, closing=False, epoch=1, val_acc=0.9))
+    searcher.report("t0", _member(pack.fused[0].name, closing=True, status="completed", val_acc=0.9, epochs_run=4))
     assert _tuning(searcher)[0].state == TrialState.COMPLETE
     # Member 1 below the 90th percentile at epoch 1: pruned and recorded at once, alone.
-    assert searcher.report("t0", _member(1, closing=False, epoch=1, val_acc=0.1)) is False
+    assert searcher.report("t0", _member(pack.fused[1].name, closing=False, epoch=1, val_acc=0.1)) is False
     assert is_pruned(pack.pack, pack.fused[1].name)
-    assert _tuning(searcher)[1].state == TrialState.PRUNED and "t0#1" not in searcher.jobs
+    assert _tuning(searcher)[1].state == TrialState.PRUNED and "t0#cell000-tune-0001" not in searcher.jobs
     assert next_member(pack.pack, 1) is None, "the pack's member 2 still trains"
-    searcher.report("t0", _member(1, closing=True, status="stopped", val_acc=0.1))  # ignored now
+    searcher.report("t0", _member(pack.fused[1].name, closing=True, status="stopped", val_acc=0.1))  # ignored now
     assert _tuning(searcher)[1].user_attrs["epochs_run"] == 1 and "val_acc" not in _tuning(searcher)[1].user_attrs
-    searcher.report("t0", _member(2, closing=False, epoch=1, val_acc=0.95))
-    searcher.report("t0", _member(2, closing=True, status="completed", val_acc=0.95, epochs_run=4))
+    searcher.report("t0", _member(pack.fused[2].name, closing=False, epoch=1, val_acc=0.95))
+    searcher.report("t0", _member(pack.fused[2].name, closing=True, status="completed", val_acc=0.95, epochs_run=4))
     # Nothing of the pack runs: it gets its next job, the next cell's fused pack (fewest issued).
     following = next_member(pack.pack, 1)
     assert following is not None and following.cell == 1 and [m.optuna_trial for m in following.fused] == [0, 1, 2]
     assert [t.state for t in _tuning(searcher)][:3] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
+    # A late report of the first pack's members never lands on the next pack's (keys are names).
+    running = sorted(searcher.jobs)
+    searcher.report("t0", _member(pack.fused[1].name, closing=True, status="stopped", val_acc=0.1))
+    searcher.report("t0", _member(pack.fused[2].name, closing=True, status="completed", val_acc=0.1))
+    assert sorted(searcher.jobs) == running and len(running) == 3
+    assert all(t.state == TrialState.RUNNING for t in _tuning(searcher, cell=1))
 
 
 def test_a_fused_pack_that_dies_runs_its_unfinished_members_again_alone(tmp_path):
     searcher = _fused_searcher(tmp_path, factors={"method": ["ce+fnpal"]})
     searcher.retries = 1
     pack = TrialJob.from_tune(searcher.suggest("t0"))
-    searcher.report("t0", _member(0, closing=True, status="completed", val_acc=0.9))
-    searcher.report("t0", _member(1, closing=False, epoch=1, val_acc=0.8))
+    searcher.report("t0", _member(pack.fused[0].name, closing=True, status="completed", val_acc=0.9))
+    searcher.report("t0", _member(pack.fused[1].name, closing=False, epoch=1, val_acc=0.8))
     searcher.on_trial_complete("t0", error=True)  # the worker died: members 1 and 2 had not ended
     assert searcher.interrupted_to_resume == 2 and not searcher.jobs
     again = [TrialJob.from_tune(searcher.suggest(f"r{n}")) for n in range(2)]
@@ -190,9 +196,9 @@ def test_a_fused_pack_that_dies_runs_its_unfinished_members_again_alone(tmp_path
 def test_a_failed_member_ends_a_fused_pack_after_its_siblings(tmp_path):
     searcher = _fused_searcher(tmp_path, factors={"method": ["ce+fnpal"]})
     pack = TrialJob.from_tune(searcher.suggest("t0"))
-    searcher.report("t0", _member(0, closing=True, status="failed", reason="ValueError: x"))
-    searcher.report("t0", _member(1, closing=True, status="completed", val_acc=0.9))
-    searcher.report("t0", _member(2, closing=True, status="completed", val_acc=0.8))
+    searcher.report("t0", _member(pack.fused[0].name, closing=True, status="failed", reason="ValueError: x"))
+    searcher.report("t0", _member(pack.fused[1].name, closing=True, status="completed", val_acc=0.9))
+    searcher.report("t0", _member(pack.fused[2].name, closing=True, status="completed", val_acc=0.8))
     assert [t.state for t in _tuning(searcher)] == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
     assert next_member(pack.pack, 1) is None and not searcher.jobs
 
