@@ -32,6 +32,11 @@ time = median of the trainer's own ``train_time_s`` after the first epoch (compi
 first epoch minus that; inductor's on-disk cache is shared between processes, so a later
 round's compile is a warm one).
 
+**Fused packs.** K trials of one cell as one model (``pal_study.fused_train.train_fused``: one
+seed, K learning rates) in one process, K = 1, 2, 4, 8, 16, 32 (``--fused-ks``), against N
+trials per GPU above: ``trials_per_hour_measured`` = K × 3600 / wall, the steady epoch of the
+pack, its peak memory. They run after the N-per-GPU rows, within the same budget.
+
 Order: the layout comparison, then N = 1 for every workload, then N = 2, 4, 8, so a run cut
 short by ``--budget-s`` (default 420) has measured the most. No run is started that would
 likely end past the budget (a guess from the workload's previous run); what was skipped is
@@ -82,6 +87,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     },
 }
 CONCURRENCY = (1, 2, 4, 8)
+FUSED_KS = (1, 2, 4, 8, 16, 32)
 DRY_PER_CLASS = (6, 2)
 LAYOUTS = {  # the bf16 + channels_last comparison (resnet32)
     "fp32_contiguous": {"amp": False, "channels_last": False, "compile": False},
@@ -128,6 +134,7 @@ def trial_main(spec_path: str) -> None:
     from pal_study.config import TrainConfig
     from pal_study.train import build_dataset_for, train
 
+    members = int(spec["config"].pop("_members", 0))
     cfg = TrainConfig.model_validate(spec["config"])
     data = build_dataset_for(cfg)
     if cfg.device.startswith("cuda"):
@@ -140,7 +147,21 @@ def trial_main(spec_path: str) -> None:
             raise SystemExit("no start signal")
         time.sleep(0.005)
     t0 = time.time()
-    result = train(cfg, data=data)
+    if members:
+        from pal_study.fused_train import train_fused
+
+        # A fused pack of one cell: one seed and data order, K learning rates.
+        base = spec["config"]
+        cfgs = [
+            TrainConfig.model_validate({**base, "optim": {**base["optim"], "lr": 0.05 * (1 + 0.1 * i)}})
+            for i in range(members)
+        ]
+        results = train_fused(cfgs, data=data)
+        result = results[0]
+        statuses = [r.status for r in results]
+    else:
+        result = train(cfg, data=data)
+        statuses = [result.status]
     if cfg.device.startswith("cuda"):
         torch.cuda.synchronize()
     t1 = time.time()
@@ -148,6 +169,7 @@ def trial_main(spec_path: str) -> None:
         "t_start": t0,
         "t_end": t1,
         "status": result.status,
+        "statuses": statuses,
         "reason": result.reason,
         "history": [
             {k: h[k] for k in ("epoch", "train_time_s", "eval_time_s", "train_loss", "test_acc")}
@@ -294,6 +316,9 @@ def main() -> None:
     ap.add_argument("--layout-rounds", type=int, default=1, help="rounds of the resnet32 layout comparison")
     ap.add_argument("--concurrency", nargs="+", type=int, default=None, help="trials per GPU (default 1 2 4 8)")
     ap.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=None)
+    ap.add_argument(
+        "--fused-ks", nargs="+", type=int, default=None, help="members per fused pack (default 1 2 4 8 16 32)"
+    )
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/gpu_throughput.json)")
     ap.add_argument("--trial", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -326,6 +351,7 @@ def main() -> None:
         "budget_s": budget,
         "layouts": [],
         "throughput": [],
+        "fused": [],
         "skipped": [],
     }
     est: dict[str, float] = {}  # a workload's last run wall (s), to guess whether the next fits
@@ -409,6 +435,33 @@ def main() -> None:
                     f"  {key}: wall {r['wall_s']:.1f} s (setup {r['setup_s']:.1f} s), steady epoch "
                     f"{ep:.3f} s, {row['trials_per_hour_measured']:.0f} short trials/h, "
                     f"{row['trials_per_hour_recipe']:.1f} recipe-length trials/h",
+                    flush=True,
+                )
+        # 3. Fused packs of K trials in one process.
+        for k in args.fused_ks or ([1, 2] if dry else list(FUSED_KS)):
+            for w in workloads:
+                key = f"{w} fused x{k}"
+                if not fits(key, est.get(w, 20.0 if not dry else 3.0) * max(1.0, k / 4)):
+                    continue
+                cfg = trial_config(w, device=device, epochs=epochs, threads=1 if dry else cores, dry=dry)
+                r = run_concurrent([{**cfg, "seed": 0, "_members": k}], tmp, timeout_s=max(30.0, remaining() + 60))
+                tr, ev, ep = steady_epoch_s(r["trials"])
+                row = {
+                    "workload": w,
+                    "members": k,
+                    "epochs": epochs,
+                    "setup_s": r["setup_s"],
+                    "wall_s": r["wall_s"],
+                    "trials_per_hour_measured": k * 3600.0 / r["wall_s"],
+                    "steady_epoch_s_per_member": ep,
+                    "statuses": r["trials"][0]["statuses"],
+                    "max_memory_allocated": r["trials"][0]["max_memory_allocated"],
+                    "raw": r["trials"],
+                }
+                res["fused"].append(row)
+                print(
+                    f"  {key}: wall {r['wall_s']:.1f} s, {row['trials_per_hour_measured']:.0f} short trials/h, "
+                    f"statuses {sorted(set(row['statuses']))}",
                     flush=True,
                 )
     res["wall_s"] = time.perf_counter() - t_begin
@@ -506,6 +559,24 @@ def _print_tables(res: dict[str, Any]) -> None:
                         r["trials_per_hour_recipe"],
                     ]
                     for r in res["throughput"]
+                ],
+            )
+        )
+    if res["fused"]:
+        print("\nfused packs: K trials of one cell as one model in one process")
+        print(
+            _bench.table(
+                ["workload", "K", "wall s", "short trials/h", "steady epoch s per member", "peak memory"],
+                [
+                    [
+                        r["workload"],
+                        r["members"],
+                        r["wall_s"],
+                        r["trials_per_hour_measured"],
+                        r["steady_epoch_s_per_member"],
+                        r["max_memory_allocated"] or "-",
+                    ]
+                    for r in res["fused"]
                 ],
             )
         )
