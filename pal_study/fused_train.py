@@ -28,14 +28,13 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
 
 from pal_study.classifier import build_classifier
 from pal_study.config import TrainConfig, resolve
-from pal_study.data import DataBundle, DeviceBatches
+from pal_study.data import DataBundle
 from pal_study.device import configure_threads, select_device
 from pal_study.fusion import FusedSGD, StackedModules
 from pal_study.losses import build_loss
@@ -44,10 +43,12 @@ from pal_study.train import (
     TrialResult,
     _result,
     accuracy,
+    autocast_for,
     build_dataset_for,
     evaluate,
     loss_params,
     lr_factor,
+    train_batches,
     use_channels_last,
 )
 
@@ -196,14 +197,9 @@ def train_fused(
         weight_decay=[o.weight_decay for o in optims],
         nesterov=[bool(o.nesterov and o.momentum > 0) for o in optims],
     )
-    use_amp = device.type == "cuda" and base.amp
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-
-    gen = torch.Generator().manual_seed(base.seed)
+    autocast = autocast_for(device, base.amp)
+    _, batches = train_batches(base, data)  # the members share their seed, hence one batch order
     optim = base.optim.resolved
-    batches = DeviceBatches(
-        data.train_x, data.train_y, optim.batch_size, shuffle=True, generator=gen, augment=data.augment
-    )
     steps_per_epoch = len(batches)
     lrs_all = _member_lrs(cfgs, steps_per_epoch).to(device)
     clips = torch.tensor([c.optim.resolved.grad_clip or 0.0 for c in cfgs], device=device)

@@ -215,6 +215,23 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
     return 1.0
 
 
+def autocast_for(device: torch.device, amp: bool) -> Callable[[], Any]:
+    """The context a trial's forward passes run in: bf16 autocast on CUDA with ``amp``, else none."""
+    if device.type == "cuda" and amp:
+        return lambda: torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext
+
+
+def train_batches(cfg: TrainConfig, data: DataBundle) -> tuple[torch.Generator, DeviceBatches]:
+    """A trial's shuffled training batches, in the order its seed fixes, and that generator (a
+    checkpoint saves and restores it)."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = DeviceBatches(
+        data.train_x, data.train_y, cfg.optim.resolved.batch_size, shuffle=True, generator=gen, augment=data.augment
+    )
+    return gen, batches
+
+
 def _forward_batches(model: Classifier, x: torch.Tensor, autocast: Any, channels_last: bool):
     """Evaluation forward passes in large batches: yields (slice, features, logits) in float32."""
     size = EVAL_BATCH.get(x.device.type, 256)
@@ -296,14 +313,9 @@ def train(
     # not pay there: the torch.compile note under CPU_CHANNELS_LAST).
     net = torch.compile(model) if on_cuda and cfg.compile else model
     optimizer = make_optimizer(model, cfg)
-    use_amp = on_cuda and cfg.amp
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
-
-    gen = torch.Generator().manual_seed(cfg.seed)
+    autocast = autocast_for(device, cfg.amp)
+    gen, batches = train_batches(cfg, data)
     optim = cfg.optim.resolved
-    batches = DeviceBatches(
-        data.train_x, data.train_y, optim.batch_size, shuffle=True, generator=gen, augment=data.augment
-    )
     steps_per_epoch = len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg))
     clip = optim.grad_clip or 0.0
