@@ -17,9 +17,9 @@ trained alone up to float rounding: the forward of the first step is bit-identic
 update multiplies by per-member tensors where ``torch.optim.SGD`` uses Python scalars, and the
 members' gradient norms are reduced per member, so the last bits drift (tests/test_fused_train.py
 bounds it after one epoch and checks the final metrics). Like :func:`~pal_study.train.train`, it
-knows nothing of Ray, Optuna or MLflow. Not here (yet): checkpoints (a killed fused pack's members
-start again), ``torch.compile``, deferred re-weighting (DRW changes a member's loss weights per
-epoch).
+knows nothing of Ray, Optuna or MLflow. Each member may save checkpoints in ``train()``'s format:
+an interrupted member goes on alone from its last save. Not here: resuming a whole pack,
+``torch.compile``, deferred re-weighting (DRW changes a member's loss weights per epoch).
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
+from pal_study import checkpoint as ckpt
+from pal_study.checkpoint import CheckpointPolicy
 from pal_study.classifier import build_classifier
 from pal_study.config import TrainConfig, resolve
 from pal_study.data import DataBundle
@@ -48,6 +51,8 @@ from pal_study.train import (
     evaluate,
     loss_params,
     lr_factor,
+    make_optimizer,
+    save_trial,
     train_batches,
     use_channels_last,
 )
@@ -149,15 +154,63 @@ def _member_lrs(cfgs: Sequence[TrainConfig], steps_per_epoch: int) -> torch.Tens
     return torch.tensor(cols, dtype=torch.float64).T.contiguous()
 
 
+class _MemberSaver:
+    """Writes one member's checkpoints in :func:`pal_study.train.train`'s format (a real
+    ``torch.optim.SGD`` and ``LambdaLR`` state), so an interrupted member goes on alone from its
+    last save with ``train(cfg, checkpoint=policy)``."""
+
+    def __init__(self, policy: CheckpointPolicy, cfg: TrainConfig, model: nn.Module, steps_per_epoch: int):
+        self.policy, self.cfg, self.model = policy, cfg, model
+        self.optimizer = make_optimizer(model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, steps_per_epoch, cfg)
+        )
+        ckpt.remove_stale_tmp(policy.path)
+        self.schedule = ckpt.SaveSchedule(policy.every_epochs)
+
+    def due(self, epoch: int) -> bool:
+        final = epoch == self.cfg.optim.resolved.epochs
+        return self.policy.keep_final if final else self.schedule.due(epoch)
+
+    def save(self, epoch: int, step: int, buffers: list[torch.Tensor | None], **state: Any) -> None:
+        params = self.optimizer.param_groups[0]["params"]
+        self.optimizer.state.clear()
+        for p, buf in zip(params, buffers, strict=True):
+            if buf is not None:
+                self.optimizer.state[p]["momentum_buffer"] = buf
+        # The schedule where this member stands: ``step`` optimiser steps taken, the next at lr(step).
+        lr = self.cfg.optim.resolved.lr * lr_factor(step, state["steps_per_epoch"], self.cfg)
+        sched = self.scheduler.state_dict()
+        sched.update(last_epoch=step, _step_count=step + 1, _last_lr=[lr])
+        self.scheduler.load_state_dict(sched)
+        self.optimizer.param_groups[0]["lr"] = lr
+        save_trial(
+            self.policy,
+            self.schedule,
+            self.cfg,
+            state["data"],
+            epoch,
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            state["gen"],
+            state["history"],
+            state["wall_time_s"],
+        )
+
+
 def train_fused(
     cfgs: Sequence[TrainConfig],
     on_epoch: Sequence[OnEpoch | None] | None = None,
     *,
     data: DataBundle | None = None,
+    checkpoints: Sequence[CheckpointPolicy | None] | None = None,
 ) -> list[TrialResult]:
     """Train ``cfgs`` (see :func:`fuse_blocker`) together; one :class:`TrialResult` per config,
     in order. ``on_epoch[k]`` gets member k's epochs; True stops that member (status stopped).
-    ``data``: the bundle all members share (built from the first config otherwise)."""
+    ``data``: the bundle all members share (built from the first config otherwise).
+    ``checkpoints[k]``: where member k saves as it goes, in :func:`pal_study.train.train`'s format
+    (a fused pack always starts afresh; an interrupted member resumes alone from its file)."""
     t_start = time.perf_counter()
     cfgs = [resolve(c) for c in cfgs]
     why = fuse_blocker(cfgs)
@@ -198,11 +251,16 @@ def train_fused(
         nesterov=[bool(o.nesterov and o.momentum > 0) for o in optims],
     )
     autocast = autocast_for(device, base.amp)
-    _, batches = train_batches(base, data)  # the members share their seed, hence one batch order
+    gen, batches = train_batches(base, data)  # the members share their seed, hence one batch order
     optim = base.optim.resolved
     steps_per_epoch = len(batches)
     lrs_all = _member_lrs(cfgs, steps_per_epoch).to(device)
     clips = torch.tensor([c.optim.resolved.grad_clip or 0.0 for c in cfgs], device=device)
+    policies = list(checkpoints) if checkpoints is not None else [None] * k_all
+    savers = [
+        None if p is None else _MemberSaver(p, c, m, steps_per_epoch)
+        for p, c, m in zip(policies, cfgs, models, strict=True)
+    ]
 
     active = list(range(k_all))  # members still training, in stack order
     histories: list[list[dict[str, Any]]] = [[] for _ in cfgs]
@@ -269,6 +327,18 @@ def train_fused(
             if hook is not None and hook(metrics):
                 outcome[m] = ("stopped", f"stopped by caller after epoch {epoch}")
                 continue
+            saver = savers[m]
+            if saver is not None and saver.due(epoch):
+                saver.save(
+                    epoch,
+                    step,
+                    opt.momentum_buffers(j),
+                    steps_per_epoch=steps_per_epoch,
+                    data=data,
+                    gen=gen,
+                    history=histories[m],
+                    wall_time_s=time.perf_counter() - t_start,
+                )
             stay.append(j)
         if len(stay) < len(active):
             # Members that stopped or failed leave the stack: they cost nothing from here on.

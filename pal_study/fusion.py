@@ -160,6 +160,13 @@ class FusedSGD:
         out._buf = [None if b is None else b[idx].clone() for b in self._buf]
         return out
 
+    def momentum_buffers(self, k: int) -> list[torch.Tensor | None]:
+        """Member ``k``'s momentum buffer per parameter (None before its first step or without
+        momentum), in parameter order: what ``torch.optim.SGD`` keeps as ``momentum_buffer``."""
+        if float(self.momentum[k]) <= 0:
+            return [None] * len(self.params)
+        return [None if b is None else b[k].clone() for b in self._buf]
+
     @torch.no_grad()
     def step(self, factor: float = 1.0, lr: torch.Tensor | None = None) -> None:
         """One update; ``lr`` (K,) replaces the learning rates for this step (a schedule per

@@ -354,32 +354,8 @@ def train(
         )
 
     def save(epoch: int, policy: CheckpointPolicy, schedule: ckpt.SaveSchedule) -> None:
-        t = time.perf_counter()
-        state = {
-            "config_hash": config_hash,
-            "config": cfg.model_dump(mode="json"),
-            "input_shape": list(data.input_shape),
-            "num_classes": k,
-            "epoch": epoch,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": ckpt.capture_rng(gen, on_cuda),
-            "history": history,
-            "save_times": list(schedule.save_times),
-            "wall_time_s": wall_before + (t - t_start),
-            "pal_study": str(__version__),
-            "torch": str(torch.__version__),
-        }
-        try:
-            ckpt.save_checkpoint(policy.path, state)
-        except OSError as e:
-            # The trial's result matters more than its checkpoint: warn and keep training.
-            log.warning("could not write checkpoint %s after epoch %d (training continues): %s", policy.path, epoch, e)
-            return
-        dt = time.perf_counter() - t
-        schedule.saved(epoch, dt, _epoch_times(history))
-        log.debug("checkpoint after epoch %d: %.1f ms", epoch, 1000 * dt)
+        wall = wall_before + (time.perf_counter() - t_start)
+        save_trial(policy, schedule, cfg, data, epoch, model, optimizer, scheduler, gen, history, wall)
 
     if replay and resumed_from is not None and on_epoch is not None:
         for h in history:
@@ -443,6 +419,50 @@ def train(
         result.resumed_from_epoch = resumed_from
         result.checkpoint_path = str(checkpoint.path) if checkpoint.path.is_file() else None
     return result
+
+
+def save_trial(
+    policy: CheckpointPolicy,
+    schedule: ckpt.SaveSchedule,
+    cfg: TrainConfig,
+    data: DataBundle,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    gen: torch.Generator,
+    history: list[dict[str, Any]],
+    wall_time_s: float,
+) -> None:
+    """Write a trial's checkpoint after ``epoch``: everything :func:`train` needs to go on from
+    there exactly (model, optimizer, schedule, the batch order's generator, history)."""
+    t = time.perf_counter()
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    state = {
+        "config_hash": ckpt.checkpoint_config_hash(cfg),
+        "config": cfg.model_dump(mode="json"),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": ckpt.capture_rng(gen, on_cuda),
+        "history": history,
+        "save_times": list(schedule.save_times),
+        "wall_time_s": wall_time_s,
+        "pal_study": str(__version__),
+        "torch": str(torch.__version__),
+    }
+    try:
+        ckpt.save_checkpoint(policy.path, state)
+    except OSError as e:
+        # The trial's result matters more than its checkpoint: warn and keep training.
+        log.warning("could not write checkpoint %s after epoch %d (training continues): %s", policy.path, epoch, e)
+        return
+    dt = time.perf_counter() - t
+    schedule.saved(epoch, dt, _epoch_times(history))
+    log.debug("checkpoint after epoch %d: %.1f ms", epoch, 1000 * dt)
 
 
 def _epoch_times(history: list[dict[str, Any]]) -> list[float]:

@@ -115,3 +115,36 @@ def test_fuse_blocker_says_what_keeps_configs_apart():
     assert "deferred re-weighting" in (fuse_blocker([_cfg(loss__drw_epoch=1), _cfg(loss__drw_epoch=1)]) or "")
     with pytest.raises(ValueError, match="do not train fused: member 1 differs"):
         train_fused([DIGITS[0], _cfg(seed=7)])
+
+
+def test_a_member_of_a_killed_fused_pack_goes_on_alone_from_its_checkpoint(tmp_path):
+    """Members save in train()'s format; the pack dies in epoch 3 (after saving epoch 2); each
+    member then resumes alone with train(): its first two epochs are the pack's, bit for bit, and
+    it ends where the member trained alone from the start ends, to float drift."""
+    from pal_study.checkpoint import CheckpointPolicy
+
+    cfgs = [_cfg(optim__epochs=4), _cfg(optim__epochs=4, optim__lr=0.1, head__scale=5.0, optim__momentum=0.0)]
+    policies = [CheckpointPolicy(path=tmp_path / f"m{n}.pt", every_epochs=1) for n in range(2)]
+
+    seen: list[list[dict]] = [[], []]
+
+    def hook(n: int):
+        def on_epoch(metrics) -> bool:
+            if metrics.epoch == 3:
+                raise KeyboardInterrupt  # the process is gone before epoch 3 is saved
+            seen[n].append(metrics.as_dict())
+            return False
+
+        return on_epoch
+
+    data = build_dataset_for(cfgs[0])
+    with pytest.raises(KeyboardInterrupt):
+        train_fused(cfgs, [hook(0), hook(1)], data=data, checkpoints=policies)
+    for n, (cfg, policy) in enumerate(zip(cfgs, policies, strict=True)):
+        assert policy.path.is_file()
+        resumed = train(cfg, data=data, checkpoint=policy)
+        assert resumed.resumed_from_epoch == 2 and resumed.status == "completed"
+        assert resumed.history[:2] == seen[n]
+        alone = train(cfg, data=data)
+        _same_run(resumed, alone, acc_examples=2, n_test=data.test_y.shape[0])
+        assert [h["lr"] for h in resumed.history] == [h["lr"] for h in alone.history]

@@ -299,7 +299,9 @@ def run_fused(job: TrialJob) -> str | None:
     try:
         hooks = [hook(k, inject_fault(m.config)) for k, m in enumerate(members)]
         cfgs = [TrainConfig.model_validate(m.config) for m in members]
-        results = train_fused(cfgs, hooks, data=_data_for(cfgs[0]))
+        # Each member saves in train()'s format: after a death it resumes alone from its file.
+        policies = [_policy(m.checkpoint.path, m.checkpoint.every_epochs) if m.checkpoint else None for m in members]
+        results = train_fused(cfgs, hooks, data=_data_for(cfgs[0]), checkpoints=policies)
         closings = [summarize(r) for r in results]
         closings = [
             replace(c, details=details(r, png=False)) if m.details and r.status == "completed" else c
