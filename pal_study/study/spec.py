@@ -67,6 +67,12 @@ class PackSpec(_Strict):
         "faster for the model on the trial's device, on wherever the trials can fuse, off never",
     )
 
+    @field_validator("fuse", mode="before")
+    @classmethod
+    def _fuse(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off (as in --set budget.pack.fuse=off) as a boolean.
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     @field_validator("size")
     @classmethod
     def _size(cls, v: int | str) -> int | str:

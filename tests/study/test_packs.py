@@ -129,6 +129,9 @@ def test_pack_size_is_checked_and_said_at_start(tmp_path):
         load_study(write_study(tmp_path, name="bad", pack_size=0))
     with pytest.raises(ConfigError, match=r"budget\.pack"):
         load_study(write_study(tmp_path, name="bad2", budget={"pack": {"size": 4, "fuse": "sometimes"}}))
+    # YAML reads a bare off/on as a boolean: --set budget.pack.fuse=off still means off.
+    assert load_study(write_study(tmp_path, name="o"), ["budget.pack.fuse=off"]).spec.budget.pack.fuse == "off"
+    assert load_study(write_study(tmp_path, name="o"), ["budget.pack.fuse=on"]).spec.budget.pack.fuse == "on"
     said = describe(load_study(write_study(tmp_path, name="auto")))
     assert f"packs: up to {AUTO_PACK_SIZE} (auto) trials per Ray Tune trial" in said
     assert "packs: off" in describe(load_study(write_study(tmp_path, name="off", pack_size=1)))
