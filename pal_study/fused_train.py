@@ -131,12 +131,15 @@ def fuse_blocker(cfgs: Sequence[TrainConfig]) -> str | None:
     return None
 
 
-# Where a fused pack trained faster than its members one at a time, and from how many members
-# (benchmarks/README.md (k): per-member step time, members sharing their batches as a tuning pack
-# does, 1 thread): on the CPU only the MNIST-1D MLP, 1.13-1.23x at K = 4-16 (the digits MLP
-# 1.06x at 16 only, every conv net slower). CUDA is not measured (no GPU was lent), so ``auto``
-# does not fuse there.
-FUSION_PAYS: dict[str, dict[str, int]] = {"cpu": {"mnist1d_mlp": 4}, "cuda": {}}
+# Where fusing paid, and from how many members: nowhere measured so far, so ``auto`` fuses
+# nothing. On the CPU one training step of the MNIST-1D MLP ran 1.13-1.23x faster per member
+# fused (K = 4-16, members sharing their batches; benchmarks/README.md (k)), but whole trials did
+# not: the quickstart on that model with fused packs took 105.5 s against 103.9 s with packs
+# unfused (benchmarks/README.md (c), "Fused packs"): each member is still evaluated alone every
+# epoch, and a cell's trials asked together leave its pruner no finished trial to compare with
+# (it pruned nothing). Every conv net and the digits MLP ran slower fused even per step. CUDA is
+# not measured (no GPU was lent). ``fuse: on`` (``--fuse on``) fuses wherever members can.
+FUSION_PAYS: dict[str, dict[str, int]] = {"cpu": {}, "cuda": {}}
 
 
 def fusion_pays(cfg: TrainConfig, members: int) -> bool:

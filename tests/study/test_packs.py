@@ -8,6 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from pal_study.errors import ConfigError
+from pal_study.fused_train import FUSION_PAYS
 from pal_study.study import load_study
 from pal_study.study.engine import StudySearcher
 from pal_study.study.pack import is_pruned, next_member
@@ -206,7 +207,7 @@ def test_a_failed_member_ends_a_fused_pack_after_its_siblings(tmp_path):
     assert next_member(pack.pack, 1) is None and not searcher.jobs
 
 
-def test_what_does_not_fuse_packs_one_after_another(tmp_path):
+def test_what_does_not_fuse_packs_one_after_another(tmp_path, monkeypatch):
     # A search over a shared key (the batch size) cannot fuse; nor can auto where fusing measured
     # slower (the digits MLP on the CPU).
     space = tmp_path / "batch.yaml"
@@ -225,8 +226,12 @@ def test_what_does_not_fuse_packs_one_after_another(tmp_path):
             budget={"pack": {"size": 4, "fuse": "auto"}},
         )
     )
+    # auto fuses where FUSION_PAYS says it paid (nowhere measured so far); a measured entry makes it.
     mlp = StudySearcher(study, StudyStore(study, tmp_path / "mlp-runs"), slots=1)
-    assert len(TrialJob.from_tune(mlp.suggest("t0")).fused) == 4  # measured faster from 4 members
+    assert not TrialJob.from_tune(mlp.suggest("t0")).fused
+    monkeypatch.setitem(FUSION_PAYS, "cpu", {"mnist1d_mlp": 4})
+    mlp = StudySearcher(study, StudyStore(study, tmp_path / "mlp-runs-2"), slots=1)
+    assert len(TrialJob.from_tune(mlp.suggest("t0")).fused) == 4
     assert mlp.describe_fusion() == "fused packs: cells 0, 1, 2, 3, up to 4 tuning trials as one model"
 
 
