@@ -144,7 +144,10 @@ FUSION_PAYS: dict[str, dict[str, int]] = {"cpu": {}, "cuda": {}}
 
 def fusion_pays(cfg: TrainConfig, members: int) -> bool:
     """Whether fusing ``members`` copies of ``cfg``'s model measured faster on its device."""
-    least = FUSION_PAYS.get(select_device(cfg.device).type, {}).get(cfg.model.arch)
+    # From the config's word, not the device: the study's driver decides for trials that run on
+    # other nodes (a GPU study's head may have no GPU), and only "auto" depends on this process.
+    kind = "cuda" if cfg.device.startswith("cuda") else "cpu" if cfg.device == "cpu" else select_device("auto").type
+    least = FUSION_PAYS.get(kind, {}).get(cfg.model.arch)
     return least is not None and members >= least
 
 

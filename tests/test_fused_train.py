@@ -148,3 +148,12 @@ def test_a_member_of_a_killed_fused_pack_goes_on_alone_from_its_checkpoint(tmp_p
         alone = train(cfg, data=data)
         _same_run(resumed, alone, acc_examples=2, n_test=data.test_y.shape[0])
         assert [h["lr"] for h in resumed.history] == [h["lr"] for h in alone.history]
+
+
+def test_whether_fusion_pays_is_read_from_the_config_not_this_machines_device(monkeypatch):
+    """A GPU study's driver may have no GPU: asking must not select (and fail on) CUDA here."""
+    from pal_study.fused_train import FUSION_PAYS, fusion_pays
+
+    monkeypatch.setitem(FUSION_PAYS, "cuda", {"digits_mlp": 4})
+    gpu = _cfg(device="cuda")  # no CUDA on the test machine: resolving the device would raise
+    assert fusion_pays(gpu, 4) and not fusion_pays(gpu, 2) and not fusion_pays(_cfg(device="cpu"), 4)
