@@ -101,7 +101,8 @@ def test_train_a_pack_of_variants_fused_or_one_after_another(tmp_path, capsys):
     )
     assert rc == 0 and "one after another (--fuse off)" in err
     # auto: fusing measured no faster for whole trials here, so auto packs them one by one.
-    rc, _, err = run([*PACK, "--member", "optim.lr=0.05", "--member", "optim.lr=0.1", "-q", "--no-track"], capsys)
+    auto = ["--out", str(tmp_path / "auto"), "-q", "--no-track"]
+    rc, _, err = run([*PACK, "--member", "optim.lr=0.05", "--member", "optim.lr=0.1", *auto], capsys)
     assert rc == 0 and "one after another (fusing measured no faster for this model here)" in err
 
 
