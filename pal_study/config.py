@@ -423,6 +423,19 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as its dotted keys (``{"optim": {"lr": 1}}`` -> ``{"optim.lr": 1}``),
+    the keys ``--set`` and the search spaces use."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def apply_overrides(
     data: dict[str, Any], overrides: list[str], reset_on_name: Mapping[str, str] | None = None
 ) -> dict[str, Any]:

@@ -36,7 +36,7 @@ from torch import nn
 from pal_study import checkpoint as ckpt
 from pal_study.checkpoint import CheckpointPolicy
 from pal_study.classifier import build_classifier
-from pal_study.config import TrainConfig, resolve
+from pal_study.config import TrainConfig, flatten, resolve
 from pal_study.data import DataBundle
 from pal_study.device import configure_threads, select_device
 from pal_study.fusion import FusedSGD, StackedModules
@@ -62,29 +62,12 @@ log = logging.getLogger(__name__)
 OnEpoch = Callable[[EpochMetrics], "bool | None"]
 
 
-def _shared(cfg: TrainConfig) -> dict[str, Any]:
-    """What every member of a fused pack must share (resolved config)."""
-    head = cfg.head.model_dump(mode="json")
-    head.pop("scale", None)  # a per-member value
-    optim = cfg.optim.resolved
-    return {
-        "data": cfg.data.model_dump(mode="json"),
-        "seed": cfg.seed,
-        "model": cfg.model.model_dump(mode="json"),
-        "head": head,
-        "loss.name": cfg.loss.name,
-        "optim.batch_size": optim.batch_size,
-        "optim.epochs": optim.epochs,
-        "device": cfg.device,
-        "threads": cfg.threads,
-        "amp": cfg.amp,
-        "channels_last": cfg.channels_last,
-    }
-
-
-# Config keys a fused pack's members share (``_shared``), as prefixes: a search over one of them
-# gives members that cannot fuse.
+# Config keys a fused pack's members share, as dotted keys or prefixes ending in ".": their data
+# and seed (split, noisy labels, initial weights, batch order), model, head, loss, batch size,
+# epochs and device; what is not here (lr, schedule, momentum, weight decay, clipping, head scale,
+# loss parameters) is each member's own. A search over one of them gives members that cannot fuse.
 SHARED_KEYS = (
+    "method",
     "data.",
     "seed",
     "model.",
@@ -100,13 +83,21 @@ SHARED_KEYS = (
     "threads",
     "amp",
     "channels_last",
-    "method",
 )
+
+
+def _is_shared(key: str) -> bool:
+    return any(key == p or (p[-1] in "._" and key.startswith(p)) for p in SHARED_KEYS)
+
+
+def _shared(cfg: TrainConfig) -> dict[str, Any]:
+    """The values of :data:`SHARED_KEYS` in a resolved config, by dotted key."""
+    return {k: v for k, v in flatten(cfg.model_dump(mode="json")).items() if _is_shared(k)}
 
 
 def searched_blocker(keys: Sequence[str]) -> str | None:
     """Why trials that search ``keys`` cannot fuse (None: what they vary is per member)."""
-    shared = [k for k in keys if any(k == p or (p.endswith(".") and k.startswith(p)) for p in SHARED_KEYS)]
+    shared = [k for k in keys if _is_shared(k)]
     if any(k.startswith("loss.drw_") for k in shared):
         return "deferred re-weighting (loss.drw_epoch) changes a member's loss weights per epoch"
     return f"the search varies {', '.join(shared)}, which a fused pack's members share" if shared else None

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from pal_study.config import TrainConfig, resolve
-from pal_study.fused_train import fuse_blocker, train_fused
+from pal_study.fused_train import fuse_blocker, searched_blocker, train_fused
 from pal_study.train import build_dataset_for, train
 
 
@@ -113,6 +113,10 @@ def test_fuse_blocker_says_what_keeps_configs_apart():
     assert "model" in (fuse_blocker([DIGITS[0], _cfg(model__arch="digits_cnn")]) or "")
     assert "loss.name" in (fuse_blocker([DIGITS[0], _cfg(method="gce+fnpal")]) or "")
     assert "deferred re-weighting" in (fuse_blocker([_cfg(loss__drw_epoch=1), _cfg(loss__drw_epoch=1)]) or "")
+    # What a study's search may vary: per-member knobs, not shared keys (DRW's among them).
+    assert searched_blocker(["optim.weight_decay", "head.scale", "loss.margin", "optim.lr"]) is None
+    assert "deferred re-weighting" in (searched_blocker(["optim.lr", "loss.drw_epoch"]) or "")
+    assert "optim.batch_size, data.noise.rate" in (searched_blocker(["optim.batch_size", "data.noise.rate"]) or "")
     with pytest.raises(ValueError, match="do not train fused: member 1 differs"):
         train_fused([DIGITS[0], _cfg(seed=7)])
 

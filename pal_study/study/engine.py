@@ -349,8 +349,7 @@ class StudySearcher(Searcher):
 
     def _logs_glob(self, job: Job) -> str:
         """Where a person finds this job's Ray Tune trial directories (one per attempt)."""
-        number = job.trial.number if job.trial is not None else 0
-        name = job.tune_name or job_name(job.stage, job.cell.index, optuna_trial=number, seeds=tuple(job.seeds))
+        name = job.tune_name or self._trial_job_name(job)
         return str(self.store.dir / TUNE_LOGS / "*" / f"{name}_*")
 
     def _trial_job(self, job: Job) -> TrialJob:

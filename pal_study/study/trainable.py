@@ -231,20 +231,9 @@ def run_job(job: TrialJob) -> str | None:
     ckpt = job.checkpoint
     if job.stage == "tune":
         batch = EpochBatcher(job.decision_epochs, min_gap_s=DECISION_GAP_S)
-        pack, name = job.pack, job.name
-
-        def on_epoch(m) -> bool:
-            ready = batch.take({k: v for k, v in m.as_dict().items() if v is not None})
-            if ready is None:
-                return False
-            held, metrics = ready
-            tune.report(TrialReport(stage="tune", metrics=metrics, held=held).to_tune())
-            # In a pack the driver's pruner answers through the pack's channel, not with a STOP.
-            return pack is not None and is_pruned(pack, name)
-
         closing = run_one(
             job.config,
-            on_epoch,
+            _reporter(batch, job.pack, job.name),
             with_details=job.details,
             details_png=False,
             checkpoint=_policy(ckpt.path, ckpt.every_epochs) if ckpt else None,
@@ -273,6 +262,23 @@ def run_job(job: TrialJob) -> str | None:
 DECISION_GAP_S = 0.25
 
 
+def _reporter(batch: EpochBatcher, pack: str | None, name: str, member: bool = False) -> Callable[[Any], bool]:
+    """A tuning job's ``on_epoch``: report the epochs ``batch`` lets through (a fused ``member``'s
+    carrying its name); True once the driver pruned ``name``: in a pack its pruner answers through
+    the pack's channel, not with a STOP."""
+    from ray import tune
+
+    def on_epoch(m) -> bool:
+        ready = batch.take({k: v for k, v in m.as_dict().items() if v is not None})
+        if ready is None:
+            return False
+        held, metrics = ready
+        tune.report(TrialReport(stage="tune", metrics=metrics, held=held, member=name if member else None).to_tune())
+        return pack is not None and is_pruned(pack, name)
+
+    return on_epoch
+
+
 def run_fused(job: TrialJob) -> str | None:
     """A fused pack: its tuning trials trained as one model, each reporting as its own trial
     (``member``: its name) and stopped alone when the driver prunes it."""
@@ -285,14 +291,11 @@ def run_fused(job: TrialJob) -> str | None:
     batches = [EpochBatcher(m.decision_epochs, min_gap_s=DECISION_GAP_S) for m in members]
 
     def hook(k: int, fault: Callable[[int], None]) -> Callable[[Any], bool]:
+        report = _reporter(batches[k], job.pack, names[k], member=True)
+
         def on_epoch(m) -> bool:
             fault(m.epoch)
-            ready = batches[k].take({key: v for key, v in m.as_dict().items() if v is not None})
-            if ready is None:
-                return False
-            held, metrics = ready
-            tune.report(TrialReport(stage="tune", metrics=metrics, held=held, member=names[k]).to_tune())
-            return job.pack is not None and is_pruned(job.pack, names[k])
+            return report(m)
 
         return on_epoch
 

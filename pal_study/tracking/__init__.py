@@ -7,9 +7,10 @@ is what the study needs of a store; ``open_store(uri)`` gives one: MLflow's
 (``jsonl_store``, ``--tracking-uri jsonl:///path``). This package knows neither the study engine
 nor the analysis: both use it."""
 
+from pal_study.config import flatten
 from pal_study.tracking.base import Experiment, MetricPoint, Run, TrackingStore
 from pal_study.tracking.choose import open_store, resolve_uri, uri_named
-from pal_study.tracking.content import code_tags, config_hash, config_yaml, flatten, trial_artifacts, trial_tags
+from pal_study.tracking.content import code_tags, config_hash, config_yaml, trial_artifacts, trial_tags
 from pal_study.tracking.names import SENSITIVITY_OF_TAG, SENSITIVITY_TAG
 
 __all__ = [

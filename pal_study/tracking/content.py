@@ -20,17 +20,6 @@ from pal_study.tracking.names import CONFIG_FILE
 _GIT: dict[str, Any] = {}
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def _git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[2]

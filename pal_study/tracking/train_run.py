@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from pal_study.config import flatten
 from pal_study.plots import reliability_png
 from pal_study.tracking.base import TrackingStore
-from pal_study.tracking.content import flatten, trial_artifacts, trial_tags
+from pal_study.tracking.content import trial_artifacts, trial_tags
 from pal_study.tracking.names import FAILED, FINISHED, KILLED, TRAIN_METRIC_KEYS
 
 
