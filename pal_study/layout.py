@@ -9,7 +9,7 @@ of the project: both may use it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +205,44 @@ def _fmt(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+# How a factor reads in a cell's title: the method and the data set name stand bare; other keys by
+# a word (their last dotted part where none is listed) before the value.
+BARE_FACTORS = ("method", "data.name")
+FACTOR_WORDS = {
+    "data.noise.rate": "noise",
+    "data.noise.kind": "noise kind",
+    "data.imbalance.ratio": "imbalance",
+    "optim.weight_decay": "wd",
+    "head.scale": "scale",
+    "loss.margin": "margin",
+    "loss.drw_epoch": "DRW epoch",
+}
+TITLE_SEP = " · "
+
+
+def cell_titles(factor_sets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Short, readable names of cells that tell them apart (``ce+fnpal · noise 0.6``): only the
+    factors whose value differs between the cells, the method first. Run names, chart legends and
+    terminal lines are cut at ~30 characters; a label (``method=ce+fnpal,data.noise.rate=0.6``)
+    spends them on keys. Falls back to the labels where two titles would coincide."""
+    missing = object()
+    keys: list[str] = []
+    for factors in factor_sets:
+        keys += [k for k in factors if k not in keys]
+    varying = [k for k in keys if len({repr(f.get(k, missing)) for f in factor_sets}) > 1]
+    varying.sort(key=lambda k: k != "method")  # stable: the rest keep the study's factor order
+    words = {k: FACTOR_WORDS.get(k, k.rsplit(".", 1)[-1]) for k in varying}
+    titles = []
+    for factors in factor_sets:
+        parts = [
+            _fmt(factors[k]) if k in BARE_FACTORS else f"{words[k]} {_fmt(factors[k])}" for k in varying if k in factors
+        ]
+        titles.append(TITLE_SEP.join(parts) or str(factors.get("method", cell_label(factors))))
+    if len(set(titles)) < len(titles):
+        return [cell_label(f) for f in factor_sets]
+    return titles
+
+
 def factors_of(label: str) -> dict[str, str]:
     """``k=v,k=v`` (a cell or group label) as a dict of strings; ``all`` or "": {}. A value may
     hold commas (a part that does not start a ``key=`` continues the value before it)."""
@@ -236,6 +274,7 @@ __all__ = [
     "JobName",
     "cell_key",
     "cell_label",
+    "cell_titles",
     "factors_of",
     "final_checkpoint_name",
     "final_job_name",

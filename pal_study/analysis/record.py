@@ -32,10 +32,11 @@ def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
 
-def journal_finals(run_dir: str | Path) -> list[FinalRun]:
+def journal_finals(run_dir: str | Path, storage: Any = None) -> list[FinalRun]:
     """Completed final runs of the study whose record is ``run_dir`` (``runs/<study>``), in the
-    order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``."""
-    record = StudyRecord(run_dir)
+    order ``report.fetch_finals`` gives (cell, seed); ``run_id`` is ``<optuna study>#<trial>``.
+    ``storage``: the running driver's open storage of that journal (no second replay)."""
+    record = StudyRecord(run_dir, storage=storage)
     if not record.has_journal():
         raise ConfigError(
             f"no study record at {run_dir} (no {JOURNAL}); run the study first, or pass --runs-dir", key="--runs-dir"

@@ -175,7 +175,7 @@ class StudyProgress:
             if i not in self._finals_ended:
                 self._finals_ended.add(i)
                 if self.mode == "plain":
-                    self._line(f"cell {i} ({self._cells[i].label}): finals skipped: {event.reason}")
+                    self._line(f"cell {i} ({self._cells[i].name}): finals skipped: {event.reason}")
         if self.progress is not None:
             self._refresh()
         elif self.mode == "plain":
@@ -240,7 +240,7 @@ class StudyProgress:
             else "no trial completed"
         )
         self._line(
-            f"cell {i} ({self._cells[i].label}) tuning done: {what}"
+            f"cell {i} ({self._cells[i].name}) tuning done: {what}"
             f" · study tuning {self._tuning_total}/{self.study.tuning_trials} (running {c['running']})"
         )
 
@@ -254,7 +254,7 @@ class StudyProgress:
             else "no final seed completed"
         )
         self._line(
-            f"cell {i} ({self._cells[i].label}) finals done: {mean}"
+            f"cell {i} ({self._cells[i].name}) finals done: {mean}"
             f" · study finals {self._finals_total}/{self.study.final_trials}"
         )
 
@@ -264,11 +264,11 @@ class StudyProgress:
         remaining = sum(max(0, self._budget[i] - self._finished[i] - max(0, self._running[i])) for i in self._budget)
         tuned = sorted(i for i in self._tune_ended if i in self._best)
         if len(tuned) <= PLAIN_CELLS:
-            best = " ".join(f"#{i} {self._fmt(self._best[i][0])}" for i in tuned)
+            best = ", ".join(f"#{i} ({self._cells[i].name}) {self._fmt(self._best[i][0])}" for i in tuned)
             best = f" · best {best}" if best else ""
         else:
             top = max(tuned, key=lambda i: self._best[i][0] if self.obj_mode == "max" else -self._best[i][0])
-            best = f" · {len(tuned)} cells tuned, best #{top} {self._fmt(self._best[top][0])}"
+            best = f" · {len(tuned)} cells tuned, best #{top} ({self._cells[top].name}) {self._fmt(self._best[top][0])}"
         elapsed = now - self._t0 if self._t0 is not None else None
         eta = self._eta(now)
         head = "ended" if final else "progress"
@@ -282,7 +282,7 @@ class StudyProgress:
     def _refresh(self) -> None:
         assert self.progress is not None
         c = self.counts
-        best_cells = [(v[0], self._cells[i].label) for i, v in self._best.items()]
+        best_cells = [(v[0], f"#{i} {self._cells[i].name}") for i, v in self._best.items()]
         best = None
         for value, label in best_cells:
             if best is None or self._better(value, best):

@@ -64,7 +64,7 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
                 optuna_trial=t.number,
             )
             cfg = config_for(cell, dict(t.params))
-            _repair(tree, key, f"{cell.label} #{t.number}", cfg, outcome, status, t.user_attrs, metrics, tags, cell_id)
+            _repair(tree, key, f"{cell.name} #{t.number}", cfg, outcome, status, t.user_attrs, metrics, tags, cell_id)
             repaired += 1
         for seed, rec in finals.items():
             key = f"{prefix}final/seed{seed}"
@@ -81,7 +81,7 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
             )
             cfg = json.loads(rec["config"])
             metrics = [("val_acc", v, int(step)) for step, v in sorted(curves.get(seed, {}).items())]
-            _repair(tree, key, f"{cell.label} final seed {seed}", cfg, outcome, status, rec, metrics, tags, cell_id)
+            _repair(tree, key, f"{cell.name} · final seed {seed}", cfg, outcome, status, rec, metrics, tags, cell_id)
             repaired += 1
         for key, run in tree.children.items():
             if key.startswith(prefix) and _misplaced(run, cell_id, tree.parent_id):

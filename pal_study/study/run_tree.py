@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from typing import Any
 
+from pal_study.analysis.answer import cell_texts, claim_verdicts, pm_text
 from pal_study.layout import SUMMARY_KEYS, cell_label, parse_cell_key, run_key
 from pal_study.study.cell_table import cell_aggregates, comparison_table
 from pal_study.study.events import (
@@ -50,6 +52,7 @@ from pal_study.tracking.names import (
     STUDY_RUN_TAG,
     SUMMARY_PREFIX,
     TABLE_FILE,
+    TEST_ACC_TEXT,
     below_study,
     children_of,
     study_runs,
@@ -99,7 +102,7 @@ class RunTree:
             self.parent_id = self._create_study_run(fp)
         # What `pal-study ui --study` opens: the cell runs with their headline metrics.
         searched = sorted({p for cell in self.study.cells for p in cell.params})
-        t.set_study_view(self.exp_id, list(self.study.spec.factors), searched)
+        t.set_study_view(self.exp_id, list(self.study.spec.factors), searched, [c.name for c in self.study.cells])
         # Every run already logged for this study, by key: a resume reuses, never duplicates. Cell
         # runs and everything below them carry the study run's id; runs of the layout before cell
         # runs (trials directly under the study run) are its children.
@@ -254,7 +257,7 @@ class RunTree:
         for trial_only in ("seed", "config_hash"):
             tags.pop(trial_only, None)
         tags[STAGE_TAG] = "cell"
-        run_id, _ = self.child(run_key(cell.index), cell.label, tags, parent=self.study_run_id)
+        run_id, _ = self.child(run_key(cell.index), cell.name, tags, parent=self.study_run_id)
         self.cells[cell.index] = {"run_id": run_id, "status": RUNNING, "params": False, "metrics": {}, "tags": tags}
         return run_id
 
@@ -279,14 +282,19 @@ class RunTree:
         ended = close or set(self.study.spec.finals.seeds) <= set(finals)
         metrics: list = []
         done = [r for r in finals.values() if r.get("state") == "complete"]
+        tags: dict[str, str] = {}
         if ended:
-            metrics = [(k, v, 0) for k, v in cell_aggregates(done).items()]
+            aggregates = cell_aggregates(done)
+            metrics = [(k, v, 0) for k, v in aggregates.items()]
+            if "final_test_acc_mean" in aggregates:  # until the study's end puts the report's there
+                tags[TEST_ACC_TEXT] = pm_text((aggregates["final_test_acc_mean"], aggregates["final_test_acc_std"]))
             # Never dropped silently: the failed ones count in the comparison (chance accuracy).
             metrics.append(("n_finals_failed", float(sum(r.get("state") == "fail" for r in finals.values())), 0))
         if params or metrics:
-            self.tracking.log_batch(info["run_id"], metrics=metrics, params=params)
+            self.tracking.log_batch(info["run_id"], metrics=metrics, params=params, tags=tags)
             info["params"] = info["params"] or bool(params)
             info["metrics"].update({k: v for k, v, _ in metrics})
+            info["tags"].update(tags)
         if ended:
             status = FINISHED if done else FAILED
             self.tracking.set_status(info["run_id"], status)
@@ -303,9 +311,11 @@ class RunTree:
         self.tracking.set_status(info["run_id"], FAILED)
         info["status"] = FAILED
 
-    def finish_cells(self, interrupted: bool, rows: list[Any] | None) -> None:
+    def finish_cells(self, interrupted: bool, rows: list[Any] | None, claims: Sequence[Any] = ()) -> None:
         """At the study's end: cell runs still open end (KILLED if the study was interrupted);
-        each cell's comparison with its baseline goes on its run, the table on the study run."""
+        each cell's comparison with its baseline goes on its run (metrics, and as rounded text
+        with the verdict of any claim that compares the two: the UI's first columns), the table
+        on the study run."""
         for cell in self.study.cells:
             info = self.cells.get(cell.index)
             if info is None or info["status"] != RUNNING:
@@ -318,10 +328,17 @@ class RunTree:
         if rows is None:
             return
         index = {c.label: c.index for c in self.study.cells}
+        verdicts = claim_verdicts(claims)
         for row in rows:
             info = self.cells.get(index.get(row.cell, -1))
+            if info is None:
+                continue
+            texts = {k: v for k, v in cell_texts(row, verdicts).items() if info["tags"].get(k) != v}
             c = row.comparison
-            if info is None or c is None:
+            if c is None:
+                if texts:
+                    self.tracking.log_batch(info["run_id"], tags=texts)
+                    info["tags"].update(texts)
                 continue
             metrics = [
                 (k, v, 0)
@@ -336,6 +353,7 @@ class RunTree:
                 if isinstance(v, (int, float)) and info["metrics"].get(k) != v
             ]
             tags = {"baseline": c.baseline} if info["tags"].get("baseline") != c.baseline else {}
+            tags.update(texts)
             if metrics or tags:  # a rerun of a finished study logs nothing twice
                 self.tracking.log_batch(info["run_id"], metrics=metrics, tags=tags)
                 info["metrics"].update({k: v for k, v, _ in metrics})
@@ -354,7 +372,7 @@ class RunTree:
             optuna_trial=job.trial.number,
         )
         cell_id = self.cell_run(job.cell, cfg)
-        run_id, existed = self.child(key, f"{job.cell.label} #{job.trial.number}", tags, parent=cell_id)
+        run_id, existed = self.child(key, f"{job.cell.name} #{job.trial.number}", tags, parent=cell_id)
         skip_to = 0
         if existed:
             skip_to = max((step for step, _ in self.tracking.metric_history(run_id, "val_acc")), default=0)
@@ -462,7 +480,7 @@ class RunTree:
         tags.update(ending_tags(result, checkpoint=True))
         # Created when the seed is done (one write burst): dated back to when it started.
         started = int(1000 * (time.time() - float(result.get("wall_time_s") or 0.0)))
-        name = f"{job.cell.label} final seed {seed}"
+        name = f"{job.cell.name} · final seed {seed}"
         metrics = [
             (k, h[k], int(h["epoch"]))
             for h in result.get("history", [])

@@ -24,6 +24,7 @@ from rich.console import Console
 
 from pal_study._compat import drop_bulky_results_callback, journal_lock_path
 from pal_study.analysis.formats import report_files
+from pal_study.analysis.record import journal_finals
 from pal_study.analysis.report import aggregate, analyse, fetch_finals
 from pal_study.layout import JOURNAL, TRACKING_INCOMPLETE, TUNE_LOGS
 from pal_study.study.preflight import check_data
@@ -182,6 +183,9 @@ def run_study(
             finish_tracking(tracker, study, store, outcome, console)
             timings["tracking_s"] = tracker.logging_s
             timings["tracking_cpu_s"] = tracker.logging_cpu_s
+        if not interrupted and not outcome.rows:
+            # Untracked, or the store never answered: the same rows from the study's own record.
+            outcome.rows = aggregate(journal_finals(store.dir, storage=store.storage))
         outcome.wall_time_s = time.perf_counter() - t0
         store.sweep_checkpoints()
         write_summary(store, outcome)
@@ -285,10 +289,11 @@ def finish_tracking(tracker: Any, study: Study, store: StudyStore, outcome: RunO
     tracking = tracker.tracking
     read: list[Any] = []
 
-    def report_rows() -> list[Any]:  # read back once, for the files and the cell runs
+    def report_rows() -> list[Any]:  # read back once, for the files, the cell runs and the answer
         if not read:
             finals = fetch_finals(tracking, study.spec.name)[2]
             read.append((finals, aggregate(finals)))
+            outcome.rows = read[0][1]
         return read[0][1]
 
     def make_files() -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pal_study.config import (
     validate_train_config,
     validation_error_to_config_error,
 )
-from pal_study.layout import cell_label
+from pal_study.layout import cell_label, cell_titles
 from pal_study.study.protocol import (
     check_equal_tuning,
     claim_pairs,
@@ -267,10 +267,18 @@ class Cell:
     # fixed; it tunes nothing itself. Its factors are the parent's plus the knob.
     parent: int | None = None
     variant: dict[str, Any] = field(default_factory=dict)
+    # Its short name among the study's cells (layout.cell_titles): what people read in run names,
+    # legends and terminal lines. The label stays the machine-readable key.
+    title: str = ""
 
     @property
     def label(self) -> str:
         return cell_label(self.factors)
+
+    @property
+    def name(self) -> str:
+        """The title, or the label where the cell was built without its study."""
+        return self.title or self.label
 
     @property
     def is_variant(self) -> bool:
@@ -377,6 +385,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         if spec.protocol.equal_tuning:
             check_equal_tuning(spec, cells, src)
     cells += _sensitivity_cells(spec, cells, src)
+    for cell, title in zip(cells, cell_titles([c.factors for c in cells]), strict=True):
+        cell.title = title
     return Study(spec=spec, path=p, base=base, spaces=spaces, cells=cells)
 
 

@@ -46,6 +46,7 @@ class CellSummary:
     failures: dict[str, int] = field(default_factory=dict)  # reason -> trials
     variant: dict[str, Any] = field(default_factory=dict)  # a sensitivity cell's fixed knob: value
     parent: int | None = None  # a sensitivity cell's tuned cell
+    title: str = ""  # the cell's short name (Cell.title)
 
 
 @dataclass
@@ -58,6 +59,8 @@ class RunOutcome:
     timings: dict[str, float] = field(default_factory=dict)
     claims: list[dict[str, Any]] = field(default_factory=list)  # verdicts of the study's claims
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the claims judged across knobs
+    # The report's rows (analysis.report.CellRow) of a finished study: what its answer is printed from.
+    rows: list[Any] = field(default_factory=list)
 
     def failure_causes(self) -> list[tuple[str, int]]:
         """Why trials failed, most common first (for the exit-1 summary)."""
@@ -114,6 +117,7 @@ def summarize(study: Study, store: StudyStore) -> list[CellSummary]:
                 note=None if best or not trials else "no tuning trial completed: no finals",
                 variant=dict(cell.variant),
                 parent=cell.parent,
+                title=cell.name,
             )
         )
     return out
@@ -155,7 +159,7 @@ def render_table(study: Study, cells: list[CellSummary]) -> Table:
         failed = sum(1 for r in c.finals.values() if r["state"] == "fail")
         t.add_row(
             str(c.index),
-            c.label + (" (sensitivity)" if c.variant else ""),
+            (c.title or c.label) + (" (sensitivity)" if c.variant else ""),
             c.note or _params(c.best_params),
             "-" if c.best_value is None else f"{c.best_value:.4f}",
             _pm(c.val_mean, c.val_std, n),

@@ -79,7 +79,11 @@ class StudyTracker:
             except Exception as e:
                 undelivered.append(f"study report ({e})")
             try:
-                self.tree.finish_cells(interrupted, report_rows() if report_rows is not None else None)
+                self.tree.finish_cells(
+                    interrupted,
+                    report_rows() if report_rows is not None else None,
+                    claims=(summary or {}).get("claims") or (),
+                )
             except Exception as e:
                 undelivered.append(f"cell runs and comparison table ({e})")
             try:

@@ -8,7 +8,7 @@ Run statuses are ``names.RUNNING`` / ``FINISHED`` / ``FAILED`` / ``KILLED``; a r
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -53,7 +53,9 @@ class TrackingStore(Protocol):
     def find_experiment(self, name: str) -> Experiment | None:
         """The experiment named ``name``, or None; creates nothing."""
 
-    def set_study_view(self, experiment_id: str, factors: list[str], searched: list[str]) -> None:
+    def set_study_view(
+        self, experiment_id: str, factors: list[str], searched: list[str], titles: Sequence[str] = ()
+    ) -> None:
         """Present a study's experiment in the store's UI (MLflow: its cells view); a no-op without one."""
 
     def create_run(

@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -93,7 +93,9 @@ class JsonlStore:
         _write_atomic(self.root / exp_id / EXPERIMENT_FILE, json.dumps({"experiment_id": exp_id, "name": name}))
         return exp_id
 
-    def set_study_view(self, experiment_id: str, factors: list[str], searched: list[str]) -> None:
+    def set_study_view(
+        self, experiment_id: str, factors: list[str], searched: list[str], titles: Sequence[str] = ()
+    ) -> None:
         """No UI to present the study in: its runs carry every tag a reader filters by."""
 
     # -- writes ---------------------------------------------------------------------------------

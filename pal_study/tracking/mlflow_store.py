@@ -18,13 +18,24 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pal_study.errors import ConfigError
 from pal_study.tracking.base import Experiment, MetricPoint, Run
-from pal_study.tracking.names import CELL_METRICS, PARENT_TAG, RUNNING, cell_runs, mlflow_filter
+from pal_study.tracking.names import (
+    CELL_METRICS,
+    CELL_TEXT_TAGS,
+    DELTA_TEXT,
+    PARENT_TAG,
+    Q_TEXT,
+    RUNNING,
+    TEST_ACC_TEXT,
+    VERDICT_TEXT,
+    cell_runs,
+    mlflow_filter,
+)
 
 DEFAULT_DIR = "mlruns"
 
@@ -94,12 +105,14 @@ class MlflowStore:
             return None
         return Experiment(exp.experiment_id, exp.name, dict(exp.tags or {}))
 
-    def set_study_view(self, experiment_id: str, factors: list[str], searched: list[str]) -> None:
+    def set_study_view(
+        self, experiment_id: str, factors: list[str], searched: list[str], titles: Sequence[str] = ()
+    ) -> None:
+        # Rewritten where it differs: a study tracked by an older pal-study gets today's view.
+        state = json.dumps(cells_view_state(factors, searched, titles))
         exp = self.client.get_experiment(experiment_id)
-        if not has_cells_view(Experiment(exp.experiment_id, exp.name, dict(exp.tags or {}))):
-            self.client.set_experiment_tag(
-                experiment_id, _SHARED_VIEW_TAG + CELLS_VIEW_KEY, json.dumps(cells_view_state(factors, searched))
-            )
+        if (exp.tags or {}).get(_SHARED_VIEW_TAG + CELLS_VIEW_KEY) != state:
+            self.client.set_experiment_tag(experiment_id, _SHARED_VIEW_TAG + CELLS_VIEW_KEY, state)
 
     # -- runs -----------------------------------------------------------------------------------
     def create_run(
@@ -229,21 +242,81 @@ _FACTOR_TAGS = {
 }
 
 
-def cells_view_state(factors: list[str], searched: list[str]) -> dict[str, Any]:
-    """The UI state of the cells view: search facets plus table columns (``type.`key```)."""
-    cols = [f"metrics.`{m}`" for m in CELL_METRICS]
-    cols += [f"tags.`{_FACTOR_TAGS[f]}`" if f in _FACTOR_TAGS else f"params.`{f}`" for f in factors]
-    cols += [f"params.`{p}`" for p in searched if p not in factors]
+# What a person reads first, in this order and rounded (text tags, CELL_TEXT_TAGS), then the factors,
+# the best config, and the numbers in full precision (metrics: sorting, charts, recomputation).
+_FIRST_METRICS = ("final_test_acc_mean", "final_test_acc_std", "delta_test_acc", "ci_low", "ci_high", "n_finals")
+# Column widths in px: the UI's default (~100) cuts "95.12 ± 0.31" and every interval.
+_TEXT_WIDTHS = {TEST_ACC_TEXT: 130, DELTA_TEXT: 200, Q_TEXT: 80, VERDICT_TEXT: 120}
+_RUN_NAME = "attributes.`Run Name`"
+
+
+def _name_width(titles: Sequence[str]) -> int:
+    """The run-name column's width: the longest title in full (~7.5 px per character of the UI's
+    font, plus the colour dot and padding), within 180-420 px."""
+    return max(180, min(420, 60 + round(7.5 * max((len(t) for t in titles), default=0))))
+
+
+def _bar(uuid: str, section: str, metric: str) -> dict[str, Any]:
+    """A bar chart card as the UI serialises one: a bar per run in the run list's colours."""
+    return {
+        "uuid": uuid,
+        "type": "BAR",
+        "runsCountToCompare": 100,
+        "metricSectionId": section,
+        "deleted": False,
+        "isGenerated": False,
+        "displayName": metric,
+        "metricKey": metric,
+    }
+
+
+def cells_view_state(factors: list[str], searched: list[str], titles: Sequence[str] = ()) -> dict[str, Any]:
+    """The UI state of the cells view: search facets, table columns (``type.`key```) in the order
+    and widths they open with, and the chart view's charts: test accuracy per cell; Δ against the
+    base beside its interval's ends (MLflow's charts draw no error bars)."""
+    text = [f"tags.`{t}`" for t in CELL_TEXT_TAGS]
+    factor_cols = [f"tags.`{_FACTOR_TAGS[f]}`" if f in _FACTOR_TAGS else f"params.`{f}`" for f in factors]
+    param_cols = [f"params.`{p}`" for p in searched if p not in factors]
+    metric_cols = [f"metrics.`{m}`" for m in _FIRST_METRICS]
+    metric_cols += [f"metrics.`{m}`" for m in CELL_METRICS if m not in _FIRST_METRICS and m != "q"]
+    cols = [*text, *factor_cols, *param_cols, *metric_cols]
     stage, value = next(iter(cell_runs().items()))
+    n = max(len(titles), 1)
+    height = max(360, 160 + 28 * n)  # a bar per cell stays legible
     return {
         "searchFilter": f"tags.{stage} = '{value}'",
         "orderByKey": "metrics.`final_test_acc_mean`",
         "orderByAsc": False,
         "lifecycleFilter": "Active",
         "selectedColumns": cols,
+        "columnOrder": [_RUN_NAME, *cols],
+        "columnWidths": {_RUN_NAME: _name_width(titles), **{f"tags.`{k}`": w for k, w in _TEXT_WIDTHS.items()}},
         "runsHiddenMode": "SHOW_ALL",
-        "chartsSearchFilter": "test_acc",
         "hideEmptyCharts": True,
+        "compareRunSections": [
+            {
+                "uuid": "pal-test-acc",
+                "name": "Test accuracy per cell (mean over the final seeds)",
+                "display": True,
+                "isReordered": False,
+                "columns": 1,
+                "cardHeight": height,
+            },
+            {
+                "uuid": "pal-delta",
+                "name": "Δ test accuracy vs base loss, interval low, high",
+                "display": True,
+                "isReordered": False,
+                "columns": 1,
+                "cardHeight": height,
+            },
+        ],
+        # One metric per chart: a chart of several draws grouped bars without the runs' names.
+        "compareRunCharts": [
+            _bar("pal-test-acc-mean", "pal-test-acc", "final_test_acc_mean"),
+            *(_bar(f"pal-{m}", "pal-delta", m) for m in ("delta_test_acc", "ci_low", "ci_high")),
+        ],
+        "isAccordionReordered": True,
     }
 
 

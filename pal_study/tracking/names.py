@@ -54,6 +54,14 @@ CELL_METRICS = (
     "n_finals",
 )
 
+# A cell run's headline numbers as text, rounded as the report prints them: the UI's first columns
+# (MLflow shows a metric with every digit). Tag keys allow no "%" or "±": units live in the docs.
+TEST_ACC_TEXT = "test acc"  # mean ± std over the final seeds, in %
+DELTA_TEXT = "Δ test acc"  # against the base loss, in points, [interval] as the report's
+Q_TEXT = "q"  # the report's q (adjusted over the whole study)
+VERDICT_TEXT = "verdict"  # of the claims that compare this cell with its base, where any does
+CELL_TEXT_TAGS = (TEST_ACC_TEXT, DELTA_TEXT, Q_TEXT, VERDICT_TEXT)
+
 # -- artifacts --------------------------------------------------------------------------------
 CONFIG_FILE = "config.yaml"
 CLAIMS_FILE = "claims.json"

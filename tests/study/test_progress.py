@@ -90,7 +90,7 @@ def test_plain_lines_are_throttled_timestamped_and_mark_cell_ends(tmp_path, monk
         periodic = [ln for ln in out if "progress:" in ln]
         assert len(periodic) == 2, out
         tuned = [ln for ln in out if "tuning done" in ln]
-        assert len(tuned) == 1 and f"cell 0 ({c0.label}) tuning done" in tuned[0]
+        assert len(tuned) == 1 and f"cell 0 ({c0.title}) tuning done" in tuned[0]
         assert "best val_acc 0.9000 (trial 1): weight_decay=0.002" in tuned[0]
         # Its finals: one line at the end, with the mean over completed seeds.
         fj = final_job(c0, [0, 1])
@@ -119,7 +119,7 @@ def test_plain_lines_are_throttled_timestamped_and_mark_cell_ends(tmp_path, monk
             "running 1",
             "remaining 2",
             "finals 2/4",
-            "best #0 0.9000",
+            f"best #0 ({c0.title}) 0.9000",
             "elapsed 1m40s",
             "eta ~",
         ):
@@ -140,9 +140,11 @@ def test_plain_compacts_many_finished_cells_and_notes_skipped_finals(tmp_path, m
             run_cell(p, clock, cell, [0.5 + 0.01 * i], epochs=1, epoch_s=1)
         clock.tick(31)
         p(EpochReported(tune_job(study.cells[5], 0), 1, 0.1, {}))
-        assert "5 cells tuned, best #4 0.5400" in lines(buf)[-1]
+        # the best cell is named by its short title, not only its index
+        assert study.cells[4].title == "ce · noise 0.4" and study.cells[4].title != study.cells[4].label
+        assert "5 cells tuned, best #4 (ce · noise 0.4) 0.5400" in lines(buf)[-1]
         p(FinalsSkipped(final_job(study.cells[5], []), "no tuning trial completed"))
-        assert f"cell 5 ({study.cells[5].label}): finals skipped" in lines(buf)[-1]
+        assert f"cell 5 ({study.cells[5].title}): finals skipped" in lines(buf)[-1]
 
 
 def test_resumed_cells_start_from_before_and_get_no_end_line(tmp_path, monkeypatch):
@@ -223,7 +225,7 @@ def test_rich_bars_follow_the_engine_events(tmp_path, monkeypatch):
         tune, finals = p.progress.tasks
         assert (tune.completed, tune.total) == (3, 6)
         assert (finals.completed, finals.total) == (2, 4)
-        assert f"best val_acc 0.9000 ({c0.label})" in tune.fields["status"]
+        assert f"best val_acc 0.9000 (#0 {c0.title})" in tune.fields["status"]
     assert "tuning" in buf.getvalue() and "finals" in buf.getvalue()
 
 

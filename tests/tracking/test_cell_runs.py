@@ -58,10 +58,13 @@ def _trials_and_finals(cells) -> list:
 
 def test_one_cell_run_per_cell_parents_its_tuning_and_final_runs(cells):
     study_id = cells.study.info.run_id
-    # The study run's children are exactly its cells, one run each, named by the cell label.
+    # The study run's children are exactly its cells, one run each, named by the cell's short title
+    # (tagged with its label).
     assert [r.data.tags["stage"] for r in cells.cell_runs] == ["cell"] * CELLS
     labels = {c.label: c for c in cells.spec.cells}
-    assert sorted(cells.cells) == sorted(labels) and sorted(r.info.run_name for r in cells.cell_runs) == sorted(labels)
+    assert sorted(cells.cells) == sorted(labels)
+    titles = {r.data.tags["cell"]: r.info.run_name for r in cells.cell_runs}
+    assert titles == {c.label: c.title for c in cells.spec.cells} and len(set(titles.values())) == CELLS
     assert len(cells.runs) == 1 + CELLS + CELLS * TRIALS + CELLS * len(SEEDS)
     for label, run in cells.cells.items():
         t = run.data.tags
