@@ -190,7 +190,7 @@ def serve_optuna_dashboard(journal: str | Path, host: str = "127.0.0.1", port: i
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    app = wsgi(open_journal_readonly(journal))
+    app = wsgi(open_journal_readonly(journal, titled=True))
     try:
         httpd = make_server(host, port, app, server_class=Server, handler_class=QuietHandler)
     except OSError as e:

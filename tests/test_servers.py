@@ -254,8 +254,15 @@ def make_journal(runs: Path, study: str = "demo") -> Path:
     path = runs / study / "optuna.journal"
     path.parent.mkdir(parents=True)
     storage = JournalStorage(JournalFileBackend(str(path)))
+    # cell000 as an older pal-study stored it (factors, no title); cell001 with its title.
+    attrs = {
+        "cell000": {"factors": json.dumps({"method": "ce", "data.noise.rate": 0.6})},
+        "cell001": {"factors": json.dumps({"method": "ce+fnpal", "data.noise.rate": 0.6}), "title": "ce+fnpal"},
+    }
     for cell in ("cell000", "cell001"):
         st = optuna.create_study(storage=storage, study_name=f"{study}/{cell}", direction="maximize")
+        for k, v in attrs[cell].items():
+            st.set_user_attr(k, v)
         for i in range(3):
             t = st.ask(
                 {
@@ -291,10 +298,19 @@ def test_dashboard_serves_the_journal_live_and_read_only_then_stops(tmp_path, se
     assert listening_addresses(port) == {"127.0.0.1"}
     assert f"http://127.0.0.1:{port}/" in srv.text()
 
-    studies = {s["study_name"]: s for s in json.loads(get(f"{base}/api/studies"))["study_summaries"]}
-    assert set(studies) == {"demo/cell000", "demo/cell001", "demo/cell000/finals"}
+    # Listed and titled with each cell's short name (stored, or from the stored factors of an
+    # older journal); the stored names, which a resume finds studies by, are untouched.
+    listed = {s["study_name"]: s for s in json.loads(get(f"{base}/api/studies"))["study_summaries"]}
+    assert set(listed) == {"demo/cell000 · ce", "demo/cell001 · ce+fnpal", "demo/cell000/finals · ce"}
+    studies = {name.split(" · ")[0]: s for name, s in listed.items()}
     detail = json.loads(get(f"{base}/api/studies/{studies['demo/cell000']['study_id']}"))
+    assert detail["name"] == "demo/cell000 · ce"
     assert [t["state"] for t in detail["trials"]] == ["Complete", "Pruned", "Complete"]
+    # The importances load the study by its stored name (optuna-dashboard's get_study_name_from_id)
+    imp = json.loads(get(f"{base}/api/studies/{studies['demo/cell000']['study_id']}/param_importances"))
+    assert {i["name"] for i in imp["param_importances"][0]} == {"optim.lr", "loss.margin"}
+    stored = JournalStorage(JournalFileBackend(str(journal)))
+    assert {s.study_name for s in stored.get_all_studies()} == set(studies)
     assert detail["has_intermediate_values"] and len(detail["trials"][1]["intermediate_values"]) == 3
     assert b"<html" in get(f"{base}/dashboard").lower()
 

@@ -9,6 +9,7 @@ backend here refuses; nothing in the run directory is created, changed or locked
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -21,7 +22,15 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 
-from pal_study.layout import JOURNAL, STUDY_COPY, SUMMARY, is_finals_study, parse_study_name
+from pal_study.layout import (
+    JOURNAL,
+    STUDY_COPY,
+    SUMMARY,
+    cell_key,
+    cell_titles,
+    is_finals_study,
+    parse_study_name,
+)
 
 if TYPE_CHECKING:
     from pal_study._compat import FrozenStudy
@@ -34,14 +43,60 @@ class ReadOnlyJournal(JournalFileBackend):
         raise RuntimeError(f"{self._file_path} is opened read-only: a reader never writes a study's journal")
 
 
-def open_journal_readonly(path: str | os.PathLike[str]) -> JournalStorage:
+def open_journal_readonly(path: str | os.PathLike[str], titled: bool = False) -> JournalStorage:
     """An Optuna storage over an existing journal file that refuses every write (a dashboard's
     "delete study" too). FileNotFoundError where there is no such file: Optuna's backend would
-    create one."""
+    create one. ``titled``: the study list names each cell's studies with its short title too."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
-    return JournalStorage(ReadOnlyJournal(path))
+    return (TitledStudies if titled else JournalStorage)(ReadOnlyJournal(path))
+
+
+class TitledStudies(JournalStorage):
+    """A read-only journal storage whose study list names each cell's studies with the cell's
+    short title too (``quickstart/cell013 · ce+fnpal · noise 0.6``): optuna-dashboard lists and
+    titles studies by ``study_name``. Only the list is renamed; every lookup by name or id (plots,
+    trials) still sees the stored names, which is what a resume finds its studies by."""
+
+    def get_all_studies(self) -> list[FrozenStudy]:
+        studies = super().get_all_studies()
+        titles = study_titles(studies)
+        out = []
+        for st in studies:
+            title = titles.get(st.study_name)
+            if title:
+                st = copy.copy(st)
+                st.study_name = f"{st.study_name} · {title}"
+            out.append(st)
+        return out
+
+
+def study_titles(studies: list[FrozenStudy]) -> dict[str, str]:
+    """Optuna study name -> its cell's short title: the ``title`` each study stores, else (studies
+    stored before titles) computed from the stored factors of every cell in the journal."""
+    factors: dict[str, dict[str, Any]] = {}
+    for st in studies:
+        parsed = parse_study_name(st.study_name)
+        raw = st.user_attrs.get("factors")
+        if parsed is not None and isinstance(raw, str):
+            try:
+                factors[cell_key(parsed.cell)] = json.loads(raw)
+            except ValueError:
+                continue
+    keys = sorted(factors)
+    computed = dict(zip(keys, cell_titles([factors[k] for k in keys]), strict=True))
+    out: dict[str, str] = {}
+    for st in studies:
+        parsed = parse_study_name(st.study_name)
+        if parsed is None:
+            continue
+        # A finals study has the factors of its cell's tuning study (same index) unless it is a
+        # sensitivity cell's, which stores its own.
+        title = st.user_attrs.get("title") or computed.get(cell_key(parsed.cell))
+        if isinstance(title, str) and title:
+            out[st.study_name] = title
+    return out
 
 
 @dataclass

@@ -348,7 +348,15 @@ class StudyStore:
             st.set_user_attr("cell", cell.label)
             st.set_user_attr("factors", json.dumps(cell.factors, default=str))
             st.set_user_attr("method", cell.method)
+        self._title(st, cell)
         return st
+
+    @staticmethod
+    def _title(st: optuna.Study, cell: Cell) -> None:
+        # The cell's short name, which optuna-dashboard shows beside the study's name (the name
+        # itself, cellNNN, is what a resume finds the study by). Added to studies stored before.
+        if st.user_attrs.get("title") != cell.name:
+            st.set_user_attr("title", cell.name)
 
     def open_finals(self, cell: Cell) -> optuna.Study:
         st = optuna.create_study(
@@ -367,6 +375,7 @@ class StudyStore:
             ):
                 if have.get(key) != value:
                     st.set_user_attr(key, value)
+        self._title(st, cell)
         return st
 
     def tuning_trials(self, cell: Cell) -> list[FrozenTrial]:

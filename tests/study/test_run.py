@@ -102,9 +102,48 @@ def test_small_study_prunes_keeps_equal_budgets_and_runs_finals(ci_study, capsys
     assert [c["counts"]["completed"] + c["counts"]["pruned"] for c in summary["cells"]] == [5, 5, 5, 5]
 
     # Running the finished study again trains nothing and prints the same table.
+    capsys.readouterr()
     assert main(["run", str(path), "--runs-dir", str(runs)]) == 0
     again = studies_by_name(journal(runs, "ci"))
     assert sum(len(s.trials) for s in again.values()) == sum(len(s.trials) for s in studies.values())
+    # ... and the same answer: untracked, it is read from the study's own record (Optuna journal)
+    # where the first run read the tracking store back; the numbers agree to the last digit.
+    rerun = capsys.readouterr().out
+    assert _answer_lines(rerun) == _answer_lines(out)
+
+
+def _answer_lines(out: str) -> list[str]:
+    """The comparison block a run ends with, less its last line (the command differs by source)."""
+    block = out[out.index("X+head vs X") :].splitlines()
+    end = next(i for i, line in enumerate(block) if line.startswith("the rest"))
+    return block[:end]
+
+
+def test_the_run_ends_with_the_answer_the_report_gives(ci_study, capsys):
+    """Below its table, ``run`` prints each X+head vs X with Δ, its interval, q (the report's
+    numbers, from the same rows) and the command that prints the rest; cells go by short titles."""
+    study = load_study(ci_study.path)
+    title = {c.label: c.title for c in study.cells}
+    assert set(title.values()) == {"ce · noise 0", "ce · noise 0.4", "ce+fnpal · noise 0", "ce+fnpal · noise 0.4"}
+    lines = _answer_lines(ci_study.out)
+    assert lines[0].startswith("X+head vs X: test accuracy, Δ in points paired by seed")
+    assert f"pal-study report ci --runs-dir {ci_study.runs} --tracking-uri {ci_study.uri}" in ci_study.out
+    assert main(["report", "ci", "--runs-dir", str(ci_study.runs), "--tracking-uri", ci_study.uri, "-f", "json"]) == 0
+    comps = json.loads(capsys.readouterr().out)["comparisons"]
+    assert len(comps) == 2 and len(lines) >= 3
+    for comp in comps:
+        row = next(line for line in lines if line.strip().startswith(title[comp["cell"]] + " "))
+        assert f"vs {title[comp['baseline']]} " in row
+        delta = f"Δ {100 * comp['delta']:+.2f}"
+        ci = (
+            f" [{100 * comp['ci_low']:+.2f}, {100 * comp['ci_high']:+.2f}]"
+            if comp["ci_low"] is not None
+            else f" (unbounded at n={comp['n_pairs']})"
+        )
+        assert delta + ci in row, (row, comp)
+        assert f"q {comp['q']:.3g} " in row and f"n={comp['n_pairs']}" in row
+    # two seeds cannot reach α: the block says so rather than letting the numbers look certain
+    assert any("with 2 seeds no difference can reach α=0.05" in line for line in lines)
 
 
 @pytest.mark.parametrize("pruner, expected", [("median", TrialState.PRUNED), ("none", TrialState.COMPLETE)])

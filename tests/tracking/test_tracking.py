@@ -14,7 +14,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from pal_study.analysis.report import aggregate, fetch_finals
 from pal_study.cli import main
+from pal_study.tracking import open_store
 from tests.support import EPOCHS, study_file
 
 # Studies run on one local Ray per test process (tests/conftest.py).
@@ -291,14 +293,47 @@ def _read_url(proc: subprocess.Popen, label: str, deadline: float) -> str:
     raise AssertionError(f"no {label!r} line: {''.join(seen)}")
 
 
+# Is the element's text shown in full (no ellipsis: nothing cut by its own or an ancestor's width)?
+_SHOWN_IN_FULL = """(el) => {
+  for (let e = el; e && e !== document.body; e = e.parentElement) {
+    if (e.scrollWidth > e.clientWidth + 1 && getComputedStyle(e).overflowX !== 'visible') return false;
+  }
+  const r = el.getBoundingClientRect();
+  return r.width > 0 && r.right <= window.innerWidth;
+}"""
+
+
+def _close_assistant(page) -> None:
+    """MLflow 3 opens its assistant panel beside the runs on a first visit (a third of a 1400 px
+    window); a person closes it once and the UI remembers."""
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
+        page.wait_for_timeout(500)
+
+
+def _headers(page) -> list[str]:
+    """The runs table's column headers, left to right as drawn."""
+    cells = page.eval_on_selector_all(
+        ".ag-header-cell[col-id]",
+        "els => els.map(e => [e.getBoundingClientRect().left, e.getAttribute('col-id'), e.innerText.trim()])",
+    )
+    return [text for _left, _id, text in sorted(cells) if text]
+
+
 def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
     """`pal-study ui --study` serves on loopback only and prints the URL of the study's cells; in
-    headless Chromium, as a person would open it, that page shows every cell with its
-    final_test_acc_mean, and the chart view compares the cells. Screenshots: tests/artifacts/."""
+    headless Chromium 1400 px wide, as a person would open it, that page lists every cell by its
+    short title in full, and opens on the columns people read first, in order and rounded (test
+    acc mean ± std, Δ [interval], q, verdict: the report's numbers); the chart view shows test
+    accuracy per cell and Δ with its interval, each cell named in full in the legends.
+    Screenshots: tests/artifacts/."""
     import time
     import urllib.request
 
-    _tmp, uri, _ = tracked_study
+    from pal_study.study import load_study
+
+    _tmp, uri, path = tracked_study
     port = _closed_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pal_study.cli", "ui", "--port", str(port), "--study", "tracked", "--tracking-uri", uri],
@@ -330,6 +365,9 @@ def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
         assert chart_url == table_url + "&compareRunsMode=CHART"
         cells = client.search_runs([exp.experiment_id], "tags.stage = 'cell'")
         assert len(cells) == 4
+        titles = {c.title for c in load_study(path).cells}
+        assert {c.info.run_name for c in cells} == titles
+        assert titles == {"ce · noise 0", "ce · noise 0.4", "ce+fnpal · noise 0", "ce+fnpal · noise 0.4"}
         if not os.path.exists(CHROMIUM):
             pytest.skip(f"{CHROMIUM} not found; install Debian's chromium package (.ci/run does)")
         from playwright.sync_api import sync_playwright
@@ -341,31 +379,51 @@ def test_ui_opens_on_the_cells_in_a_real_browser(tracked_study):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
             try:
-                page = browser.new_page(viewport={"width": 1800, "height": 1000})
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
                 page.set_default_timeout(60_000)
                 page.goto(table_url)
                 page.get_by_text("4 matching runs").first.wait_for()
-                page.get_by_text("final_test_acc_mean").first.wait_for()
+                page.get_by_text("Δ test acc", exact=True).first.wait_for()
+                _close_assistant(page)
                 page.keyboard.press("Escape")
                 text = page.inner_text("body")
+                headers = _headers(page)
+                names_in_full = {t: page.get_by_text(t, exact=True).first.evaluate(_SHOWN_IN_FULL) for t in titles}
                 page.screenshot(path=str(shots["table"]))
                 page.goto(chart_url)
                 page.get_by_text("4 matching runs").first.wait_for()
-                page.get_by_text("final_test_acc_mean").first.wait_for()
+                page.get_by_text("Test accuracy per cell", exact=False).first.wait_for()
+                _close_assistant(page)
                 page.wait_for_timeout(1500)  # the charts draw after the runs list
                 charts = page.inner_text("body")
+                legend_in_full = {}
+                for t in titles:  # a name is in the run list and in each chart's legend
+                    found = page.get_by_text(t, exact=True)
+                    legend_in_full[t] = [found.nth(i).evaluate(_SHOWN_IN_FULL) for i in range(found.count())]
                 page.screenshot(path=str(shots["charts"]))
             finally:
                 browser.close()
+        # Every cell's name readable in full in the table ...
+        assert all(names_in_full.values()), names_in_full
+        # ... and the first columns after the run's name and date, in this order:
+        first = [h for h in headers if h not in ("Run Name", "Created")][:4]
+        assert first == ["test acc", "Δ test acc", "q", "verdict"], headers
+        rows = aggregate(fetch_finals(open_store(uri), "tracked")[2])
         for cell in cells:
-            label, mean = cell.data.tags["cell"], cell.data.metrics["final_test_acc_mean"]
-            assert label in text, (label, text[:3000])
-            # the UI prints the full float (JavaScript's shortest repr, as Python's)
-            assert repr(mean) in text, (label, mean, text[:3000])
-            assert label in charts
+            tags = cell.data.tags
+            row = next(r for r in rows if r.cell == tags["cell"])
+            mean, std = row.stats["test_acc"]
+            # rounded as the report prints it, the report's numbers
+            assert tags["test acc"] == f"{100 * mean:.2f} ± {100 * std:.2f}" and tags["test acc"] in text
+            if row.comparison is not None:
+                assert tags["Δ test acc"].startswith(f"{100 * row.comparison.delta:+.2f}")
+                assert tags["Δ test acc"] in text and tags["q"] == f"{row.comparison.q:.3g}"
+                assert tags["verdict"] in text  # the noise-0.4 pair is a claim's; the other is in the ece claim
+        # The chart view: test accuracy per cell, Δ and its interval; legends name cells in full.
         assert "final_test_acc_mean" in charts and "delta_test_acc" in charts
+        assert all(len(v) >= 2 and all(v) for v in legend_in_full.values()), legend_in_full
         # the chart view compares cells: no seed's or trial's run is listed
-        assert "final seed" not in charts and " #0" not in charts
+        assert "· final seed" not in charts and " #0" not in charts
         for shot in shots.values():
             assert shot.read_bytes()[:4] == b"\x89PNG"
     finally:
