@@ -83,13 +83,13 @@ def main() -> int:
             browser = p.chromium.launch(
                 executable_path="/usr/bin/chromium", args=["--headless", "--no-sandbox", "--disable-gpu"]
             )
-            page = browser.new_page(viewport={"width": 1700, "height": 900})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
             for kind, url in urls.items():
                 page.goto(url)
                 page.get_by_text("14 matching runs").first.wait_for()
-                page.get_by_text("final_test_acc_mean").first.wait_for()
-                close = page.get_by_role("button", name="Close", exact=True)  # the Assistant side panel
+                page.get_by_text("Δ test acc" if kind == "table" else "Test accuracy per cell").first.wait_for()
+                close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")  # the Assistant panel
                 if close.count() and close.first.is_visible():
                     close.first.click()
                 page.wait_for_timeout(1500)
