@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pal_study.analysis.journal import StudyRecord, direction_mode
 from pal_study.errors import ConfigError
-from pal_study.layout import JOURNAL, LOCK, STATUS, STUDY_COPY, cell_key
+from pal_study.layout import JOURNAL, LOCK, STATUS, STUDY_COPY, cell_key, cell_titles
 from pal_study.study.events import Event, FinalEnded, FinalsSkipped, TrialEnded
 from pal_study.study.store import best_trial, failure_counts, jsonable, lock_owner, state_counts
 
@@ -138,6 +138,7 @@ class CellStatus:
     final_mean: float | None
     phase: str  # tuning | finals | done
     failures: list[Failure]
+    title: str = ""  # the cell's short name among the study's cells (layout.cell_titles)
 
 
 @dataclass(frozen=True)
@@ -472,6 +473,12 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
     ]
     running, owner = driver_running(study_dir, now)
 
+    # Stored by this version (study.json); computed from the factors for a study stored before.
+    computed = cell_titles([dict(c.get("factors") or {}) for c in cell_meta]) if cell_meta else []
+    titles = {
+        int(c["index"]): c.get("title") or (t if c.get("factors") else None)
+        for c, t in zip(cell_meta, computed, strict=True)
+    }
     cells: list[CellStatus] = []
     all_failures: dict[str, int] = {}
     timings = _Timings()
@@ -481,7 +488,7 @@ def study_status(study_dir: Path, *, storage: JournalStorage | None = None, now:
         status, fails, finals_left = _cell_status(
             cell, trials.tuning.get(idx, []), trials.finals.get(idx, []), meta, mode, running, timings
         )
-        cells.append(status)
+        cells.append(replace(status, title=str(titles.get(idx) or status.label)))
         finals_remaining += finals_left
         for reason, n in fails.items():
             all_failures[reason] = all_failures.get(reason, 0) + n
@@ -660,7 +667,7 @@ def _cell_row(c: CellStatus, escape: Callable[[str], str]) -> list[str]:
     running = str(c.running) + (f" (+{c.interrupted} interrupted)" if c.interrupted else "")
     return [
         str(c.index),
-        escape(c.label),
+        escape(c.title or c.label),
         c.phase,
         str(c.completed),
         str(c.pruned),

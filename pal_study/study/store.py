@@ -262,6 +262,7 @@ class StudyStore:
                         {
                             "index": c.index,
                             "label": c.label,
+                            "title": c.name,
                             "factors": c.factors,
                             "method": c.method,
                             "budget": self.study.budget(c),

@@ -193,7 +193,7 @@ def test_status_of_the_finished_study_matches_optuna(live):
         assert (c["best_value"], c["best_params"], c["best_trial"]) == (best.value, best.params, best.number)
         finals = optuna.load_study(study_name=f"live/cell{c['index']:03d}/finals", storage=storage).trials
         assert c["finals_done"] == c["finals_planned"] == len(finals) == 1 and c["phase"] == "done"
-        assert c["label"] in table
+        assert c["title"] in table and c["title"] != c["label"]  # the short name, stored in study.json
     assert "done" in table and "Traceback" not in table
 
 
@@ -264,11 +264,14 @@ def test_counts_best_failures_and_eta_of_a_stopped_study(tmp_path):
 def test_an_older_study_json_without_per_cell_budgets(tmp_path):
     store, _ = synthetic(tmp_path)
     copy = json.loads((store.dir / "study.json").read_text())
+    titles = [c["title"] for c in copy["cells"]]
     for c in copy["cells"]:
-        for key in ("budget", "epochs", "finals_planned"):
+        for key in ("budget", "epochs", "finals_planned", "title"):
             del c[key]
     (store.dir / "study.json").write_text(json.dumps(copy))
     c0, c1 = study_status(store.dir)["cells"]
+    # Titles (stored since cells had them) come from the stored factors, the same as stored ones.
+    assert [c0["title"], c1["title"]] == titles and len(set(titles)) == 2
     # Budget from spec.budget.trials_per_cell, finals from spec.finals.seeds; a cell with finals
     # recorded had ended its tuning.
     assert (c1["budget"], c1["remaining"], c1["finals_planned"]) == (5, 3, 2)
