@@ -120,3 +120,36 @@ def test_cell_labels_round_trip(factors):
 
 def test_labels_that_name_no_factors():
     assert L.factors_of("all") == {} and L.factors_of("") == {}
+
+
+def test_cell_titles_name_only_the_factors_that_vary_method_first():
+    from pal_study.layout import cell_titles
+
+    grid = [
+        {"data.noise.rate": r, "method": m, "data.name": "digits"} for r in (0.0, 0.6) for m in ("ce", "nce+rce+fnpal")
+    ]
+    assert cell_titles(grid) == [
+        "ce · noise 0",
+        "nce+rce+fnpal · noise 0",
+        "ce · noise 0.6",
+        "nce+rce+fnpal · noise 0.6",
+    ]
+    # a sensitivity cell: its parent's factors and the knob, which the other cells lack
+    assert cell_titles([*grid, {**grid[3], "head.scale": 5}])[-1] == "nce+rce+fnpal · noise 0.6 · scale 5"
+    # a data set name stands bare, unknown keys by their last part
+    assert cell_titles(
+        [{"data.name": "mnist", "optim.momentum": 0.9}, {"data.name": "cifar10", "optim.momentum": 0.0}]
+    ) == [
+        "mnist · momentum 0.9",
+        "cifar10 · momentum 0",
+    ]
+    # one cell: its method (nothing varies); no factors at all: "all"
+    assert cell_titles([{"method": "ce"}]) == ["ce"] and cell_titles([{}]) == ["all"]
+
+
+def test_cell_titles_fall_back_to_labels_where_two_would_coincide():
+    from pal_study.layout import cell_label, cell_titles
+
+    # two keys with the same word ("rate"), each cell having one of them: both would read "rate 1"
+    cells = [{"a.rate": 1}, {"b.rate": 1}]
+    assert cell_titles(cells) == [cell_label(c) for c in cells]
