@@ -24,16 +24,25 @@ from pydantic import (
     model_validator,
 )
 
-# The allowed values of the config come from the registries: data sets (data/sets/), heads
-# (heads.py), losses and their hyperparameters (losses.py), models (models.py).
+# The allowed values of the config come from the registries' tables, which need no torch: data sets
+# (data/sets/), heads, losses and their hyperparameters, models (specs/; heads.py, losses.py and
+# models.py build them).
 from pal_study.data.sets import DATASET_REGISTRY, dataset_names, get_dataset
 from pal_study.data.sets.base import RECIPE_OPTIM_KEYS
 from pal_study.errors import ConfigError, KeyedError
-from pal_study.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
-from pal_study.losses import DRW_BETA, LOSS_REGISTRY, PARAM_REGISTRY, LossParam, config_params, get_loss, loss_defaults
 from pal_study.methods import method_label, parse_method
-from pal_study.models import MODEL_REGISTRY, default_arch
 from pal_study.schema import StrictModel as _Strict
+from pal_study.specs.heads import ANCHORED_HEADS, DEFAULT_SCALE, HEADS, NORMALIZED_HEADS
+from pal_study.specs.losses import (
+    DRW_BETA,
+    LOSS_REGISTRY,
+    PARAM_REGISTRY,
+    LossParam,
+    config_params,
+    get_loss,
+    loss_defaults,
+)
+from pal_study.specs.models import MODEL_REGISTRY, default_arch
 
 
 def _finite(v: float | None) -> float | None:

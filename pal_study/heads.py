@@ -16,41 +16,41 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pal_study.prototypes import DEFAULT_STEPS, make_prototypes
-from pal_study.registry import Registry
+
+# The table of head kinds and its constants (torch-free, for the trial config): re-exported here.
+from pal_study.specs.heads import (
+    ANCHORED_HEADS,
+    DEFAULT_SCALE,
+    HEAD_REGISTRY,
+    HEADS,
+    NORMALIZED_HEADS,
+    PLAIN_HEAD,
+    HeadSpec,
+)
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "ANCHORED_HEADS",
+    "DEFAULT_SCALE",
+    "HEADS",
+    "HEAD_REGISTRY",
+    "NORMALIZED_HEADS",
+    "PLAIN_HEAD",
+    "AnchoredHead",
+    "Head",
+    "HeadSpec",
+    "LinearHead",
+    "NormHead",
+    "build_head",
+]
 
-@dataclass(frozen=True)
-class HeadSpec:
-    name: str
-    anchored: bool  # fixed prototypes (a buffer), never trained
-    normalized: bool  # logits are s·cos: bounded, take a scale s and cosine margins
-    summary: str
-
-
-HEAD_REGISTRY: Registry[HeadSpec] = Registry("head kind")
-for _spec in (
-    HeadSpec("linear", anchored=False, normalized=False, summary="W z + b, learnable (the plain baseline)"),
-    HeadSpec("pal", anchored=True, normalized=False, summary="W* z, anchored prototypes, raw features"),
-    HeadSpec("fnpal", anchored=True, normalized=True, summary="s · cos(z, W*), anchored prototypes, unit features"),
-    HeadSpec("norm", anchored=False, normalized=True, summary="s · cos(z, W), learnable normalised W (ablation)"),
-):
-    HEAD_REGISTRY.add(_spec.name, _spec)
-
-# The one definition of the head constants (the trial config reads them from here).
-HEADS: tuple[str, ...] = HEAD_REGISTRY.names()
-PLAIN_HEAD = "linear"  # the baseline head: a method label never names it (``ce`` is CE on it)
-ANCHORED_HEADS: tuple[str, ...] = tuple(h.name for h in HEAD_REGISTRY.entries() if h.anchored)
-NORMALIZED_HEADS: tuple[str, ...] = tuple(h.name for h in HEAD_REGISTRY.entries() if h.normalized)
-DEFAULT_SCALE = 10.0  # s of a normalised head when neither the config nor the loss sets one
 
 # Same as F.normalize's default: an all-zero feature maps to 0 (cosine 0), never NaN.
 _EPS = 1e-12

@@ -10,8 +10,8 @@ figures and the trial config read losses and heads through it, in the registries
 
 from __future__ import annotations
 
-from pal_study.heads import HEAD_REGISTRY, PLAIN_HEAD
-from pal_study.losses import LOSS_REGISTRY
+from pal_study.specs.heads import HEAD_REGISTRY, PLAIN_HEAD
+from pal_study.specs.losses import LOSS_REGISTRY
 
 
 def suffix_heads() -> tuple[str, ...]:

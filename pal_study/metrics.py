@@ -10,14 +10,28 @@ so that a CUDA evaluation loop never waits on the host until ``compute()``.
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any
 
 import torch
 
+# The helpers on plain numbers live where the analysis and the data sets read them without torch.
+from pal_study.plain_metrics import GROUP_THRESHOLDS, group_accuracy, mean_std, scaled_thresholds
+
+__all__ = [
+    "GROUP_THRESHOLDS",
+    "N_BINS",
+    "EvalAccumulator",
+    "accuracy",
+    "expected_calibration_error",
+    "feature_norm_stats",
+    "group_accuracy",
+    "mean_std",
+    "per_class_accuracy",
+    "sample_margins",
+    "scaled_thresholds",
+]
+
 N_BINS = 15
-GROUP_THRESHOLDS = (100, 20)  # many > 100 ≥ medium ≥ 20 > few training images (docs/method.md §6)
 
 
 def _pred(logits_or_pred: torch.Tensor) -> torch.Tensor:
@@ -48,52 +62,6 @@ def per_class_accuracy(pred: torch.Tensor, labels: torch.Tensor, num_classes: in
         mine = labels == c
         n = int(mine.sum())
         out.append(None if n == 0 else int((pred[mine] == c).sum()) / n)
-    return out
-
-
-def scaled_thresholds(
-    class_counts: list[int], reference_max: int = 500, thresholds: tuple[float, float] = GROUP_THRESHOLDS
-) -> tuple[float, float]:
-    """Many/medium/few thresholds (default 100, 20 training images), scaled down for small data sets.
-
-    The thresholds were defined on CIFAR-100-LT / ImageNet-LT, whose largest class has ~500-1280
-    images. On digits (largest class ~130) they would put every class in "medium" or "few", so
-    they shrink by max(counts) / reference_max, and never grow. A data set declares its own
-    ``thresholds`` and ``reference_max`` (``DatasetSpec.group_thresholds``).
-    """
-    factor = min(1.0, max(class_counts) / reference_max) if len(class_counts) else 1.0
-    hi, lo = thresholds
-    return hi * factor, lo * factor
-
-
-def mean_std(values: list[float | None]) -> tuple[float, float] | None:
-    """(mean, sample std) of the finite values (std 0.0 for one value); None when there are none."""
-    kept = [v for v in values if v is not None and math.isfinite(v)]
-    if not kept:
-        return None
-    return statistics.fmean(kept), (statistics.stdev(kept) if len(kept) > 1 else 0.0)
-
-
-def group_accuracy(
-    per_class_acc: list[float | None], class_counts: list[int], thresholds: tuple[float, float] = GROUP_THRESHOLDS
-) -> dict[str, Any]:
-    """Mean per-class accuracy of classes with > hi (many), in [lo, hi] (medium), < lo (few)
-    training images; ``None`` for an empty group. Classes without test samples are left out.
-
-    Also returns ``<group>_classes`` (how many classes each mean covers) and ``thresholds`` [hi, lo].
-    """
-    if len(per_class_acc) != len(class_counts):
-        raise ValueError(f"per_class_acc has {len(per_class_acc)} classes, class_counts {len(class_counts)}")
-    hi, lo = thresholds
-    if lo > hi:
-        raise ValueError(f"thresholds must be (hi, lo) with lo <= hi, got {tuple(thresholds)}")
-    groups: dict[str, list[float]] = {"many": [], "medium": [], "few": []}
-    for acc, n in zip(per_class_acc, class_counts, strict=False):
-        if acc is not None:
-            groups["many" if n > hi else "few" if n < lo else "medium"].append(acc)
-    out: dict[str, Any] = {g: (sum(v) / len(v) if v else None) for g, v in groups.items()}
-    out.update({f"{g}_classes": len(v) for g, v in groups.items()})
-    out["thresholds"] = [float(hi), float(lo)]
     return out
 
 

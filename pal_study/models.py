@@ -18,39 +18,33 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pal_study.data.sets import DATASET_REGISTRY
-from pal_study.registry import Registry
+# The table of backbones (torch-free, for the trial config; it names the builds below): re-exported here.
+from pal_study.specs.models import MODEL_REGISTRY, MODELS, ModelSpec, default_arch, list_models
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "MODELS",
+    "MODEL_REGISTRY",
+    "Backbone",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "default_arch",
+    "list_models",
+    "register_model",
+]
 
 
 class Backbone(nn.Module):
     """What a backbone's build gives: ``forward(x)`` is (batch, ``feature_dim``) features."""
 
     feature_dim: int
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """A backbone: ``build(input_shape, last_relu)`` -> module with ``feature_dim`` outputs."""
-
-    name: str
-    build: Callable[[tuple[int, ...], bool], Backbone]
-    feature_dim: int
-    # Image nets take (C, H, W) with H, W >= min_side (every 2×2 max-pool / stride-2 stage must
-    # leave >= 1 pixel); None: any shape, flattened.
-    min_side: int | None
-    summary: str
-
-
-MODEL_REGISTRY: Registry[ModelSpec] = Registry("model")
-MODELS = MODEL_REGISTRY  # names: iterate, ``in``, ``MODELS.get(name)``
 
 
 def register_model(
@@ -63,10 +57,6 @@ def register_model(
         return build
 
     return deco
-
-
-def list_models() -> list[str]:
-    return list(MODEL_REGISTRY.names())
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:
@@ -287,55 +277,33 @@ def _as_sequence(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------------------------
-# The registry, in listing order.
+# The built-in backbones' builds (named in pal_study.specs.models' table, in listing order).
 
 
-@register_model(
-    "digits_mlp",
-    feature_dim=128,
-    min_side=None,
-    summary="MLP 256-128 with BN, any input shape (flattened); digits' default",
-)
 def _digits_mlp(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return DigitsMLP(math.prod(shape), last_relu=last_relu)
 
 
-@register_model("digits_cnn", feature_dim=128, min_side=2, summary="2 convs + max-pool + FC128, for small images")
 def _digits_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return DigitsCNN(*shape, last_relu=last_relu)
 
 
-@register_model("mnist_cnn", feature_dim=128, min_side=4, summary="APL's 4-layer MNIST CNN; MNIST's default")
 def _mnist_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return MnistCNN(*shape, last_relu=last_relu)
 
 
-@register_model("cifar_cnn8", feature_dim=256, min_side=8, summary="APL's 8-layer CIFAR CNN; CIFAR-10's default")
 def _cifar_cnn8(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return CifarCNN8(*shape, last_relu=last_relu)
 
 
-@register_model("resnet32", feature_dim=64, min_side=4, summary="LDAM-DRW's CIFAR ResNet-32; CIFAR-100's default")
 def _resnet32(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return ResNet32(shape[0], last_relu=last_relu)
 
 
-@register_model(
-    "mnist1d_mlp",
-    feature_dim=100,
-    min_side=None,
-    summary="MNIST-1D paper's MLP 100-100 (no BN), any input shape (flattened)",
-)
 def _mnist1d_mlp(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     return Mnist1dMLP(math.prod(shape), last_relu=last_relu)
 
 
-@register_model(
-    "mnist1d_cnn",
-    feature_dim=128,
-    min_side=None,
-    summary="3 conv1d + 2 max-pools + FC128, for sequences (C, L >= 4); MNIST-1D's default",
-)
 def _mnist1d_cnn(shape: tuple[int, ...], last_relu: bool) -> Backbone:
     c, length = _as_sequence(shape)
     if length < 4:
@@ -381,11 +349,3 @@ def build_model(
             model = spec.build(shape, last_relu)
     log.debug("built %s for %s (last_relu=%s): %d parameters", arch, shape, last_relu, count_parameters(model))
     return model
-
-
-def default_arch(dataset: str, input_shape: tuple[int, ...]) -> str:
-    """The data set's network (its ``DatasetSpec.default_arch``, docs/method.md §5); synthetic data
-    picks by input shape (see ``data/sets/synthetic.py``)."""
-    if dataset not in DATASET_REGISTRY:
-        raise ValueError(f"unknown dataset {dataset!r}; allowed: {', '.join(DATASET_REGISTRY.names())}")
-    return DATASET_REGISTRY.get(dataset).arch_for(tuple(int(d) for d in input_shape))

@@ -38,6 +38,8 @@ CORE = (
     "pal_study.device",
     "pal_study.registry",
     "pal_study.errors",
+    "pal_study.specs",
+    "pal_study.plain_metrics",
 )
 ANALYSIS, STUDY, TRACKING, CLI, LAYOUT = (
     "pal_study.analysis",

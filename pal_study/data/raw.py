@@ -8,8 +8,10 @@ other in a cycle.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # the annotations only: the data set declarations import this without torch
+    import torch
 
 
 @dataclass

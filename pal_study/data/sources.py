@@ -1,5 +1,6 @@
-"""Clean data sources: sklearn digits, torchvision image sets (MNIST / CIFAR-10 / CIFAR-100),
-synthetic Gaussians. Which set reads what (files, classes, layout) is declared in ``data/sets/``.
+"""Clean data sources: sklearn digits, torchvision image sets (MNIST / CIFAR-10 / CIFAR-100); the
+synthetic Gaussians and MNIST-1D are made in their data set's module. Which set reads what (files,
+classes, layout) is declared in ``data/sets/``.
 
 Each loader returns a :class:`RawData`: a clean training pool and a clean test set as float32
 tensors, normalised per channel with the mean/std of the source's training split, plus int64
@@ -9,16 +10,14 @@ labels. Corruption (long tail, noise) and the validation split happen later, in 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from pal_study.data.batching import AUGMENTS
 from pal_study.data.raw import RawData
 
 if TYPE_CHECKING:
@@ -30,19 +29,6 @@ log = logging.getLogger(__name__)
 # and every cell of a study is scored on the same test images.
 DIGITS_SPLIT_SEED = 0
 DIGITS_TEST_FRACTION = 0.2
-
-# The one definition of the synthetic data set's defaults; the trial config's ``data.synthetic``
-# section takes its defaults from here.
-SYNTHETIC_DEFAULTS: dict[str, Any] = dict(
-    num_classes=10,
-    dim=32,
-    train_per_class=200,
-    test_per_class=100,
-    separation=3.0,
-    input_shape=None,
-    data_seed=0,
-    augment="none",
-)
 
 DEFAULT_ROOT_ENV = "PAL_STUDY_DATA"
 
@@ -218,75 +204,4 @@ def load_torchvision(
         augment=augment,
         mean=m,
         std=s,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# synthetic
-
-
-def synthetic_params(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Defaults merged with ``overrides`` (None values mean "default"), validated."""
-    p = dict(SYNTHETIC_DEFAULTS)
-    for key, value in dict(overrides or {}).items():
-        if key not in SYNTHETIC_DEFAULTS:
-            raise ValueError(f"unknown synthetic option {key!r}; allowed: {tuple(SYNTHETIC_DEFAULTS)}")
-        if value is not None:
-            p[key] = value
-    for key in ("num_classes", "dim", "train_per_class", "test_per_class", "data_seed"):
-        v = p[key]
-        low = 2 if key == "num_classes" else (0 if key == "data_seed" else 1)
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise ValueError(f"synthetic {key} must be an int >= {low}, got {v!r}")
-    sep = p["separation"]
-    if isinstance(sep, bool) or not isinstance(sep, (int, float)) or not math.isfinite(sep) or sep < 0:
-        raise ValueError(f"synthetic separation must be a finite number >= 0, got {sep!r}")
-    shape = p["input_shape"]
-    if shape is not None:
-        shape = tuple(shape)
-        if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
-            raise ValueError(
-                f"synthetic input_shape must be a non-empty sequence of ints >= 1, got {p['input_shape']!r}"
-            )
-        p["input_shape"] = tuple(int(d) for d in shape)
-    if p["augment"] not in AUGMENTS:
-        raise ValueError(f"synthetic augment must be one of {AUGMENTS}, got {p['augment']!r}")
-    if p["augment"] == "crop_flip" and (shape is None or len(shape) != 3):
-        raise ValueError("synthetic augment='crop_flip' needs an image input_shape (C, H, W)")
-    return p
-
-
-def make_synthetic(overrides: Mapping[str, Any] | None = None) -> RawData:
-    """Gaussian classes: class c has mean ``separation · u_c`` (u_c a random unit vector) and
-    identity covariance, in d = ``dim`` dimensions, or d = prod(input_shape) reshaped to
-    ``input_shape`` when that is given (image-shaped data for benchmarks).
-
-    The data are drawn from ``data_seed`` (default 0), not the trial seed: like a real data set
-    they stay fixed while the trial seed varies corruption, splits and training. They are used
-    as drawn (roughly zero mean, per-coordinate variance 1 + separation²/d), not re-normalised.
-    """
-    p = synthetic_params(overrides)
-    k, shape = p["num_classes"], p["input_shape"] or (p["dim"],)
-    d = math.prod(shape)
-    gen = torch.Generator(device="cpu").manual_seed(p["data_seed"])
-    dirs = torch.randn(k, d, generator=gen)
-    means = float(p["separation"]) * dirs / dirs.norm(dim=1, keepdim=True)
-
-    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
-        y = torch.arange(k).repeat_interleave(per_class)
-        x = torch.randn(k * per_class, d, generator=gen).add_(means[y])
-        return x.view(-1, *shape), y
-
-    tr_x, tr_y = draw(p["train_per_class"])
-    te_x, te_y = draw(p["test_per_class"])
-    return RawData(
-        train_x=tr_x,
-        train_y=tr_y,
-        test_x=te_x,
-        test_y=te_y,
-        num_classes=k,
-        input_shape=tuple(shape),
-        augment=p["augment"],
-        mean=(0.0,),
-        std=(1.0,),
     )

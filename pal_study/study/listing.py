@@ -15,9 +15,9 @@ from rich.table import Table
 from pal_study import resources
 from pal_study.config import ConfigError, DataConfig, method_name, read_yaml, validate_train_config
 from pal_study.data.sets import DATASET_REGISTRY
-from pal_study.heads import HEADS
-from pal_study.losses import LOSS_REGISTRY, PARAM_REGISTRY
-from pal_study.models import MODEL_REGISTRY
+from pal_study.specs.heads import HEADS
+from pal_study.specs.losses import LOSS_REGISTRY, PARAM_REGISTRY
+from pal_study.specs.models import MODEL_REGISTRY
 from pal_study.study.pruners import PRUNER_REGISTRY
 from pal_study.study.samplers import SAMPLER_REGISTRY
 

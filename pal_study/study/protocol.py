@@ -19,7 +19,7 @@ from pal_study.analysis.stats import underpowered
 from pal_study.config import TrainConfig, resolve
 from pal_study.data.sets import get_dataset
 from pal_study.errors import ConfigError
-from pal_study.heads import NORMALIZED_HEADS
+from pal_study.specs.heads import NORMALIZED_HEADS
 
 # What these checks read of a study and its cells, as structural types: study/spec.py builds both
 # and calls in here, so naming its classes would tie the two modules in a cycle.

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
-from pal_study.metrics import GROUP_THRESHOLDS, scaled_thresholds
+from pal_study.plain_metrics import GROUP_THRESHOLDS, scaled_thresholds
 from pal_study.registry import Registry
 from pal_study.schema import StrictModel
 
@@ -142,7 +142,7 @@ class DatasetSpec:
         return dict(m)
 
     def group_thresholds_for(self, class_counts: list[int]) -> tuple[float, float]:
-        """Many/medium/few thresholds for these training class sizes (see metrics.scaled_thresholds)."""
+        """Many/medium/few thresholds for these training class sizes (see plain_metrics.scaled_thresholds)."""
         return scaled_thresholds(class_counts, self.group_reference_max, self.group_thresholds)
 
 

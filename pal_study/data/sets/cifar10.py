@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pal_study._compat import lenient_cifar
-from pal_study.data.sets.base import DatasetSpec, Recipe
-from pal_study.data.sources import load_torchvision
+from pal_study.data.sets.base import DatasetSpec, Options, Recipe
+
+if TYPE_CHECKING:
+    from pal_study.data.raw import RawData
 
 # LDAM-DRW's CIFAR-LT recipe (used by CIFAR-10 and CIFAR-100 when data.imbalance.ratio > 1):
 # warm-up 5, lr x0.01 at 160 and again at 180; deferred re-weighting (ldam) after 160 epochs, as
@@ -30,13 +34,17 @@ def _cifar10_class() -> type:
     return lenient_cifar(datasets.CIFAR10)
 
 
+def _load(root: Any, download: bool, options: Options) -> RawData:
+    from pal_study.data.sources import load_torchvision  # torch: where the data are read
+
+    return load_torchvision(SPEC, root, download, dataset_class=_cifar10_class, channels_last_arrays=True)
+
+
 SPEC: DatasetSpec = DatasetSpec(
     train_size=50000,
     name="cifar10",
     summary="CIFAR-10 32x32 colour (50k train / 10k test), torchvision files under data.root",
-    load=lambda root, download, options: load_torchvision(
-        SPEC, root, download, dataset_class=_cifar10_class, channels_last_arrays=True
-    ),
+    load=_load,
     input_shape=(3, 32, 32),
     num_classes=10,
     default_arch="cifar_cnn8",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from pal_study._compat import lenient_cifar
-from pal_study.data.sets.base import DatasetSpec, Recipe
+from pal_study.data.sets.base import DatasetSpec, Options, Recipe
 from pal_study.data.sets.cifar10 import CIFAR_LT_RECIPE
-from pal_study.data.sources import load_torchvision
+
+if TYPE_CHECKING:
+    from pal_study.data.raw import RawData
 
 
 def _cifar100_class() -> type:
@@ -14,13 +18,17 @@ def _cifar100_class() -> type:
     return lenient_cifar(datasets.CIFAR100)
 
 
+def _load(root: Any, download: bool, options: Options) -> RawData:
+    from pal_study.data.sources import load_torchvision  # torch: where the data are read
+
+    return load_torchvision(SPEC, root, download, dataset_class=_cifar100_class, channels_last_arrays=True)
+
+
 SPEC: DatasetSpec = DatasetSpec(
     train_size=50000,
     name="cifar100",
     summary="CIFAR-100 32x32 colour (50k train / 10k test), torchvision files under data.root",
-    load=lambda root, download, options: load_torchvision(
-        SPEC, root, download, dataset_class=_cifar100_class, channels_last_arrays=True
-    ),
+    load=_load,
     input_shape=(3, 32, 32),
     num_classes=100,
     # The paper trains ResNet-34 on CIFAR-100; ResNet-32 is what pal-study ships (see README).

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from pal_study.data.sets.base import DatasetSpec, Recipe
+from typing import TYPE_CHECKING, Any
+
+from pal_study.data.sets.base import DatasetSpec, Options, Recipe
 from pal_study.data.sets.mnist import ASYMMETRIC_MAP as MNIST_ASYMMETRIC_MAP
-from pal_study.data.sources import load_digits
+
+if TYPE_CHECKING:
+    from pal_study.data.raw import RawData
+
+
+def _load(root: Any, download: bool, options: Options) -> RawData:
+    from pal_study.data.sources import load_digits  # torch and scikit-learn: where the data are read
+
+    return load_digits()
+
 
 SPEC = DatasetSpec(
     train_size=1437,
     name="digits",
     summary="sklearn 8x8 digits (1437 train / 360 test), in memory: small, fast, CPU-friendly",
-    load=lambda root, download, options: load_digits(),
+    load=_load,
     input_shape=(1, 8, 8),
     num_classes=10,
     default_arch="digits_mlp",

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from pal_study.data.sets.base import DatasetSpec, Recipe
-from pal_study.data.sources import load_torchvision
+from typing import TYPE_CHECKING, Any
+
+from pal_study.data.sets.base import DatasetSpec, Options, Recipe
+
+if TYPE_CHECKING:
+    from pal_study.data.raw import RawData
 
 # APL's asymmetric noise: 7->1, 2->7, 5<->6, 3->8.
 ASYMMETRIC_MAP = {7: 1, 2: 7, 5: 6, 6: 5, 3: 8}
@@ -15,13 +19,17 @@ def _mnist_class() -> type:
     return datasets.MNIST  # its _check_exists only tests that the raw files exist
 
 
+def _load(root: Any, download: bool, options: Options) -> RawData:
+    from pal_study.data.sources import load_torchvision  # torch: where the data are read
+
+    return load_torchvision(SPEC, root, download, dataset_class=_mnist_class, channels_last_arrays=False)
+
+
 SPEC: DatasetSpec = DatasetSpec(
     train_size=60000,
     name="mnist",
     summary="MNIST 28x28 digits (60k train / 10k test), torchvision files under data.root",
-    load=lambda root, download, options: load_torchvision(
-        SPEC, root, download, dataset_class=_mnist_class, channels_last_arrays=False
-    ),
+    load=_load,
     input_shape=(1, 28, 28),
     num_classes=10,
     default_arch="mnist_cnn",

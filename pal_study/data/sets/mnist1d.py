@@ -10,7 +10,8 @@ training. ``data.mnist1d.num_samples`` (default 5,000, a multiple of 10 up to 1,
 a larger variant with the same generator and the same 80/20 split.
 
 Inputs are (1, 40) float32 (one channel, 40 steps), standardised with the training split's
-mean and std; labels 0-9.
+mean and std; labels 0-9. NumPy, torch and the generator are imported where the data are made, not
+with the data set's spec.
 """
 
 from __future__ import annotations
@@ -18,16 +19,19 @@ from __future__ import annotations
 import functools
 import random
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
 from pydantic import Field, field_validator
 
 from pal_study.data.sets.base import DatasetSpec, Recipe, parse_options
 from pal_study.data.sets.mnist import ASYMMETRIC_MAP as MNIST_ASYMMETRIC_MAP
-from pal_study.data.sources import DataError, RawData
 from pal_study.schema import StrictModel
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from pal_study.data.raw import RawData
 
 NUM_CLASSES = 10
 SEQ_LEN = 40  # the package's final_seq_length
@@ -65,6 +69,10 @@ def _generate(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     """The package's ``make_dataset`` at its standard arguments but ``num_samples``, cached per
     process (generation takes ~0.7 s at 5,000). It seeds Python's and NumPy's global RNGs; their
     states are put back so that generating leaves the caller's random streams alone."""
+    import numpy as np
+
+    from pal_study.data.sources import DataError
+
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as e:  # a declared dependency; only a broken install lacks it
@@ -92,6 +100,11 @@ def _generate(num_samples: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 def load_mnist1d(options: Mapping[str, Any] | None = None) -> RawData:
     """Clean MNIST-1D: (N, 1, 40) float32 standardised with the training split's mean/std."""
+    import numpy as np
+    import torch
+
+    from pal_study.data.raw import RawData
+
     p = mnist1d_params(options)
     x, y, x_test, y_test = _generate(p["num_samples"])
     mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))

@@ -1,18 +1,34 @@
-"""Synthetic Gaussian classes (``data.synthetic`` options; defaults: ``sources.SYNTHETIC_DEFAULTS``)."""
+"""Synthetic Gaussian classes (``data.synthetic`` options; defaults: ``SYNTHETIC_DEFAULTS``), drawn in memory
+(torch is imported where they are drawn, not with the data set's spec)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from pal_study.data.sets.base import DatasetSpec, Recipe
-from pal_study.data.sources import SYNTHETIC_DEFAULTS, make_synthetic
 from pal_study.errors import KeyedError
 from pal_study.schema import StrictModel
 
-_SYN = SYNTHETIC_DEFAULTS  # the one definition of the synthetic defaults (data/sources.py)
+if TYPE_CHECKING:
+    from pal_study.data.raw import RawData
+
+# The one definition of the synthetic data set's defaults; the trial config's ``data.synthetic``
+# section (SyntheticOptions) takes its defaults from here.
+SYNTHETIC_DEFAULTS: dict[str, Any] = dict(
+    num_classes=10,
+    dim=32,
+    train_per_class=200,
+    test_per_class=100,
+    separation=3.0,
+    input_shape=None,
+    data_seed=0,
+    augment="none",
+)
+_SYN = SYNTHETIC_DEFAULTS
 
 
 class SyntheticOptions(StrictModel):
@@ -67,6 +83,85 @@ def _arch(shape: tuple[int, ...]) -> str:
 
 def _next_class(num_classes: int) -> dict[int, int]:
     return {i: (i + 1) % num_classes for i in range(num_classes)}
+
+
+# --------------------------------------------------------------------------------------------
+# The data
+
+
+def synthetic_params(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Defaults merged with ``overrides`` (None values mean "default"), validated."""
+    import numpy as np
+
+    from pal_study.data.batching import AUGMENTS
+
+    p = dict(SYNTHETIC_DEFAULTS)
+    for key, value in dict(overrides or {}).items():
+        if key not in SYNTHETIC_DEFAULTS:
+            raise ValueError(f"unknown synthetic option {key!r}; allowed: {tuple(SYNTHETIC_DEFAULTS)}")
+        if value is not None:
+            p[key] = value
+    for key in ("num_classes", "dim", "train_per_class", "test_per_class", "data_seed"):
+        v = p[key]
+        low = 2 if key == "num_classes" else (0 if key == "data_seed" else 1)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise ValueError(f"synthetic {key} must be an int >= {low}, got {v!r}")
+    sep = p["separation"]
+    if isinstance(sep, bool) or not isinstance(sep, (int, float)) or not math.isfinite(sep) or sep < 0:
+        raise ValueError(f"synthetic separation must be a finite number >= 0, got {sep!r}")
+    shape = p["input_shape"]
+    if shape is not None:
+        shape = tuple(shape)
+        if not shape or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+            raise ValueError(
+                f"synthetic input_shape must be a non-empty sequence of ints >= 1, got {p['input_shape']!r}"
+            )
+        p["input_shape"] = tuple(int(d) for d in shape)
+    if p["augment"] not in AUGMENTS:
+        raise ValueError(f"synthetic augment must be one of {AUGMENTS}, got {p['augment']!r}")
+    if p["augment"] == "crop_flip" and (shape is None or len(shape) != 3):
+        raise ValueError("synthetic augment='crop_flip' needs an image input_shape (C, H, W)")
+    return p
+
+
+def make_synthetic(overrides: Mapping[str, Any] | None = None) -> RawData:
+    """Gaussian classes: class c has mean ``separation · u_c`` (u_c a random unit vector) and
+    identity covariance, in d = ``dim`` dimensions, or d = prod(input_shape) reshaped to
+    ``input_shape`` when that is given (image-shaped data for benchmarks).
+
+    The data are drawn from ``data_seed`` (default 0), not the trial seed: like a real data set
+    they stay fixed while the trial seed varies corruption, splits and training. They are used
+    as drawn (roughly zero mean, per-coordinate variance 1 + separation²/d), not re-normalised.
+    """
+    import torch
+
+    from pal_study.data.raw import RawData
+
+    p = synthetic_params(overrides)
+    k, shape = p["num_classes"], p["input_shape"] or (p["dim"],)
+    d = math.prod(shape)
+    gen = torch.Generator(device="cpu").manual_seed(p["data_seed"])
+    dirs = torch.randn(k, d, generator=gen)
+    means = float(p["separation"]) * dirs / dirs.norm(dim=1, keepdim=True)
+
+    def draw(per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        y = torch.arange(k).repeat_interleave(per_class)
+        x = torch.randn(k * per_class, d, generator=gen).add_(means[y])
+        return x.view(-1, *shape), y
+
+    tr_x, tr_y = draw(p["train_per_class"])
+    te_x, te_y = draw(p["test_per_class"])
+    return RawData(
+        train_x=tr_x,
+        train_y=tr_y,
+        test_x=te_x,
+        test_y=te_y,
+        num_classes=k,
+        input_shape=tuple(shape),
+        augment=p["augment"],
+        mean=(0.0,),
+        std=(1.0,),
+    )
 
 
 SPEC = DatasetSpec(
