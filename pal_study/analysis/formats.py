@@ -26,7 +26,6 @@ from typing import Any
 from rich.table import Table
 
 from pal_study.analysis.claims import render_verdicts
-from pal_study.analysis.figures import study_figures
 from pal_study.analysis.importance import importance_png, render_importances
 from pal_study.analysis.ranking import cd_diagram_png
 from pal_study.analysis.report import GROUPS, Analysis, CellRow, comparisons
@@ -525,6 +524,8 @@ def figures(rows: list[CellRow], curves: dict[str, list[Any]] | None = None) -> 
     """The study's figures (pal_study/analysis/figures.py): accuracy vs noise / imbalance with CI bands,
     the forest plot of every comparison, many/medium/few, prototype and feature norms, and, from
     the Optuna journal's ``curves``, learning curves and the objective against each parameter."""
+    from pal_study.analysis.figures import study_figures  # matplotlib: only where figures are drawn
+
     return study_figures([r for r in rows if r.variant is None], curves)
 
 

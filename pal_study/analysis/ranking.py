@@ -7,8 +7,9 @@ only in the method. Two views across conditions:
 (higher is better; rank 1 = best; ties share the average rank, ``scipy.stats.rankdata`` on the
 negated scores). The average ranks are tested with the Friedman test
 (``scipy.stats.friedmanchisquare``, with its tie correction) and compared pairwise with the
-Nemenyi post-hoc test (``scikit_posthocs.posthoc_nemenyi_friedman``) or, on request, Conover's
-test with Holm-adjusted p-values (``scikit_posthocs.posthoc_conover_friedman(p_adjust="holm")``).
+Nemenyi post-hoc test (``scikit_posthocs.posthoc_nemenyi_friedman``'s arithmetic, in
+:func:`nemenyi_friedman`) or, on request, Conover's test with Holm-adjusted p-values
+(``scikit_posthocs.posthoc_conover_friedman(p_adjust="holm")``).
 The post-hoc p-values are reported whatever the Friedman p; Demšar reads them only once the
 Friedman test rejects. The Nemenyi critical difference is
 ``CD = q_alpha * sqrt(k (k + 1) / (6 N))`` with ``q_alpha`` the studentized range quantile over
@@ -232,20 +233,13 @@ def rank_methods(
     else:
         notes.append("Friedman statistic undefined")
 
-    import pandas as pd
-    import scikit_posthocs as sp
-
     # Negated so that the post-hoc tests rank exactly as above (their p-values are two-sided).
-    frame = pd.DataFrame(-values, index=conditions, columns=methods)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if posthoc == "nemenyi":
-                pmat = sp.posthoc_nemenyi_friedman(frame)
-            else:
-                pmat = sp.posthoc_conover_friedman(frame, p_adjust="holm")
-        pmat = pmat.reindex(index=methods, columns=methods)
-        pairwise = {a: {b: float(pmat.loc[a, b]) for b in ranking.methods if b != a} for a in ranking.methods}
+            pmat = nemenyi_friedman(-values) if posthoc == "nemenyi" else _conover_holm(-values)
+        at = {m: j for j, m in enumerate(methods)}
+        pairwise = {a: {b: float(pmat[at[a], at[b]]) for b in ranking.methods if b != a} for a in ranking.methods}
         if all(math.isfinite(v) for row in pairwise.values() for v in row.values()):
             ranking.pairwise_p = pairwise
         else:
@@ -256,6 +250,32 @@ def rank_methods(
         ranking.critical_difference = nemenyi_cd(k, n, alpha)
     ranking.note = "; ".join(notes) or None
     return ranking
+
+
+def nemenyi_friedman(values: np.ndarray) -> np.ndarray:
+    """Nemenyi's pairwise p-values after the Friedman test of a complete table (rows: blocks,
+    columns: groups; each row ranked, higher values ranking higher): a groups × groups matrix, 1
+    on the diagonal. The arithmetic of ``scikit_posthocs.posthoc_nemenyi_friedman`` on such a
+    table, step for step (tests/analysis/test_ranking.py checks the two are equal to the bit):
+    importing scikit-posthocs (pandas, matplotlib, seaborn) would cost ``report --format md``
+    half a second for these few lines."""
+    n, k = values.shape
+    mean_ranks = stats.rankdata(values, axis=1, method="average").mean(axis=0)
+    out = np.zeros((k, k))
+    upper, lower = np.triu_indices(k, 1), np.tril_indices(k, -1)
+    differences = np.abs(mean_ranks[upper[0]] - mean_ranks[upper[1]])
+    q_values = differences / np.sqrt(k * (k + 1.0) / (6.0 * n))
+    out[upper] = stats.studentized_range.sf(q_values * np.sqrt(2.0), k, np.inf)
+    out[lower] = out.T[lower]
+    np.fill_diagonal(out, 1)
+    return out
+
+
+def _conover_holm(values: np.ndarray) -> np.ndarray:
+    """Conover's pairwise p-values, Holm-adjusted (scikit-posthocs), as :func:`nemenyi_friedman`."""
+    import scikit_posthocs as sp
+
+    return np.asarray(sp.posthoc_conover_friedman(values, p_adjust="holm").to_numpy(), dtype=float)
 
 
 def cd_diagram_png(ranking: Ranking, title: str) -> bytes | None:

@@ -4,7 +4,8 @@ metrics and config are user attributes of its finals trial) and ``summary.json``
 ``report`` and ``export`` read the MLflow tracking store when it holds the study and this record
 otherwise (a ``--no-track`` study, or a store on a server that is gone); both give the same
 numbers: the journal's finals carry what the tracker logs as ``final_*`` metrics, and the config
-a final was trained with is the ``config.yaml`` MLflow holds.
+a final was trained with is the ``config.yaml`` MLflow holds. ``report`` reads a complete record
+first unless a store is named (``open_source``'s ``record_first``): it then starts without MLflow.
 """
 
 from __future__ import annotations
@@ -169,20 +170,30 @@ class Source:
 
 
 def open_source(
-    study: str, *, source: str = "auto", tracking_uri: str | None = None, runs_dir: str | Path = "runs"
+    study: str,
+    *,
+    source: str = "auto",
+    tracking_uri: str | None = None,
+    runs_dir: str | Path = "runs",
+    record_first: bool = False,
 ) -> Source:
     """``mlflow``: the tracking store (must hold the study); ``runs``: ``runs_dir/<study>``;
-    ``auto``: the store when it holds the study, else the run directory."""
+    ``auto``: the store when it holds the study, else the run directory. ``record_first`` (what
+    ``report`` reads: the same numbers either way): ``auto`` takes the run directory when it holds
+    the whole study (its ``summary.json`` says complete) and no store is named (``--tracking-uri``,
+    ``$MLFLOW_TRACKING_URI``), without opening the store: MLflow's import and store alone take
+    about 2 s of a 2-core machine (benchmarks/README.md, start-up)."""
     if source not in SOURCES:
         raise ConfigError(f"unknown source {source!r}; allowed: {', '.join(SOURCES)}", key="--source")
     run_dir = Path(runs_dir) / study
-    has_record = StudyRecord(run_dir).has_journal()
+    record = StudyRecord(run_dir)
+    has_record = record.has_journal()
     uri = resolve_uri(tracking_uri)
     store_named = uri_named(tracking_uri)
     local_db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-    if source == "runs" or (
-        source == "auto" and has_record and not store_named and local_db is not None and not local_db.exists()
-    ):
+    no_store = local_db is not None and not local_db.exists()
+    complete = record_first and has_record and record.summary().get("complete") is True
+    if source == "runs" or (source == "auto" and has_record and not store_named and (no_store or complete)):
         return Source("runs", str(run_dir), journal_finals(run_dir), run_dir=run_dir)
     try:
         tracking = open_store(tracking_uri)

@@ -22,7 +22,7 @@ from pal_study.analysis.stats import Paired, adjust_all, adjustment, paired
 from pal_study.errors import ConfigError
 from pal_study.layout import factors_of
 from pal_study.methods import split_method
-from pal_study.metrics import mean_std
+from pal_study.plain_metrics import mean_std
 from pal_study.tracking import names
 from pal_study.tracking.base import TrackingStore
 
@@ -252,8 +252,20 @@ class Analysis:
     improvements: list[Any] = field(default_factory=list)  # pal_study.analysis.ranking.Improvement
     importance: list[Any] = field(default_factory=list)  # pal_study.analysis.importance.CellImportance
     importance_note: str | None = None
-    curves: dict[str, list[Any]] | None = None  # cell -> pal_study.analysis.figures.TrialCurve, from the journal
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # the claims judged across each knob
+    record: StudyRecord | None = field(default=None, repr=False)  # the study's journal, for ``curves``
+    _curves: dict[str, list[Any]] | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def curves(self) -> dict[str, list[Any]] | None:
+        """Cell -> its tuning trials (pal_study.analysis.figures.TrialCurve) from the journal, None
+        without one: read when a figure first asks, so a report without figures (``--format md``)
+        neither reads them nor imports matplotlib (figures' import)."""
+        if self._curves is None and self.record is not None:
+            from pal_study.analysis.figures import journal_curves
+
+            self._curves = journal_curves(self.record)
+        return self._curves or None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -302,11 +314,7 @@ def analyse(
             out.importance = study_importances(record, evaluator=importance)
         else:
             out.importance_note = "parameter importance needs the study's Optuna journal (--runs-dir)"
-    if record is not None:
-        # Lazy: matplotlib (figures' import) stays out of ``report --format md``'s start-up.
-        from pal_study.analysis.figures import journal_curves
-
-        out.curves = journal_curves(record) or None
+    out.record = record  # the learning curves are read from it when a figure needs them
     return out
 
 

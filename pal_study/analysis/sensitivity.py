@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pal_study.analysis.claims import CellInfo, ClaimSpec, evaluate
-from pal_study.analysis.figures import _figure, _png
 
 
 @dataclass(frozen=True)
@@ -183,6 +182,8 @@ def figure_png(results: list[KnobResult] | list[dict[str, Any]], title: str = ""
             panels.append((d["knob"], c))
     if not panels:
         return None
+    from pal_study.analysis.figures import _figure, _png  # matplotlib: only where the figure is drawn
+
     fig = _figure((8.5, 3.6 * len(panels) + 0.6))
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (knob, claim) in zip(axes, panels, strict=False):
