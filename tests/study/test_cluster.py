@@ -61,13 +61,38 @@ def two_node_cluster(tmp_path):
 
 
 @contextlib.contextmanager
-def cluster(head_cpus: int = 1, worker_cpus: int = 1):
-    """Head on the host side of a veth pair, one worker node in a new network namespace; both
-    torn down (process groups, veth, namespace, Ray's temp dir) on exit. Needs root."""
+def namespace_pair():
+    """A new network namespace joined to this one by a veth pair: yields (namespace, host-side
+    address, namespace-side address); the veth and the namespace are deleted on exit. Needs root."""
     tag = secrets.token_hex(2)
     ns, v_host, v_ns = f"palns{tag}", f"palh{tag}", f"paln{tag}"
     net = 200 + int(tag, 16) % 50
-    head_ip, worker_ip = f"10.231.{net}.1", f"10.231.{net}.2"
+    host_ip, ns_ip = f"10.231.{net}.1", f"10.231.{net}.2"
+    try:
+        _run("ip", "netns", "add", ns)
+        _run("ip", "link", "add", v_host, "type", "veth", "peer", "name", v_ns)
+        _run("ip", "link", "set", v_ns, "netns", ns)
+        _run("ip", "addr", "add", f"{host_ip}/24", "dev", v_host)
+        _run("ip", "link", "set", v_host, "up")
+        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{ns_ip}/24", "dev", v_ns)
+        _run("ip", "netns", "exec", ns, "ip", "link", "set", v_ns, "up")
+        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
+        yield ns, host_ip, ns_ip
+    finally:
+        subprocess.run(["ip", "link", "del", v_host], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@contextlib.contextmanager
+def cluster(head_cpus: int = 1, worker_cpus: int = 1):
+    """Head on the host side of a veth pair, one worker node in a new network namespace; both
+    torn down (process groups, veth, namespace, Ray's temp dir) on exit. Needs root."""
+    with namespace_pair() as (ns, head_ip, worker_ip):
+        yield from _cluster_on(ns, head_ip, worker_ip, head_cpus, worker_cpus)
+
+
+def _cluster_on(ns: str, head_ip: str, worker_ip: str, head_cpus: int, worker_cpus: int):
+    tag = ns.removeprefix("palns")
     port = _free_port()
     token = secrets.token_hex(16)
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
@@ -75,14 +100,6 @@ def cluster(head_cpus: int = 1, worker_cpus: int = 1):
     temp = Path(f"/tmp/ray-{tag}")  # short: Ray's socket paths must fit in 107 bytes
     procs: list[subprocess.Popen] = []
     try:
-        _run("ip", "netns", "add", ns)
-        _run("ip", "link", "add", v_host, "type", "veth", "peer", "name", v_ns)
-        _run("ip", "link", "set", v_ns, "netns", ns)
-        _run("ip", "addr", "add", f"{head_ip}/24", "dev", v_host)
-        _run("ip", "link", "set", v_host, "up")
-        _run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{worker_ip}/24", "dev", v_ns)
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", v_ns, "up")
-        _run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
         head = subprocess.Popen(
             [
                 RAY,
@@ -137,8 +154,6 @@ def cluster(head_cpus: int = 1, worker_cpus: int = 1):
                     continue
         subprocess.run(["pkill", "-9", "-f", f"temp-dir={temp}"], capture_output=True)
         subprocess.run(["pkill", "-9", "-f", f"{head_ip}"], capture_output=True)
-        subprocess.run(["ip", "link", "del", v_host], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         shutil.rmtree(temp, ignore_errors=True)
         Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)
 
