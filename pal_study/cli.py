@@ -526,6 +526,8 @@ def run(
     )
     # Piped output (logs, CI) is not cut to 80 columns.
     out.print(render_table(study, outcome.cells))
+    if outcome.rows:
+        out.print(_answer(study, outcome, runs_dir, tracking_uri), highlight=False, markup=False, soft_wrap=True)
     if outcome.claims:
         from pal_study.analysis.claims import render_verdicts
 
@@ -548,6 +550,133 @@ def run(
         raise typer.Exit(EXIT_FAILED)
     if causes:
         err.print(f"[yellow]some trials failed[/]; causes:\n{causes}", highlight=False, soft_wrap=True)
+
+
+def _answer(study: Any, outcome: Any, runs_dir: Path, tracking_uri: str | None) -> str:
+    """What the study was run for, below its table: each X+head vs X (the report's numbers), and
+    the command that prints the rest."""
+    import shlex
+
+    from pal_study.analysis.answer import render_answer
+
+    cmd = ["pal-study", "report", study.spec.name]
+    if runs_dir != Path("runs"):
+        cmd += ["--runs-dir", str(runs_dir)]
+    if tracking_uri:
+        cmd += ["--tracking-uri", tracking_uri]
+    titles = {c.label: c.name for c in study.cells}
+    return render_answer(outcome.rows, outcome.claims, titles, command=shlex.join(cmd))
+
+
+@app.command()
+def slurm(
+    study_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="STUDY", autocompletion=_complete_study, help="The study to run: a YAML file or a shipped study."
+        ),
+    ],
+    nodes: Annotated[
+        int, typer.Option("--nodes", help="Nodes: Ray's head on the first, a Ray worker on each other.")
+    ] = 1,
+    gpus_per_node: Annotated[
+        int, typer.Option("--gpus-per-node", help="GPUs per node (--gres=gpu:G; Ray's --num-gpus).")
+    ] = 0,
+    cpus_per_node: Annotated[
+        int | None, typer.Option("--cpus-per-node", help="CPUs per node (default: whole nodes, --exclusive).")
+    ] = None,
+    partition: Annotated[str | None, typer.Option("--partition", help="SLURM partition.")] = None,
+    time_limit: Annotated[
+        str | None, typer.Option("--time", help="Time limit (SLURM's forms: 90, 1:30:00, 2-00:00:00).")
+    ] = None,
+    account: Annotated[str | None, typer.Option("--account", help="SLURM account to charge.")] = None,
+    stop_before: Annotated[
+        int,
+        typer.Option(
+            "--stop-before", help="Seconds before the time limit at which the study stops cleanly (--signal)."
+        ),
+    ] = 120,
+    requeue: Annotated[
+        bool,
+        typer.Option("--requeue/--no-requeue", help="After stopping for the time limit, requeue the job (it resumes)."),
+    ] = True,
+    ray_port: Annotated[
+        int | None, typer.Option("--ray-port", help="First of the job's 200 Ray ports (default: from the job id).")
+    ] = None,
+    runs_dir: Annotated[
+        Path, typer.Option("--runs-dir", help="Where study state lives, on a path every node and this one reach.")
+    ] = Path("runs"),
+    storage: Annotated[
+        Path | None,
+        typer.Option("--storage", help="Trial checkpoints' directory, shared like --runs-dir (default: --runs-dir)."),
+    ] = None,
+    set_: SetOpt = None,
+    tracking_uri: TrackingOpt = None,
+    no_track: NoTrackOpt = False,
+    max_concurrent: Annotated[
+        int | None, typer.Option("--max-concurrent", min=1, help="At most N trials at once.")
+    ] = None,
+    trial_retries: Annotated[
+        int | None, typer.Option("--trial-retries", min=0, help="Re-run a trial whose node died up to N times.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the sbatch script; write and submit nothing.")
+    ] = False,
+) -> None:
+    """Run a study as a SLURM batch job: write its sbatch script into the study's run directory and
+    submit it (--dry-run prints it). Before the time limit the study stops cleanly and the job
+    requeues itself; pal-study status / report read the run directory from the login node."""
+    from pal_study import slurm as slurm_job
+    from pal_study.resources import resolve_study
+    from pal_study.study import load_study
+
+    path = resolve_study(study_file).resolve()
+    overrides = list(set_ or [])
+    study = load_study(path, overrides)
+    run_args = [a for o in overrides for a in ("--set", o)]
+    for opt, value in (("--tracking-uri", tracking_uri), ("--max-concurrent", max_concurrent)):
+        if value is not None:
+            run_args += [opt, str(value)]
+    if trial_retries is not None:
+        run_args += ["--trial-retries", str(trial_retries)]
+    if no_track:
+        run_args.append("--no-track")
+    job = slurm_job.SlurmJob(
+        study=str(path),
+        name=study.spec.name,
+        runs_dir=runs_dir.resolve(),
+        storage=(storage or runs_dir).resolve(),
+        workdir=Path.cwd(),
+        nodes=nodes,
+        cpus_per_node=cpus_per_node,
+        gpus_per_node=gpus_per_node,
+        partition=partition,
+        account=account,
+        time=time_limit,
+        stop_before_s=stop_before,
+        requeue=requeue,
+        ray_port=ray_port,
+        run_args=tuple(run_args),
+    )
+    slurm_job.check(job)
+    warning = slurm_job.shared_path_warning(job)
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if dry_run:
+        sys.stdout.write(slurm_job.render_script(job, version()))
+        return
+    slurm_job.sbatch_command()  # before anything is written
+    script = slurm_job.write_script(job, version())
+    job_id = slurm_job.submit(script)
+    err.print(
+        f"submitted job {job_id} ({script}); log: {job.log_path(job_id)}\n"
+        f"where it stands: pal-study status {study.spec.name} --runs-dir {job.runs_dir}\n"
+        f"resubmit after a cancel or a failure (it resumes): sbatch {script}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    out.print(job_id, highlight=False)
 
 
 def _study_name(study: str) -> str:
@@ -619,7 +748,10 @@ def report(
     source: Annotated[
         str,
         typer.Option(
-            "--source", help="auto: the tracking store when it holds the study, else RUNS_DIR/<study>; mlflow; runs."
+            "--source",
+            help="auto: RUNS_DIR/<study> when its run is complete and no store is named (--tracking-uri, "
+            "$MLFLOW_TRACKING_URI), else the tracking store when it holds the study, else RUNS_DIR/<study>; "
+            "mlflow; runs (the same numbers).",
         ),
     ] = "auto",
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Where study state lives: RUNS_DIR/<study>/.")] = Path(
@@ -647,7 +779,7 @@ def report(
         if value not in allowed:
             raise UserError(f"{opt}: unknown {value!r}; allowed: {', '.join(allowed)}")
     name = _study_name(study)
-    src = open_source(name, source=source, tracking_uri=tracking_uri, runs_dir=runs_dir)
+    src = open_source(name, source=source, tracking_uri=tracking_uri, runs_dir=runs_dir, record_first=True)
     rows = aggregate(src.runs, baseline=baseline, adjust=adjust)
     if not rows:
         raise UserError(f"study {name!r}: no completed final runs in {src.where}")

@@ -25,13 +25,13 @@ from typing import Any
 
 from rich.table import Table
 
+from pal_study.analysis.answer import delta_text, pm_text, row_titles
 from pal_study.analysis.claims import render_verdicts
 from pal_study.analysis.importance import importance_png, render_importances
 from pal_study.analysis.ranking import cd_diagram_png
 from pal_study.analysis.report import GROUPS, Analysis, CellRow, comparisons
 from pal_study.analysis.sensitivity import SENSITIVITY_COLUMNS, figure_png, table, table_cells
 from pal_study.analysis.sensitivity import render as render_sensitivity
-from pal_study.analysis.stats import Paired
 from pal_study.registry import Registry
 
 
@@ -87,26 +87,13 @@ def report_format(
 # -- the comparison table as text ----------------------------------------------------------------
 
 
-def _delta(c: Paired | None) -> str:
-    if c is None or c.delta is None:
-        return "-"
-    if c.p is None:
-        return f"{100 * c.delta:+.2f} (n={c.n_pairs})"
-    if c.ci_low is None or c.ci_high is None:  # set together
-        return f"{100 * c.delta:+.2f} (unbounded at n={c.n_pairs})"
-    return f"{100 * c.delta:+.2f} [{100 * c.ci_low:+.2f}, {100 * c.ci_high:+.2f}]"
-
-
 def _n(row: CellRow) -> str:
     k = len(row.failed_seeds)
     return f"{row.n} ({k} of {row.n + k} failed)" if k else str(row.n)
 
 
 def _pm(row: CellRow, key: str, scale: float = 100.0, digits: int = 2) -> str:
-    if key not in row.stats:
-        return "-"
-    m, s = row.stats[key]
-    return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}"
+    return pm_text(row.stats.get(key), scale, digits)
 
 
 COLUMNS = [
@@ -138,7 +125,7 @@ def table_rows(rows: list[CellRow]) -> list[list[str]]:
                 _n(r),
                 _pm(r, "val_acc"),
                 _pm(r, "test_acc"),
-                _delta(r.comparison),
+                delta_text(r.comparison),
                 "-" if r.comparison is None else r.comparison.baseline,
                 "-" if r.comparison is None or r.comparison.p is None else f"{r.comparison.p:.3g}",
                 "-" if r.comparison is None or r.comparison.q is None else f"{r.comparison.q:.3g}",
@@ -515,7 +502,13 @@ def rich_table(rows: list[CellRow], title: str) -> Table:
     t = Table(title=title)
     for c in COLUMNS:
         t.add_column(c, justify="left" if c in ("cell", "method") else "right")
+    # A terminal cuts labels (method=nce+rce+fnpal,d…): cells go by their short titles here; the
+    # files keep the labels, which name the factors.
+    titles = row_titles(rows)
+    cell, vs = COLUMNS.index("cell"), COLUMNS.index("vs")
     for row in table_rows(rows):
+        row[cell] = titles.get(row[cell], row[cell])
+        row[vs] = titles.get(row[vs], row[vs])
         t.add_row(*row)
     return t
 

@@ -50,7 +50,9 @@ def open_journal_readonly(path: str | os.PathLike[str], titled: bool = False) ->
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(path)
-    return (TitledStudies if titled else JournalStorage)(ReadOnlyJournal(path))
+    if titled:
+        return TitledStudies(ReadOnlyJournal(path))
+    return JournalStorage(ReadOnlyJournal(path))
 
 
 class TitledStudies(JournalStorage):
