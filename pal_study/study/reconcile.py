@@ -64,7 +64,18 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
                 optuna_trial=t.number,
             )
             cfg = config_for(cell, dict(t.params))
-            _repair(tree, key, f"{cell.name} #{t.number}", cfg, outcome, status, t.user_attrs, metrics, tags, cell_id)
+            _repair(
+                tree,
+                key,
+                (f"{cell.name} #{t.number}", f"{cell.label} tuning trial {t.number}"),
+                cfg,
+                outcome,
+                status,
+                t.user_attrs,
+                metrics,
+                tags,
+                cell_id,
+            )
             repaired += 1
         for seed, rec in finals.items():
             key = f"{prefix}final/seed{seed}"
@@ -81,7 +92,18 @@ def reconcile(tree: RunTree, config_for: Callable[[Any, dict[str, Any]], dict[st
             )
             cfg = json.loads(rec["config"])
             metrics = [("val_acc", v, int(step)) for step, v in sorted(curves.get(seed, {}).items())]
-            _repair(tree, key, f"{cell.name} · final seed {seed}", cfg, outcome, status, rec, metrics, tags, cell_id)
+            _repair(
+                tree,
+                key,
+                (f"{cell.name} · final seed {seed}", f"{cell.label} final seed {seed}"),
+                cfg,
+                outcome,
+                status,
+                rec,
+                metrics,
+                tags,
+                cell_id,
+            )
             repaired += 1
         for key, run in tree.children.items():
             if key.startswith(prefix) and _misplaced(run, cell_id, tree.parent_id):
@@ -100,7 +122,7 @@ def _misplaced(run: Run, cell_id: str, study_id: str | None) -> bool:
 def _repair(
     tree: RunTree,
     key: str,
-    name: str,
+    names: tuple[str, str],
     cfg: dict[str, Any],
     outcome: str,
     status: str,
@@ -109,6 +131,9 @@ def _repair(
     tags: dict[str, Any],
     parent: str,
 ) -> None:
+    # The run's name (the cell's title) and its config.yaml's header (the cell's label), as the
+    # driver logs them.
+    name, header = names
     tree.forget(key)  # half-logged: replaced whole, never doubled
     run_id, _ = tree.child(key, name, {}, parent=parent)
     all_tags = trial_tags(cfg, outcome=outcome, **tags)
@@ -121,6 +146,6 @@ def _repair(
         all_tags[CHECKPOINT_TAG] = attrs["checkpoint_path"]
     tree.tracking.log_batch(run_id, metrics=metrics + summary_metrics(attrs), params=flatten(cfg), tags=all_tags)
     tree.tracking.log_files(
-        run_id, trial_artifacts(cfg, None, f"{tree.study.spec.name} {name}: pal-study train THIS_FILE")
+        run_id, trial_artifacts(cfg, None, f"{tree.study.spec.name} {header}: pal-study train THIS_FILE")
     )
     tree.tracking.set_status(run_id, status)

@@ -495,7 +495,12 @@ class RunTree:
         self.tracking.log_batch(run_id, metrics=metrics, params=flatten(cfg), tags=tags)
         self.tracking.log_files(
             run_id,
-            trial_artifacts(cfg, result.get("details"), f"{self.study.spec.name} {name}: pal-study train THIS_FILE"),
+            trial_artifacts(
+                cfg,
+                result.get("details"),
+                # the label (the record's name of the cell): the header reads the same from either source
+                f"{self.study.spec.name} {job.cell.label} final seed {seed}: pal-study train THIS_FILE",
+            ),
         )
         self.tracking.set_status(run_id, FINISHED if ok else FAILED)
 
