@@ -113,9 +113,10 @@ def check(job: SlurmJob) -> None:
     for key, value in (("--partition", job.partition), ("--account", job.account)):
         if value is not None and not _PLAIN.fullmatch(value):
             raise ConfigError(f"{value!r}: letters, digits and _.,:@+=/- only", key=key)
-    if "\n" in str(job.runs_dir) or "%" in str(job.runs_dir):
-        # the run directory is in #SBATCH --output, where sbatch expands % patterns and a newline ends the line
-        raise ConfigError(f"{str(job.runs_dir)!r}: no newline or % in the run directory's path", key="--runs-dir")
+    if any(c in str(job.runs_dir) for c in '\n%"'):
+        # the run directory is in #SBATCH --output, where sbatch expands % patterns, a newline ends
+        # the line and double quotes delimit a path with spaces
+        raise ConfigError(f"{str(job.runs_dir)!r}: no newline, % or \" in the run directory's path", key="--runs-dir")
     if job.stop_before_s < 1:
         raise ConfigError(f"{job.stop_before_s}: must be 1 second or more", key="--stop-before")
     if job.time is not None:
@@ -166,7 +167,11 @@ def render_script(job: SlurmJob, version: str = "") -> str:
         if value is not None:
             sbatch.append(f"--{key}={value}")
     sbatch += [
-        f"--output={job.run_dir / LOG}",
+        # sbatch splits an #SBATCH line at blanks unless they are in double quotes (checked on
+        # slurm-wlm 22.05: unquoted, "Invalid directive found in batch script")
+        f'--output="{job.run_dir / LOG}"'
+        if any(c.isspace() for c in str(job.run_dir))
+        else f"--output={job.run_dir / LOG}",
         "--open-mode=append",  # a requeued job's runs follow each other in one log
         f"--signal=B:USR1@{job.stop_before_s}",
         "--requeue" if job.requeue else "--no-requeue",

@@ -286,7 +286,8 @@ def test_slurm_time_forms(text, seconds):
         ({"time": "1h"}, "--time: '1h' is not a SLURM time"),
         ({"time": "2", "stop_before_s": 120}, "--time: 2 is not longer than --stop-before 120 s"),
         ({"ray_port": 80}, "--ray-port"),
-        ({"runs_dir": Path("/shared/%u/runs")}, "--runs-dir: '/shared/%u/runs': no newline or %"),
+        ({"runs_dir": Path("/shared/%u/runs")}, "--runs-dir: '/shared/%u/runs': no newline, % or \""),
+        ({"runs_dir": Path('/shared/"q"/runs')}, '--runs-dir: \'/shared/"q"/runs\': no newline, % or "'),
     ],
 )
 def test_bad_options_are_named(tmp_path, kw, message):
@@ -318,6 +319,15 @@ def _no_slurm_path(tmp_path: Path) -> str:
         if target is not None and not (bare / tool).exists():
             (bare / tool).symlink_to(target)
     return str(bare)
+
+
+def test_a_run_directory_with_spaces_is_quoted_where_sbatch_reads_it(tmp_path):
+    path = write_study(tmp_path, "spaced")
+    res = _cli([str(path), "--dry-run", "--runs-dir", "my runs"], tmp_path, _no_slurm_path(tmp_path))
+    assert res.returncode == 0, res.stderr
+    runs = tmp_path / "my runs"
+    assert f'#SBATCH --output="{runs}/spaced/slurm-%j.out"\n' in res.stdout  # sbatch keeps it one path
+    assert f"--runs-dir '{runs}' --storage '{runs}'" in res.stdout  # the shell's quoting in RUN=(...)
 
 
 def test_dry_run_prints_the_script_and_needs_no_slurm(tmp_path):

@@ -83,9 +83,11 @@ def study_titles(studies: list[FrozenStudy]) -> dict[str, str]:
         raw = st.user_attrs.get("factors")
         if parsed is not None and isinstance(raw, str):
             try:
-                factors[cell_key(parsed.cell)] = json.loads(raw)
+                loaded = json.loads(raw)
             except ValueError:
                 continue
+            if isinstance(loaded, dict):  # anything else is not a cell's factors: no title from it
+                factors[cell_key(parsed.cell)] = loaded
     keys = sorted(factors)
     computed = dict(zip(keys, cell_titles([factors[k] for k in keys]), strict=True))
     out: dict[str, str] = {}
@@ -95,7 +97,8 @@ def study_titles(studies: list[FrozenStudy]) -> dict[str, str]:
             continue
         # A finals study has the factors of its cell's tuning study (same index) unless it is a
         # sensitivity cell's, which stores its own.
-        title = st.user_attrs.get("title") or computed.get(cell_key(parsed.cell))
+        stored = st.user_attrs.get("title")
+        title = stored if isinstance(stored, str) and stored else computed.get(cell_key(parsed.cell))
         if isinstance(title, str) and title:
             out[st.study_name] = title
     return out

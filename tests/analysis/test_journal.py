@@ -197,3 +197,25 @@ def test_reads_a_journal_another_process_is_writing(tmp_path):
     assert len(final.trials("w/cell000/finals")) == n
     assert sum(t.state.is_finished() for t in live.trials("w/cell000")) == n  # the kept reader catches up
     assert sorted(p.name for p in run_dir.iterdir()) == [JOURNAL]  # no lock left behind by anyone
+
+
+def test_study_titles_skip_what_is_not_a_cell_s_factors():
+    """optuna-dashboard's list (TitledStudies) over a journal with odd attributes: stored titles
+    win, factors that are not a JSON object give no title, other studies are left alone."""
+    from optuna.study import StudyDirection
+    from optuna.study._frozen import FrozenStudy
+
+    from pal_study.analysis.journal import study_titles
+
+    def st(name, attrs, i):
+        return FrozenStudy(name, StudyDirection.MAXIMIZE, attrs, {}, i)
+
+    studies = [
+        st("s/cell000", {"factors": "[1, 2]"}, 0),
+        st("s/cell001", {"factors": "{not json"}, 1),
+        st("s/cell002", {"factors": '{"method": "ce"}'}, 2),
+        st("s/cell002/finals", {}, 3),
+        st("s/cell003", {"title": 5, "factors": '{"method": "ce+fnpal"}'}, 4),
+        st("not-a-cell", {"title": "x"}, 5),
+    ]
+    assert study_titles(studies) == {"s/cell002": "ce", "s/cell002/finals": "ce", "s/cell003": "ce+fnpal"}
