@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pal_study.analysis.stats import Paired, min_p, min_seeds
 from pal_study.layout import cell_titles, factors_of
+from pal_study.tracking.names import DELTA_TEXT, Q_TEXT, TEST_ACC_TEXT, VERDICT_TEXT
 
 if TYPE_CHECKING:
     from pal_study.analysis.report import CellRow
@@ -49,7 +50,7 @@ def row_titles(rows: Sequence[CellRow]) -> dict[str, str]:
     return dict(zip(labels, cell_titles([factors_of(label) for label in labels]), strict=True))
 
 
-def claim_verdicts(claims: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
+def verdicts_by_pair(claims: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str], str]:
     """(cell label, baseline label) -> the verdicts the claims gave that comparison (joined when
     two claims judge the same pair differently)."""
     out: dict[tuple[str, str], list[str]] = {}
@@ -63,8 +64,6 @@ def claim_verdicts(claims: Sequence[Mapping[str, Any]]) -> dict[tuple[str, str],
 
 def cell_texts(row: CellRow, verdicts: Mapping[tuple[str, str], str]) -> dict[str, str]:
     """A cell's headline numbers as text (test acc, Δ, q, verdict): the UI's first columns."""
-    from pal_study.tracking.names import DELTA_TEXT, Q_TEXT, TEST_ACC_TEXT, VERDICT_TEXT
-
     c = row.comparison
     out = {TEST_ACC_TEXT: pm_text(row.stats.get("test_acc"))}
     if c is not None:
@@ -92,8 +91,7 @@ def render_answer(
     if not compared:
         lines.append("no X+head vs X comparison: the study has no PAL/FNPAL/norm cell beside its base loss")
     else:
-        verdicts = claim_verdicts(claims)
-        name = {r.cell: titles.get(r.cell, r.cell) for r in rows}
+        verdicts = verdicts_by_pair(claims)
         lines.append(
             f"X+head vs X: test accuracy, Δ in points paired by seed [exact {round(100 * (1 - alpha))} % interval], "
             f"q ({adjust} over {len(compared)} comparisons)"
@@ -104,8 +102,8 @@ def render_answer(
             assert c is not None
             table.append(
                 [
-                    name[r.cell],
-                    "vs " + name.get(c.baseline, titles.get(c.baseline, c.baseline)),
+                    titles.get(r.cell, r.cell),
+                    "vs " + titles.get(c.baseline, c.baseline),
                     "Δ " + delta_text(c),
                     "q " + q_text(c),
                     f"n={c.n_pairs}",
@@ -127,4 +125,4 @@ def render_answer(
     return "\n".join(lines)
 
 
-__all__ = ["cell_texts", "claim_verdicts", "delta_text", "pm_text", "q_text", "render_answer", "row_titles"]
+__all__ = ["cell_texts", "delta_text", "pm_text", "q_text", "render_answer", "row_titles", "verdicts_by_pair"]

@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pal_study.analysis.answer import cell_texts, claim_verdicts, pm_text
+from pal_study.analysis.answer import cell_texts, pm_text, verdicts_by_pair
 from pal_study.layout import SUMMARY_KEYS, cell_label, parse_cell_key, run_key
 from pal_study.study.cell_table import cell_aggregates, comparison_table
 from pal_study.study.events import (
@@ -328,7 +328,7 @@ class RunTree:
         if rows is None:
             return
         index = {c.label: c.index for c in self.study.cells}
-        verdicts = claim_verdicts(claims)
+        verdicts = verdicts_by_pair(claims)
         for row in rows:
             info = self.cells.get(index.get(row.cell, -1))
             if info is None:

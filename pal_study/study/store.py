@@ -345,28 +345,29 @@ class StudyStore:
             pruner=pruner,
             load_if_exists=True,
         )
-        if not st.user_attrs:
+        have = st.user_attrs
+        if not have:
             st.set_user_attr("cell", cell.label)
             st.set_user_attr("factors", json.dumps(cell.factors, default=str))
             st.set_user_attr("method", cell.method)
-        self._title(st, cell)
+        self._title(st, cell, have)
         return st
 
     @staticmethod
-    def _title(st: optuna.Study, cell: Cell) -> None:
+    def _title(st: optuna.Study, cell: Cell, have: dict[str, Any]) -> None:
         # The cell's short name, which optuna-dashboard shows beside the study's name (the name
         # itself, cellNNN, is what a resume finds the study by). Added to studies stored before.
-        if st.user_attrs.get("title") != cell.name:
+        if have.get("title") != cell.name:
             st.set_user_attr("title", cell.name)
 
     def open_finals(self, cell: Cell) -> optuna.Study:
         st = optuna.create_study(
             storage=self.storage, study_name=self.finals_name(cell), direction=self._direction, load_if_exists=True
         )
+        have = st.user_attrs
         if cell.is_variant:
             # A sensitivity cell has no tuning study of its own to say what it is. Each attribute
             # is written if missing, so a driver killed between two writes leaves none out.
-            have = st.user_attrs
             for key, value in (
                 ("cell", cell.label),
                 ("factors", json.dumps(cell.factors, default=str)),
@@ -376,7 +377,7 @@ class StudyStore:
             ):
                 if have.get(key) != value:
                     st.set_user_attr(key, value)
-        self._title(st, cell)
+        self._title(st, cell, have)
         return st
 
     def tuning_trials(self, cell: Cell) -> list[FrozenTrial]:
