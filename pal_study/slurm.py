@@ -32,8 +32,10 @@ SCRIPT = "slurm.sbatch"
 LOG = "slurm-%j.out"  # SLURM's pattern: %j is the job id
 # Each job's Ray ports: base, base+1, ... (Ray's services) and base+10 .. base+PORT_SPAN-1 (its
 # worker processes); the default base depends on the job id so that jobs sharing a node differ.
+# All below 32768, where Linux's ephemeral ports start: a port the kernel hands to any process
+# binding port 0 (Ray's own among them) could otherwise be one of the job's fixed ones.
 PORT_SPAN = 200
-DEFAULT_PORT_BASE, PORT_SLOTS = 10000, 250
+DEFAULT_PORT_BASE, PORT_SLOTS = 10000, 110
 STOP_BEFORE_S = 120
 WAIT_FOR_RAY_S = 300
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pal_study.errors import ConfigError
-from pal_study.slurm import SlurmJob, check, render_script, time_limit_s
+from pal_study.slurm import DEFAULT_PORT_BASE, PORT_SLOTS, PORT_SPAN, SlurmJob, check, render_script, time_limit_s
 from tests.support import write_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +131,11 @@ class Stand:
         return [r["argv"] for r in self.log("srun")]
 
 
-PORT = 10000 + 4321 % 250 * 200  # the default base for job 4321
+PORT = DEFAULT_PORT_BASE + 4321 % PORT_SLOTS * PORT_SPAN  # the default base for job 4321
+
+
+def test_the_default_ports_stay_below_the_ephemeral_range():
+    assert DEFAULT_PORT_BASE + PORT_SLOTS * PORT_SPAN <= 32768
 
 
 def test_a_three_node_job_starts_the_head_then_a_worker_per_other_node(tmp_path):

@@ -293,9 +293,12 @@ def _study(tmp_path: Path) -> Path:
 
 
 def _free_ports(n: int = 200) -> int:
-    """A base port with ``n`` free ports above it (the job's Ray ports; --ray-port)."""
+    """A base port with ``n`` free ports above it (the job's Ray ports; --ray-port), below the
+    kernel's ephemeral range: a test on the other worker binding port 0 (an MLflow server's
+    port, seen in CI) must not be handed one of them while the job runs."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(50):
-        base = random.randrange(20000, 50000)
+        base = random.randrange(10000, min(low, 32768) - n)
         try:
             for port in range(base, base + n):
                 with socket.socket() as s:
